@@ -1,0 +1,16 @@
+//! Tandem: a customer data platform that stays up.
+//!
+//! The crate is layered bottom-up; each layer only uses the ones above it in this list:
+//! - [`model`]: events, identities, profiles, identity resolution — pure rules, no I/O;
+//! - [`store`]: the embedded redb store — the log of committed batches and the state
+//!   machine that derives profiles from it;
+//! - [`node`]: the commit pipeline (group commit, backpressure) between the API and the store;
+//! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads);
+//! - [`config`]: the configuration file, environment overrides and their validation;
+//! - [`load`]: the synthetic workload generator and the acknowledged-event checker;
+//! - [`cli`]: the `tandem` command line.
+//!
+//! `docs/architecture.md` is the guided tour.
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,419 @@
+//! Identity resolution: given the identities an event carries and the current identity
+//! graph, decide which profile the event belongs to, which new identities to attach to
+//! it, which other profiles to merge into it — and which links to refuse.
+//!
+//! The decision is a pure function of its inputs ([`resolve`]), so it can be tested as a
+//! table and replayed deterministically on every replica. The store carries out the
+//! returned [`Plan`].
+//!
+//! The rules:
+//! 1. Identities are considered in priority order (default: user id, email, phone,
+//!    external ids, anonymous id). The highest-priority identity that already belongs to a
+//!    profile makes that profile the target; if the highest-priority identity is new, the
+//!    target is a new profile — unless a lower-priority identity's profile can adopt it.
+//! 2. Every further identity either is attached (if new) or brings its profile along in a
+//!    merge (if owned elsewhere) — but only when the combined profile stays within the
+//!    per-class limits (default: at most one user id, so two known users who share a
+//!    browser are never merged). A link that would break a limit is refused and reported.
+//! 3. Placeholder values never reach this point (see [`super::identity::Blocklist`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::{IdClass, IdKind, Identity};
+
+/// Merge limits and the canonical-id priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRules {
+    /// Classes, highest priority first. Every class must appear exactly once.
+    pub priority: Vec<IdClass>,
+    /// Most identities of each class one profile may hold. For `External`, the limit
+    /// applies to each external type separately.
+    pub limits: BTreeMap<IdClass, usize>,
+}
+
+impl Default for MergeRules {
+    fn default() -> Self {
+        MergeRules {
+            priority: vec![
+                IdClass::UserId,
+                IdClass::Email,
+                IdClass::Phone,
+                IdClass::External,
+                IdClass::AnonymousId,
+            ],
+            limits: BTreeMap::from([
+                (IdClass::UserId, 1),
+                (IdClass::Email, 5),
+                (IdClass::Phone, 5),
+                (IdClass::External, 5),
+                (IdClass::AnonymousId, 100),
+            ]),
+        }
+    }
+}
+
+impl MergeRules {
+    fn rank(&self, identity: &Identity) -> usize {
+        let class = identity.kind.class();
+        self.priority
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(self.priority.len())
+    }
+
+    fn limit(&self, class: IdClass) -> usize {
+        self.limits.get(&class).copied().unwrap_or(usize::MAX)
+    }
+
+    /// The first limit broken by giving `members` the extra identities `added`, if any.
+    /// Only classes that `added` grows are checked, so a profile that is over a limit lowered
+    /// after the fact can still gain identities of other classes.
+    fn broken_limit(&self, members: &[Identity], added: &[Identity]) -> Option<String> {
+        for new in added {
+            if members.contains(new) {
+                continue;
+            }
+            let same = |identity: &&Identity| match (&identity.kind, &new.kind) {
+                (IdKind::External(a), IdKind::External(b)) => a == b,
+                (a, b) => a.class() == b.class(),
+            };
+            let count = members.iter().filter(same).count()
+                + added
+                    .iter()
+                    .filter(same)
+                    .filter(|a| !members.contains(a))
+                    .count();
+            let limit = self.limit(new.kind.class());
+            if count > limit {
+                return Some(match &new.kind {
+                    IdKind::External(kind) => {
+                        format!("at most {limit} ext.{kind} per profile")
+                    }
+                    kind => format!("at most {limit} {} per profile", kind.class()),
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Read access to the identity graph that resolution needs.
+pub trait IdentityGraph {
+    /// The profile that owns `identity`, if any.
+    fn owner(&self, identity: &Identity) -> Option<u64>;
+    /// All identities of profile `id`.
+    fn identities_of(&self, id: u64) -> Vec<Identity>;
+}
+
+/// The profile an event lands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// An existing profile.
+    Existing(u64),
+    /// A profile to create.
+    New,
+}
+
+/// A link resolution decided not to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The identity that was not attached or whose profile was not merged.
+    pub identity: Identity,
+    /// The profile that owns `identity`, when it exists.
+    pub other_profile: Option<u64>,
+    /// The rule that refused it, e.g. "at most 1 user_id per profile".
+    pub rule: String,
+}
+
+/// What to do with one event's identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Where the event goes.
+    pub target: Target,
+    /// New identities to attach to the target (for `Target::New`, its identities).
+    pub attach: Vec<Identity>,
+    /// Profiles to merge into the target, in order.
+    pub merge: Vec<u64>,
+    /// Links refused by a limit.
+    pub refusals: Vec<Refusal>,
+}
+
+/// Decides where an event with `identities` goes. `identities` must be non-empty.
+pub fn resolve(identities: &[Identity], graph: &impl IdentityGraph, rules: &MergeRules) -> Plan {
+    let mut ordered: Vec<&Identity> = Vec::with_capacity(identities.len());
+    for identity in identities {
+        if !ordered.contains(&identity) {
+            ordered.push(identity);
+        }
+    }
+    ordered.sort_by_key(|identity| rules.rank(identity));
+
+    let mut plan = Plan {
+        target: Target::New,
+        attach: Vec::new(),
+        merge: Vec::new(),
+        refusals: Vec::new(),
+    };
+    // The identities the target will hold once the plan is carried out.
+    let mut members: Vec<Identity> = Vec::new();
+    for identity in ordered {
+        let owner = graph.owner(identity);
+        match owner {
+            Some(owner) if plan.target == Target::Existing(owner) => {}
+            Some(owner) if plan.target == Target::New && members.is_empty() => {
+                plan.target = Target::Existing(owner);
+                members = graph.identities_of(owner);
+            }
+            Some(owner) => {
+                let theirs = graph.identities_of(owner);
+                match rules.broken_limit(&members, &theirs) {
+                    None if plan.target == Target::New => {
+                        // The new identities so far join the existing profile instead.
+                        plan.target = Target::Existing(owner);
+                        members.extend(theirs);
+                    }
+                    None => {
+                        plan.merge.push(owner);
+                        members.extend(theirs);
+                    }
+                    Some(rule) => plan.refusals.push(Refusal {
+                        identity: identity.clone(),
+                        other_profile: Some(owner),
+                        rule,
+                    }),
+                }
+            }
+            None => match rules.broken_limit(&members, std::slice::from_ref(identity)) {
+                None => {
+                    plan.attach.push(identity.clone());
+                    members.push(identity.clone());
+                }
+                Some(rule) => plan.refusals.push(Refusal {
+                    identity: identity.clone(),
+                    other_profile: None,
+                    rule,
+                }),
+            },
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::model::identity::Blocklist;
+
+    /// A small in-memory identity graph that carries out plans the way the store does.
+    #[derive(Default)]
+    struct Graph {
+        owners: HashMap<Identity, u64>,
+        profiles: BTreeMap<u64, Vec<Identity>>,
+        next: u64,
+    }
+
+    impl IdentityGraph for Graph {
+        fn owner(&self, identity: &Identity) -> Option<u64> {
+            self.owners.get(identity).copied()
+        }
+        fn identities_of(&self, id: u64) -> Vec<Identity> {
+            self.profiles.get(&id).cloned().unwrap_or_default()
+        }
+    }
+
+    impl Graph {
+        /// Resolves and applies one event; returns the profile it landed on and the plan.
+        fn event(&mut self, ids: &[&str], rules: &MergeRules) -> (u64, Plan) {
+            let ids: Vec<Identity> = ids.iter().map(|t| parse(t)).collect();
+            let plan = resolve(&ids, self, rules);
+            let target = match plan.target {
+                Target::Existing(id) => id,
+                Target::New => {
+                    self.next += 1;
+                    self.profiles.insert(self.next, vec![]);
+                    self.next
+                }
+            };
+            for loser in &plan.merge {
+                let moved = self.profiles.remove(loser).expect("loser exists");
+                for identity in moved {
+                    self.owners.insert(identity.clone(), target);
+                    self.profiles
+                        .get_mut(&target)
+                        .expect("target")
+                        .push(identity);
+                }
+            }
+            for identity in &plan.attach {
+                self.owners.insert(identity.clone(), target);
+                self.profiles
+                    .get_mut(&target)
+                    .expect("target")
+                    .push(identity.clone());
+            }
+            (target, plan)
+        }
+    }
+
+    fn parse(text: &str) -> Identity {
+        Identity::parse_key(text, &Blocklist::default()).expect(text)
+    }
+
+    /// Scenario table: each row is a sequence of events (their identities); the expected
+    /// result is which events share a profile, as letters (same letter = same profile),
+    /// and how many refusals the last event produced.
+    #[test]
+    fn resolution_scenarios() {
+        let rules = MergeRules::default();
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, &[&[&str]], &str, usize)] = &[
+            (
+                "anonymous browsing, then login links the device",
+                &[
+                    &["anonymous_id:a1"],
+                    &["anonymous_id:a1"],
+                    &["user_id:u1", "anonymous_id:a1"],
+                ],
+                "AAA",
+                0,
+            ),
+            (
+                "two devices of one user merge through the user id",
+                &[
+                    &["anonymous_id:a1"],
+                    &["anonymous_id:a2"],
+                    &["user_id:u1", "anonymous_id:a1"],
+                    &["user_id:u1", "anonymous_id:a2"],
+                ],
+                "AAAA",
+                0,
+            ),
+            (
+                "shared device: a second known user is never merged into the first",
+                &[
+                    &["user_id:u1", "anonymous_id:shared"],
+                    &["user_id:u2", "anonymous_id:shared"],
+                ],
+                "AB",
+                1,
+            ),
+            (
+                "support contact known by email later identifies",
+                &[
+                    &["email:ada@example.com"],
+                    &["user_id:u1", "email:ada@example.com"],
+                ],
+                "AA",
+                0,
+            ),
+            (
+                "email links an anonymous profile and a user profile",
+                &[
+                    &["anonymous_id:a1", "email:x@y.z"],
+                    &["user_id:u9"],
+                    &["user_id:u9", "email:x@y.z"],
+                ],
+                "AAA",
+                0,
+            ),
+            (
+                "an email owned by another known user is not stolen",
+                &[
+                    &["user_id:u1", "email:x@y.z"],
+                    &["user_id:u2", "email:x@y.z"],
+                ],
+                "AB",
+                1,
+            ),
+            (
+                "external ids link like any identity",
+                &[
+                    &["ext.shopify_id:7", "email:x@y.z"],
+                    &["user_id:u1", "ext.shopify_id:7"],
+                ],
+                "AA",
+                0,
+            ),
+            (
+                "a new user id arriving with an owned anonymous id of a known user is kept apart",
+                &[
+                    &["user_id:u1", "anonymous_id:a1"],
+                    &["anonymous_id:a1"],
+                    &["user_id:u2", "anonymous_id:a1"],
+                ],
+                "AAB",
+                1,
+            ),
+        ];
+        for (name, events, want, want_refusals) in cases {
+            let mut graph = Graph::default();
+            let mut letters: BTreeMap<u64, char> = BTreeMap::new();
+            let mut got = String::new();
+            let mut last_refusals = 0;
+            for ids in *events {
+                let (target, plan) = graph.event(ids, &rules);
+                let next = (b'A' + letters.len() as u8) as char;
+                got.push(*letters.entry(target).or_insert(next));
+                last_refusals = plan.refusals.len();
+            }
+            // Merges relabel: the final owner of each event's first identity decides.
+            let mut final_letters = String::new();
+            let mut relabel: BTreeMap<u64, char> = BTreeMap::new();
+            for ids in *events {
+                let owner = graph.owner(&parse(ids[0])).expect("owned");
+                let next = (b'A' + relabel.len() as u8) as char;
+                final_letters.push(*relabel.entry(owner).or_insert(next));
+            }
+            assert_eq!(
+                final_letters, *want,
+                "{name}: final grouping (landed: {got})"
+            );
+            assert_eq!(last_refusals, *want_refusals, "{name}: refusals");
+        }
+    }
+
+    #[test]
+    fn email_limit_refuses_extra_emails_but_keeps_the_event() {
+        let rules = MergeRules {
+            limits: BTreeMap::from([(IdClass::UserId, 1), (IdClass::Email, 2)]),
+            ..MergeRules::default()
+        };
+        let mut graph = Graph::default();
+        let (p, _) = graph.event(&["user_id:u1", "email:a@x.io"], &rules);
+        let (q, _) = graph.event(&["user_id:u1", "email:b@x.io"], &rules);
+        let (r, plan) = graph.event(&["user_id:u1", "email:c@x.io"], &rules);
+        assert_eq!((p, q, r), (p, p, p));
+        assert_eq!(plan.refusals.len(), 1);
+        assert_eq!(plan.refusals[0].rule, "at most 2 email per profile");
+        assert_eq!(plan.refusals[0].other_profile, None);
+        assert_eq!(graph.owner(&parse("email:c@x.io")), None);
+    }
+
+    #[test]
+    fn merge_into_new_profile_adopts_the_existing_one() {
+        let rules = MergeRules::default();
+        let mut graph = Graph::default();
+        let (anon, _) = graph.event(&["anonymous_id:a1"], &rules);
+        let (target, plan) = graph.event(&["user_id:u1", "anonymous_id:a1"], &rules);
+        assert_eq!(target, anon, "no new profile is created and merged");
+        assert_eq!(plan.target, Target::Existing(anon));
+        assert_eq!(plan.attach, vec![parse("user_id:u1")]);
+        assert!(plan.merge.is_empty());
+    }
+
+    #[test]
+    fn per_type_external_limits() {
+        let rules = MergeRules {
+            limits: BTreeMap::from([(IdClass::External, 1)]),
+            ..MergeRules::default()
+        };
+        let mut graph = Graph::default();
+        graph.event(&["user_id:u1", "ext.crm:1", "ext.shop:1"], &rules);
+        let (_, plan) = graph.event(&["user_id:u1", "ext.crm:2"], &rules);
+        assert_eq!(plan.refusals[0].rule, "at most 1 ext.crm per profile");
+    }
+}

@@ -1,0 +1,423 @@
+//! The state machine: applies committed batches to the state tables.
+//!
+//! Invariants (checked by the determinism test, relied on by replication):
+//! - applying depends only on the batch, its log index and the state before it — never on a
+//!   clock, randomness, hash-map iteration order or the node it runs on;
+//! - a batch is applied entirely within the caller's write transaction, together with the
+//!   new applied index, so a crash leaves either all of it or none of it;
+//! - the state clock never goes backwards: it is `max(clock, batch.time_ms)`, so a leader
+//!   with a slow clock cannot un-expire dedup entries or resurrect retention.
+//!
+//! Background work (dedup expiry, event retention) is done a bounded amount per batch, so
+//! one batch never stalls the writer for long; it catches up over the next batches.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::StoreError;
+use super::tables::*;
+use crate::model::event::{Batch, Event, EventOutcome};
+use crate::model::identity::{IdKind, Identity};
+use crate::model::profile::Profile;
+use crate::model::resolve::{self, IdentityGraph, MergeRules, Plan, Target};
+
+/// Settings that change what applying does. They must be equal on every replica.
+#[derive(Debug, Clone)]
+pub struct ApplySettings {
+    /// Merge limits and canonical-id priority.
+    pub rules: MergeRules,
+    /// How long a messageId is remembered for dedup, ms.
+    pub dedup_window_ms: i64,
+    /// How long events are kept, ms.
+    pub retention_ms: i64,
+}
+
+/// Most expired dedup entries or events removed per batch, beyond two per applied event.
+const SWEEP_SLACK: usize = 64;
+
+/// The state counters, read at the start of a transaction and written at its end.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    applied_index: u64,
+    clock_ms: i64,
+    next_seq: u64,
+    next_profile: u64,
+    next_merge: u64,
+}
+
+/// Applies batches inside one write transaction. Call [`Applier::finish`] before commit.
+pub struct Applier<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    events: Table<'txn, u64, &'static [u8]>,
+    profile_events: Table<'txn, (u64, u64), &'static str>,
+    identities: Table<'txn, &'static str, u64>,
+    profiles: Table<'txn, u64, &'static [u8]>,
+    redirects: Table<'txn, u64, u64>,
+    merges: Table<'txn, (u64, u64), &'static [u8]>,
+    dedup: Table<'txn, (&'static str, &'static str), u64>,
+    dedup_expiry: Table<'txn, u64, &'static [u8]>,
+    /// Profiles read or changed in this transaction; `None` = merged away.
+    cache: BTreeMap<u64, Option<Profile>>,
+    counters: Counters,
+    settings: &'txn ApplySettings,
+}
+
+impl<'txn> Applier<'txn> {
+    /// Opens the state tables in `txn`.
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        settings: &'txn ApplySettings,
+    ) -> Result<Applier<'txn>, StoreError> {
+        let meta = txn.open_table(META)?;
+        let read = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let counters = Counters {
+            applied_index: read(META_APPLIED_INDEX)?,
+            clock_ms: read(META_CLOCK_MS)? as i64,
+            next_seq: read(META_NEXT_SEQ)?.max(1),
+            next_profile: read(META_NEXT_PROFILE)?.max(1),
+            next_merge: read(META_NEXT_MERGE)?.max(1),
+        };
+        Ok(Applier {
+            meta,
+            events: txn.open_table(EVENTS)?,
+            profile_events: txn.open_table(PROFILE_EVENTS)?,
+            identities: txn.open_table(IDENTITIES)?,
+            profiles: txn.open_table(PROFILES)?,
+            redirects: txn.open_table(REDIRECTS)?,
+            merges: txn.open_table(MERGES)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            cache: BTreeMap::new(),
+            counters,
+            settings,
+        })
+    }
+
+    /// The index of the last batch applied.
+    pub fn applied_index(&self) -> u64 {
+        self.counters.applied_index
+    }
+
+    /// Applies the batch at log `index`, which must follow the last applied index.
+    pub fn apply(&mut self, index: u64, batch: &Batch) -> Result<Vec<EventOutcome>, StoreError> {
+        if index != self.counters.applied_index + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "log gap: applying index {index} after {}",
+                self.counters.applied_index
+            )));
+        }
+        self.counters.applied_index = index;
+        self.counters.clock_ms = self.counters.clock_ms.max(batch.time_ms);
+        let mut outcomes = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            outcomes.push(self.apply_event(event)?);
+        }
+        let budget = batch.events.len() * 2 + SWEEP_SLACK;
+        self.expire_dedup(budget)?;
+        self.expire_events(budget)?;
+        Ok(outcomes)
+    }
+
+    /// Writes cached profiles and counters back. Must be called before the commit.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        for (id, profile) in std::mem::take(&mut self.cache) {
+            match profile {
+                Some(profile) => {
+                    self.profiles.insert(id, encode(&profile).as_slice())?;
+                }
+                None => {
+                    self.profiles.remove(id)?;
+                }
+            }
+        }
+        let c = self.counters;
+        self.meta.insert(META_APPLIED_INDEX, c.applied_index)?;
+        self.meta.insert(META_CLOCK_MS, c.clock_ms.max(0) as u64)?;
+        self.meta.insert(META_NEXT_SEQ, c.next_seq)?;
+        self.meta.insert(META_NEXT_PROFILE, c.next_profile)?;
+        self.meta.insert(META_NEXT_MERGE, c.next_merge)?;
+        Ok(())
+    }
+
+    fn apply_event(&mut self, event: &Event) -> Result<EventOutcome, StoreError> {
+        let dedup_key = (event.source.as_str(), event.message_id.as_str());
+        if let Some(seq) = self.dedup.get(dedup_key)? {
+            return Ok(EventOutcome::Duplicate { seq: seq.value() });
+        }
+        let identities = self.event_identities(event)?;
+        let graph = self.graph_for(&identities)?;
+        let plan = resolve::resolve(&identities, &graph, &self.settings.rules);
+        let profile_id = self.carry_out(&plan, event)?;
+
+        let seq = self.counters.next_seq;
+        self.counters.next_seq += 1;
+        let profile = self.profile_mut(profile_id)?;
+        profile.observe(event);
+        let stored = StoredEvent {
+            profile_id,
+            kind: event.kind,
+            name: event.name.clone(),
+            timestamp_ms: event.timestamp_ms,
+            stored_at_ms: self.counters.clock_ms,
+            source: event.source.clone(),
+            message_id: event.message_id.clone(),
+            body_json: event.body_json.clone(),
+        };
+        self.events.insert(seq, encode(&stored).as_slice())?;
+        self.profile_events
+            .insert((profile_id, seq), event.name.as_str())?;
+        self.dedup.insert(dedup_key, seq)?;
+        let expiry = DedupExpiry {
+            stored_at_ms: self.counters.clock_ms,
+            source: event.source.clone(),
+            message_id: event.message_id.clone(),
+        };
+        self.dedup_expiry.insert(seq, encode(&expiry).as_slice())?;
+        Ok(EventOutcome::Stored { seq, profile_id })
+    }
+
+    /// The event's identities, plus alias's `previousId`: as a user id if one exists with
+    /// that value, otherwise as an anonymous id.
+    fn event_identities(&self, event: &Event) -> Result<Vec<Identity>, StoreError> {
+        let mut identities = event.identities.clone();
+        if let Some(previous) = &event.previous_id {
+            let as_user = Identity {
+                kind: IdKind::UserId,
+                value: previous.clone(),
+            };
+            let identity = if self.identities.get(as_user.key().as_str())?.is_some() {
+                as_user
+            } else {
+                Identity {
+                    kind: IdKind::AnonymousId,
+                    value: previous.clone(),
+                }
+            };
+            if !identities.contains(&identity) {
+                identities.push(identity);
+            }
+        }
+        Ok(identities)
+    }
+
+    /// The part of the identity graph that resolution of `identities` can look at.
+    fn graph_for(&mut self, identities: &[Identity]) -> Result<GraphView, StoreError> {
+        let mut view = GraphView::default();
+        for identity in identities {
+            let owner = self
+                .identities
+                .get(identity.key().as_str())?
+                .map(|owner| owner.value());
+            if let Some(owner) = owner {
+                view.owners.insert(identity.clone(), owner);
+                if let std::collections::hash_map::Entry::Vacant(slot) = view.members.entry(owner) {
+                    slot.insert(self.profile_mut(owner)?.identities.clone());
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// Carries out a resolution plan; returns the profile the event lands on.
+    fn carry_out(&mut self, plan: &Plan, event: &Event) -> Result<u64, StoreError> {
+        let target = match plan.target {
+            Target::Existing(id) => id,
+            Target::New => {
+                let id = self.counters.next_profile;
+                self.counters.next_profile += 1;
+                self.cache.insert(id, Some(Profile::new(id, Vec::new())));
+                id
+            }
+        };
+        for &loser in &plan.merge {
+            self.merge(target, loser, event)?;
+        }
+        for identity in &plan.attach {
+            self.identities.insert(identity.key().as_str(), target)?;
+            self.profile_mut(target)?.identities.push(identity.clone());
+        }
+        for refusal in &plan.refusals {
+            let record = MergeAction::Refused {
+                profile: target,
+                identity: refusal.identity.clone(),
+                other_profile: refusal.other_profile,
+                rule: refusal.rule.clone(),
+            };
+            self.record(target, event, record.clone())?;
+            if let Some(other) = refusal.other_profile {
+                self.record(other, event, record)?;
+            }
+        }
+        Ok(target)
+    }
+
+    fn merge(&mut self, target: u64, loser: u64, event: &Event) -> Result<(), StoreError> {
+        let absorbed = match self.cache.insert(loser, None) {
+            Some(Some(profile)) => profile,
+            Some(None) => {
+                return Err(StoreError::Corrupt(format!(
+                    "profile {loser} merged twice in one batch"
+                )));
+            }
+            None => self.load_profile(loser)?,
+        };
+        for identity in &absorbed.identities {
+            self.identities.insert(identity.key().as_str(), target)?;
+        }
+        self.redirects.insert(loser, target)?;
+        let moved: Vec<(u64, String)> = self
+            .profile_events
+            .range((loser, 0)..=(loser, u64::MAX))?
+            .map(|entry| entry.map(|(k, v)| (k.value().1, v.value().to_owned())))
+            .collect::<Result<_, _>>()?;
+        for (seq, name) in moved {
+            self.profile_events.remove((loser, seq))?;
+            self.profile_events.insert((target, seq), name.as_str())?;
+        }
+        let trail: Vec<(u64, Vec<u8>)> = self
+            .merges
+            .range((loser, 0)..=(loser, u64::MAX))?
+            .map(|entry| entry.map(|(k, v)| (k.value().1, v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (seq, record) in trail {
+            self.merges.remove((loser, seq))?;
+            self.merges.insert((target, seq), record.as_slice())?;
+        }
+        let linked_by = absorbed
+            .identities
+            .iter()
+            .find(|identity| event_mentions(event, identity))
+            .or(absorbed.identities.first())
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("profile {loser} has no identities")))?;
+        let action = MergeAction::Merged {
+            into: target,
+            from: loser,
+            linked_by,
+            identities: absorbed.identities.clone(),
+        };
+        self.profile_mut(target)?.absorb(absorbed);
+        self.record(target, event, action)
+    }
+
+    fn record(
+        &mut self,
+        profile: u64,
+        event: &Event,
+        action: MergeAction,
+    ) -> Result<(), StoreError> {
+        let seq = self.counters.next_merge;
+        self.counters.next_merge += 1;
+        let record = MergeRecord {
+            at_ms: self.counters.clock_ms,
+            message_id: event.message_id.clone(),
+            source: event.source.clone(),
+            action,
+        };
+        self.merges
+            .insert((profile, seq), encode(&record).as_slice())?;
+        Ok(())
+    }
+
+    fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
+        let bytes = self.profiles.get(id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("identity points at missing profile {id}"))
+        })?;
+        decode(bytes.value(), "profiles")
+    }
+
+    fn profile_mut(&mut self, id: u64) -> Result<&mut Profile, StoreError> {
+        if !self.cache.contains_key(&id) {
+            let profile = self.load_profile(id)?;
+            self.cache.insert(id, Some(profile));
+        }
+        self.cache
+            .get_mut(&id)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("profile {id} used after it was merged away"))
+            })
+    }
+
+    fn expire_dedup(&mut self, budget: usize) -> Result<(), StoreError> {
+        let horizon = self
+            .counters
+            .clock_ms
+            .saturating_sub(self.settings.dedup_window_ms);
+        for _ in 0..budget {
+            let Some((seq, expiry)) = self
+                .dedup_expiry
+                .first()?
+                .map(|(seq, record)| (seq.value(), record.value().to_vec()))
+            else {
+                return Ok(());
+            };
+            let expiry: DedupExpiry = decode(&expiry, "dedup_expiry")?;
+            if expiry.stored_at_ms >= horizon {
+                return Ok(());
+            }
+            self.dedup_expiry.remove(seq)?;
+            self.dedup
+                .remove((expiry.source.as_str(), expiry.message_id.as_str()))?;
+        }
+        Ok(())
+    }
+
+    fn expire_events(&mut self, budget: usize) -> Result<(), StoreError> {
+        let horizon = self
+            .counters
+            .clock_ms
+            .saturating_sub(self.settings.retention_ms);
+        for _ in 0..budget {
+            let Some((seq, record)) = self
+                .events
+                .first()?
+                .map(|(seq, record)| (seq.value(), record.value().to_vec()))
+            else {
+                return Ok(());
+            };
+            let stored: StoredEvent = decode(&record, "events")?;
+            if stored.stored_at_ms >= horizon {
+                return Ok(());
+            }
+            self.events.remove(seq)?;
+            let owner = self.current_owner(stored.profile_id)?;
+            self.profile_events.remove((owner, seq))?;
+        }
+        Ok(())
+    }
+
+    /// Follows merge redirects to the profile that holds `id`'s data now.
+    fn current_owner(&self, mut id: u64) -> Result<u64, StoreError> {
+        while let Some(next) = self.redirects.get(id)? {
+            id = next.value();
+        }
+        Ok(id)
+    }
+}
+
+/// Whether the event carries `identity` (used to name the link that caused a merge).
+fn event_mentions(event: &Event, identity: &Identity) -> bool {
+    event.identities.contains(identity)
+        || (event.previous_id.as_deref() == Some(identity.value.as_str())
+            && matches!(identity.kind, IdKind::UserId | IdKind::AnonymousId))
+}
+
+/// A read-only slice of the identity graph, gathered before resolution.
+#[derive(Default)]
+struct GraphView {
+    owners: HashMap<Identity, u64>,
+    members: HashMap<u64, Vec<Identity>>,
+}
+
+impl IdentityGraph for GraphView {
+    fn owner(&self, identity: &Identity) -> Option<u64> {
+        self.owners.get(identity).copied()
+    }
+    fn identities_of(&self, id: u64) -> Vec<Identity> {
+        self.members.get(&id).cloned().unwrap_or_default()
+    }
+}

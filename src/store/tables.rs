@@ -1,0 +1,137 @@
+//! The on-disk layout: every redb table, its key and value, and the record types stored
+//! in them.
+//!
+//! Two groups of tables live in the one database file:
+//! - the **log** ([`LOG`], [`LOG_META`]): committed batches by index, compacted from the
+//!   front once the state derived from them is durable;
+//! - the **state** (everything else): derived from the log by [`super::apply`], and
+//!   covered by the state hash. Nothing in the state depends on which node applied it.
+//!
+//! Records are encoded with postcard (compact, schema-stable as long as fields are only
+//! appended). JSON payloads inside records are carried as text, never re-encoded.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::model::event::MessageType;
+use crate::model::identity::Identity;
+
+/// Log index → postcard-encoded [`crate::model::event::Batch`].
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Log bookkeeping (see the `LOG_*` keys).
+pub const LOG_META: TableDefinition<&str, u64> = TableDefinition::new("log_meta");
+
+/// State counters and positions (see the `META_*` keys).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Event sequence number → postcard [`StoredEvent`].
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (profile id, event seq) → event name; the per-profile event index, newest = highest seq.
+pub const PROFILE_EVENTS: TableDefinition<(u64, u64), &str> =
+    TableDefinition::new("profile_events");
+/// Identity key (`kind:value`) → owning profile id.
+pub const IDENTITIES: TableDefinition<&str, u64> = TableDefinition::new("identities");
+/// Profile id → postcard [`crate::model::profile::Profile`].
+pub const PROFILES: TableDefinition<u64, &[u8]> = TableDefinition::new("profiles");
+/// Merged-away profile id → the profile it was merged into.
+pub const REDIRECTS: TableDefinition<u64, u64> = TableDefinition::new("redirects");
+/// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile.
+pub const MERGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("merges");
+/// (source, messageId) → seq of the event that used it; the idempotency index.
+pub const DEDUP: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedup");
+/// Event seq → postcard [`DedupExpiry`]; dedup entries in expiry order.
+pub const DEDUP_EXPIRY: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup_expiry");
+
+/// `META` key: index of the last log entry applied to the state.
+pub const META_APPLIED_INDEX: &str = "applied_index";
+/// `META` key: the state clock, the largest batch time applied (ms since the epoch).
+pub const META_CLOCK_MS: &str = "clock_ms";
+/// `META` key: the next event sequence number.
+pub const META_NEXT_SEQ: &str = "next_seq";
+/// `META` key: the next profile id.
+pub const META_NEXT_PROFILE: &str = "next_profile";
+/// `META` key: the next merge record sequence number.
+pub const META_NEXT_MERGE: &str = "next_merge";
+/// `LOG_META` key: the index of the first entry still in the log (earlier ones compacted).
+pub const LOG_FIRST_INDEX: &str = "first_index";
+/// `LOG_META` key: the index of the last entry appended.
+pub const LOG_LAST_INDEX: &str = "last_index";
+
+/// An event as stored, with what the events API and retention need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The profile the event landed on when applied (follow [`REDIRECTS`] for its owner now).
+    pub profile_id: u64,
+    /// Message type.
+    pub kind: MessageType,
+    /// Event name (track) or page/screen name.
+    pub name: String,
+    /// Corrected event time, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// State clock when stored; retention counts from it.
+    pub stored_at_ms: i64,
+    /// Source name.
+    pub source: String,
+    /// The event's messageId.
+    pub message_id: String,
+    /// The normalised event, JSON text.
+    pub body_json: String,
+}
+
+/// A dedup entry's expiry record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DedupExpiry {
+    /// State clock when the entry was made.
+    pub stored_at_ms: i64,
+    /// Source name.
+    pub source: String,
+    /// The messageId.
+    pub message_id: String,
+}
+
+/// One entry of a profile's merge audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRecord {
+    /// State clock when it happened, ms since the epoch.
+    pub at_ms: i64,
+    /// messageId of the event that caused it.
+    pub message_id: String,
+    /// Source of that event.
+    pub source: String,
+    /// What happened.
+    pub action: MergeAction,
+}
+
+/// A merge that happened or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MergeAction {
+    /// Profile `from` was merged into profile `into`, bringing `identities`; `linked_by`
+    /// is the identity of the event that was found on `from`.
+    Merged {
+        into: u64,
+        from: u64,
+        linked_by: Identity,
+        identities: Vec<Identity>,
+    },
+    /// Linking `identity` (owned by `other_profile`, if any) to `profile` was refused by `rule`.
+    Refused {
+        profile: u64,
+        identity: Identity,
+        other_profile: Option<u64>,
+        rule: String,
+    },
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard serialisation of our own plain structs cannot fail: no maps with
+    // non-string keys, no unsized sequences; a failure would be a programming error.
+    postcard::to_stdvec(value).expect("postcard encodes plain records")
+}
+
+/// Decodes a record, naming the table in the error.
+pub fn decode<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    table: &'static str,
+) -> Result<T, super::StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt(format!("{table}: {e}")))
+}

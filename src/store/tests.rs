@@ -1,0 +1,303 @@
+//! Scenario tests of the store: the state machine applied through real redb files.
+
+use serde_json::{Value, json};
+
+use super::apply::ApplySettings;
+use super::tables::MergeAction;
+use super::*;
+use crate::model::event::{Batch, Event, EventOutcome, MessageType};
+use crate::model::identity::{Blocklist, Identity};
+use crate::model::resolve::MergeRules;
+use crate::model::validate::{Envelope, normalize};
+
+const DAY_MS: i64 = 86_400_000;
+const T0: i64 = 1_764_000_000_000;
+
+fn open(dir: &Path, name: &str) -> Store {
+    Store::open(StoreConfig {
+        path: dir.join(name),
+        cache_bytes: 16 << 20,
+        apply: ApplySettings {
+            rules: MergeRules::default(),
+            dedup_window_ms: DAY_MS,
+            retention_ms: 30 * DAY_MS,
+        },
+        log_retain_entries: u64::MAX,
+    })
+    .expect("open store")
+}
+
+fn event(raw: Value, received_at_ms: i64) -> Event {
+    let blocklist = Blocklist::default();
+    let envelope = Envelope {
+        source: "web",
+        received_at_ms,
+        implied_type: None,
+        context: None,
+        integrations: None,
+        sent_at: None,
+        blocklist: &blocklist,
+    };
+    normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
+}
+
+fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
+    Batch {
+        time_ms,
+        events: events.into_iter().map(|raw| event(raw, time_ms)).collect(),
+    }
+}
+
+fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
+    let identity = Identity::parse_key(key, &Blocklist::default()).expect("key");
+    store
+        .reader()
+        .expect("reader")
+        .profile_of(&identity)
+        .expect("read")
+        .unwrap_or_else(|| panic!("no profile for {key}"))
+}
+
+#[test]
+fn anonymous_history_follows_the_customer_after_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "a.redb");
+    store
+        .commit(&batch(
+            T0,
+            vec![
+                json!({"type": "track", "messageId": "m1", "anonymousId": "a1", "event": "Product Viewed"}),
+                json!({"type": "track", "messageId": "m2", "anonymousId": "a1", "event": "Product Added"}),
+            ],
+        ))
+        .expect("commit");
+    store
+        .commit(&batch(
+            T0 + 1000,
+            vec![
+                json!({"type": "identify", "messageId": "m3", "userId": "u1", "anonymousId": "a1",
+                        "traits": {"email": "ada@example.com", "name": "Ada"}}),
+            ],
+        ))
+        .expect("commit");
+
+    let by_user = profile(&store, "user_id:u1");
+    assert_eq!(by_user, profile(&store, "anonymous_id:a1"));
+    assert_eq!(by_user, profile(&store, "email:ada@example.com"));
+    assert_eq!(by_user.event_count(), 3);
+    assert_eq!(by_user.traits["name"].json, "\"Ada\"");
+    let reader = store.reader().expect("reader");
+    let page = reader.events(by_user.id, None, 10, None).expect("events");
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|(_, e)| e.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["m3", "m2", "m1"], "newest first");
+    let page = reader
+        .events(by_user.id, None, 10, Some("Product Added"))
+        .expect("filtered");
+    assert_eq!(page.items.len(), 1);
+}
+
+#[test]
+fn merges_and_refusals_are_recorded_with_their_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "m.redb");
+    store
+        .commit(&batch(
+            T0,
+            vec![
+                json!({"type": "page", "messageId": "p1", "anonymousId": "a1"}),
+                json!({"type": "identify", "messageId": "i1", "userId": "u9", "traits": {"plan": "pro"}}),
+                json!({"type": "identify", "messageId": "i2", "userId": "u9", "anonymousId": "a1"}),
+                json!({"type": "identify", "messageId": "i3", "userId": "u2", "anonymousId": "a1"}),
+            ],
+        ))
+        .expect("commit");
+    let u9 = profile(&store, "user_id:u9");
+    let u2 = profile(&store, "user_id:u2");
+    assert_ne!(u9.id, u2.id, "a shared device never merges two known users");
+    assert_eq!(u9.event_count(), 3);
+    let reader = store.reader().expect("reader");
+    let trail = reader.merges(u9.id, None, 10).expect("merges").items;
+    assert_eq!(trail.len(), 2, "one merge, one refusal: {trail:?}");
+    assert!(
+        matches!(&trail[0].1.action, MergeAction::Refused { rule, .. } if rule == "at most 1 user_id per profile")
+    );
+    assert_eq!(trail[0].1.message_id, "i3");
+    assert!(matches!(&trail[1].1.action, MergeAction::Merged { into, .. } if *into == u9.id));
+    assert_eq!(trail[1].1.message_id, "i2");
+    let refused_on_other = reader.merges(u2.id, None, 10).expect("merges").items;
+    assert_eq!(
+        refused_on_other.len(),
+        1,
+        "the refusal shows on both profiles"
+    );
+}
+
+#[test]
+fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "d.redb");
+    let track = || json!({"type": "track", "messageId": "dup", "userId": "u1", "event": "E"});
+    let (_, first) = store
+        .commit(&batch(T0, vec![track(), track()]))
+        .expect("commit");
+    assert!(matches!(first[0], EventOutcome::Stored { .. }));
+    assert!(
+        matches!(first[1], EventOutcome::Duplicate { .. }),
+        "same batch"
+    );
+    let (_, retry) = store
+        .commit(&batch(T0 + DAY_MS / 2, vec![track()]))
+        .expect("commit");
+    assert!(
+        matches!(retry[0], EventOutcome::Duplicate { .. }),
+        "client retry"
+    );
+    // After the window, the messageId is forgotten (a filler batch advances the clock and
+    // sweeps), so the same id is a new event.
+    let filler = json!({"type": "track", "messageId": "f", "userId": "u2", "event": "E"});
+    store
+        .commit(&batch(T0 + 2 * DAY_MS, vec![filler]))
+        .expect("commit");
+    let (_, later) = store
+        .commit(&batch(T0 + 2 * DAY_MS, vec![track()]))
+        .expect("commit");
+    assert!(matches!(later[0], EventOutcome::Stored { .. }));
+    assert_eq!(profile(&store, "user_id:u1").event_count(), 2);
+}
+
+#[test]
+fn retention_removes_old_events_but_keeps_profiles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "r.redb");
+    store
+        .commit(&batch(
+            T0,
+            vec![json!({"type": "track", "messageId": "old", "userId": "u1", "event": "E"})],
+        ))
+        .expect("commit");
+    store
+        .commit(&batch(
+            T0 + 31 * DAY_MS,
+            vec![json!({"type": "track", "messageId": "new", "userId": "u1", "event": "E"})],
+        ))
+        .expect("commit");
+    let profile = profile(&store, "user_id:u1");
+    assert_eq!(profile.event_count(), 2, "lifetime counts stay");
+    let page = store
+        .reader()
+        .expect("reader")
+        .events(profile.id, None, 10, None)
+        .expect("events");
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|(_, e)| e.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["new"]);
+    assert_eq!(
+        store
+            .reader()
+            .expect("reader")
+            .counts()
+            .expect("counts")
+            .events,
+        1
+    );
+}
+
+/// The property replication depends on: the same log applied to empty state gives the
+/// same state, byte for byte.
+#[test]
+fn replaying_the_log_reproduces_the_state_hash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = open(dir.path(), "original.redb");
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for round in 0..40 {
+        let mut events = Vec::new();
+        for i in 0..50 {
+            let customer = next(60);
+            let raw = match next(4) {
+                0 => json!({"type": "identify", "userId": format!("u{customer}"),
+                            "anonymousId": format!("a{}", next(80)),
+                            "traits": {"email": format!("c{}@x.io", next(70)), "n": i}}),
+                1 => json!({"type": "track", "anonymousId": format!("a{}", next(80)),
+                            "event": "Product Viewed", "properties": {"sku": next(9)}}),
+                2 => json!({"type": "alias", "userId": format!("u{customer}"),
+                            "previousId": format!("a{}", next(80))}),
+                _ => {
+                    json!({"type": "track", "userId": format!("u{customer}"), "event": "Order Completed",
+                            "context": {"externalIds": [{"id": format!("s{}", next(50)), "type": "shop"}]}})
+                }
+            };
+            let mut raw = raw;
+            // Some retries of earlier ids, to exercise dedup.
+            raw["messageId"] = json!(format!("m{}", next(round * 50 + i + 1)));
+            events.push(raw);
+        }
+        original
+            .commit(&batch(T0 + round as i64 * 3_600_000, events))
+            .expect("commit");
+    }
+    let replica = open(dir.path(), "replica.redb");
+    let (first, last) = original
+        .log_bounds()
+        .expect("bounds")
+        .expect("non-empty log");
+    let mut from = first;
+    while from <= last {
+        let entries = original.log_entries(from, 7).expect("log");
+        replica.apply_entries(&entries).expect("replay");
+        from = entries.last().expect("entries").0 + 1;
+    }
+    let hash = |store: &Store| store.reader().expect("reader").state_hash().expect("hash");
+    assert_eq!(hash(&original), hash(&replica));
+    let counts = original.reader().expect("reader").counts().expect("counts");
+    assert!(counts.profiles > 10 && counts.events > 1000, "{counts:?}");
+    // And the hash notices a difference.
+    let extra = batch(
+        T0 + 99 * 3_600_000,
+        vec![json!({"type": "page", "messageId": "x", "userId": "u1"})],
+    );
+    replica.apply_entries(&[(last + 1, extra)]).expect("apply");
+    assert_ne!(hash(&original), hash(&replica));
+}
+
+#[test]
+fn log_is_compacted_beyond_the_retained_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = open(dir.path(), "tmp.redb").config.clone();
+    config.path = dir.path().join("c.redb");
+    config.log_retain_entries = 5;
+    let store = Store::open(config).expect("open");
+    for i in 0..20 {
+        let raw =
+            json!({"type": "track", "messageId": format!("m{i}"), "userId": "u", "event": "E"});
+        store.commit(&batch(T0 + i, vec![raw])).expect("commit");
+    }
+    assert_eq!(store.log_bounds().expect("bounds"), Some((16, 20)));
+    assert_eq!(
+        store
+            .reader()
+            .expect("reader")
+            .applied_index()
+            .expect("applied"),
+        20
+    );
+    let kinds: Vec<MessageType> = store
+        .log_entries(0, 100)
+        .expect("log")
+        .iter()
+        .flat_map(|(_, b)| b.events.iter().map(|e| e.kind))
+        .collect();
+    assert_eq!(kinds.len(), 5);
+}
