@@ -12,5 +12,10 @@
 //!
 //! `docs/architecture.md` is the guided tour.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod load;
 pub mod model;
+pub mod node;
 pub mod store;

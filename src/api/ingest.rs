@@ -1,0 +1,248 @@
+//! The Segment-compatible ingestion endpoints: `/v1/identify`, `/v1/track`, `/v1/page`,
+//! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch` (also `/v1/import`).
+//!
+//! Reply shape (documented in `docs/api.md`): `200 {"success": true, "accepted": n,
+//! "duplicates": d, "rejected": [...]}` only after every accepted event is durable.
+//! Segment answers 200 and silently drops invalid batch items; we accept the valid ones
+//! and list each rejected item with its index, messageId, code and message. A client that
+//! only looks at the status code keeps working; one that reads the body learns what was
+//! dropped. When no item is valid the reply is 400 with the same `rejected` list.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::body::read_json;
+use super::error::ApiError;
+use crate::model::event::{Event, EventOutcome, MessageType};
+use crate::model::validate::{Envelope, Rejection, normalize};
+use crate::node::now_ms;
+
+/// A rejected batch item, as reported to the client.
+struct Rejected {
+    index: usize,
+    message_id: Option<String>,
+    rejection: Rejection,
+}
+
+impl Rejected {
+    fn to_json(&self) -> Value {
+        json!({
+            "index": self.index,
+            "messageId": self.message_id,
+            "code": self.rejection.code,
+            "message": self.rejection.message,
+        })
+    }
+}
+
+/// `POST /v1/{identify,track,page,screen,group,alias}`.
+pub async fn single(
+    kind: MessageType,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    refuse_if_shutting_down(&state)?;
+    let limits = &state.config.limits;
+    let bytes = read_json(&headers, body, limits.request_bytes_max).await?;
+    if bytes.len() > limits.event_bytes_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!(
+                "the event is {} bytes; the limit is {} bytes (limits.event_bytes_max)",
+                bytes.len(),
+                limits.event_bytes_max
+            ),
+        ));
+    }
+    let raw: Value = serde_json::from_slice(&bytes).map_err(invalid_json)?;
+    let body_key = raw.get("writeKey").and_then(Value::as_str);
+    let source = state.keys.source(&headers, body_key)?.to_owned();
+    let envelope = Envelope {
+        source: &source,
+        received_at_ms: now_ms(),
+        implied_type: Some(kind),
+        context: None,
+        integrations: None,
+        sent_at: None,
+        blocklist: &state.blocklist,
+    };
+    let event = normalize(raw, &envelope, new_message_id)
+        .map_err(|rejection| ApiError::bad_request(rejection.code, rejection.message))?;
+    let outcomes = state.node.submit(vec![event]).await?;
+    Ok(reply(&outcomes, &[]))
+}
+
+/// The `/v1/batch` body. Unknown top-level fields (`metadata`, …) are ignored.
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    integrations: Option<Map<String, Value>>,
+    #[serde(default, rename = "sentAt")]
+    sent_at: Option<Value>,
+    #[serde(default, rename = "writeKey")]
+    write_key: Option<String>,
+}
+
+/// `POST /v1/batch` and `POST /v1/import`.
+pub async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    refuse_if_shutting_down(&state)?;
+    let limits = &state.config.limits;
+    let bytes = read_json(&headers, body, limits.request_bytes_max).await?;
+    let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request(
+                "invalid_batch",
+                format!("the body must be an object with a \"batch\" array of messages: {e}"),
+            )
+        } else {
+            invalid_json(e)
+        }
+    })?;
+    let source = state
+        .keys
+        .source(&headers, parsed.write_key.as_deref())?
+        .to_owned();
+    if parsed.batch.len() > limits.batch_events_max {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!(
+                "the batch has {} events; the limit is {} (limits.batch_events_max)",
+                parsed.batch.len(),
+                limits.batch_events_max
+            ),
+        ));
+    }
+    if parsed.batch.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            "the \"batch\" array is empty",
+        ));
+    }
+    let envelope = Envelope {
+        source: &source,
+        received_at_ms: now_ms(),
+        implied_type: None,
+        context: parsed.context.as_ref(),
+        integrations: parsed.integrations.as_ref(),
+        sent_at: parsed.sent_at.as_ref(),
+        blocklist: &state.blocklist,
+    };
+    let (events, rejected) = validate_items(&parsed.batch, &envelope, limits.event_bytes_max);
+    if events.is_empty() {
+        let mut error = ApiError::bad_request(
+            "no_valid_events",
+            format!(
+                "all {} events were rejected; see \"rejected\" for each one's reason",
+                rejected.len()
+            ),
+        );
+        error.extra =
+            Some(json!({"rejected": rejected.iter().map(Rejected::to_json).collect::<Vec<_>>()}));
+        return Err(error);
+    }
+    let outcomes = state.node.submit(events).await?;
+    Ok(reply(&outcomes, &rejected))
+}
+
+fn validate_items(
+    items: &[&RawValue],
+    envelope: &Envelope<'_>,
+    event_bytes_max: usize,
+) -> (Vec<Event>, Vec<Rejected>) {
+    let mut events = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let text = item.get();
+        let parsed: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => {
+                // RawValue already checked the syntax; this only fails on limits such as
+                // nesting depth.
+                rejected.push(Rejected {
+                    index,
+                    message_id: None,
+                    rejection: Rejection {
+                        code: "invalid_message",
+                        message: format!("the message does not parse: {e}"),
+                    },
+                });
+                continue;
+            }
+        };
+        let message_id = parsed
+            .get("messageId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if text.len() > event_bytes_max {
+            rejected.push(Rejected {
+                index,
+                message_id,
+                rejection: Rejection {
+                    code: "event_too_large",
+                    message: format!(
+                        "the event is {} bytes; the limit is {event_bytes_max} bytes (limits.event_bytes_max)",
+                        text.len()
+                    ),
+                },
+            });
+            continue;
+        }
+        match normalize(parsed, envelope, new_message_id) {
+            Ok(event) => events.push(event),
+            Err(rejection) => rejected.push(Rejected {
+                index,
+                message_id,
+                rejection,
+            }),
+        }
+    }
+    (events, rejected)
+}
+
+fn reply(outcomes: &[EventOutcome], rejected: &[Rejected]) -> Response {
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, EventOutcome::Duplicate { .. }))
+        .count();
+    let body = json!({
+        "success": true,
+        "accepted": outcomes.len() - duplicates,
+        "duplicates": duplicates,
+        "rejected": rejected.iter().map(Rejected::to_json).collect::<Vec<_>>(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn refuse_if_shutting_down(state: &AppState) -> Result<(), ApiError> {
+    if state.node.is_shutting_down() {
+        return Err(crate::node::SubmitError::ShuttingDown.into());
+    }
+    Ok(())
+}
+
+fn invalid_json(error: serde_json::Error) -> ApiError {
+    ApiError::bad_request(
+        "invalid_json",
+        format!("the body is not valid JSON: {error}"),
+    )
+}
+
+fn new_message_id() -> String {
+    format!("tandem-{}", uuid::Uuid::new_v4())
+}

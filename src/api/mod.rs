@@ -1,0 +1,211 @@
+//! The HTTP API: routes, shared state, health and admin endpoints, and serving.
+//!
+//! Every reply is JSON. Every error is `{"code", "message"}` with a stable code (see
+//! [`error`]). Handlers never panic on input and never block the async workers on disk:
+//! writes go through the [`crate::node`] pipeline, reads run in blocking threads on a
+//! store snapshot, with at most [`READS_INFLIGHT_MAX`] at a time.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod ingest;
+pub mod profiles;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::model::event::MessageType;
+use crate::model::identity::Blocklist;
+use crate::node::Node;
+use crate::store::read::Reader;
+use auth::{Access, Keys};
+use error::ApiError;
+
+/// Most profile/admin reads running at once; more are answered 429.
+pub const READS_INFLIGHT_MAX: usize = 256;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The commit pipeline and store.
+    pub node: Arc<Node>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Write, read and admin keys.
+    pub keys: Arc<Keys>,
+    /// Junk identity values.
+    pub blocklist: Arc<Blocklist>,
+    reads: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State for a node running with `config`.
+    pub fn new(node: Arc<Node>, config: Arc<Config>) -> AppState {
+        AppState {
+            keys: Arc::new(Keys::from_config(&config)),
+            blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
+            reads: Arc::new(Semaphore::new(READS_INFLIGHT_MAX)),
+            node,
+            config,
+        }
+    }
+
+    /// Runs `query` on a fresh store snapshot in a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Reader) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Ok(permit) = Arc::clone(&self.reads).try_acquire_owned() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                format!("more than {READS_INFLIGHT_MAX} reads in flight; retry shortly"),
+            ));
+        };
+        let store = Arc::clone(self.node.store());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let reader = store.reader()?;
+            query(&reader)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the read failed: {e}"),
+            )
+        })?
+    }
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let single = |kind: MessageType| {
+        post(
+            move |s: State<AppState>, h: HeaderMap, b: axum::body::Body| {
+                ingest::single(kind, s, h, b)
+            },
+        )
+    };
+    Router::new()
+        .route("/v1/identify", single(MessageType::Identify))
+        .route("/v1/track", single(MessageType::Track))
+        .route("/v1/page", single(MessageType::Page))
+        .route("/v1/screen", single(MessageType::Screen))
+        .route("/v1/group", single(MessageType::Group))
+        .route("/v1/alias", single(MessageType::Alias))
+        .route("/v1/batch", post(ingest::batch))
+        .route("/v1/import", post(ingest::batch))
+        .route("/v1/profiles/{id}", get(profiles::get))
+        .route("/v1/profiles/{id}/events", get(profiles::events))
+        .route("/v1/profiles/{id}/merges", get(profiles::merges))
+        .route("/v1/admin/status", get(admin_status))
+        .route("/v1/admin/state-hash", get(admin_state_hash))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn live() -> Response {
+    axum::Json(json!({"status": "live"})).into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let reason = if state.node.is_shutting_down() {
+        Some("shutting down")
+    } else if state.node.has_failed() {
+        Some("a commit failed; the store needs attention (see the node's log)")
+    } else {
+        None
+    };
+    match reason {
+        None => axum::Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn admin_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    state.keys.require(&headers, Access::Admin)?;
+    let store = Arc::clone(state.node.store());
+    let (applied_index, counts, log) = state
+        .read(move |reader| {
+            Ok((
+                reader.applied_index()?,
+                reader.counts()?,
+                store.log_bounds()?,
+            ))
+        })
+        .await?;
+    let stats = state.node.stats();
+    let body = json!({
+        "applied_index": applied_index,
+        "log": log.map(|(first, last)| json!({"first_index": first, "last_index": last})),
+        "counts": counts,
+        "inflight_events": state.node.inflight_events(),
+        "commits": stats.commits.load(Relaxed),
+        "events_stored": stats.events_stored.load(Relaxed),
+        "events_duplicate": stats.events_duplicate.load(Relaxed),
+        "overloaded_refusals": stats.overloaded.load(Relaxed),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+async fn admin_state_hash(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.keys.require(&headers, Access::Admin)?;
+    let body: Value = state
+        .read(|reader| {
+            Ok(json!({"applied_index": reader.applied_index()?, "state_hash": reader.state_hash()?}))
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        format!("no endpoint {method} {}; see docs/api.md", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

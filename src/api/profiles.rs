@@ -1,0 +1,212 @@
+//! The profile API: `GET /v1/profiles/{type}:{value}` and its `/events` and `/merges`.
+//!
+//! Any identity of a profile finds it: after a merge, the anonymous id, the email and the
+//! user id all answer with the same profile. Reads need a read key or the admin key.
+//! Reads run on a store snapshot in a blocking thread, never on the async workers.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::auth::Access;
+use super::error::ApiError;
+use crate::model::identity::Identity;
+use crate::model::profile::Profile;
+use crate::model::validate::format_ms;
+use crate::store::read::{PAGE_LIMIT_MAX, Reader};
+use crate::store::tables::{MergeAction, MergeRecord, StoredEvent};
+
+/// Default page size of the listing endpoints.
+const PAGE_LIMIT_DEFAULT: usize = 100;
+
+/// `?limit=&before=&event=`
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+    event: Option<String>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(PAGE_LIMIT_DEFAULT),
+            Some(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit={n} is out of range; use 1 to {PAGE_LIMIT_MAX}"),
+            )),
+        }
+    }
+}
+
+/// `GET /v1/profiles/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.keys.require(&headers, Access::Read)?;
+    let identity = parse_identity(&state, &id)?;
+    let priority = state.config.identity.priority.clone();
+    let body = state
+        .read(move |reader| {
+            let profile = find(reader, &identity)?;
+            Ok(profile_json(&profile, &priority, reader.applied_index()?))
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+/// `GET /v1/profiles/{id}/events?limit=&before=&event=`
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.keys.require(&headers, Access::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let identity = parse_identity(&state, &id)?;
+    let limit = query.limit()?;
+    let body = state
+        .read(move |reader| {
+            let profile = find(reader, &identity)?;
+            let page = reader.events(profile.id, query.before, limit, query.event.as_deref())?;
+            let events: Vec<Value> = page
+                .items
+                .into_iter()
+                .map(|(seq, event)| event_json(seq, event))
+                .collect();
+            Ok(json!({"profile_id": profile.id, "events": events, "next_before": page.next_before}))
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+/// `GET /v1/profiles/{id}/merges?limit=&before=`
+pub async fn merges(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.keys.require(&headers, Access::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let identity = parse_identity(&state, &id)?;
+    let limit = query.limit()?;
+    let body = state
+        .read(move |reader| {
+            let profile = find(reader, &identity)?;
+            let page = reader.merges(profile.id, query.before, limit)?;
+            let merges: Vec<Value> = page
+                .items
+                .iter()
+                .map(|(seq, record)| merge_json(*seq, record))
+                .collect();
+            Ok(json!({"profile_id": profile.id, "merges": merges, "next_before": page.next_before}))
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
+}
+
+fn parse_identity(state: &AppState, text: &str) -> Result<Identity, ApiError> {
+    Identity::parse_key(text, &state.blocklist).map_err(|why| {
+        ApiError::bad_request(
+            "invalid_identity",
+            format!("{text:?} is not a usable identity: {why}"),
+        )
+    })
+}
+
+fn find(reader: &Reader, identity: &Identity) -> Result<Profile, ApiError> {
+    reader.profile_of(identity)?.ok_or_else(|| {
+        ApiError::not_found(
+            "profile_not_found",
+            format!("no profile has the identity {identity}"),
+        )
+    })
+}
+
+fn profile_json(
+    profile: &Profile,
+    priority: &[crate::model::identity::IdClass],
+    applied_index: u64,
+) -> Value {
+    let identities: Vec<Value> = profile
+        .identities
+        .iter()
+        .map(|i| json!({"type": i.kind.to_string(), "value": i.value}))
+        .collect();
+    let mut traits = Map::new();
+    for (key, value) in &profile.traits {
+        let parsed = serde_json::from_str(&value.json).unwrap_or(Value::Null);
+        traits.insert(key.clone(), parsed);
+    }
+    let seen = |ms: i64| (profile.event_count() > 0).then(|| format_ms(ms));
+    json!({
+        "id": profile.id,
+        "canonical_id": profile.canonical(priority).map(Identity::key),
+        "identities": identities,
+        "traits": traits,
+        "first_seen": seen(profile.first_seen_ms),
+        "last_seen": seen(profile.last_seen_ms),
+        "event_counts": profile.counts_by_type(),
+        "events_total": profile.event_count(),
+        "merged_profiles": profile.merged_ids,
+        "applied_index": applied_index,
+    })
+}
+
+fn event_json(seq: u64, event: StoredEvent) -> Value {
+    let mut body = match serde_json::from_str(&event.body_json) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    body.insert("seq".into(), json!(seq));
+    body.insert("source".into(), json!(event.source));
+    Value::Object(body)
+}
+
+fn merge_json(seq: u64, record: &MergeRecord) -> Value {
+    let mut body = json!({
+        "seq": seq,
+        "at": format_ms(record.at_ms),
+        "messageId": record.message_id,
+        "source": record.source,
+    });
+    let detail = match &record.action {
+        MergeAction::Merged {
+            into,
+            from,
+            linked_by,
+            identities,
+        } => json!({
+            "action": "merged",
+            "into": into,
+            "from": from,
+            "linked_by": linked_by.key(),
+            "identities": identities.iter().map(Identity::key).collect::<Vec<_>>(),
+        }),
+        MergeAction::Refused {
+            profile,
+            identity,
+            other_profile,
+            rule,
+        } => json!({
+            "action": "refused",
+            "profile": profile,
+            "identity": identity.key(),
+            "other_profile": other_profile,
+            "rule": rule,
+        }),
+    };
+    if let (Value::Object(body), Value::Object(detail)) = (&mut body, detail) {
+        body.extend(detail);
+    }
+    body
+}

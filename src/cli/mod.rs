@@ -1,0 +1,89 @@
+//! The `tandem` command line: one binary, one subcommand per job.
+
+pub mod node;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{CliOverrides, Config};
+
+/// Tandem: a customer data platform that stays up.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node.
+    Node(NodeArgs),
+}
+
+/// `tandem node`
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Directory for the node's data (overrides node.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address, HOST:PORT; port 0 picks a free port (overrides node.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write key of a source named "default" (added to the configured sources).
+    #[arg(long)]
+    pub write_key: Option<String>,
+    /// Admin key; it can also read profiles (overrides auth.admin_key).
+    #[arg(long)]
+    pub admin_key: Option<String>,
+    /// Configuration file (TOML; see tandem.example.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// The configuration these flags select.
+    pub fn config(&self) -> Result<Config, crate::config::ConfigError> {
+        let overrides = CliOverrides {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen.clone(),
+            write_key: self.write_key.clone(),
+            admin_key: self.admin_key.clone(),
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Node(args) => run_node(args).await,
+    }
+}
+
+async fn run_node(args: NodeArgs) -> i32 {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tandem node: {error}");
+            return 2;
+        }
+    };
+    let prepared = match node::prepare(config).await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            eprintln!("tandem node: {error}");
+            return 1;
+        }
+    };
+    println!("tandem node listening on http://{}", prepared.addr);
+    match prepared.serve(node::termination()).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("tandem node: {error}");
+            1
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Configuration: one TOML file (`tandem.example.toml` documents every setting),
+//! `TANDEM_*` environment overrides, then command-line flags — each layer overriding the
+//! one before — validated at start-up.
+//!
+//! Environment variables name a setting by its path with `__` between levels:
+//! `TANDEM_NODE__LISTEN=0.0.0.0:8080`, `TANDEM_INGEST__DEDUP_WINDOW_HOURS=48`.
+//!
+//! Validation collects every problem at once and names each setting and its fix, so an
+//! operator fixes a file in one pass rather than one error per restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::identity::IdClass;
+use crate::model::resolve::MergeRules;
+use crate::store::apply::ApplySettings;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the node keeps data and listens.
+    pub node: NodeConfig,
+    /// Keys for reading profiles and administering the node.
+    pub auth: AuthConfig,
+    /// Event sources: each has a name and the write key its client libraries use.
+    pub sources: Vec<SourceConfig>,
+    /// Request and queue limits.
+    pub limits: LimitsConfig,
+    /// Dedup and retention.
+    pub ingest: IngestConfig,
+    /// Identity resolution rules.
+    pub identity: IdentityConfig,
+    /// Storage engine settings.
+    pub storage: StorageConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Directory for the database file.
+    pub data_dir: PathBuf,
+    /// Address to listen on for HTTP; port 0 picks a free port (printed at start-up).
+    pub listen: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./tandem-data"),
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Key for admin endpoints; also reads profiles. Empty = admin endpoints disabled.
+    pub admin_key: String,
+    /// Keys that may read profiles.
+    pub read_keys: Vec<String>,
+}
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name, shown on stored events (`web`, `support-desk`, …).
+    pub name: String,
+    /// The write key client libraries send.
+    pub write_key: String,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest single event, bytes of JSON (Segment: 32 KB).
+    pub event_bytes_max: usize,
+    /// Largest request body after decompression, bytes (Segment: 500 KB).
+    pub request_bytes_max: usize,
+    /// Most events in one /v1/batch request (Segment: 2500).
+    pub batch_events_max: usize,
+    /// Most events accepted but not yet committed; beyond it requests get 429.
+    pub inflight_events_max: usize,
+    /// Most events in one committed log entry (one fsync).
+    pub commit_events_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            event_bytes_max: 32 * 1024,
+            request_bytes_max: 500 * 1024,
+            batch_events_max: 2500,
+            inflight_events_max: 50_000,
+            commit_events_max: 5_000,
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// How long a messageId is remembered to drop client retries, hours.
+    pub dedup_window_hours: u64,
+    /// How long events are kept, days. Profiles are kept regardless.
+    pub retention_days: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            dedup_window_hours: 24,
+            retention_days: 365,
+        }
+    }
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Most user ids per profile. 1 keeps two known users of a shared device apart.
+    pub max_user_ids: usize,
+    /// Most emails per profile.
+    pub max_emails: usize,
+    /// Most phone numbers per profile.
+    pub max_phones: usize,
+    /// Most external ids of each type per profile.
+    pub max_external_ids_per_type: usize,
+    /// Most anonymous ids per profile.
+    pub max_anonymous_ids: usize,
+    /// Identity classes, highest priority first; decides the canonical id and merge target.
+    pub priority: Vec<IdClass>,
+    /// Extra junk values never treated as identities (case-insensitive).
+    pub blocklist: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        let rules = MergeRules::default();
+        let limit = |class| rules.limits[&class];
+        IdentityConfig {
+            max_user_ids: limit(IdClass::UserId),
+            max_emails: limit(IdClass::Email),
+            max_phones: limit(IdClass::Phone),
+            max_external_ids_per_type: limit(IdClass::External),
+            max_anonymous_ids: limit(IdClass::AnonymousId),
+            priority: rules.priority,
+            blocklist: Vec::new(),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Page cache, MiB.
+    pub cache_mb: usize,
+    /// Applied log entries kept before compaction.
+    pub log_retain_entries: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_mb: 512,
+            log_retain_entries: 10_000,
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable does not parse.
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    /// Settings that parse but make no sense; one line each, naming the setting and the fix.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Shortest accepted key (write, read or admin).
+pub const KEY_CHARS_MIN: usize = 8;
+
+impl Config {
+    /// Loads defaults ← `file` ← `TANDEM_*` environment ← `overrides` (command-line flags),
+    /// then validates.
+    pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist (see tandem.example.toml)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("TANDEM_").split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        overrides.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting; returns all problems found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |text: String| problems.push(text);
+        if self.node.listen.parse::<SocketAddr>().is_err() {
+            problem(format!(
+                "node.listen = {:?} is not an address; use HOST:PORT such as 127.0.0.1:8080",
+                self.node.listen
+            ));
+        }
+        if self.sources.is_empty() {
+            problem(
+                "no sources: add a [[sources]] entry with name and write_key, or pass --write-key"
+                    .into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if source.name.is_empty()
+                || !source
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problem(format!(
+                    "sources[{i}].name = {:?}: use letters, digits, '-' and '_'",
+                    source.name
+                ));
+            }
+            if !names.insert(&source.name) {
+                problem(format!(
+                    "sources[{i}].name = {:?} is used twice; names must be unique",
+                    source.name
+                ));
+            }
+            check_key(
+                &mut problem,
+                &format!("sources[{i}].write_key"),
+                &source.write_key,
+            );
+            if !keys.insert(&source.write_key) {
+                problem(format!(
+                    "sources[{i}].write_key is used by two sources; give each its own"
+                ));
+            }
+        }
+        if !self.auth.admin_key.is_empty() {
+            check_key(&mut problem, "auth.admin_key", &self.auth.admin_key);
+        }
+        for (i, key) in self.auth.read_keys.iter().enumerate() {
+            check_key(&mut problem, &format!("auth.read_keys[{i}]"), key);
+        }
+        self.validate_limits(&mut problem);
+        self.validate_identity(&mut problem);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_limits(&self, problem: &mut impl FnMut(String)) {
+        let l = &self.limits;
+        let positive = [
+            ("limits.event_bytes_max", l.event_bytes_max),
+            ("limits.request_bytes_max", l.request_bytes_max),
+            ("limits.batch_events_max", l.batch_events_max),
+            ("limits.inflight_events_max", l.inflight_events_max),
+            ("limits.commit_events_max", l.commit_events_max),
+            (
+                "ingest.dedup_window_hours",
+                self.ingest.dedup_window_hours as usize,
+            ),
+            ("ingest.retention_days", self.ingest.retention_days as usize),
+            ("storage.cache_mb", self.storage.cache_mb),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                problem(format!("{name} is 0; it must be at least 1"));
+            }
+        }
+        if l.event_bytes_max > l.request_bytes_max {
+            problem(format!(
+                "limits.event_bytes_max ({}) is larger than limits.request_bytes_max ({}); \
+                 an event must fit in a request",
+                l.event_bytes_max, l.request_bytes_max
+            ));
+        }
+        if l.inflight_events_max < l.batch_events_max {
+            problem(format!(
+                "limits.inflight_events_max ({}) is smaller than limits.batch_events_max ({}); \
+                 a full batch could never be admitted",
+                l.inflight_events_max, l.batch_events_max
+            ));
+        }
+        if self.ingest.retention_days * 24 < self.ingest.dedup_window_hours {
+            problem(format!(
+                "ingest.retention_days ({}) is shorter than ingest.dedup_window_hours ({} h); \
+                 raise retention or shorten the window",
+                self.ingest.retention_days, self.ingest.dedup_window_hours
+            ));
+        }
+        if self.storage.log_retain_entries == 0 {
+            problem("storage.log_retain_entries is 0; keep at least 1 entry".into());
+        }
+    }
+
+    fn validate_identity(&self, problem: &mut impl FnMut(String)) {
+        let all = [
+            IdClass::UserId,
+            IdClass::Email,
+            IdClass::Phone,
+            IdClass::External,
+            IdClass::AnonymousId,
+        ];
+        let listed: BTreeSet<IdClass> = self.identity.priority.iter().copied().collect();
+        if listed.len() != self.identity.priority.len() || listed.len() != all.len() {
+            problem(format!(
+                "identity.priority = {:?} must list each of user_id, email, phone, external, \
+                 anonymous_id exactly once",
+                self.identity.priority
+            ));
+        }
+        let i = &self.identity;
+        for (name, value) in [
+            ("identity.max_user_ids", i.max_user_ids),
+            ("identity.max_emails", i.max_emails),
+            ("identity.max_phones", i.max_phones),
+            (
+                "identity.max_external_ids_per_type",
+                i.max_external_ids_per_type,
+            ),
+            ("identity.max_anonymous_ids", i.max_anonymous_ids),
+        ] {
+            if value == 0 {
+                problem(format!("{name} is 0; it must be at least 1"));
+            }
+        }
+    }
+
+    /// The merge rules of `[identity]`.
+    pub fn merge_rules(&self) -> MergeRules {
+        let i = &self.identity;
+        MergeRules {
+            priority: i.priority.clone(),
+            limits: BTreeMap::from([
+                (IdClass::UserId, i.max_user_ids),
+                (IdClass::Email, i.max_emails),
+                (IdClass::Phone, i.max_phones),
+                (IdClass::External, i.max_external_ids_per_type),
+                (IdClass::AnonymousId, i.max_anonymous_ids),
+            ]),
+        }
+    }
+
+    /// What the state machine needs.
+    pub fn apply_settings(&self) -> ApplySettings {
+        ApplySettings {
+            rules: self.merge_rules(),
+            dedup_window_ms: (self.ingest.dedup_window_hours * 3_600_000) as i64,
+            retention_ms: (self.ingest.retention_days * 86_400_000) as i64,
+        }
+    }
+}
+
+fn check_key(problem: &mut impl FnMut(String), name: &str, key: &str) {
+    if key.chars().count() < KEY_CHARS_MIN {
+        problem(format!(
+            "{name} is shorter than {KEY_CHARS_MIN} characters; use a longer random key"
+        ));
+    }
+    if key.contains(':') || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problem(format!(
+            "{name} contains ':', whitespace or control characters, which HTTP Basic auth \
+             cannot carry; use letters, digits and punctuation other than ':'"
+        ));
+    }
+}
+
+/// Settings given as command-line flags; they override file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--write-key`: adds (or replaces the key of) the source named `default`.
+    pub write_key: Option<String>,
+    /// `--admin-key`
+    pub admin_key: Option<String>,
+}
+
+impl CliOverrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(dir) = &self.data_dir {
+            config.node.data_dir = dir.clone();
+        }
+        if let Some(listen) = &self.listen {
+            config.node.listen = listen.clone();
+        }
+        if let Some(key) = &self.admin_key {
+            config.auth.admin_key = key.clone();
+        }
+        if let Some(key) = &self.write_key {
+            match config.sources.iter_mut().find(|s| s.name == "default") {
+                Some(source) => source.write_key = key.clone(),
+                None => config.sources.push(SourceConfig {
+                    name: "default".into(),
+                    write_key: key.clone(),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config {
+            sources: vec![SourceConfig {
+                name: "web".into(),
+                write_key: "write-key-1".into(),
+            }],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn defaults_with_a_source_are_valid() {
+        valid().validate().expect("valid");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_setting() {
+        let mut config = valid();
+        config.node.listen = "nowhere".into();
+        config.sources.push(SourceConfig {
+            name: "web".into(),
+            write_key: "short".into(),
+        });
+        config.limits.event_bytes_max = 1 << 20;
+        config.identity.priority.pop();
+        config.ingest.retention_days = 0;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("expected problems");
+        };
+        let text = problems.join("\n");
+        for needle in [
+            "node.listen",
+            "sources[1].name",
+            "sources[1].write_key is shorter",
+            "limits.event_bytes_max",
+            "identity.priority",
+            "ingest.retention_days is 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tandem.example.toml");
+        let from_file: Config = Figment::from(Toml::file_exact(&path))
+            .extract()
+            .expect("tandem.example.toml parses");
+        let expected = Config {
+            sources: from_file.sources.clone(),
+            auth: from_file.auth.clone(),
+            ..Config::default()
+        };
+        assert_eq!(from_file, expected, "the example documents the defaults");
+        from_file.validate().expect("the example is valid");
+    }
+
+    #[test]
+    fn flags_override_and_add_the_default_source() {
+        let mut config = valid();
+        CliOverrides {
+            listen: Some("127.0.0.1:0".into()),
+            write_key: Some("flag-write-key".into()),
+            ..CliOverrides::default()
+        }
+        .apply(&mut config);
+        assert_eq!(config.node.listen, "127.0.0.1:0");
+        assert_eq!(config.sources[1].name, "default");
+        config.validate().expect("valid");
+    }
+}
