@@ -1,0 +1,216 @@
+//! Test harness: real `tandem` processes on loopback, each in its own temporary data
+//! directory, stopped by pid when the test ends (even when it fails).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The write key every test node accepts.
+pub const WRITE_KEY: &str = "test-write-key";
+/// The admin key every test node accepts.
+pub const ADMIN_KEY: &str = "test-admin-key";
+/// How long a node may take to print its address.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tandem")
+}
+
+/// A running `tandem node` process.
+pub struct NodeProcess {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node on port 0 with `env` set, and waits until it prints its address.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let stderr_path = data_dir.join("node.stderr.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("open stderr log");
+        let mut command = Command::new(binary());
+        command
+            .args(["node", "--listen", "127.0.0.1:0", "--write-key", WRITE_KEY])
+            .args(["--admin-key", ADMIN_KEY, "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn tandem node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = NodeProcess {
+            child: Some(child),
+            url: String::new(),
+            data_dir: data_dir.to_owned(),
+            stderr_path,
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("tandem node listening on ") {
+                        node.url = addr.trim().to_owned();
+                        return node;
+                    }
+                }
+                Err(_) => panic!(
+                    "node did not report its address within {START_DEADLINE:?}; stderr:\n{}",
+                    node.stderr()
+                ),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What the node wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client for tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A reply: status, headers and the JSON body (`Value::Null` if not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `code` field of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// POSTs JSON with the test write key as Basic auth.
+pub async fn post(url: &str, path: &str, body: &Value) -> Reply {
+    let response = client()
+        .post(format!("{url}{path}"))
+        .basic_auth(WRITE_KEY, Some(""))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    reply(response).await
+}
+
+/// Sends a prepared request and returns the reply.
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    reply(request.send().await.expect("send")).await
+}
+
+/// GETs with the admin key as a bearer token.
+pub async fn get(url: &str, path: &str) -> Reply {
+    let response = client()
+        .get(format!("{url}{path}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("send");
+    reply(response).await
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
