@@ -85,7 +85,11 @@ async fn stored(url: &str, user: &str) -> BTreeMap<String, usize> {
     let mut before: Option<u64> = None;
     loop {
         let cursor = before.map(|b| format!("&before={b}")).unwrap_or_default();
-        let page = get(url, &format!("/v1/profiles/user_id:{user}/events?limit=1000{cursor}")).await;
+        let page = get(
+            url,
+            &format!("/v1/profiles/user_id:{user}/events?limit=1000{cursor}"),
+        )
+        .await;
         if page.status == 404 {
             return counts;
         }
@@ -117,7 +121,11 @@ async fn kill_9_mid_write_loses_no_acknowledged_event() {
         let unknown = std::mem::take(&mut ledger.lock().expect("ledger").unknown);
         for (user, body) in unknown {
             let reply = post(&node.url, "/v1/batch", &body).await;
-            assert_eq!(reply.status, 200, "seed {seed}: retry after restart: {}", reply.body);
+            assert_eq!(
+                reply.status, 200,
+                "seed {seed}: retry after restart: {}",
+                reply.body
+            );
             let mut ledger = ledger.lock().expect("ledger");
             let ids = ledger.acked.entry(user).or_default();
             for item in body["batch"].as_array().expect("batch") {
@@ -131,7 +139,13 @@ async fn kill_9_mid_write_loses_no_acknowledged_event() {
         wait_for("some acknowledged writes", Duration::from_secs(30), || {
             let ledger = Arc::clone(&ledger);
             async move {
-                let acked: usize = ledger.lock().expect("ledger").acked.values().map(BTreeSet::len).sum();
+                let acked: usize = ledger
+                    .lock()
+                    .expect("ledger")
+                    .acked
+                    .values()
+                    .map(BTreeSet::len)
+                    .sum();
                 (acked > (round + 1) * 500).then_some(())
             }
         })
@@ -146,7 +160,11 @@ async fn kill_9_mid_write_loses_no_acknowledged_event() {
     let node = NodeProcess::start(dir.path(), &[]);
     let unknown = std::mem::take(&mut ledger.lock().expect("ledger").unknown);
     for (user, body) in unknown {
-        assert_eq!(post(&node.url, "/v1/batch", &body).await.status, 200, "seed {seed}");
+        assert_eq!(
+            post(&node.url, "/v1/batch", &body).await.status,
+            200,
+            "seed {seed}"
+        );
         let mut ledger = ledger.lock().expect("ledger");
         let ids = ledger.acked.entry(user).or_default();
         for item in body["batch"].as_array().expect("batch") {
@@ -166,6 +184,9 @@ async fn kill_9_mid_write_loses_no_acknowledged_event() {
         }
         total += ids.len();
     }
-    assert!(total >= CRASHES * 500, "seed {seed}: only {total} acknowledged events");
+    assert!(
+        total >= CRASHES * 500,
+        "seed {seed}: only {total} acknowledged events"
+    );
     eprintln!("verified {total} acknowledged events across {CRASHES} kill -9 restarts");
 }
