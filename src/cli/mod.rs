@@ -1,6 +1,8 @@
 //! The `tandem` command line: one binary, one subcommand per job.
 
+pub mod load;
 pub mod node;
+pub mod up;
 
 use std::path::PathBuf;
 
@@ -21,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Run one node.
     Node(NodeArgs),
+    /// Start a local deployment with a demo workload (the embedded default).
+    Up(up::UpArgs),
+    /// Send a synthetic e-commerce, support and social workload.
+    Load(load::LoadArgs),
+    /// Check that every acknowledged event is stored exactly once.
+    Verify(load::VerifyArgs),
 }
 
 /// `tandem node`
@@ -60,6 +68,9 @@ impl NodeArgs {
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Node(args) => run_node(args).await,
+        Command::Up(args) => up::run_up(args).await,
+        Command::Load(args) => load::run_load(args).await,
+        Command::Verify(args) => load::run_verify(args).await,
     }
 }
 

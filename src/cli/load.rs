@@ -1,0 +1,99 @@
+//! `tandem load` and `tandem verify`: thin wrappers over [`crate::load`].
+
+use std::path::PathBuf;
+
+use crate::load::{self, LoadOptions, VerifyOptions};
+
+/// `tandem load`
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Base URL of a node or gateway, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub target: String,
+    /// A source's write key.
+    #[arg(long, env = "TANDEM_WRITE_KEY")]
+    pub write_key: String,
+    /// Number of events to send.
+    #[arg(long)]
+    pub events: u64,
+    /// Events per second (default: as fast as the concurrency allows).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = load::run::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Events per /v1/batch request.
+    #[arg(long, default_value_t = load::run::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Write every acknowledged messageId and its identity to this file (for verify).
+    #[arg(long)]
+    pub acked: Option<PathBuf>,
+    /// Workload seed; the same seed sends the same events (so a rerun is all duplicates).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `tandem verify`
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Base URL of a node or gateway.
+    #[arg(long)]
+    pub target: String,
+    /// The file written by `tandem load --acked`.
+    #[arg(long)]
+    pub acked: PathBuf,
+    /// A read key or the admin key.
+    #[arg(long, env = "TANDEM_ADMIN_KEY")]
+    pub key: String,
+    /// Profiles fetched at once.
+    #[arg(long, default_value_t = load::run::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs `tandem load`; exit code 0 only if every event was acknowledged.
+pub async fn run_load(args: LoadArgs) -> i32 {
+    let options = LoadOptions {
+        target: args.target,
+        write_key: args.write_key,
+        events: args.events,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        batch_size: args.batch_size,
+        acked: args.acked,
+        seed: args.seed,
+        progress: !args.quiet,
+    };
+    match load::run(&options).await {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.is_ok() { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("tandem load: {error}");
+            2
+        }
+    }
+}
+
+/// Runs `tandem verify`; exit code 0 only if every acknowledged event is stored once.
+pub async fn run_verify(args: VerifyArgs) -> i32 {
+    let mut options = VerifyOptions::new(args.target, args.acked, args.key);
+    options.concurrency = args.concurrency;
+    options.progress = !args.quiet;
+    match load::verify(&options).await {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_ok() { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("tandem verify: {error}");
+            2
+        }
+    }
+}
