@@ -158,15 +158,20 @@ pub fn resolve(identities: &[Identity], graph: &impl IdentityGraph, rules: &Merg
     };
     // The identities the target will hold once the plan is carried out.
     let mut members: Vec<Identity> = Vec::new();
+    // Profiles already merged or refused: an event often carries several identities of
+    // the same other profile, and it must be merged (or refused) once, not once per identity.
+    let mut decided: Vec<u64> = Vec::new();
     for identity in ordered {
         let owner = graph.owner(identity);
         match owner {
             Some(owner) if plan.target == Target::Existing(owner) => {}
+            Some(owner) if decided.contains(&owner) => {}
             Some(owner) if plan.target == Target::New && members.is_empty() => {
                 plan.target = Target::Existing(owner);
                 members = graph.identities_of(owner);
             }
             Some(owner) => {
+                decided.push(owner);
                 let theirs = graph.identities_of(owner);
                 match rules.broken_limit(&members, &theirs) {
                     None if plan.target == Target::New => {
@@ -391,6 +396,22 @@ mod tests {
         assert_eq!(plan.refusals[0].rule, "at most 2 email per profile");
         assert_eq!(plan.refusals[0].other_profile, None);
         assert_eq!(graph.owner(&parse("email:c@x.io")), None);
+    }
+
+    #[test]
+    fn several_identities_of_one_profile_merge_it_once() {
+        let rules = MergeRules::default();
+        let mut graph = Graph::default();
+        let (user, _) = graph.event(&["user_id:u1"], &rules);
+        let (other, _) = graph.event(&["email:a@x.io", "anonymous_id:a1"], &rules);
+        let (target, plan) =
+            graph.event(&["user_id:u1", "email:a@x.io", "anonymous_id:a1"], &rules);
+        assert_eq!(target, user);
+        assert_eq!(plan.merge, vec![other], "merged once");
+
+        let (_, _) = graph.event(&["user_id:u2", "email:b@x.io", "anonymous_id:b1"], &rules);
+        let (_, plan) = graph.event(&["user_id:u1", "email:b@x.io", "anonymous_id:b1"], &rules);
+        assert_eq!(plan.refusals.len(), 1, "refused once: {:?}", plan.refusals);
     }
 
     #[test]

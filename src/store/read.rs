@@ -182,6 +182,87 @@ impl Reader {
         })
     }
 
+    /// Checks the identity graph's invariants over the whole state; returns the first
+    /// violation found. Reads everything: for tests, drills and `--check` runs, not hot paths.
+    ///
+    /// - every identity points at a live profile that lists it;
+    /// - every identity a profile lists points back at that profile;
+    /// - every per-profile event index entry belongs to a live profile and a stored event;
+    /// - every redirect leads, eventually, to a live profile.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let fail = |e: StoreError| e.to_string();
+        let identities = self.txn.open_table(IDENTITIES).map_err(|e| e.to_string())?;
+        let profiles = self.txn.open_table(PROFILES).map_err(|e| e.to_string())?;
+        let live = |id: u64| -> Result<Option<Profile>, String> {
+            match profiles.get(id).map_err(|e| e.to_string())? {
+                Some(bytes) => decode(bytes.value(), "profiles").map(Some).map_err(fail),
+                None => Ok(None),
+            }
+        };
+        for entry in identities.iter().map_err(|e| e.to_string())? {
+            let (key, owner) = entry.map_err(|e| e.to_string())?;
+            let (key, owner) = (key.value().to_owned(), owner.value());
+            let profile =
+                live(owner)?.ok_or(format!("identity {key} points at missing profile {owner}"))?;
+            if !profile.identities.iter().any(|i| i.key() == key) {
+                return Err(format!(
+                    "identity {key} points at profile {owner}, which does not list it"
+                ));
+            }
+        }
+        for entry in profiles.iter().map_err(|e| e.to_string())? {
+            let (id, bytes) = entry.map_err(|e| e.to_string())?;
+            let profile: Profile = decode(bytes.value(), "profiles").map_err(fail)?;
+            for identity in &profile.identities {
+                let owner = identities
+                    .get(identity.key().as_str())
+                    .map_err(|e| e.to_string())?
+                    .map(|v| v.value());
+                if owner != Some(id.value()) {
+                    return Err(format!(
+                        "profile {} lists {identity} but it points at {owner:?}",
+                        id.value()
+                    ));
+                }
+            }
+        }
+        let index = self
+            .txn
+            .open_table(PROFILE_EVENTS)
+            .map_err(|e| e.to_string())?;
+        let events = self.txn.open_table(EVENTS).map_err(|e| e.to_string())?;
+        for entry in index.iter().map_err(|e| e.to_string())? {
+            let (key, _) = entry.map_err(|e| e.to_string())?;
+            let (profile, seq) = key.value();
+            if live(profile)?.is_none() {
+                return Err(format!(
+                    "event {seq} is indexed under missing profile {profile}"
+                ));
+            }
+            if events.get(seq).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("profile {profile} indexes missing event {seq}"));
+            }
+        }
+        let redirects = self.txn.open_table(REDIRECTS).map_err(|e| e.to_string())?;
+        for entry in redirects.iter().map_err(|e| e.to_string())? {
+            let (from, _) = entry.map_err(|e| e.to_string())?;
+            let mut id = from.value();
+            for _ in 0..=redirects.len().map_err(|e| e.to_string())? {
+                match redirects.get(id).map_err(|e| e.to_string())? {
+                    Some(next) => id = next.value(),
+                    None => break,
+                }
+            }
+            if live(id)?.is_none() {
+                return Err(format!(
+                    "redirect chain from {} ends at missing profile {id}",
+                    from.value()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A hash over every state table, in key order. Two stores that applied the same log
     /// up to the same index have the same hash; the log itself is not included.
     pub fn state_hash(&self) -> Result<String, StoreError> {

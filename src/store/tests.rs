@@ -213,6 +213,7 @@ fn retention_removes_old_events_but_keeps_profiles() {
 /// same state, byte for byte.
 #[test]
 fn replaying_the_log_reproduces_the_state_hash() {
+    const CUSTOMERS: u64 = 120;
     let dir = tempfile::tempdir().expect("tempdir");
     let original = open(dir.path(), "original.redb");
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -225,21 +226,27 @@ fn replaying_the_log_reproduces_the_state_hash() {
     for round in 0..40 {
         let mut events = Vec::new();
         for i in 0..50 {
-            let customer = next(60);
-            let raw = match next(4) {
-                0 => json!({"type": "identify", "userId": format!("u{customer}"),
-                            "anonymousId": format!("a{}", next(80)),
-                            "traits": {"email": format!("c{}@x.io", next(70)), "n": i}}),
-                1 => json!({"type": "track", "anonymousId": format!("a{}", next(80)),
-                            "event": "Product Viewed", "properties": {"sku": next(9)}}),
-                2 => json!({"type": "alias", "userId": format!("u{customer}"),
-                            "previousId": format!("a{}", next(80))}),
-                _ => {
-                    json!({"type": "track", "userId": format!("u{customer}"), "event": "Order Completed",
-                            "context": {"externalIds": [{"id": format!("s{}", next(50)), "type": "shop"}]}})
-                }
+            // A customer's own identities, in random subsets; sometimes a device shared
+            // with another customer (the wrong-merge trap).
+            let c = next(CUSTOMERS);
+            let anon = if next(20) == 0 {
+                format!("a{}-0", next(CUSTOMERS))
+            } else {
+                format!("a{c}-{}", next(3))
             };
-            let mut raw = raw;
+            let mut raw = match next(5) {
+                0 => json!({"type": "identify", "userId": format!("u{c}"), "anonymousId": anon,
+                            "traits": {"email": format!("c{c}@x.io"), "n": i}}),
+                1 => json!({"type": "track", "anonymousId": anon,
+                            "event": "Product Viewed", "properties": {"sku": next(9)}}),
+                2 => json!({"type": "alias", "userId": format!("u{c}"), "previousId": anon}),
+                3 => json!({"type": "track", "userId": format!("u{c}"), "event": "Order Completed",
+                            "context": {"externalIds": [{"id": format!("s{c}"), "type": "shop"}]}}),
+                _ => json!({"type": "track", "event": "Ticket Opened", "anonymousId": anon,
+                            "context": {"traits": {"email": format!("c{c}@x.io"),
+                                                   "phone": format!("+1555{c:04}")},
+                                        "externalIds": [{"id": format!("s{c}"), "type": "shop"}]}}),
+            };
             // Some retries of earlier ids, to exercise dedup.
             raw["messageId"] = json!(format!("m{}", next(round * 50 + i + 1)));
             events.push(raw);
@@ -247,6 +254,10 @@ fn replaying_the_log_reproduces_the_state_hash() {
         original
             .commit(&batch(T0 + round as i64 * 3_600_000, events))
             .expect("commit");
+        let reader = original.reader().expect("reader");
+        if let Err(violation) = reader.check_invariants() {
+            panic!("after round {round}: {violation}");
+        }
     }
     let replica = open(dir.path(), "replica.redb");
     let (first, last) = original
