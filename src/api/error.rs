@@ -92,6 +92,14 @@ impl From<SubmitError> for ApiError {
                 "shutting_down",
                 "the node is shutting down; retry (nothing from this request was stored)",
             ),
+            SubmitError::Rejected(message) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!(
+                    "an internal consistency check refused this request and nothing from it \
+                     was stored; retrying will not help — please report it: {message}"
+                ),
+            ),
             SubmitError::Storage(message) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{Message, Proposal, Stats, SubmitError};
 use crate::model::event::{Batch, EventOutcome};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub(super) fn spawn(
     store: Arc<Store>,
@@ -110,6 +110,26 @@ fn commit_group(
                 let mine: Vec<EventOutcome> = outcomes.by_ref().take(size).collect();
                 // The submitter may have gone (client hung up); the events are stored anyway.
                 let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(StoreError::Corrupt(why)) if replies.len() > 1 => {
+            // An invariant check refused the batch and nothing was written. If one request
+            // triggers a bug, it must not take the others (or the node) down with it:
+            // commit each request alone, so only the culprit is refused.
+            tracing::error!(%why, requests = replies.len(), "batch refused by a consistency check; isolating the request that causes it");
+            let mut events = batch.events.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let alone = Proposal {
+                    events: events.by_ref().take(size).collect(),
+                    reply,
+                };
+                commit_group(store, vec![alone], time_ms, failed, stats);
+            }
+        }
+        Err(StoreError::Corrupt(why)) => {
+            tracing::error!(%why, "request refused by a consistency check; nothing from it was stored");
+            for reply in replies {
+                let _ = reply.send(Err(SubmitError::Rejected(why.clone())));
             }
         }
         Err(error) => {

@@ -44,6 +44,10 @@ pub enum SubmitError {
     /// The storage engine failed; the node is unhealthy.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// Applying this request broke a state invariant (a bug, caught by an assertion);
+    /// nothing from it was stored and the node carries on. Retrying will fail the same way.
+    #[error("internal consistency check refused the request: {0}")]
+    Rejected(String),
 }
 
 /// A batch of validated events waiting to be committed.
