@@ -2,7 +2,7 @@
 //!
 //! The crate is layered bottom-up; each layer only uses the ones above it in this list:
 //! - [`model`]: events, identities, profiles, identity resolution — pure rules, no I/O;
-//! - [`store`]: the embedded redb store — the log of committed batches and the state
+//! - [`store`]: the embedded fjall store — the log of committed batches and the state
 //!   machine that derives profiles from it;
 //! - [`node`]: the commit pipeline (group commit, backpressure) between the API and the store;
 //! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads);

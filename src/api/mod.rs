@@ -75,7 +75,7 @@ impl AppState {
         let store = Arc::clone(self.node.store());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let reader = store.reader()?;
+            let reader = store.reader();
             query(&reader)
         })
         .await
@@ -163,7 +163,7 @@ async fn admin_status(
         .read(move |reader| {
             Ok((
                 reader.applied_index()?,
-                reader.counts()?,
+                reader.counts(),
                 store.log_bounds()?,
             ))
         })

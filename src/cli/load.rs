@@ -97,3 +97,44 @@ pub async fn run_verify(args: VerifyArgs) -> i32 {
         }
     }
 }
+
+/// `tandem read-bench`
+#[derive(Debug, clap::Args)]
+pub struct ReadBenchArgs {
+    /// Base URL of a node.
+    #[arg(long)]
+    pub target: String,
+    /// A read key or the admin key.
+    #[arg(long, env = "TANDEM_ADMIN_KEY")]
+    pub key: String,
+    /// An acknowledged-events file (from `tandem load --acked`) to take identities from.
+    #[arg(long)]
+    pub acked: PathBuf,
+    /// Seconds to read for.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Readers in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+/// Runs `tandem read-bench`.
+pub async fn run_read_bench(args: ReadBenchArgs) -> i32 {
+    let options = load::readbench::ReadBenchOptions {
+        target: args.target,
+        key: args.key,
+        acked: args.acked,
+        duration: std::time::Duration::from_secs(args.seconds),
+        concurrency: args.concurrency,
+    };
+    match load::readbench::run(&options).await {
+        Ok(report) => {
+            println!("{report}");
+            if report.errors == 0 { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("tandem read-bench: {error}");
+            2
+        }
+    }
+}

@@ -29,6 +29,8 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Check that every acknowledged event is stored exactly once.
     Verify(load::VerifyArgs),
+    /// Measure profile read latency (run it during a load to measure reads while ingesting).
+    ReadBench(load::ReadBenchArgs),
 }
 
 /// `tandem node`
@@ -71,6 +73,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Up(args) => up::run_up(args).await,
         Command::Load(args) => load::run_load(args).await,
         Command::Verify(args) => load::run_verify(args).await,
+        Command::ReadBench(args) => load::run_read_bench(args).await,
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, NodeError> {
         path: dir.display().to_string(),
         source,
     })?;
-    let path = Store::file_in(dir);
+    let path = Store::dir_in(dir);
     let store_config = StoreConfig {
         path: path.clone(),
         cache_bytes: config.storage.cache_mb << 20,

@@ -24,6 +24,7 @@ pub mod client;
 pub mod counts;
 pub mod events;
 pub mod journey;
+pub mod readbench;
 pub mod reply;
 pub mod run;
 pub mod summary;

@@ -13,10 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use fjall::{Readable, SingleWriterWriteTx};
 
-use super::StoreError;
 use super::tables::*;
+use super::{Keyspaces, StoreError, meta_u64};
 use crate::model::event::{Batch, Event, EventOutcome};
 use crate::model::identity::{IdKind, Identity};
 use crate::model::profile::Profile;
@@ -47,32 +47,23 @@ struct Counters {
 }
 
 /// Applies batches inside one write transaction. Call [`Applier::finish`] before commit.
-pub struct Applier<'txn> {
-    meta: Table<'txn, &'static str, u64>,
-    events: Table<'txn, u64, &'static [u8]>,
-    profile_events: Table<'txn, (u64, u64), &'static str>,
-    identities: Table<'txn, &'static str, u64>,
-    profiles: Table<'txn, u64, &'static [u8]>,
-    redirects: Table<'txn, u64, u64>,
-    merges: Table<'txn, (u64, u64), &'static [u8]>,
-    dedup: Table<'txn, (&'static str, &'static str), u64>,
-    dedup_expiry: Table<'txn, u64, &'static [u8]>,
+pub struct Applier<'a, 'tx> {
+    tx: &'a mut SingleWriterWriteTx<'tx>,
+    ks: &'a Keyspaces,
     /// Profiles read or changed in this transaction; `None` = merged away.
     cache: BTreeMap<u64, Option<Profile>>,
     counters: Counters,
-    settings: &'txn ApplySettings,
+    settings: &'a ApplySettings,
 }
 
-impl<'txn> Applier<'txn> {
-    /// Opens the state tables in `txn`.
+impl<'a, 'tx> Applier<'a, 'tx> {
+    /// Starts applying in `tx`.
     pub fn open(
-        txn: &'txn WriteTransaction,
-        settings: &'txn ApplySettings,
-    ) -> Result<Applier<'txn>, StoreError> {
-        let meta = txn.open_table(META)?;
-        let read = |key: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
-        };
+        tx: &'a mut SingleWriterWriteTx<'tx>,
+        ks: &'a Keyspaces,
+        settings: &'a ApplySettings,
+    ) -> Result<Applier<'a, 'tx>, StoreError> {
+        let read = |key: &str| meta_u64(&*tx, &ks.meta, key, META);
         let counters = Counters {
             applied_index: read(META_APPLIED_INDEX)?,
             clock_ms: read(META_CLOCK_MS)? as i64,
@@ -81,15 +72,8 @@ impl<'txn> Applier<'txn> {
             next_merge: read(META_NEXT_MERGE)?.max(1),
         };
         Ok(Applier {
-            meta,
-            events: txn.open_table(EVENTS)?,
-            profile_events: txn.open_table(PROFILE_EVENTS)?,
-            identities: txn.open_table(IDENTITIES)?,
-            profiles: txn.open_table(PROFILES)?,
-            redirects: txn.open_table(REDIRECTS)?,
-            merges: txn.open_table(MERGES)?,
-            dedup: txn.open_table(DEDUP)?,
-            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            tx,
+            ks,
             cache: BTreeMap::new(),
             counters,
             settings,
@@ -123,29 +107,36 @@ impl<'txn> Applier<'txn> {
 
     /// Writes cached profiles and counters back. Must be called before the commit.
     pub fn finish(mut self) -> Result<(), StoreError> {
+        let ks = self.ks;
         for (id, profile) in std::mem::take(&mut self.cache) {
             match profile {
-                Some(profile) => {
-                    self.profiles.insert(id, encode(&profile).as_slice())?;
-                }
-                None => {
-                    self.profiles.remove(id)?;
-                }
+                Some(profile) => self
+                    .tx
+                    .insert(&ks.profiles, u64_bytes(id), encode(&profile)),
+                None => self.tx.remove(&ks.profiles, u64_bytes(id)),
             }
         }
         let c = self.counters;
-        self.meta.insert(META_APPLIED_INDEX, c.applied_index)?;
-        self.meta.insert(META_CLOCK_MS, c.clock_ms.max(0) as u64)?;
-        self.meta.insert(META_NEXT_SEQ, c.next_seq)?;
-        self.meta.insert(META_NEXT_PROFILE, c.next_profile)?;
-        self.meta.insert(META_NEXT_MERGE, c.next_merge)?;
+        let clock = c.clock_ms.max(0) as u64;
+        for (key, value) in [
+            (META_APPLIED_INDEX, c.applied_index),
+            (META_CLOCK_MS, clock),
+            (META_NEXT_SEQ, c.next_seq),
+            (META_NEXT_PROFILE, c.next_profile),
+            (META_NEXT_MERGE, c.next_merge),
+        ] {
+            self.tx.insert(&ks.meta, key, u64_bytes(value));
+        }
         Ok(())
     }
 
     fn apply_event(&mut self, event: &Event) -> Result<EventOutcome, StoreError> {
-        let dedup_key = (event.source.as_str(), event.message_id.as_str());
-        if let Some(seq) = self.dedup.get(dedup_key)? {
-            return Ok(EventOutcome::Duplicate { seq: seq.value() });
+        let ks = self.ks;
+        let dedup_key = dedup_key(&event.source, &event.message_id);
+        if let Some(seq) = self.tx.get(&ks.dedup, &dedup_key)? {
+            return Ok(EventOutcome::Duplicate {
+                seq: read_u64(&seq, DEDUP)?,
+            });
         }
         let identities = self.event_identities(event)?;
         let graph = self.graph_for(&identities)?;
@@ -166,16 +157,20 @@ impl<'txn> Applier<'txn> {
             message_id: event.message_id.clone(),
             body_json: event.body_json.clone(),
         };
-        self.events.insert(seq, encode(&stored).as_slice())?;
-        self.profile_events
-            .insert((profile_id, seq), event.name.as_str())?;
-        self.dedup.insert(dedup_key, seq)?;
+        self.tx.insert(&ks.events, u64_bytes(seq), encode(&stored));
+        self.tx.insert(
+            &ks.profile_events,
+            pair_key(profile_id, seq),
+            event.name.as_str(),
+        );
+        self.tx.insert(&ks.dedup, dedup_key, u64_bytes(seq));
         let expiry = DedupExpiry {
             stored_at_ms: self.counters.clock_ms,
             source: event.source.clone(),
             message_id: event.message_id.clone(),
         };
-        self.dedup_expiry.insert(seq, encode(&expiry).as_slice())?;
+        self.tx
+            .insert(&ks.dedup_expiry, u64_bytes(seq), encode(&expiry));
         Ok(EventOutcome::Stored { seq, profile_id })
     }
 
@@ -188,7 +183,7 @@ impl<'txn> Applier<'txn> {
                 kind: IdKind::UserId,
                 value: previous.clone(),
             };
-            let identity = if self.identities.get(as_user.key().as_str())?.is_some() {
+            let identity = if self.tx.get(&self.ks.identities, as_user.key())?.is_some() {
                 as_user
             } else {
                 Identity {
@@ -207,10 +202,10 @@ impl<'txn> Applier<'txn> {
     fn graph_for(&mut self, identities: &[Identity]) -> Result<GraphView, StoreError> {
         let mut view = GraphView::default();
         for identity in identities {
-            let owner = self
-                .identities
-                .get(identity.key().as_str())?
-                .map(|owner| owner.value());
+            let owner = match self.tx.get(&self.ks.identities, identity.key())? {
+                Some(bytes) => Some(read_u64(&bytes, IDENTITIES)?),
+                None => None,
+            };
             if let Some(owner) = owner {
                 view.owners.insert(identity.clone(), owner);
                 if let std::collections::hash_map::Entry::Vacant(slot) = view.members.entry(owner) {
@@ -236,7 +231,8 @@ impl<'txn> Applier<'txn> {
             self.merge(target, loser, event)?;
         }
         for identity in &plan.attach {
-            self.identities.insert(identity.key().as_str(), target)?;
+            self.tx
+                .insert(&self.ks.identities, identity.key(), u64_bytes(target));
             self.profile_mut(target)?.identities.push(identity.clone());
         }
         for refusal in &plan.refusals {
@@ -264,27 +260,25 @@ impl<'txn> Applier<'txn> {
             }
             None => self.load_profile(loser)?,
         };
+        let ks = self.ks;
         for identity in &absorbed.identities {
-            self.identities.insert(identity.key().as_str(), target)?;
+            self.tx
+                .insert(&ks.identities, identity.key(), u64_bytes(target));
         }
-        self.redirects.insert(loser, target)?;
-        let moved: Vec<(u64, String)> = self
-            .profile_events
-            .range((loser, 0)..=(loser, u64::MAX))?
-            .map(|entry| entry.map(|(k, v)| (k.value().1, v.value().to_owned())))
-            .collect::<Result<_, _>>()?;
-        for (seq, name) in moved {
-            self.profile_events.remove((loser, seq))?;
-            self.profile_events.insert((target, seq), name.as_str())?;
-        }
-        let trail: Vec<(u64, Vec<u8>)> = self
-            .merges
-            .range((loser, 0)..=(loser, u64::MAX))?
-            .map(|entry| entry.map(|(k, v)| (k.value().1, v.value().to_vec())))
-            .collect::<Result<_, _>>()?;
-        for (seq, record) in trail {
-            self.merges.remove((loser, seq))?;
-            self.merges.insert((target, seq), record.as_slice())?;
+        self.tx
+            .insert(&ks.redirects, u64_bytes(loser), u64_bytes(target));
+        // The loser's event index and audit trail move to the target, keeping their
+        // sequence numbers (globally unique, so nothing collides).
+        for (keyspace, name) in [(&ks.profile_events, PROFILE_EVENTS), (&ks.merges, MERGES)] {
+            let mut moved = Vec::new();
+            for guard in self.tx.prefix(keyspace, u64_bytes(loser)) {
+                let (key, value) = guard.into_inner()?;
+                moved.push((read_pair(&key, name)?.1, value));
+            }
+            for (seq, value) in moved {
+                self.tx.remove(keyspace, pair_key(loser, seq));
+                self.tx.insert(keyspace, pair_key(target, seq), value);
+            }
         }
         let linked_by = absorbed
             .identities
@@ -317,16 +311,19 @@ impl<'txn> Applier<'txn> {
             source: event.source.clone(),
             action,
         };
-        self.merges
-            .insert((profile, seq), encode(&record).as_slice())?;
+        self.tx
+            .insert(&self.ks.merges, pair_key(profile, seq), encode(&record));
         Ok(())
     }
 
     fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
-        let bytes = self.profiles.get(id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("identity points at missing profile {id}"))
-        })?;
-        decode(bytes.value(), "profiles")
+        let bytes = self
+            .tx
+            .get(&self.ks.profiles, u64_bytes(id))?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("identity points at missing profile {id}"))
+            })?;
+        decode(&bytes, PROFILES)
     }
 
     fn profile_mut(&mut self, id: u64) -> Result<&mut Profile, StoreError> {
@@ -343,57 +340,55 @@ impl<'txn> Applier<'txn> {
     }
 
     fn expire_dedup(&mut self, budget: usize) -> Result<(), StoreError> {
+        let ks = self.ks;
         let horizon = self
             .counters
             .clock_ms
             .saturating_sub(self.settings.dedup_window_ms);
-        for _ in 0..budget {
-            let Some((seq, expiry)) = self
-                .dedup_expiry
-                .first()?
-                .map(|(seq, record)| (seq.value(), record.value().to_vec()))
-            else {
-                return Ok(());
-            };
-            let expiry: DedupExpiry = decode(&expiry, "dedup_expiry")?;
+        let mut expired = Vec::new();
+        for guard in self.tx.iter(&ks.dedup_expiry).take(budget) {
+            let (key, value) = guard.into_inner()?;
+            let expiry: DedupExpiry = decode(&value, DEDUP_EXPIRY)?;
             if expiry.stored_at_ms >= horizon {
-                return Ok(());
+                break;
             }
-            self.dedup_expiry.remove(seq)?;
-            self.dedup
-                .remove((expiry.source.as_str(), expiry.message_id.as_str()))?;
+            expired.push((key, expiry));
+        }
+        for (key, expiry) in expired {
+            self.tx.remove(&ks.dedup_expiry, key);
+            self.tx
+                .remove(&ks.dedup, dedup_key(&expiry.source, &expiry.message_id));
         }
         Ok(())
     }
 
     fn expire_events(&mut self, budget: usize) -> Result<(), StoreError> {
+        let ks = self.ks;
         let horizon = self
             .counters
             .clock_ms
             .saturating_sub(self.settings.retention_ms);
-        for _ in 0..budget {
-            let Some((seq, record)) = self
-                .events
-                .first()?
-                .map(|(seq, record)| (seq.value(), record.value().to_vec()))
-            else {
-                return Ok(());
-            };
-            let stored: StoredEvent = decode(&record, "events")?;
+        let mut expired = Vec::new();
+        for guard in self.tx.iter(&ks.events).take(budget) {
+            let (key, value) = guard.into_inner()?;
+            let stored: StoredEvent = decode(&value, EVENTS)?;
             if stored.stored_at_ms >= horizon {
-                return Ok(());
+                break;
             }
-            self.events.remove(seq)?;
-            let owner = self.current_owner(stored.profile_id)?;
-            self.profile_events.remove((owner, seq))?;
+            expired.push((read_u64(&key, EVENTS)?, stored.profile_id));
+        }
+        for (seq, profile_id) in expired {
+            self.tx.remove(&ks.events, u64_bytes(seq));
+            let owner = self.current_owner(profile_id)?;
+            self.tx.remove(&ks.profile_events, pair_key(owner, seq));
         }
         Ok(())
     }
 
     /// Follows merge redirects to the profile that holds `id`'s data now.
     fn current_owner(&self, mut id: u64) -> Result<u64, StoreError> {
-        while let Some(next) = self.redirects.get(id)? {
-            id = next.value();
+        while let Some(next) = self.tx.get(&self.ks.redirects, u64_bytes(id))? {
+            id = read_u64(&next, REDIRECTS)?;
         }
         Ok(id)
     }

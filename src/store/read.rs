@@ -1,15 +1,12 @@
 //! Queries over a consistent snapshot of the state, and the state hash.
 //!
-//! A [`Reader`] wraps one redb read transaction: everything it returns is from the same
-//! applied index, and it never blocks the writer.
+//! A [`Reader`] wraps one fjall snapshot: everything it returns is from the same applied
+//! index, and it never blocks the writer.
 
-use redb::{
-    Key, ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
-    Value,
-};
+use fjall::{Readable, Snapshot};
 
-use super::StoreError;
 use super::tables::*;
+use super::{Keyspaces, StoreError, meta_u64};
 use crate::model::identity::Identity;
 use crate::model::profile::Profile;
 
@@ -29,59 +26,55 @@ pub struct Page<T> {
 }
 
 /// A read-only snapshot of the state.
-pub struct Reader {
-    txn: ReadTransaction,
+pub struct Reader<'a> {
+    snapshot: Snapshot,
+    ks: &'a Keyspaces,
 }
 
-/// Counts of the main tables, for status output.
+/// Approximate sizes of the main keyspaces, for status output (exact counts would read
+/// every key).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Counts {
-    /// Events currently stored (after retention).
-    pub events: u64,
-    /// Live profiles.
-    pub profiles: u64,
-    /// Identities in the graph.
-    pub identities: u64,
-    /// messageIds in the dedup window.
-    pub dedup_entries: u64,
+    /// Events currently stored (after retention), approximately.
+    pub events_approx: u64,
+    /// Live profiles, approximately.
+    pub profiles_approx: u64,
+    /// Identities in the graph, approximately.
+    pub identities_approx: u64,
+    /// messageIds in the dedup window, approximately.
+    pub dedup_entries_approx: u64,
 }
 
-impl Reader {
-    pub(super) fn new(txn: ReadTransaction) -> Reader {
-        Reader { txn }
-    }
-
-    fn meta(&self, key: &str) -> Result<u64, StoreError> {
-        let table = self.txn.open_table(META)?;
-        Ok(table.get(key)?.map_or(0, |v| v.value()))
+impl<'a> Reader<'a> {
+    pub(super) fn new(snapshot: Snapshot, ks: &'a Keyspaces) -> Reader<'a> {
+        Reader { snapshot, ks }
     }
 
     /// The last log index applied to this snapshot.
     pub fn applied_index(&self) -> Result<u64, StoreError> {
-        self.meta(META_APPLIED_INDEX)
+        meta_u64(&self.snapshot, &self.ks.meta, META_APPLIED_INDEX, META)
     }
 
     /// The state clock (largest batch time applied), ms since the epoch.
     pub fn clock_ms(&self) -> Result<i64, StoreError> {
-        Ok(self.meta(META_CLOCK_MS)? as i64)
+        Ok(meta_u64(&self.snapshot, &self.ks.meta, META_CLOCK_MS, META)? as i64)
     }
 
     /// The profile that owns `identity`, if any.
     pub fn profile_of(&self, identity: &Identity) -> Result<Option<Profile>, StoreError> {
-        let identities = self.txn.open_table(IDENTITIES)?;
-        let Some(id) = identities.get(identity.key().as_str())? else {
+        let Some(id) = self.snapshot.get(&self.ks.identities, identity.key())? else {
             return Ok(None);
         };
-        self.profile(id.value()).map(Some)
+        self.profile(read_u64(&id, IDENTITIES)?).map(Some)
     }
 
     /// The profile with internal id `id`.
     pub fn profile(&self, id: u64) -> Result<Profile, StoreError> {
-        let profiles = self.txn.open_table(PROFILES)?;
-        let bytes = profiles
-            .get(id)?
+        let bytes = self
+            .snapshot
+            .get(&self.ks.profiles, u64_bytes(id))?
             .ok_or_else(|| StoreError::Corrupt(format!("missing profile {id}")))?;
-        decode(bytes.value(), "profiles")
+        decode(&bytes, PROFILES)
     }
 
     /// The profile's events, newest first, optionally only those named `name`.
@@ -92,14 +85,14 @@ impl Reader {
         limit: usize,
         name: Option<&str>,
     ) -> Result<Page<(u64, StoredEvent)>, StoreError> {
-        let index = self.txn.open_table(PROFILE_EVENTS)?;
-        let events = self.txn.open_table(EVENTS)?;
         let upper = before.unwrap_or(u64::MAX);
+        let range = pair_key(profile, 0)..pair_key(profile, upper);
         let mut items = Vec::new();
         let mut last_seen = None;
         let mut exhausted = true;
-        for (scanned, entry) in index
-            .range((profile, 0)..(profile, upper))?
+        for (scanned, guard) in self
+            .snapshot
+            .range(&self.ks.profile_events, range)
             .rev()
             .enumerate()
         {
@@ -107,21 +100,23 @@ impl Reader {
                 exhausted = false;
                 break;
             }
-            let (key, event_name) = entry?;
-            let seq = key.value().1;
+            let (key, event_name) = guard.into_inner()?;
+            let seq = read_pair(&key, PROFILE_EVENTS)?.1;
             last_seen = Some(seq);
-            if name.is_some_and(|wanted| wanted != event_name.value()) {
+            if name.is_some_and(|wanted| wanted.as_bytes() != &*event_name) {
                 continue;
             }
             // Retention removes the event and its index entry together, so a miss here
             // would be corruption; skip rather than fail the whole page, and say so.
-            match events.get(seq)? {
-                Some(bytes) => items.push((seq, decode(bytes.value(), "events")?)),
-                None => tracing::warn!(
-                    seq,
-                    profile,
-                    "profile event index points at a missing event"
-                ),
+            match self.event(seq)? {
+                Some(event) => items.push((seq, event)),
+                None => {
+                    tracing::warn!(
+                        seq,
+                        profile,
+                        "profile event index points at a missing event"
+                    )
+                }
             }
         }
         Ok(Page {
@@ -137,17 +132,17 @@ impl Reader {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Page<(u64, MergeRecord)>, StoreError> {
-        let merges = self.txn.open_table(MERGES)?;
         let upper = before.unwrap_or(u64::MAX);
+        let range = pair_key(profile, 0)..pair_key(profile, upper);
         let mut items = Vec::new();
         let mut more = false;
-        for entry in merges.range((profile, 0)..(profile, upper))?.rev() {
+        for guard in self.snapshot.range(&self.ks.merges, range).rev() {
             if items.len() >= limit {
                 more = true;
                 break;
             }
-            let (key, bytes) = entry?;
-            items.push((key.value().1, decode(bytes.value(), "merges")?));
+            let (key, bytes) = guard.into_inner()?;
+            items.push((read_pair(&key, MERGES)?.1, decode(&bytes, MERGES)?));
         }
         let next_before = if more {
             items.last().map(|(seq, _)| *seq)
@@ -159,145 +154,161 @@ impl Reader {
 
     /// Whether an event with this source and messageId is in the dedup window, and its seq.
     pub fn dedup_seq(&self, source: &str, message_id: &str) -> Result<Option<u64>, StoreError> {
-        let dedup = self.txn.open_table(DEDUP)?;
-        Ok(dedup.get((source, message_id))?.map(|v| v.value()))
+        match self
+            .snapshot
+            .get(&self.ks.dedup, dedup_key(source, message_id))?
+        {
+            Some(bytes) => read_u64(&bytes, DEDUP).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The stored event with sequence number `seq`.
     pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        let events = self.txn.open_table(EVENTS)?;
-        events
-            .get(seq)?
-            .map(|bytes| decode(bytes.value(), "events"))
-            .transpose()
+        match self.snapshot.get(&self.ks.events, u64_bytes(seq))? {
+            Some(bytes) => decode(&bytes, EVENTS).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// Sizes of the main tables.
-    pub fn counts(&self) -> Result<Counts, StoreError> {
-        Ok(Counts {
-            events: self.txn.open_table(EVENTS)?.len()?,
-            profiles: self.txn.open_table(PROFILES)?.len()?,
-            identities: self.txn.open_table(IDENTITIES)?.len()?,
-            dedup_entries: self.txn.open_table(DEDUP)?.len()?,
-        })
+    /// Approximate sizes of the main keyspaces.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            events_approx: self.ks.events.approximate_len() as u64,
+            profiles_approx: self.ks.profiles.approximate_len() as u64,
+            identities_approx: self.ks.identities.approximate_len() as u64,
+            dedup_entries_approx: self.ks.dedup.approximate_len() as u64,
+        }
+    }
+
+    /// Exact number of entries in a state keyspace (reads every key).
+    pub fn exact_len(&self, name: &str) -> Result<u64, StoreError> {
+        let Some((_, keyspace)) = self.ks.state().into_iter().find(|(n, _)| *n == name) else {
+            return Ok(0);
+        };
+        Ok(self.snapshot.len(keyspace)? as u64)
+    }
+
+    /// A hash over every state keyspace, in key order. Two stores that applied the same log
+    /// up to the same index have the same hash; the log itself is not included.
+    pub fn state_hash(&self) -> Result<String, StoreError> {
+        let mut hasher = blake3::Hasher::new();
+        for (name, keyspace) in self.ks.state() {
+            hasher.update(name.as_bytes());
+            let mut count = 0_u64;
+            for guard in self.snapshot.iter(keyspace) {
+                let (key, value) = guard.into_inner()?;
+                hasher.update(&(key.len() as u64).to_le_bytes());
+                hasher.update(&key);
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(&value);
+                count += 1;
+            }
+            hasher.update(&count.to_le_bytes());
+        }
+        Ok(hasher.finalize().to_hex().to_string())
     }
 
     /// Checks the identity graph's invariants over the whole state; returns the first
-    /// violation found. Reads everything: for tests, drills and `--check` runs, not hot paths.
+    /// violation found. Reads everything: for tests and drills, not hot paths.
     ///
     /// - every identity points at a live profile that lists it;
     /// - every identity a profile lists points back at that profile;
     /// - every per-profile event index entry belongs to a live profile and a stored event;
     /// - every redirect leads, eventually, to a live profile.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let fail = |e: StoreError| e.to_string();
-        let identities = self.txn.open_table(IDENTITIES).map_err(|e| e.to_string())?;
-        let profiles = self.txn.open_table(PROFILES).map_err(|e| e.to_string())?;
-        let live = |id: u64| -> Result<Option<Profile>, String> {
-            match profiles.get(id).map_err(|e| e.to_string())? {
-                Some(bytes) => decode(bytes.value(), "profiles").map(Some).map_err(fail),
+        self.check_graph().map_err(|e| match e {
+            Violation::Found(text) => text,
+            Violation::Store(error) => error.to_string(),
+        })
+    }
+
+    fn check_graph(&self) -> Result<(), Violation> {
+        let live = |id: u64| -> Result<Option<Profile>, Violation> {
+            match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
+                Some(bytes) => Ok(Some(decode(&bytes, PROFILES)?)),
                 None => Ok(None),
             }
         };
-        for entry in identities.iter().map_err(|e| e.to_string())? {
-            let (key, owner) = entry.map_err(|e| e.to_string())?;
-            let (key, owner) = (key.value().to_owned(), owner.value());
-            let profile =
-                live(owner)?.ok_or(format!("identity {key} points at missing profile {owner}"))?;
+        for guard in self.snapshot.iter(&self.ks.identities) {
+            let (key, owner) = guard.into_inner()?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let owner = read_u64(&owner, IDENTITIES)?;
+            let profile = live(owner)?.ok_or_else(|| {
+                Violation::Found(format!("identity {key} points at missing profile {owner}"))
+            })?;
             if !profile.identities.iter().any(|i| i.key() == key) {
-                return Err(format!(
+                return Err(Violation::Found(format!(
                     "identity {key} points at profile {owner}, which does not list it"
-                ));
+                )));
             }
         }
-        for entry in profiles.iter().map_err(|e| e.to_string())? {
-            let (id, bytes) = entry.map_err(|e| e.to_string())?;
-            let profile: Profile = decode(bytes.value(), "profiles").map_err(fail)?;
+        for guard in self.snapshot.iter(&self.ks.profiles) {
+            let (id, bytes) = guard.into_inner()?;
+            let id = read_u64(&id, PROFILES)?;
+            let profile: Profile = decode(&bytes, PROFILES)?;
             for identity in &profile.identities {
-                let owner = identities
-                    .get(identity.key().as_str())
-                    .map_err(|e| e.to_string())?
-                    .map(|v| v.value());
-                if owner != Some(id.value()) {
-                    return Err(format!(
-                        "profile {} lists {identity} but it points at {owner:?}",
-                        id.value()
-                    ));
+                let owner = match self.snapshot.get(&self.ks.identities, identity.key())? {
+                    Some(bytes) => Some(read_u64(&bytes, IDENTITIES)?),
+                    None => None,
+                };
+                if owner != Some(id) {
+                    return Err(Violation::Found(format!(
+                        "profile {id} lists {identity} but it points at {owner:?}"
+                    )));
                 }
             }
         }
-        let index = self
-            .txn
-            .open_table(PROFILE_EVENTS)
-            .map_err(|e| e.to_string())?;
-        let events = self.txn.open_table(EVENTS).map_err(|e| e.to_string())?;
-        for entry in index.iter().map_err(|e| e.to_string())? {
-            let (key, _) = entry.map_err(|e| e.to_string())?;
-            let (profile, seq) = key.value();
+        for guard in self.snapshot.iter(&self.ks.profile_events) {
+            let (profile, seq) = read_pair(&guard.key()?, PROFILE_EVENTS)?;
             if live(profile)?.is_none() {
-                return Err(format!(
+                return Err(Violation::Found(format!(
                     "event {seq} is indexed under missing profile {profile}"
-                ));
+                )));
             }
-            if events.get(seq).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("profile {profile} indexes missing event {seq}"));
+            if self.event(seq)?.is_none() {
+                return Err(Violation::Found(format!(
+                    "profile {profile} indexes missing event {seq}"
+                )));
             }
         }
-        let redirects = self.txn.open_table(REDIRECTS).map_err(|e| e.to_string())?;
-        for entry in redirects.iter().map_err(|e| e.to_string())? {
-            let (from, _) = entry.map_err(|e| e.to_string())?;
-            let mut id = from.value();
-            for _ in 0..=redirects.len().map_err(|e| e.to_string())? {
-                match redirects.get(id).map_err(|e| e.to_string())? {
-                    Some(next) => id = next.value(),
+        for guard in self.snapshot.iter(&self.ks.redirects) {
+            let (from, mut to) = guard.into_inner()?;
+            let from = read_u64(&from, REDIRECTS)?;
+            let mut id = read_u64(&to, REDIRECTS)?;
+            for _ in 0..1_000_000 {
+                match self.snapshot.get(&self.ks.redirects, u64_bytes(id))? {
+                    Some(next) => {
+                        to = next;
+                        id = read_u64(&to, REDIRECTS)?;
+                    }
                     None => break,
                 }
             }
             if live(id)?.is_none() {
-                return Err(format!(
-                    "redirect chain from {} ends at missing profile {id}",
-                    from.value()
-                ));
+                return Err(Violation::Found(format!(
+                    "redirect chain from {from} ends at missing profile {id}"
+                )));
             }
         }
         Ok(())
     }
+}
 
-    /// A hash over every state table, in key order. Two stores that applied the same log
-    /// up to the same index have the same hash; the log itself is not included.
-    pub fn state_hash(&self) -> Result<String, StoreError> {
-        let mut hasher = blake3::Hasher::new();
-        hash_table(&mut hasher, &self.txn, META)?;
-        hash_table(&mut hasher, &self.txn, EVENTS)?;
-        hash_table(&mut hasher, &self.txn, PROFILE_EVENTS)?;
-        hash_table(&mut hasher, &self.txn, IDENTITIES)?;
-        hash_table(&mut hasher, &self.txn, PROFILES)?;
-        hash_table(&mut hasher, &self.txn, REDIRECTS)?;
-        hash_table(&mut hasher, &self.txn, MERGES)?;
-        hash_table(&mut hasher, &self.txn, DEDUP)?;
-        hash_table(&mut hasher, &self.txn, DEDUP_EXPIRY)?;
-        Ok(hasher.finalize().to_hex().to_string())
+/// An invariant check's outcome other than success.
+enum Violation {
+    Found(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Violation {
+    fn from(error: StoreError) -> Self {
+        Violation::Store(error)
     }
 }
 
-fn hash_table<K: Key + 'static, V: Value + 'static>(
-    hasher: &mut blake3::Hasher,
-    txn: &ReadTransaction,
-    definition: TableDefinition<K, V>,
-) -> Result<(), StoreError> {
-    use redb::TableHandle;
-    let table: ReadOnlyTable<K, V> = txn.open_table(definition)?;
-    hasher.update(definition.name().as_bytes());
-    hasher.update(&table.len()?.to_le_bytes());
-    for entry in table.iter()? {
-        let (key, value) = entry?;
-        let (key, value) = (key.value(), value.value());
-        let (key_bytes, value_bytes) = (K::as_bytes(&key), V::as_bytes(&value));
-        let (key_bytes, value_bytes) = (key_bytes.as_ref(), value_bytes.as_ref());
-        hasher.update(&(key_bytes.len() as u64).to_le_bytes());
-        hasher.update(key_bytes);
-        hasher.update(&(value_bytes.len() as u64).to_le_bytes());
-        hasher.update(value_bytes);
+impl From<fjall::Error> for Violation {
+    fn from(error: fjall::Error) -> Self {
+        Violation::Store(error.into())
     }
-    Ok(())
 }

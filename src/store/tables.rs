@@ -1,45 +1,59 @@
-//! The on-disk layout: every redb table, its key and value, and the record types stored
-//! in them.
+//! The on-disk layout: every keyspace, how its keys are encoded, and the record types
+//! stored in them.
 //!
-//! Two groups of tables live in the one database file:
+//! Two groups of keyspaces live in one fjall database (one shared journal, so a write
+//! transaction spanning them is atomic):
 //! - the **log** ([`LOG`], [`LOG_META`]): committed batches by index, compacted from the
 //!   front once the state derived from them is durable;
 //! - the **state** (everything else): derived from the log by [`super::apply`], and
 //!   covered by the state hash. Nothing in the state depends on which node applied it.
 //!
-//! Records are encoded with postcard (compact, schema-stable as long as fields are only
-//! appended). JSON payloads inside records are carried as text, never re-encoded.
+//! Keys are byte strings that sort the way the code scans them: integers big-endian,
+//! compound keys concatenated (`profile ++ seq`), text keys as UTF-8 with a 0x00 separator
+//! where two are joined (source names cannot contain 0x00). Records are encoded with
+//! postcard (compact; fields may only be appended). JSON payloads inside records are
+//! carried as text, never re-encoded.
 
-use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::model::event::MessageType;
 use crate::model::identity::Identity;
 
 /// Log index → postcard-encoded [`crate::model::event::Batch`].
-pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// Log bookkeeping (see the `LOG_*` keys).
-pub const LOG_META: TableDefinition<&str, u64> = TableDefinition::new("log_meta");
-
-/// State counters and positions (see the `META_*` keys).
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const LOG: &str = "log";
+/// Log bookkeeping (see the `LOG_*` keys) → u64.
+pub const LOG_META: &str = "log_meta";
+/// State counters and positions (see the `META_*` keys) → u64.
+pub const META: &str = "meta";
 /// Event sequence number → postcard [`StoredEvent`].
-pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub const EVENTS: &str = "events";
 /// (profile id, event seq) → event name; the per-profile event index, newest = highest seq.
-pub const PROFILE_EVENTS: TableDefinition<(u64, u64), &str> =
-    TableDefinition::new("profile_events");
+pub const PROFILE_EVENTS: &str = "profile_events";
 /// Identity key (`kind:value`) → owning profile id.
-pub const IDENTITIES: TableDefinition<&str, u64> = TableDefinition::new("identities");
+pub const IDENTITIES: &str = "identities";
 /// Profile id → postcard [`crate::model::profile::Profile`].
-pub const PROFILES: TableDefinition<u64, &[u8]> = TableDefinition::new("profiles");
+pub const PROFILES: &str = "profiles";
 /// Merged-away profile id → the profile it was merged into.
-pub const REDIRECTS: TableDefinition<u64, u64> = TableDefinition::new("redirects");
+pub const REDIRECTS: &str = "redirects";
 /// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile.
-pub const MERGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("merges");
-/// (source, messageId) → seq of the event that used it; the idempotency index.
-pub const DEDUP: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedup");
+pub const MERGES: &str = "merges";
+/// source 0x00 messageId → seq of the event that used it; the idempotency index.
+pub const DEDUP: &str = "dedup";
 /// Event seq → postcard [`DedupExpiry`]; dedup entries in expiry order.
-pub const DEDUP_EXPIRY: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup_expiry");
+pub const DEDUP_EXPIRY: &str = "dedup_expiry";
+
+/// The state keyspaces, in the order the state hash covers them.
+pub const STATE_KEYSPACES: [&str; 9] = [
+    META,
+    EVENTS,
+    PROFILE_EVENTS,
+    IDENTITIES,
+    PROFILES,
+    REDIRECTS,
+    MERGES,
+    DEDUP,
+    DEDUP_EXPIRY,
+];
 
 /// `META` key: index of the last log entry applied to the state.
 pub const META_APPLIED_INDEX: &str = "applied_index";
@@ -55,6 +69,53 @@ pub const META_NEXT_MERGE: &str = "next_merge";
 pub const LOG_FIRST_INDEX: &str = "first_index";
 /// `LOG_META` key: the index of the last entry appended.
 pub const LOG_LAST_INDEX: &str = "last_index";
+
+/// An integer key or value: 8 bytes big-endian, so keys sort numerically.
+pub fn u64_bytes(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// A compound `(a, b)` key: all `b` of one `a` are adjacent, in order.
+pub fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+/// Decodes a [`u64_bytes`] value, naming the keyspace on failure.
+pub fn read_u64(bytes: &[u8], keyspace: &'static str) -> Result<u64, super::StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| {
+        super::StoreError::Corrupt(format!(
+            "{keyspace}: expected 8 bytes, found {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// Decodes a [`pair_key`].
+pub fn read_pair(bytes: &[u8], keyspace: &'static str) -> Result<(u64, u64), super::StoreError> {
+    if bytes.len() != 16 {
+        return Err(super::StoreError::Corrupt(format!(
+            "{keyspace}: expected a 16-byte key, found {}",
+            bytes.len()
+        )));
+    }
+    Ok((
+        read_u64(&bytes[..8], keyspace)?,
+        read_u64(&bytes[8..], keyspace)?,
+    ))
+}
+
+/// The dedup key of a (source, messageId) pair.
+pub fn dedup_key(source: &str, message_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(source.len() + 1 + message_id.len());
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(message_id.as_bytes());
+    key
+}
 
 /// An event as stored, with what the events API and retention need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

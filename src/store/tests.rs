@@ -1,9 +1,9 @@
-//! Scenario tests of the store: the state machine applied through real redb files.
+//! Scenario tests of the store: the state machine applied through real fjall databases.
 
 use serde_json::{Value, json};
 
 use super::apply::ApplySettings;
-use super::tables::MergeAction;
+use super::tables::{EVENTS, MergeAction, PROFILES};
 use super::*;
 use crate::model::event::{Batch, Event, EventOutcome, MessageType};
 use crate::model::identity::{Blocklist, Identity};
@@ -52,7 +52,6 @@ fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
     let identity = Identity::parse_key(key, &Blocklist::default()).expect("key");
     store
         .reader()
-        .expect("reader")
         .profile_of(&identity)
         .expect("read")
         .unwrap_or_else(|| panic!("no profile for {key}"))
@@ -61,7 +60,7 @@ fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
 #[test]
 fn anonymous_history_follows_the_customer_after_login() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path(), "a.redb");
+    let store = open(dir.path(), "a");
     store
         .commit(&batch(
             T0,
@@ -86,7 +85,7 @@ fn anonymous_history_follows_the_customer_after_login() {
     assert_eq!(by_user, profile(&store, "email:ada@example.com"));
     assert_eq!(by_user.event_count(), 3);
     assert_eq!(by_user.traits["name"].json, "\"Ada\"");
-    let reader = store.reader().expect("reader");
+    let reader = store.reader();
     let page = reader.events(by_user.id, None, 10, None).expect("events");
     let ids: Vec<&str> = page
         .items
@@ -103,7 +102,7 @@ fn anonymous_history_follows_the_customer_after_login() {
 #[test]
 fn merges_and_refusals_are_recorded_with_their_cause() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path(), "m.redb");
+    let store = open(dir.path(), "m");
     store
         .commit(&batch(
             T0,
@@ -119,7 +118,7 @@ fn merges_and_refusals_are_recorded_with_their_cause() {
     let u2 = profile(&store, "user_id:u2");
     assert_ne!(u9.id, u2.id, "a shared device never merges two known users");
     assert_eq!(u9.event_count(), 3);
-    let reader = store.reader().expect("reader");
+    let reader = store.reader();
     let trail = reader.merges(u9.id, None, 10).expect("merges").items;
     assert_eq!(trail.len(), 2, "one merge, one refusal: {trail:?}");
     assert!(
@@ -139,7 +138,7 @@ fn merges_and_refusals_are_recorded_with_their_cause() {
 #[test]
 fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path(), "d.redb");
+    let store = open(dir.path(), "d");
     let track = || json!({"type": "track", "messageId": "dup", "userId": "u1", "event": "E"});
     let (_, first) = store
         .commit(&batch(T0, vec![track(), track()]))
@@ -172,7 +171,7 @@ fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
 #[test]
 fn retention_removes_old_events_but_keeps_profiles() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path(), "r.redb");
+    let store = open(dir.path(), "r");
     store
         .commit(&batch(
             T0,
@@ -189,7 +188,6 @@ fn retention_removes_old_events_but_keeps_profiles() {
     assert_eq!(profile.event_count(), 2, "lifetime counts stay");
     let page = store
         .reader()
-        .expect("reader")
         .events(profile.id, None, 10, None)
         .expect("events");
     let ids: Vec<&str> = page
@@ -198,15 +196,7 @@ fn retention_removes_old_events_but_keeps_profiles() {
         .map(|(_, e)| e.message_id.as_str())
         .collect();
     assert_eq!(ids, ["new"]);
-    assert_eq!(
-        store
-            .reader()
-            .expect("reader")
-            .counts()
-            .expect("counts")
-            .events,
-        1
-    );
+    assert_eq!(store.reader().exact_len(EVENTS).expect("len"), 1);
 }
 
 /// The property replication depends on: the same log applied to empty state gives the
@@ -215,7 +205,7 @@ fn retention_removes_old_events_but_keeps_profiles() {
 fn replaying_the_log_reproduces_the_state_hash() {
     const CUSTOMERS: u64 = 120;
     let dir = tempfile::tempdir().expect("tempdir");
-    let original = open(dir.path(), "original.redb");
+    let original = open(dir.path(), "original");
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move |n: u64| {
         rng ^= rng << 13;
@@ -254,12 +244,12 @@ fn replaying_the_log_reproduces_the_state_hash() {
         original
             .commit(&batch(T0 + round as i64 * 3_600_000, events))
             .expect("commit");
-        let reader = original.reader().expect("reader");
+        let reader = original.reader();
         if let Err(violation) = reader.check_invariants() {
             panic!("after round {round}: {violation}");
         }
     }
-    let replica = open(dir.path(), "replica.redb");
+    let replica = open(dir.path(), "replica");
     let (first, last) = original
         .log_bounds()
         .expect("bounds")
@@ -270,10 +260,17 @@ fn replaying_the_log_reproduces_the_state_hash() {
         replica.apply_entries(&entries).expect("replay");
         from = entries.last().expect("entries").0 + 1;
     }
-    let hash = |store: &Store| store.reader().expect("reader").state_hash().expect("hash");
+    let hash = |store: &Store| store.reader().state_hash().expect("hash");
     assert_eq!(hash(&original), hash(&replica));
-    let counts = original.reader().expect("reader").counts().expect("counts");
-    assert!(counts.profiles > 10 && counts.events > 1000, "{counts:?}");
+    let reader = original.reader();
+    let (profiles, events) = (
+        reader.exact_len(PROFILES).expect("len"),
+        reader.exact_len(EVENTS).expect("len"),
+    );
+    assert!(
+        profiles > 10 && events > 1000,
+        "{profiles} profiles, {events} events"
+    );
     // And the hash notices a difference.
     let extra = batch(
         T0 + 99 * 3_600_000,
@@ -286,8 +283,8 @@ fn replaying_the_log_reproduces_the_state_hash() {
 #[test]
 fn log_is_compacted_beyond_the_retained_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = open(dir.path(), "tmp.redb").config.clone();
-    config.path = dir.path().join("c.redb");
+    let mut config = open(dir.path(), "tmp").config.clone();
+    config.path = dir.path().join("c");
     config.log_retain_entries = 5;
     let store = Store::open(config).expect("open");
     for i in 0..20 {
@@ -296,14 +293,7 @@ fn log_is_compacted_beyond_the_retained_entries() {
         store.commit(&batch(T0 + i, vec![raw])).expect("commit");
     }
     assert_eq!(store.log_bounds().expect("bounds"), Some((16, 20)));
-    assert_eq!(
-        store
-            .reader()
-            .expect("reader")
-            .applied_index()
-            .expect("applied"),
-        20
-    );
+    assert_eq!(store.reader().applied_index().expect("applied"), 20);
     let kinds: Vec<MessageType> = store
         .log_entries(0, 100)
         .expect("log")
