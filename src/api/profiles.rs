@@ -50,16 +50,11 @@ pub async fn get(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.keys.require(&headers, Access::Read)?;
-    let identity = parse_identity(&state, &id)?;
     let priority = state.config.identity.priority.clone();
-    let body = state
-        .read(move |reader| {
-            let profile = find(reader, &identity)?;
-            Ok(profile_json(&profile, &priority, reader.applied_index()?))
-        })
-        .await?;
-    Ok(axum::Json(body).into_response())
+    with_profile(&state, &headers, &id, move |reader, profile| {
+        Ok(profile_json(&profile, &priority, reader.applied_index()?))
+    })
+    .await
 }
 
 /// `GET /v1/profiles/{id}/events?limit=&before=&event=`
@@ -69,23 +64,17 @@ pub async fn events(
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.keys.require(&headers, Access::Read)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let identity = parse_identity(&state, &id)?;
-    let limit = query.limit()?;
-    let body = state
-        .read(move |reader| {
-            let profile = find(reader, &identity)?;
-            let page = reader.events(profile.id, query.before, limit, query.event.as_deref())?;
-            let events: Vec<Value> = page
-                .items
-                .into_iter()
-                .map(|(seq, event)| event_json(seq, event))
-                .collect();
-            Ok(json!({"profile_id": profile.id, "events": events, "next_before": page.next_before}))
-        })
-        .await?;
-    Ok(axum::Json(body).into_response())
+    let (query, limit) = page_query(query)?;
+    with_profile(&state, &headers, &id, move |reader, profile| {
+        let page = reader.events(profile.id, query.before, limit, query.event.as_deref())?;
+        let events: Vec<Value> = page
+            .items
+            .into_iter()
+            .map(|(seq, event)| event_json(seq, event))
+            .collect();
+        Ok(json!({"profile_id": profile.id, "events": events, "next_before": page.next_before}))
+    })
+    .await
 }
 
 /// `GET /v1/profiles/{id}/merges?limit=&before=`
@@ -95,23 +84,44 @@ pub async fn merges(
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.keys.require(&headers, Access::Read)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let identity = parse_identity(&state, &id)?;
-    let limit = query.limit()?;
+    let (query, limit) = page_query(query)?;
+    with_profile(&state, &headers, &id, move |reader, profile| {
+        let page = reader.merges(profile.id, query.before, limit)?;
+        let merges: Vec<Value> = page
+            .items
+            .iter()
+            .map(|(seq, record)| merge_json(*seq, record))
+            .collect();
+        Ok(json!({"profile_id": profile.id, "merges": merges, "next_before": page.next_before}))
+    })
+    .await
+}
+
+/// Checks the key, parses `id`, finds its profile on a fresh snapshot and answers with
+/// what `view` makes of it.
+async fn with_profile(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    view: impl FnOnce(&Reader, Profile) -> Result<Value, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    state.keys.require(headers, Access::Read)?;
+    let identity = parse_identity(state, id)?;
     let body = state
         .read(move |reader| {
             let profile = find(reader, &identity)?;
-            let page = reader.merges(profile.id, query.before, limit)?;
-            let merges: Vec<Value> = page
-                .items
-                .iter()
-                .map(|(seq, record)| merge_json(*seq, record))
-                .collect();
-            Ok(json!({"profile_id": profile.id, "merges": merges, "next_before": page.next_before}))
+            view(reader, profile)
         })
         .await?;
     Ok(axum::Json(body).into_response())
+}
+
+fn page_query(
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<(PageQuery, usize), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit()?;
+    Ok((query, limit))
 }
 
 fn parse_identity(state: &AppState, text: &str) -> Result<Identity, ApiError> {
