@@ -38,6 +38,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Storage engine settings.
     pub storage: StorageConfig,
+    /// Replication: this node's identity and Raft timing.
+    pub cluster: ClusterConfig,
 }
 
 /// `[node]`
@@ -176,7 +178,49 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             cache_mb: 512,
-            log_retain_entries: 10_000,
+            log_retain_entries: 1_000,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster and never reused for a different disk.
+    pub node_id: u64,
+    /// Region (or zone) label; voters are spread so one region's loss keeps a quorum.
+    pub region: String,
+    /// URL peers and clients reach this node at; empty = `http://<bound listen address>`.
+    pub advertise_url: String,
+    /// Shared secret on internal (peer) requests. Empty = a random key per start, which
+    /// is fine for a single node but lets nobody join it.
+    pub cluster_key: String,
+    /// On first start (empty Raft log), become a one-node cluster. Set to false on nodes
+    /// that will be added to an existing cluster with `tandem cluster add-node`.
+    pub bootstrap: bool,
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in [min, max] ms starts an election.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout, ms.
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot (and allow purging the log behind it) every this many log entries.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 1,
+            region: "default".into(),
+            advertise_url: String::new(),
+            cluster_key: String::new(),
+            bootstrap: true,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
+            snapshot_every_entries: 5_000,
         }
     }
 }
@@ -273,6 +317,7 @@ impl Config {
         }
         self.validate_limits(&mut problem);
         self.validate_identity(&mut problem);
+        self.validate_cluster(&mut problem);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -323,6 +368,45 @@ impl Config {
         }
         if self.storage.log_retain_entries == 0 {
             problem("storage.log_retain_entries is 0; keep at least 1 entry".into());
+        }
+    }
+
+    fn validate_cluster(&self, problem: &mut impl FnMut(String)) {
+        let c = &self.cluster;
+        if c.node_id == 0 {
+            problem("cluster.node_id is 0; node ids start at 1".into());
+        }
+        if c.region.is_empty() || c.region.chars().any(|ch| ch.is_whitespace() || ch == ',') {
+            problem(format!(
+                "cluster.region = {:?}: use a short label without spaces or commas, e.g. eu-west-1a",
+                c.region
+            ));
+        }
+        if !c.advertise_url.is_empty() && !c.advertise_url.starts_with("http://") {
+            problem(format!(
+                "cluster.advertise_url = {:?} must start with http://",
+                c.advertise_url
+            ));
+        }
+        if !c.cluster_key.is_empty() {
+            check_key(problem, "cluster.cluster_key", &c.cluster_key);
+        }
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms * 2 {
+            problem(format!(
+                "cluster.election_timeout_min_ms ({}) must be more than twice cluster.heartbeat_ms ({}), \
+                 or followers start elections against a healthy leader",
+                c.election_timeout_min_ms, c.heartbeat_ms
+            ));
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            problem(format!(
+                "cluster.election_timeout_max_ms ({}) must be above cluster.election_timeout_min_ms ({}): \
+                 the spread is what stops split votes",
+                c.election_timeout_max_ms, c.election_timeout_min_ms
+            ));
+        }
+        if c.snapshot_every_entries == 0 {
+            problem("cluster.snapshot_every_entries is 0; use at least 1".into());
         }
     }
 
@@ -384,7 +468,7 @@ impl Config {
     }
 }
 
-fn check_key(problem: &mut impl FnMut(String), name: &str, key: &str) {
+fn check_key(problem: &mut (impl FnMut(String) + ?Sized), name: &str, key: &str) {
     if key.chars().count() < KEY_CHARS_MIN {
         problem(format!(
             "{name} is shorter than {KEY_CHARS_MIN} characters; use a longer random key"

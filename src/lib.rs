@@ -4,7 +4,9 @@
 //! - [`model`]: events, identities, profiles, identity resolution — pure rules, no I/O;
 //! - [`store`]: the embedded fjall store — the log of committed batches and the state
 //!   machine that derives profiles from it;
-//! - [`node`]: the commit pipeline (group commit, backpressure) between the API and the store;
+//! - [`cluster`]: openraft adapters — log store, state machine, snapshots, peer network;
+//! - [`node`]: a running node — its Raft member and the write pipeline (admission, group
+//!   commit, forwarding to the leader) between the API and the replicated log;
 //! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads);
 //! - [`config`]: the configuration file, environment overrides and their validation;
 //! - [`load`]: the synthetic workload generator and the acknowledged-event checker;
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod load;
 pub mod model;

@@ -7,7 +7,8 @@ fn main() {
     let cli = tandem::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -92,6 +92,13 @@ impl From<SubmitError> for ApiError {
                 "shutting_down",
                 "the node is shutting down; retry (nothing from this request was stored)",
             ),
+            SubmitError::NoLeader(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                format!(
+                    "the cluster has no reachable leader right now ({message}); nothing from this request was stored"
+                ),
+            ),
             SubmitError::Rejected(message) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

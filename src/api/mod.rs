@@ -135,18 +135,32 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = state.node.raft().metrics().borrow_watched().clone();
     let reason = if state.node.is_shutting_down() {
-        Some("shutting down")
+        Some("shutting down".to_owned())
     } else if state.node.has_failed() {
-        Some("a commit failed; the store needs attention (see the node's log)")
+        Some("a fatal storage or raft error stopped writes; see the node's log".to_owned())
+    } else if let Err(fatal) = &metrics.running_state {
+        Some(format!("raft stopped: {fatal}"))
+    } else if metrics.current_leader.is_none() {
+        Some("no leader known (election in progress, or no quorum reachable)".to_owned())
     } else {
         None
     };
+    let detail = json!({
+        "node_id": metrics.id,
+        "state": format!("{:?}", metrics.state),
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "last_log_index": metrics.last_log_index,
+        "applied_index": metrics.last_applied.as_ref().map(|id| id.index),
+    });
     match reason {
-        None => axum::Json(json!({"status": "ready"})).into_response(),
+        None => axum::Json(json!({"status": "ready", "raft": detail})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "reason": reason})),
+            axum::Json(json!({"status": "not_ready", "reason": reason, "raft": detail})),
         )
             .into_response(),
     }

@@ -4,8 +4,8 @@
 //! scripts and tests read to learn the port when listening on port 0.
 //!
 //! Shutdown order, so nothing acknowledged is lost and nothing in flight is half-done:
-//! refuse new ingestion (503 + Retry-After) → let in-flight requests finish → commit what
-//! is queued → stop the committer → close the store.
+//! refuse new ingestion (503 + Retry-After) → let in-flight requests finish → stop Raft →
+//! fsync the state.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,24 +15,13 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::node::Node;
-use crate::store::{Store, StoreConfig};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    /// The store did not open.
-    #[error("cannot open the store at {path}: {source}")]
-    Store {
-        path: String,
-        source: crate::store::StoreError,
-    },
+pub enum ServeError {
+    /// The node did not start.
+    #[error(transparent)]
+    Start(#[from] crate::node::NodeError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
     Bind {
@@ -44,7 +33,7 @@ pub enum NodeError {
     Serve(std::io::Error),
 }
 
-/// A node whose store is open and whose socket is bound, not yet serving.
+/// A node whose storage and Raft are running and whose socket is bound, not yet serving.
 pub struct Prepared {
     state: AppState,
     listener: TcpListener,
@@ -52,43 +41,23 @@ pub struct Prepared {
     pub addr: SocketAddr,
 }
 
-/// Opens the store, starts the pipeline and binds the socket.
-pub async fn prepare(config: Config) -> Result<Prepared, NodeError> {
-    let dir = &config.node.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    let path = Store::dir_in(dir);
-    let store_config = StoreConfig {
-        path: path.clone(),
-        cache_bytes: config.storage.cache_mb << 20,
-        apply: config.apply_settings(),
-        log_retain_entries: config.storage.log_retain_entries,
-    };
-    let started = std::time::Instant::now();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await
-        .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?
-        .map_err(|source| NodeError::Store {
-            path: path.display().to_string(),
-            source,
-        })?;
-    tracing::info!(path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "store open");
-    let node = Node::start(
-        Arc::new(store),
-        config.limits.inflight_events_max,
-        config.limits.commit_events_max,
-    );
+/// Binds the socket, then starts the node (so it can advertise the bound address).
+pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let listener = TcpListener::bind(&config.node.listen)
         .await
-        .map_err(|source| NodeError::Bind {
+        .map_err(|source| ServeError::Bind {
             addr: config.node.listen.clone(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    let advertise = if config.cluster.advertise_url.is_empty() {
+        format!("http://{addr}")
+    } else {
+        config.cluster.advertise_url.clone()
+    };
+    let node = crate::node::start(&config, advertise).await?;
     Ok(Prepared {
-        state: AppState::new(Arc::new(node), Arc::new(config)),
+        state: AppState::new(node, Arc::new(config)),
         listener,
         addr,
     })
@@ -99,7 +68,7 @@ impl Prepared {
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), ServeError> {
         let node = Arc::clone(&self.state.node);
         let stopping = Arc::clone(&node);
         let shutdown = async move {
@@ -108,11 +77,9 @@ impl Prepared {
             stopping.begin_shutdown();
         };
         let served = api::serve(self.listener, self.state, shutdown).await;
-        tokio::task::spawn_blocking(move || node.shutdown())
-            .await
-            .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?;
+        node.shutdown().await;
         tracing::info!("stopped");
-        served.map_err(NodeError::Serve)
+        served.map_err(ServeError::Serve)
     }
 }
 

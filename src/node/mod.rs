@@ -1,39 +1,48 @@
-//! The commit pipeline between the API and the store: admission control, group commit
-//! and shutdown.
+//! A running node: the store, its Raft member, and the write pipeline between the API and
+//! the replicated log — admission control, group commit, forwarding to the leader.
 //!
 //! ```text
-//!  HTTP handlers ──submit()──▶ [bounded queue] ──▶ committer thread ──▶ Store::commit (fsync)
-//!        ▲                                               │
-//!        └──────────── outcomes (oneshot) ◀──────────────┘
+//!  HTTP handlers ─submit()─▶ [admission: ≤ inflight_events_max] ─▶ proposer task
+//!       ▲                                                    │ one Batch per group
+//!       │                                  leader: raft.client_write ─▶ quorum fsync ─▶ apply
+//!       │                                follower: POST leader/internal/propose
+//!       └────────────── per-event outcomes ◀─────────────────┘
 //! ```
 //!
 //! Invariants:
-//! - **Nothing acknowledged is lost**: `submit` returns outcomes only after the batch holding
-//!   the events is committed durably.
-//! - **Bounded**: at most `inflight_events_max` events are admitted and not yet committed;
-//!   beyond that `submit` fails fast with [`SubmitError::Overloaded`] (the API answers 429
-//!   with `Retry-After`). Nothing is buffered without bound and nothing is dropped silently.
-//! - **Group commit**: while one commit is being fsync'd, new submissions queue; the next
-//!   commit takes all of them (up to `commit_events_max`), so concurrent requests share fsyncs
-//!   without any added waiting.
-//!
-//! This is the seam where replication plugs in: a replicated node proposes the same
-//! [`Batch`] through Raft instead of committing it locally.
+//! - **Nothing acknowledged is lost**: `submit` returns outcomes only after the batch is
+//!   committed (durable on a quorum) and applied.
+//! - **Bounded**: at most `inflight_events_max` events are admitted and unanswered; beyond
+//!   that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
+//! - **Group commit**: while proposals are in flight, new submissions queue; the proposer
+//!   takes all of them (up to `commit_events_max`) into the next log entry. At most
+//!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight at once.
+//! - **Any node accepts writes**: a follower forwards the validated events to the leader;
+//!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
-mod committer;
-
-pub use committer::now_ms;
+mod proposer;
+mod start;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::cluster::Raft;
+use crate::cluster::network::Faults;
+use crate::cluster::snapshot::Snapshots;
 use crate::model::event::{Event, EventOutcome};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
+
+pub use start::{NodeError, start};
+
+/// Log entries being replicated at once by one node's proposer.
+pub const PROPOSALS_INFLIGHT_MAX: usize = 4;
 
 /// Why a submission was not committed. None of these means the events were stored.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum SubmitError {
     /// Too many events in flight; retry after a moment.
     #[error("the node is at its in-flight limit of {limit} events; retry shortly")]
@@ -41,7 +50,10 @@ pub enum SubmitError {
     /// The node is shutting down; retry against another node or after restart.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// The storage engine failed; the node is unhealthy.
+    /// No leader is known (an election is under way, or no quorum is reachable).
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// The storage engine or Raft failed; the node is unhealthy.
     #[error("storage failure: {0}")]
     Storage(String),
     /// Applying this request broke a state invariant (a bug, caught by an assertion);
@@ -50,83 +62,107 @@ pub enum SubmitError {
     Rejected(String),
 }
 
-/// A batch of validated events waiting to be committed.
+/// Events waiting to be proposed, and where to send their outcomes.
 struct Proposal {
     events: Vec<Event>,
+    /// Forwarded by a follower: if this node is not the leader either, give up rather
+    /// than forward again.
+    forwarded: bool,
     reply: oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>,
-}
-
-/// What the committer receives.
-enum Message {
-    Propose(Proposal),
-    /// Commit everything queued before this, then stop. Proposals queued after it are
-    /// dropped unanswered, which their submitters see as `ShuttingDown` (never acknowledged).
-    Stop,
 }
 
 /// Counters of the pipeline, for status output.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Commits (fsyncs) done.
+    /// Log entries proposed by this node and committed.
     pub commits: AtomicU64,
-    /// Events committed (stored or found duplicate).
-    pub events_committed: AtomicU64,
-    /// Events newly stored.
+    /// Events newly stored through this node.
     pub events_stored: AtomicU64,
     /// Events found to be duplicates.
     pub events_duplicate: AtomicU64,
     /// Submissions refused with `Overloaded`.
     pub overloaded: AtomicU64,
+    /// Proposals forwarded to the leader.
+    pub forwarded: AtomicU64,
 }
 
-/// A running single-node pipeline.
+/// The parts of a node that replication uses.
+pub struct Cluster {
+    id: u64,
+    raft: Raft,
+    faults: Arc<Faults>,
+    snapshots: Snapshots,
+    cluster_key: String,
+    advertise_url: String,
+    region: String,
+}
+
+impl Cluster {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    /// Fault injection switches.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+    /// The snapshot directory.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+    /// The shared secret of internal requests.
+    pub fn cluster_key(&self) -> &str {
+        &self.cluster_key
+    }
+    /// The URL peers reach this node at.
+    pub fn advertise_url(&self) -> &str {
+        &self.advertise_url
+    }
+    /// This node's region label.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+/// A running node.
 pub struct Node {
     store: Arc<Store>,
-    queue: mpsc::UnboundedSender<Message>,
+    cluster: Cluster,
+    queue: mpsc::UnboundedSender<Proposal>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
     shutting_down: AtomicBool,
-    /// Set when the committer hit a storage error; the node reports itself not ready.
+    /// Set when Raft or the store hit a fatal error; the node reports itself not ready.
     failed: Arc<AtomicBool>,
     stats: Arc<Stats>,
-    committer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Node {
-    /// Starts the committer thread over `store`.
-    pub fn start(store: Arc<Store>, inflight_events_max: usize, commit_events_max: usize) -> Node {
-        // The queue itself is unbounded, but only holders of in-flight permits can send,
-        // so it holds at most `inflight_events_max` events.
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let committer = committer::spawn(
-            Arc::clone(&store),
-            receiver,
-            commit_events_max,
-            Arc::clone(&failed),
-            Arc::clone(&stats),
-        );
-        Node {
-            store,
-            queue,
-            inflight: Arc::new(Semaphore::new(inflight_events_max)),
-            inflight_max: inflight_events_max,
-            shutting_down: AtomicBool::new(false),
-            failed,
-            stats,
-            committer: std::sync::Mutex::new(Some(committer)),
-        }
+    /// Commits `events` through the replicated log and returns what happened to each.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, SubmitError> {
+        self.enqueue(events, false).await
     }
 
-    /// Commits `events` durably and returns what happened to each, in order.
-    pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, SubmitError> {
+    /// Like [`Node::submit`], for events a follower forwarded to this node.
+    pub async fn submit_here(&self, events: Vec<Event>) -> Result<Vec<EventOutcome>, SubmitError> {
+        self.enqueue(events, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        events: Vec<Event>,
+        forwarded: bool,
+    ) -> Result<Vec<EventOutcome>, SubmitError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
         if self.failed.load(Ordering::Acquire) {
             return Err(SubmitError::Storage(
-                "an earlier commit failed; the node needs attention".into(),
+                "an earlier fatal error stopped this node; it needs a restart".into(),
             ));
         }
         let count = u32::try_from(events.len().max(1)).unwrap_or(u32::MAX);
@@ -138,13 +174,17 @@ impl Node {
         };
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Message::Propose(Proposal { events, reply }))
+            .send(Proposal {
+                events,
+                forwarded,
+                reply,
+            })
             .map_err(|_| SubmitError::ShuttingDown)?;
-        // The permit is held until the commit finished, whatever its result.
+        // The permit is held until the outcome is known, whatever it is.
         outcome.await.map_err(|_| SubmitError::ShuttingDown)?
     }
 
-    /// Stops admitting new work; queued work still commits.
+    /// Stops admitting new work.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
@@ -154,12 +194,12 @@ impl Node {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Whether a storage failure stopped the node from committing.
+    /// Whether a fatal error stopped the node from committing.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Events admitted and not yet committed.
+    /// Events admitted and not yet answered.
     pub fn inflight_events(&self) -> usize {
         self.inflight_max - self.inflight.available_permits()
     }
@@ -174,23 +214,34 @@ impl Node {
         &self.store
     }
 
-    /// Waits for queued work to commit and the committer to stop. Call after the HTTP
-    /// server stopped, so nothing can submit any more.
-    pub fn shutdown(&self) {
+    /// Replication parts.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.cluster.raft
+    }
+
+    /// Stops Raft and makes the state durable. Call after the HTTP server stopped.
+    pub async fn shutdown(&self) {
         self.begin_shutdown();
-        // A send error means the committer already stopped; nothing to wait for then.
-        let _ = self.queue.send(Message::Stop);
-        let handle = self.committer.lock().map(|mut h| h.take()).unwrap_or(None);
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("the committer thread panicked during shutdown");
+        if let Err(error) = self.cluster.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "could not persist the state at shutdown"),
+            Err(error) => tracing::error!(%error, "persist task failed"),
         }
     }
 }
 
-impl From<StoreError> for SubmitError {
-    fn from(error: StoreError) -> Self {
-        SubmitError::Storage(error.to_string())
-    }
+/// Wall-clock milliseconds since the epoch (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -85,15 +85,9 @@ impl<'a, 'tx> Applier<'a, 'tx> {
         self.counters.applied_index
     }
 
-    /// Applies the batch at log `index`, which must follow the last applied index.
+    /// Applies the batch at log `index`, which must be above the last applied index.
     pub fn apply(&mut self, index: u64, batch: &Batch) -> Result<Vec<EventOutcome>, StoreError> {
-        if index != self.counters.applied_index + 1 {
-            return Err(StoreError::Corrupt(format!(
-                "log gap: applying index {index} after {}",
-                self.counters.applied_index
-            )));
-        }
-        self.counters.applied_index = index;
+        self.advance(index)?;
         self.counters.clock_ms = self.counters.clock_ms.max(batch.time_ms);
         let mut outcomes = Vec::with_capacity(batch.events.len());
         for event in &batch.events {
@@ -103,6 +97,19 @@ impl<'a, 'tx> Applier<'a, 'tx> {
         self.expire_dedup(budget)?;
         self.expire_events(budget)?;
         Ok(outcomes)
+    }
+
+    /// Records that log entry `index` was applied. Entries that carry no data (Raft's
+    /// membership and blank entries) only advance the index; indexes only go up.
+    pub fn advance(&mut self, index: u64) -> Result<(), StoreError> {
+        if index <= self.counters.applied_index {
+            return Err(StoreError::Corrupt(format!(
+                "log entry {index} applied after {}: the log went backwards",
+                self.counters.applied_index
+            )));
+        }
+        self.counters.applied_index = index;
+        Ok(())
     }
 
     /// Writes cached profiles and counters back. Must be called before the commit.

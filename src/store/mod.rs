@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod read;
+pub mod replicated;
 pub mod tables;
 #[cfg(test)]
 mod tests;

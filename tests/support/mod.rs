@@ -77,6 +77,7 @@ impl NodeProcess {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("tandem node listening on ") {
                         node.url = addr.trim().to_owned();
+                        node.wait_ready(deadline);
                         return node;
                     }
                 }
@@ -85,6 +86,23 @@ impl NodeProcess {
                     node.stderr()
                 ),
             }
+        }
+    }
+
+    /// Polls `/health/ready` until it answers 200 or `deadline` passes.
+    pub fn wait_ready(&self, deadline: Instant) {
+        let url = format!("{}/health/ready", self.url);
+        loop {
+            if http_status(&url) == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node at {} not ready in time; stderr:\n{}",
+                self.url,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -131,6 +149,21 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The status of a plain blocking `GET url` (HTTP/1.0 over loopback), `None` on any error.
+pub fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// An HTTP client for tests.

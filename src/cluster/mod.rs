@@ -1,0 +1,96 @@
+//! Replication: openraft underneath the state machine of [`crate::store`].
+//!
+//! Every node runs a Raft member. A write becomes a [`Command`] in the replicated log; once
+//! a quorum has it durably, every replica applies it with the same
+//! [`crate::store::apply::Applier`] and so reaches the same state (the determinism test in
+//! `src/store/tests.rs` and the cluster tests compare state hashes).
+//!
+//! Adapters, one contract each:
+//! - [`log_store`]: `RaftLogStorage` on its own fjall database; an append is acknowledged
+//!   to openraft only after its fsync (grouped across appends), votes are fsync'd before
+//!   returning;
+//! - [`state_machine`]: `RaftStateMachine` over the [`crate::store::Store`]; snapshots are
+//!   files streamed from a consistent store snapshot, never the whole state in memory;
+//! - [`network`]: `RaftNetworkV2` over HTTP/2 with postcard bodies, with a fault-injection
+//!   switch that drops traffic to chosen peers (partition tests);
+//! - [`server`]: the receiving side of those RPCs.
+//!
+//! Why openraft 0.10 (pinned `=0.10.0-alpha.37`) and not 0.9: see `docs/architecture.md`.
+
+pub mod log_store;
+pub mod network;
+pub mod server;
+pub mod snapshot;
+pub mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::event::{Batch, EventOutcome};
+
+/// A member of the cluster as Raft records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Base URL of the node's HTTP server (API and Raft RPCs), e.g. `http://10.0.0.7:8080`.
+    pub url: String,
+    /// Region (or zone) label, used to refuse voter layouts that one region's loss would
+    /// break.
+    pub region: String,
+}
+
+/// What the replicated log carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A batch of validated events to apply.
+    Ingest(Batch),
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Ingest(batch) => write!(
+                f,
+                "ingest {} events at {}",
+                batch.events.len(),
+                batch.time_ms
+            ),
+        }
+    }
+}
+
+/// What applying a [`Command`] returned to its proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Per-event outcomes of an ingest, in order.
+    Ingested(Vec<EventOutcome>),
+    /// The state machine refused the command (an invariant check failed); nothing of it
+    /// was applied, on any replica.
+    Refused(String),
+}
+
+openraft::declare_raft_types!(
+    /// Tandem's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = Member,
+);
+
+/// The Raft handle type.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+
+/// Shorthands for openraft's generic types, instantiated for Tandem.
+pub mod types {
+    use super::TypeConfig;
+    pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+    pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+    pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+    pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+    pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+    pub type Snapshot =
+        openraft::type_config::alias::SnapshotOf<TypeConfig, super::snapshot::SnapshotFile>;
+}

@@ -1,0 +1,228 @@
+//! Raft RPCs to peers: `RaftNetworkV2` over HTTP (HTTP/2 when the peer speaks it), with
+//! postcard bodies and a shared cluster key.
+//!
+//! Snapshots are streamed from their file as the request body; nothing holds a whole
+//! snapshot in memory. Every call honours openraft's soft timeout and reports a peer it
+//! cannot reach as `Unreachable`, so openraft backs off instead of hammering it.
+//!
+//! Fault injection: [`Faults`] holds the set of peers this node pretends it cannot reach.
+//! Calls to them fail as unreachable and their calls to us are refused (see
+//! [`super::server`]), which is a symmetric network partition between this node and them.
+//! Tests drive it through the admin API; it is off (empty) unless used.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::Future;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::snapshot::SnapshotFile;
+use super::types::{Snapshot, Vote};
+use super::{Member, TypeConfig};
+
+/// Header carrying the sender's node id on internal requests.
+pub const FROM_HEADER: &str = "x-tandem-from";
+/// Header carrying the postcard-encoded `(vote, meta)` of a streamed snapshot, base64.
+pub const SNAPSHOT_HEADER: &str = "x-tandem-snapshot";
+
+/// Peers this node pretends it cannot reach, in both directions.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: RwLock<BTreeSet<u64>>,
+}
+
+impl Faults {
+    /// Replaces the set of blocked peers.
+    pub fn set_blocked(&self, peers: BTreeSet<u64>) {
+        *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// Whether traffic with `peer` is blocked.
+    pub fn is_blocked(&self, peer: u64) -> bool {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+
+    /// The blocked peers.
+    pub fn blocked(&self) -> BTreeSet<u64> {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Creates peer clients; one per target.
+#[derive(Clone)]
+pub struct Network {
+    http: reqwest::Client,
+    self_id: u64,
+    cluster_key: Arc<str>,
+    faults: Arc<Faults>,
+}
+
+impl Network {
+    /// A network for node `self_id`, authenticating with `cluster_key`.
+    pub fn new(
+        self_id: u64,
+        cluster_key: &str,
+        faults: Arc<Faults>,
+    ) -> Result<Network, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Network {
+            http,
+            self_id,
+            cluster_key: cluster_key.into(),
+            faults,
+        })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        PeerClient {
+            network: self.clone(),
+            target,
+            url: node.url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// RPCs to one peer.
+pub struct PeerClient {
+    network: Network,
+    target: u64,
+    url: String,
+}
+
+type RpcError = RPCError<TypeConfig>;
+
+impl PeerClient {
+    fn request(&self, path: &str, timeout: Duration) -> Result<reqwest::RequestBuilder, RpcError> {
+        if self.network.faults.is_blocked(self.target) {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {} is partitioned from this node by fault injection",
+                self.target
+            ))));
+        }
+        Ok(self
+            .network
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&*self.network.cluster_key)
+            .header(FROM_HEADER, self.network.self_id)
+            .timeout(timeout))
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError> {
+        let body = postcard::to_stdvec(request).map_err(|e| network_error(&e))?;
+        let response = self
+            .request(path, option.soft_ttl())?
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        decode_reply(response).await
+    }
+}
+
+/// Reads a `Result<T, String>` postcard reply; a remote error counts as unreachable (the
+/// peer is up but cannot serve Raft, e.g. shutting down).
+async fn decode_reply<Resp: DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<Resp, RpcError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&bytes);
+        return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+            "peer answered {status}: {text}"
+        ))));
+    }
+    let reply: Result<Resp, String> =
+        postcard::from_bytes(&bytes).map_err(|e| network_error(&e))?;
+    reply.map_err(|message| RPCError::Unreachable(Unreachable::from_string(message)))
+}
+
+fn transport_error(error: &reqwest::Error) -> RpcError {
+    if error.is_connect() || error.is_timeout() {
+        RPCError::Unreachable(Unreachable::new(error))
+    } else {
+        network_error(error)
+    }
+}
+
+fn network_error(error: &(impl std::error::Error + 'static)) -> RpcError {
+    RPCError::Network(NetworkError::new(error))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
+        self.call("/internal/raft/append", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        self.call("/internal/raft/vote", &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        use base64::Engine;
+        let header =
+            postcard::to_stdvec(&(&vote, &snapshot.meta)).map_err(|e| network_error(&e))?;
+        let header = base64::engine::general_purpose::STANDARD.encode(header);
+        let file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| network_error(&e))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        // A snapshot can be large: allow far longer than a heartbeat-sized RPC.
+        let timeout = option.hard_ttl().max(Duration::from_secs(600));
+        let send = self
+            .request("/internal/raft/snapshot", timeout)?
+            .header(SNAPSHOT_HEADER, header)
+            .body(body)
+            .send();
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = send => {
+                let response = sent.map_err(|e| transport_error(&e))?;
+                Ok(decode_reply(response).await?)
+            }
+        }
+    }
+}

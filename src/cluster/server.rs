@@ -1,0 +1,183 @@
+//! The receiving side of peer traffic: Raft RPCs and writes forwarded by followers.
+//!
+//! Routes (all `POST`, postcard bodies, `Authorization: Bearer <cluster key>`, sender id in
+//! `x-tandem-from`):
+//! - `/internal/raft/append`, `/internal/raft/vote`: handed to the local Raft;
+//! - `/internal/raft/snapshot`: the body (a snapshot file) is streamed to disk, then
+//!   installed;
+//! - `/internal/propose`: validated events from a follower, proposed here (the leader) and
+//!   answered with their outcomes.
+//!
+//! Requests from a peer blocked by fault injection are refused with 503, completing the
+//! symmetric partition that [`super::network::Faults`] starts on the sending side.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::network::{FROM_HEADER, SNAPSHOT_HEADER};
+use super::snapshot::SnapshotFile;
+use super::types::{Snapshot, SnapshotMeta, Vote};
+use crate::api::AppState;
+use crate::model::event::Event;
+
+/// Largest Raft append or forwarded proposal accepted, bytes.
+pub const RPC_BYTES_MAX: usize = 512 << 20;
+
+/// The internal routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/internal/raft/append", post(append))
+        .route("/internal/raft/vote", post(vote))
+        .route("/internal/raft/snapshot", post(snapshot))
+        .route("/internal/propose", post(propose))
+}
+
+/// A postcard `Result<T, String>` reply.
+fn reply<T: Serialize>(result: Result<T, String>) -> Response {
+    match postcard::to_stdvec(&result) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A refused internal request: a status and a plain-text reason.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal(status, message.into())
+}
+
+/// Checks the cluster key and fault injection; returns the sender's id.
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<u64, Refusal> {
+    let cluster = state.node.cluster();
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(cluster.cluster_key()) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster key",
+        ));
+    }
+    let from = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "missing x-tandem-from"))?;
+    if cluster.faults().is_blocked(from) {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {from} is partitioned from this node by fault injection"),
+        ));
+    }
+    Ok(from)
+}
+
+async fn read_body(body: Body) -> Result<Bytes, Refusal> {
+    axum::body::to_bytes(body, RPC_BYTES_MAX)
+        .await
+        .map_err(|e| refuse(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
+    postcard::from_bytes(bytes).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn append(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let rpc = decode(&read_body(body).await?)?;
+        let result = state.node.raft().append_entries(rpc).await;
+        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn vote(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let rpc = decode(&read_body(body).await?)?;
+        let result = state.node.raft().vote(rpc).await;
+        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn snapshot(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let (vote, meta) = snapshot_header(&headers)?;
+        let file = receive_file(&state, body).await?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: file,
+        };
+        let result = state
+            .node
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await;
+        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn snapshot_header(headers: &HeaderMap) -> Result<(Vote, SnapshotMeta), Refusal> {
+    use base64::Engine;
+    let text = headers
+        .get(SNAPSHOT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "missing snapshot header"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+    decode(&bytes)
+}
+
+/// Streams the request body into a new file in the snapshot directory.
+async fn receive_file(state: &AppState, body: Body) -> Result<SnapshotFile, Refusal> {
+    let path = state.node.cluster().snapshots().new_path("receiving");
+    let internal = |e: std::io::Error| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let outcome = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await
+    }
+    .await;
+    if let Err(error) = outcome {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(internal(error));
+    }
+    Ok(SnapshotFile { path })
+}
+
+async fn propose(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let events: Vec<Event> = decode(&read_body(body).await?)?;
+        let node = Arc::clone(&state.node);
+        let result = node.submit_here(events).await;
+        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,51 @@
+//! openraft's storage conformance suite, run against our log store and state machine on
+//! real files.
+
+use std::sync::Arc;
+
+use openraft::StorageError;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+
+use super::TypeConfig;
+use super::log_store::LogStore;
+use super::snapshot::Snapshots;
+use super::state_machine::StateMachine;
+use crate::model::resolve::MergeRules;
+use crate::store::apply::ApplySettings;
+use crate::store::{Store, StoreConfig};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir =
+            tempfile::tempdir().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let store = Store::open(StoreConfig {
+            path: dir.path().join("store"),
+            cache_bytes: 8 << 20,
+            apply: ApplySettings {
+                rules: MergeRules::default(),
+                dedup_window_ms: 86_400_000,
+                retention_ms: 86_400_000,
+            },
+            log_retain_entries: 10,
+        })
+        .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let log = LogStore::open(&dir.path().join("raft-log"))
+            .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let snapshots = Snapshots::open(dir.path())
+            .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let machine = StateMachine::new(Arc::new(store), snapshots);
+        Ok((dir, log, machine))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    TypeConfig::run(async {
+        Suite::test_all(Builder).await.expect("storage suite");
+    });
+}

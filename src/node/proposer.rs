@@ -1,0 +1,214 @@
+//! The proposer task: groups queued submissions into log entries and gets them committed,
+//! by this node's Raft when it leads, or by forwarding them to the leader.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
+use crate::cluster::network::FROM_HEADER;
+use crate::cluster::{Command, CommandResult, Raft};
+use crate::model::event::{Batch, Event, EventOutcome};
+use openraft::async_runtime::WatchReceiver;
+
+/// How long a forwarded proposal may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the proposer needs.
+pub(super) struct Context {
+    pub raft: Raft,
+    pub self_id: u64,
+    pub http: reqwest::Client,
+    pub cluster_key: String,
+    pub commit_events_max: usize,
+    pub stats: Arc<Stats>,
+    pub failed: Arc<AtomicBool>,
+}
+
+/// Runs until the queue closes.
+pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+    let context = Arc::new(context);
+    let slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
+    let mut last_time_ms = 0_i64;
+    while let Some(first) = queue.recv().await {
+        // Wait for a free slot before draining: the group grows while entries are in
+        // flight, which is what makes concurrent requests share a commit.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        let mut events = group[0].events.len();
+        while events < context.commit_events_max {
+            match queue.try_recv() {
+                Ok(proposal) => {
+                    events += proposal.events.len();
+                    group.push(proposal);
+                }
+                Err(_) => break,
+            }
+        }
+        last_time_ms = last_time_ms.max(now_ms());
+        let context = Arc::clone(&context);
+        let time_ms = last_time_ms;
+        tokio::spawn(async move {
+            let _slot = slot;
+            commit_group(&context, group, time_ms).await;
+        });
+    }
+}
+
+/// The replies of a group and how many events each is owed.
+/// Where a proposal's outcomes go.
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>;
+
+struct Replies(Vec<(usize, Reply)>);
+
+impl Replies {
+    fn deliver(self, outcomes: Vec<EventOutcome>) {
+        let mut outcomes = outcomes.into_iter();
+        for (size, reply) in self.0 {
+            // The submitter may have gone (client hung up); the events are stored anyway.
+            let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
+        }
+    }
+
+    fn fail(self, error: &SubmitError) {
+        for (_, reply) in self.0 {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}
+
+async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
+    let leader = context.raft.metrics().borrow_watched().current_leader;
+    let mut events = Vec::new();
+    let mut local = Replies(Vec::new());
+    let mut forwarded = Replies(Vec::new());
+    let mut forwarded_events = Vec::new();
+    for proposal in group {
+        let size = proposal.events.len();
+        if proposal.forwarded {
+            forwarded.0.push((size, proposal.reply));
+            forwarded_events.extend(proposal.events);
+        } else {
+            local.0.push((size, proposal.reply));
+            events.extend(proposal.events);
+        }
+    }
+    if leader == Some(context.self_id) {
+        events.extend(forwarded_events);
+        local.0.extend(forwarded.0);
+        propose(context, local, Batch { time_ms, events }).await;
+        return;
+    }
+    // Not the leader: a forwarded proposal is not forwarded again (the sender retries).
+    forwarded.fail(&SubmitError::NoLeader(
+        "this node is not the leader any more; retry".into(),
+    ));
+    if local.0.is_empty() {
+        return;
+    }
+    match forward(context, leader, &events).await {
+        Ok(outcomes) => {
+            context.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            local.deliver(outcomes);
+        }
+        Err(error) => local.fail(&error),
+    }
+}
+
+async fn propose(context: &Context, replies: Replies, batch: Batch) {
+    match context.raft.client_write(Command::Ingest(batch)).await {
+        Ok(response) => match response.data {
+            CommandResult::Ingested(outcomes) => {
+                record(&context.stats, &outcomes);
+                replies.deliver(outcomes);
+            }
+            CommandResult::Refused(why) => replies.fail(&SubmitError::Rejected(why)),
+        },
+        Err(error) => {
+            if let Some(forward) = error.forward_to_leader() {
+                // Leadership moved while the entry was in flight; it was not committed by
+                // us. Clients retry (safely: messageIds dedup).
+                let hint = forward.leader_id.map_or_else(
+                    || "no leader yet".to_owned(),
+                    |id| format!("node {id} leads now"),
+                );
+                replies.fail(&SubmitError::NoLeader(format!(
+                    "leadership changed ({hint}); retry"
+                )));
+            } else {
+                tracing::error!(%error, "raft write failed fatally");
+                context.failed.store(true, Ordering::Release);
+                replies.fail(&SubmitError::Storage(error.to_string()));
+            }
+        }
+    }
+}
+
+/// Sends events to the leader's `/internal/propose` and returns their outcomes.
+async fn forward(
+    context: &Context,
+    leader: Option<u64>,
+    events: &[Event],
+) -> Result<Vec<EventOutcome>, SubmitError> {
+    let Some(leader) = leader else {
+        return Err(SubmitError::NoLeader(
+            "an election is under way; retry".into(),
+        ));
+    };
+    let url = {
+        let metrics = context.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|member| member.url.trim_end_matches('/').to_owned())
+    };
+    let Some(url) = url else {
+        return Err(SubmitError::NoLeader(format!(
+            "leader {leader} has no known address"
+        )));
+    };
+    let body = postcard::to_stdvec(events).map_err(|e| SubmitError::Storage(e.to_string()))?;
+    let unreachable =
+        |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
+    let response = context
+        .http
+        .post(format!("{url}/internal/propose"))
+        .bearer_auth(&context.cluster_key)
+        .header(FROM_HEADER, context.self_id)
+        .timeout(FORWARD_TIMEOUT)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    if !status.is_success() {
+        return Err(unreachable(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    postcard::from_bytes::<Result<Vec<EventOutcome>, SubmitError>>(&bytes)
+        .map_err(|e| unreachable(e.to_string()))?
+}
+
+fn record(stats: &Stats, outcomes: &[EventOutcome]) {
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, EventOutcome::Stored { .. }))
+        .count() as u64;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.events_stored.fetch_add(stored, Ordering::Relaxed);
+    stats
+        .events_duplicate
+        .fetch_add(outcomes.len() as u64 - stored, Ordering::Relaxed);
+}

@@ -1,0 +1,162 @@
+//! Starting a node: open the store, the Raft log and the snapshots, start Raft, bootstrap a
+//! one-node cluster on first start when configured to, and start the proposer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Cluster, Node, Stats, proposer};
+use crate::cluster::log_store::LogStore;
+use crate::cluster::network::{Faults, Network};
+use crate::cluster::snapshot::Snapshots;
+use crate::cluster::state_machine::StateMachine;
+use crate::cluster::{Member, Raft};
+use crate::config::Config;
+use crate::store::{Store, StoreConfig};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A directory or file of the data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The store did not open.
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        path: String,
+        source: crate::store::StoreError,
+    },
+    /// Raft did not start.
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+}
+
+fn data_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::DataDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Starts a node with `config`, reachable by peers at `advertise_url`.
+pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, NodeError> {
+    let dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
+    let started = std::time::Instant::now();
+    let store_path = Store::dir_in(&dir);
+    let store_config = StoreConfig {
+        path: store_path.clone(),
+        cache_bytes: config.storage.cache_mb << 20,
+        apply: config.apply_settings(),
+        log_retain_entries: config.storage.log_retain_entries,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+        .map_err(|source| NodeError::Store {
+            path: store_path.display().to_string(),
+            source,
+        })?;
+    let store = Arc::new(store);
+    let log_dir = dir.join("raft-log");
+    let log_store = LogStore::open(&log_dir).map_err(data_dir_error(&log_dir))?;
+    let snapshots = Snapshots::open(&dir).map_err(data_dir_error(&dir))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "storage open"
+    );
+
+    let cluster_config = &config.cluster;
+    let cluster_key = if cluster_config.cluster_key.is_empty() {
+        tracing::warn!(
+            "cluster.cluster_key is not set: using a random key, so no other node can join this one"
+        );
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        cluster_config.cluster_key.clone()
+    };
+    let raft_config = openraft::Config {
+        cluster_name: "tandem".into(),
+        heartbeat_interval: cluster_config.heartbeat_ms,
+        election_timeout_min: cluster_config.election_timeout_min_ms,
+        election_timeout_max: cluster_config.election_timeout_max_ms,
+        // Entries are whole group commits (up to limits.commit_events_max events): keep
+        // replication messages to a sane size.
+        max_payload_entries: 16,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            cluster_config.snapshot_every_entries,
+        ),
+        max_in_snapshot_log_to_keep: 500,
+        purge_batch_size: 64,
+        install_snapshot_timeout: 600_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let faults = Arc::new(Faults::default());
+    let id = cluster_config.node_id;
+    let network = Network::new(id, &cluster_key, Arc::clone(&faults))
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let me = Member {
+        url: advertise_url.clone(),
+        region: cluster_config.region.clone(),
+    };
+    if cluster_config.bootstrap
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        tracing::info!(node_id = id, "bootstrapping a one-node cluster");
+        raft.initialize(BTreeMap::from([(id, me)]))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+    }
+
+    let stats = Arc::new(Stats::default());
+    let failed = Arc::new(AtomicBool::new(false));
+    let (queue, receiver) = mpsc::unbounded_channel();
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .build()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let context = proposer::Context {
+        raft: raft.clone(),
+        self_id: id,
+        http,
+        cluster_key: cluster_key.clone(),
+        commit_events_max: config.limits.commit_events_max,
+        stats: Arc::clone(&stats),
+        failed: Arc::clone(&failed),
+    };
+    tokio::spawn(proposer::run(context, receiver));
+    Ok(Arc::new(Node {
+        store,
+        cluster: Cluster {
+            id,
+            raft,
+            faults,
+            snapshots,
+            cluster_key,
+            advertise_url,
+            region: cluster_config.region.clone(),
+        },
+        queue,
+        inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),
+        inflight_max: config.limits.inflight_events_max,
+        shutting_down: AtomicBool::new(false),
+        failed,
+        stats,
+    }))
+}

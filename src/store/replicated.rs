@@ -1,0 +1,325 @@
+//! What a replicated node needs from the store: applying committed log entries, and
+//! exporting / importing the whole state as a snapshot stream.
+//!
+//! The store knows nothing of Raft: the caller passes the log index of each entry and an
+//! opaque `raft_state` blob (the applied log id and membership, encoded by the cluster
+//! layer) that is written in the same transaction, so the state and "how far it got" never
+//! disagree.
+//!
+//! Applies are not fsync'd: the Raft log is the durable record and is replayed after a
+//! crash. [`Store::persist`] makes the state durable before a snapshot lets the log be
+//! purged.
+//!
+//! Snapshot stream format (version 1):
+//! ```text
+//! magic "TANDEM-SNAPSHOT\x01"
+//! record*  : 0x01, keyspace u8, key_len u32 LE, key, value_len u32 LE, value
+//! trailer  : 0xFF, record count u64 LE, blake3 of every byte after the magic (32 bytes)
+//! ```
+//! Import checks the trailer in a first pass before it touches the state.
+
+use std::io::{Read, Write};
+
+use fjall::{PersistMode, Readable};
+
+use super::apply::Applier;
+use super::{Store, StoreError};
+use crate::model::event::{Batch, EventOutcome};
+
+/// `META` key holding the cluster layer's applied-state blob.
+pub const META_RAFT_STATE: &str = "raft_state";
+
+const MAGIC: &[u8; 16] = b"TANDEM-SNAPSHOT\x01";
+const RECORD: u8 = 0x01;
+const TRAILER: u8 = 0xFF;
+/// Records written per transaction while importing.
+const IMPORT_TX_RECORDS: usize = 10_000;
+/// Longest key or value accepted from a snapshot (fjall's own limits are below it).
+const FIELD_BYTES_MAX: usize = 1 << 30;
+
+/// One committed log entry to apply.
+pub struct Committed<'a> {
+    /// Its log index.
+    pub index: u64,
+    /// The events it carries, if any (membership and blank entries carry none).
+    pub batch: Option<&'a Batch>,
+    /// The applied-state blob to store with it.
+    pub raft_state: Vec<u8>,
+}
+
+/// The result of applying one entry: outcomes, or why a consistency check refused it (in
+/// which case nothing of it was applied, deterministically on every replica).
+pub type EntryResult = Result<Vec<EventOutcome>, String>;
+
+impl Store {
+    /// Applies committed entries, one transaction each, without fsync.
+    pub fn apply_committed(
+        &self,
+        entries: &[Committed<'_>],
+    ) -> Result<Vec<EntryResult>, StoreError> {
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            results.push(self.apply_one(entry)?);
+        }
+        Ok(results)
+    }
+
+    fn apply_one(&self, entry: &Committed<'_>) -> Result<EntryResult, StoreError> {
+        let attempt = self.write_entry(entry, true);
+        match attempt {
+            Ok(outcomes) => Ok(Ok(outcomes)),
+            Err(StoreError::Corrupt(why)) => {
+                // The transaction was dropped, so nothing of the entry was written. Skip it
+                // (every replica fails the same check on the same entry) and say why.
+                tracing::error!(index = entry.index, %why, "a committed entry was refused by a consistency check");
+                self.write_entry(entry, false)?;
+                Ok(Err(why))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn write_entry(
+        &self,
+        entry: &Committed<'_>,
+        with_data: bool,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        let mut tx = self.db.write_tx();
+        let mut applier = Applier::open(&mut tx, &self.ks, &self.config.apply)?;
+        let outcomes = match entry.batch {
+            Some(batch) if with_data => applier.apply(entry.index, batch)?,
+            _ => {
+                applier.advance(entry.index)?;
+                Vec::new()
+            }
+        };
+        applier.finish()?;
+        tx.insert(&self.ks.meta, META_RAFT_STATE, entry.raft_state.as_slice());
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// The applied-state blob of the last applied entry, if any.
+    pub fn raft_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .read_tx()
+            .get(&self.ks.meta, META_RAFT_STATE)?
+            .map(|bytes| bytes.to_vec()))
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Streams every state keyspace of one consistent snapshot to `out`. Returns the
+    /// applied-state blob of that snapshot and the number of records.
+    pub fn export(&self, out: &mut impl Write) -> Result<(Option<Vec<u8>>, u64), StoreError> {
+        let snapshot = self.db.read_tx();
+        let raft_state = snapshot
+            .get(&self.ks.meta, META_RAFT_STATE)?
+            .map(|bytes| bytes.to_vec());
+        let mut writer = HashingWriter::new(out);
+        writer.raw(MAGIC)?;
+        let mut count = 0_u64;
+        for (id, (_, keyspace)) in self.ks.state().into_iter().enumerate() {
+            for guard in snapshot.iter(keyspace) {
+                let (key, value) = guard.into_inner()?;
+                writer.write(&[RECORD, id as u8])?;
+                writer.field(&key)?;
+                writer.field(&value)?;
+                count += 1;
+            }
+        }
+        writer.write(&[TRAILER])?;
+        writer.write(&count.to_le_bytes())?;
+        let digest = writer.hasher.finalize();
+        writer.raw(digest.as_bytes())?;
+        Ok((raft_state, count))
+    }
+
+    /// Checks a snapshot stream (magic, framing, trailer checksum) without changing
+    /// anything; returns its record count.
+    pub fn verify_snapshot(input: &mut impl Read) -> Result<u64, StoreError> {
+        let mut reader = SnapshotReader::new(input)?;
+        while reader.next_record()?.is_some() {}
+        reader.finish()
+    }
+
+    /// Replaces the whole state with the snapshot in `input` (which must have passed
+    /// [`Store::verify_snapshot`]), then fsyncs.
+    pub fn import(&self, input: &mut impl Read) -> Result<u64, StoreError> {
+        self.clear_state()?;
+        let keyspaces = self.ks.state();
+        let mut reader = SnapshotReader::new(input)?;
+        let mut tx = self.db.write_tx();
+        let mut in_tx = 0;
+        while let Some((id, key, value)) = reader.next_record()? {
+            let (_, keyspace) = keyspaces
+                .get(usize::from(id))
+                .ok_or_else(|| StoreError::Corrupt(format!("snapshot names keyspace {id}")))?;
+            tx.insert(keyspace, key, value);
+            in_tx += 1;
+            if in_tx == IMPORT_TX_RECORDS {
+                tx.commit()?;
+                tx = self.db.write_tx();
+                in_tx = 0;
+            }
+        }
+        tx.commit()?;
+        let count = reader.finish()?;
+        self.persist()?;
+        Ok(count)
+    }
+
+    fn clear_state(&self) -> Result<(), StoreError> {
+        for (_, keyspace) in self.ks.state() {
+            loop {
+                let snapshot = self.db.read_tx();
+                let keys: Vec<_> = snapshot
+                    .iter(keyspace)
+                    .take(IMPORT_TX_RECORDS)
+                    .map(|guard| guard.key())
+                    .collect::<Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut tx = self.db.write_tx();
+                for key in keys {
+                    tx.remove(keyspace, key);
+                }
+                tx.commit()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes through, hashing every byte after the magic.
+struct HashingWriter<'w, W: Write> {
+    out: &'w mut W,
+    hasher: blake3::Hasher,
+}
+
+impl<'w, W: Write> HashingWriter<'w, W> {
+    fn new(out: &'w mut W) -> Self {
+        HashingWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.out.write_all(bytes).map_err(snapshot_io)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.raw(bytes)
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| StoreError::Corrupt("a record is over 4 GiB".into()))?;
+        self.write(&len.to_le_bytes())?;
+        self.write(bytes)
+    }
+}
+
+fn snapshot_io(error: std::io::Error) -> StoreError {
+    StoreError::Corrupt(format!("snapshot stream: {error}"))
+}
+
+/// One snapshot record: keyspace number, key, value.
+type Record = (u8, Vec<u8>, Vec<u8>);
+
+/// Reads a snapshot stream record by record, hashing as it goes.
+struct SnapshotReader<'r, R: Read> {
+    input: &'r mut R,
+    hasher: blake3::Hasher,
+    count: u64,
+    trailer_count: Option<u64>,
+}
+
+impl<'r, R: Read> SnapshotReader<'r, R> {
+    fn new(input: &'r mut R) -> Result<Self, StoreError> {
+        let mut magic = [0_u8; 16];
+        input.read_exact(&mut magic).map_err(snapshot_io)?;
+        if &magic != MAGIC {
+            return Err(StoreError::Corrupt(
+                "not a Tandem snapshot (bad magic)".into(),
+            ));
+        }
+        Ok(SnapshotReader {
+            input,
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            trailer_count: None,
+        })
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.input.read_exact(buf).map_err(snapshot_io)?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    fn field(&mut self) -> Result<Vec<u8>, StoreError> {
+        let mut len = [0_u8; 4];
+        self.exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > FIELD_BYTES_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot field of {len} bytes"
+            )));
+        }
+        let mut bytes = vec![0_u8; len];
+        self.exact(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The next record, or `None` at the trailer.
+    fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
+        let mut tag = [0_u8; 1];
+        self.exact(&mut tag)?;
+        match tag[0] {
+            RECORD => {
+                let mut id = [0_u8; 1];
+                self.exact(&mut id)?;
+                let key = self.field()?;
+                let value = self.field()?;
+                self.count += 1;
+                Ok(Some((id[0], key, value)))
+            }
+            TRAILER => {
+                let mut count = [0_u8; 8];
+                self.exact(&mut count)?;
+                self.trailer_count = Some(u64::from_le_bytes(count));
+                Ok(None)
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "snapshot record tag {other:#x}"
+            ))),
+        }
+    }
+
+    /// Checks the trailer's count and checksum.
+    fn finish(self) -> Result<u64, StoreError> {
+        let expected = self.hasher.finalize();
+        let mut digest = [0_u8; 32];
+        self.input.read_exact(&mut digest).map_err(snapshot_io)?;
+        if digest != *expected.as_bytes() {
+            return Err(StoreError::Corrupt("snapshot checksum mismatch".into()));
+        }
+        match self.trailer_count {
+            Some(count) if count == self.count => Ok(count),
+            Some(count) => Err(StoreError::Corrupt(format!(
+                "snapshot trailer says {count} records, found {}",
+                self.count
+            ))),
+            None => Err(StoreError::Corrupt("snapshot has no trailer".into())),
+        }
+    }
+}
