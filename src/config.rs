@@ -168,18 +168,13 @@ impl Default for IdentityConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Page cache, MiB.
+    /// Block cache of the state store, MiB.
     pub cache_mb: usize,
-    /// Applied log entries kept before compaction.
-    pub log_retain_entries: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            cache_mb: 512,
-            log_retain_entries: 1_000,
-        }
+        StorageConfig { cache_mb: 512 }
     }
 }
 
@@ -365,9 +360,6 @@ impl Config {
                  raise retention or shorten the window",
                 self.ingest.retention_days, self.ingest.dedup_window_hours
             ));
-        }
-        if self.storage.log_retain_entries == 0 {
-            problem("storage.log_retain_entries is 0; keep at least 1 entry".into());
         }
     }
 

@@ -170,27 +170,32 @@ async fn admin_status(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    use openraft::async_runtime::WatchReceiver;
     use std::sync::atomic::Ordering::Relaxed;
     state.keys.require(&headers, Access::Admin)?;
-    let store = Arc::clone(state.node.store());
-    let (applied_index, counts, log) = state
-        .read(move |reader| {
-            Ok((
-                reader.applied_index()?,
-                reader.counts(),
-                store.log_bounds()?,
-            ))
-        })
+    let (applied_index, counts) = state
+        .read(move |reader| Ok((reader.applied_index()?, reader.counts())))
         .await?;
+    let metrics = state.node.raft().metrics().borrow_watched().clone();
     let stats = state.node.stats();
     let body = json!({
+        "node_id": metrics.id,
         "applied_index": applied_index,
-        "log": log.map(|(first, last)| json!({"first_index": first, "last_index": last})),
+        "raft": {
+            "state": format!("{:?}", metrics.state),
+            "term": metrics.current_term,
+            "leader": metrics.current_leader,
+            "last_log_index": metrics.last_log_index,
+            "last_applied": metrics.last_applied.as_ref().map(|id| id.index),
+            "snapshot": metrics.snapshot.as_ref().map(|id| id.index),
+            "purged": metrics.purged.as_ref().map(|id| id.index),
+        },
         "counts": counts,
         "inflight_events": state.node.inflight_events(),
         "commits": stats.commits.load(Relaxed),
         "events_stored": stats.events_stored.load(Relaxed),
         "events_duplicate": stats.events_duplicate.load(Relaxed),
+        "forwarded": stats.forwarded.load(Relaxed),
         "overloaded_refusals": stats.overloaded.load(Relaxed),
     });
     Ok(axum::Json(body).into_response())

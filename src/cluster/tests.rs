@@ -31,7 +31,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
                 dedup_window_ms: 86_400_000,
                 retention_ms: 86_400_000,
             },
-            log_retain_entries: 10,
         })
         .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let log = LogStore::open(&dir.path().join("raft-log"))

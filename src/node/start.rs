@@ -54,7 +54,6 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         path: store_path.clone(),
         cache_bytes: config.storage.cache_mb << 20,
         apply: config.apply_settings(),
-        log_retain_entries: config.storage.log_retain_entries,
     };
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await

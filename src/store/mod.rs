@@ -8,16 +8,19 @@
 //! about 4× the durable throughput, with point reads still in microseconds.
 //!
 //! What this module guarantees:
-//! - [`Store::commit`] appends a batch to the log and applies it to the state in one write
-//!   transaction, journaled with `PersistMode::SyncAll`: when it returns `Ok`, the batch and
-//!   its effects are fsync'd. A crash at any instant recovers to the last committed
-//!   transaction (fjall replays its journal on open).
-//! - The write transaction reads its own writes, so a batch that mentions a customer twice
-//!   sees its own earlier updates.
-//! - One writer at a time; readers run concurrently on consistent snapshots.
+//! - the state is changed only by applying committed log entries
+//!   ([`Store::apply_committed`], in [`replicated`]), each in one write transaction
+//!   together with "how far it got", so a crash never leaves half an entry applied;
+//! - the write transaction reads its own writes, so a batch that mentions a customer twice
+//!   sees its own earlier updates;
+//! - one writer at a time; readers run concurrently on consistent snapshots.
+//!
+//! Applies are not fsync'd one by one: the Raft log (`crate::cluster::log_store`) is the
+//! durable record and is replayed after a crash; [`Store::persist`] fsyncs the state before
+//! a snapshot lets that log be purged.
 //!
 //! Submodules: [`tables`] (layout), [`apply`] (the state machine), [`read`] (queries and
-//! the state hash).
+//! the state hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
 pub mod read;
@@ -28,13 +31,9 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use fjall::{
-    KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable, SingleWriterTxDatabase,
-    SingleWriterTxKeyspace, SingleWriterWriteTx,
-};
+use fjall::{KeyspaceCreateOptions, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
 
-use crate::model::event::{Batch, EventOutcome};
-use apply::{Applier, ApplySettings};
+use apply::ApplySettings;
 use tables::*;
 
 /// Errors of the storage layer.
@@ -58,12 +57,7 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
     /// What applying does (must match on all replicas).
     pub apply: ApplySettings,
-    /// How many applied log entries to keep before compacting them away.
-    pub log_retain_entries: u64,
 }
-
-/// Most log entries compacted per commit, so compaction never stalls a commit for long.
-const COMPACT_PER_COMMIT_MAX: u64 = 8;
 
 /// Memtable size per keyspace. fjall's default (64 MiB) holds ~10⁶ small entries in a
 /// skiplist whose searches then dominate the apply path; smaller memtables measured faster
@@ -75,8 +69,6 @@ pub const STORE_DIR: &str = "store";
 
 /// Handles to every keyspace.
 pub struct Keyspaces {
-    pub(crate) log: SingleWriterTxKeyspace,
-    pub(crate) log_meta: SingleWriterTxKeyspace,
     pub(crate) meta: SingleWriterTxKeyspace,
     pub(crate) events: SingleWriterTxKeyspace,
     pub(crate) profile_events: SingleWriterTxKeyspace,
@@ -95,15 +87,7 @@ impl Keyspaces {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
             })
         };
-        // Log entries are whole batches (tens to hundreds of KB): key-value separation keeps
-        // them out of compaction, as fjall recommends for large values.
-        let log = db.keyspace(LOG, || {
-            KeyspaceCreateOptions::default()
-                .with_kv_separation(Some(KvSeparationOptions::default()))
-        })?;
         Ok(Keyspaces {
-            log,
-            log_meta: plain(LOG_META)?,
             meta: plain(META)?,
             events: plain(EVENTS)?,
             profile_events: plain(PROFILE_EVENTS)?,
@@ -153,83 +137,6 @@ impl Store {
     /// The store directory in `data_dir`.
     pub fn dir_in(data_dir: &Path) -> PathBuf {
         data_dir.join(STORE_DIR)
-    }
-
-    fn begin_write(&self) -> SingleWriterWriteTx<'_> {
-        self.db.write_tx().durability(Some(PersistMode::SyncAll))
-    }
-
-    /// Appends `batch` to the log and applies it, durably, in one transaction. Returns the
-    /// log index it got and what happened to each event.
-    pub fn commit(&self, batch: &Batch) -> Result<(u64, Vec<EventOutcome>), StoreError> {
-        let mut tx = self.begin_write();
-        let last = meta_u64(&tx, &self.ks.log_meta, LOG_LAST_INDEX, LOG_META)?;
-        let index = last + 1;
-        tx.insert(&self.ks.log, u64_bytes(index), encode(batch));
-        tx.insert(&self.ks.log_meta, LOG_LAST_INDEX, u64_bytes(index));
-        if tx.get(&self.ks.log_meta, LOG_FIRST_INDEX)?.is_none() {
-            tx.insert(&self.ks.log_meta, LOG_FIRST_INDEX, u64_bytes(index));
-        }
-        let mut applier = Applier::open(&mut tx, &self.ks, &self.config.apply)?;
-        let outcomes = applier.apply(index, batch)?;
-        applier.finish()?;
-        self.compact(&mut tx, index)?;
-        tx.commit()?;
-        Ok((index, outcomes))
-    }
-
-    /// Drops the oldest log entries beyond the retention count (a bounded number per call).
-    /// Everything up to `applied` is in the state, committed in the same transaction.
-    fn compact(&self, tx: &mut SingleWriterWriteTx<'_>, applied: u64) -> Result<(), StoreError> {
-        let first = meta_u64(tx, &self.ks.log_meta, LOG_FIRST_INDEX, LOG_META)?.max(1);
-        let keep_from = applied.saturating_sub(self.config.log_retain_entries) + 1;
-        let until = keep_from.min(first + COMPACT_PER_COMMIT_MAX);
-        if until <= first {
-            return Ok(());
-        }
-        for index in first..until {
-            tx.remove(&self.ks.log, u64_bytes(index));
-        }
-        tx.insert(&self.ks.log_meta, LOG_FIRST_INDEX, u64_bytes(until));
-        Ok(())
-    }
-
-    /// Applies already-committed log entries (e.g. replayed from another store's log) to
-    /// this store's state, durably, without touching this store's own log.
-    pub fn apply_entries(&self, entries: &[(u64, Batch)]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write();
-        let mut applier = Applier::open(&mut tx, &self.ks, &self.config.apply)?;
-        for (index, batch) in entries {
-            applier.apply(*index, batch)?;
-        }
-        applier.finish()?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The log's first and last index (`None` when empty).
-    pub fn log_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        let snapshot = self.db.read_tx();
-        let first = snapshot.get(&self.ks.log_meta, LOG_FIRST_INDEX)?;
-        let last = snapshot.get(&self.ks.log_meta, LOG_LAST_INDEX)?;
-        match (first, last) {
-            (Some(first), Some(last)) => {
-                let (first, last) = (read_u64(&first, LOG_META)?, read_u64(&last, LOG_META)?);
-                Ok((first <= last).then_some((first, last)))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// Reads up to `limit` log entries starting at `from`.
-    pub fn log_entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Batch)>, StoreError> {
-        let snapshot = self.db.read_tx();
-        let mut out = Vec::new();
-        for guard in snapshot.range(&self.ks.log, u64_bytes(from)..).take(limit) {
-            let (key, value) = guard.into_inner()?;
-            out.push((read_u64(&key, LOG)?, decode(&value, LOG)?));
-        }
-        Ok(out)
     }
 
     /// A consistent read-only view of the state.

@@ -1,12 +1,10 @@
 //! The on-disk layout: every keyspace, how its keys are encoded, and the record types
 //! stored in them.
 //!
-//! Two groups of keyspaces live in one fjall database (one shared journal, so a write
-//! transaction spanning them is atomic):
-//! - the **log** ([`LOG`], [`LOG_META`]): committed batches by index, compacted from the
-//!   front once the state derived from them is durable;
-//! - the **state** (everything else): derived from the log by [`super::apply`], and
-//!   covered by the state hash. Nothing in the state depends on which node applied it.
+//! All keyspaces live in one fjall database (one shared journal, so a write transaction
+//! spanning them is atomic). They hold the **state**, derived from the replicated log by
+//! [`super::apply`] and covered by the state hash: nothing in it depends on which node
+//! applied it. (The log itself lives in `crate::cluster::log_store`.)
 //!
 //! Keys are byte strings that sort the way the code scans them: integers big-endian,
 //! compound keys concatenated (`profile ++ seq`), text keys as UTF-8 with a 0x00 separator
@@ -19,10 +17,6 @@ use serde::{Deserialize, Serialize};
 use crate::model::event::MessageType;
 use crate::model::identity::Identity;
 
-/// Log index → postcard-encoded [`crate::model::event::Batch`].
-pub const LOG: &str = "log";
-/// Log bookkeeping (see the `LOG_*` keys) → u64.
-pub const LOG_META: &str = "log_meta";
 /// State counters and positions (see the `META_*` keys) → u64.
 pub const META: &str = "meta";
 /// Event sequence number → postcard [`StoredEvent`].
@@ -65,10 +59,6 @@ pub const META_NEXT_SEQ: &str = "next_seq";
 pub const META_NEXT_PROFILE: &str = "next_profile";
 /// `META` key: the next merge record sequence number.
 pub const META_NEXT_MERGE: &str = "next_merge";
-/// `LOG_META` key: the index of the first entry still in the log (earlier ones compacted).
-pub const LOG_FIRST_INDEX: &str = "first_index";
-/// `LOG_META` key: the index of the last entry appended.
-pub const LOG_LAST_INDEX: &str = "last_index";
 
 /// An integer key or value: 8 bytes big-endian, so keys sort numerically.
 pub fn u64_bytes(n: u64) -> [u8; 8] {

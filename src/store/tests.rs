@@ -3,9 +3,10 @@
 use serde_json::{Value, json};
 
 use super::apply::ApplySettings;
+use super::replicated::Committed;
 use super::tables::{EVENTS, MergeAction, PROFILES};
 use super::*;
-use crate::model::event::{Batch, Event, EventOutcome, MessageType};
+use crate::model::event::{Batch, Event, EventOutcome};
 use crate::model::identity::{Blocklist, Identity};
 use crate::model::resolve::MergeRules;
 use crate::model::validate::{Envelope, normalize};
@@ -22,7 +23,6 @@ fn open(dir: &Path, name: &str) -> Store {
             dedup_window_ms: DAY_MS,
             retention_ms: 30 * DAY_MS,
         },
-        log_retain_entries: u64::MAX,
     })
     .expect("open store")
 }
@@ -48,6 +48,18 @@ fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
     }
 }
 
+/// Applies `batch` as the next committed log entry.
+fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
+    let index = store.reader().applied_index().expect("applied") + 1;
+    let entry = Committed {
+        index,
+        batch: Some(batch),
+        raft_state: Vec::new(),
+    };
+    let mut results = store.apply_committed(&[entry]).expect("apply");
+    results.remove(0).expect("not refused")
+}
+
 fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
     let identity = Identity::parse_key(key, &Blocklist::default()).expect("key");
     store
@@ -61,24 +73,26 @@ fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
 fn anonymous_history_follows_the_customer_after_login() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), "a");
-    store
-        .commit(&batch(
+    commit(
+        &store,
+        &batch(
             T0,
             vec![
                 json!({"type": "track", "messageId": "m1", "anonymousId": "a1", "event": "Product Viewed"}),
                 json!({"type": "track", "messageId": "m2", "anonymousId": "a1", "event": "Product Added"}),
             ],
-        ))
-        .expect("commit");
-    store
-        .commit(&batch(
+        ),
+    );
+    commit(
+        &store,
+        &batch(
             T0 + 1000,
             vec![
                 json!({"type": "identify", "messageId": "m3", "userId": "u1", "anonymousId": "a1",
                         "traits": {"email": "ada@example.com", "name": "Ada"}}),
             ],
-        ))
-        .expect("commit");
+        ),
+    );
 
     let by_user = profile(&store, "user_id:u1");
     assert_eq!(by_user, profile(&store, "anonymous_id:a1"));
@@ -103,8 +117,9 @@ fn anonymous_history_follows_the_customer_after_login() {
 fn merges_and_refusals_are_recorded_with_their_cause() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), "m");
-    store
-        .commit(&batch(
+    commit(
+        &store,
+        &batch(
             T0,
             vec![
                 json!({"type": "page", "messageId": "p1", "anonymousId": "a1"}),
@@ -112,8 +127,8 @@ fn merges_and_refusals_are_recorded_with_their_cause() {
                 json!({"type": "identify", "messageId": "i2", "userId": "u9", "anonymousId": "a1"}),
                 json!({"type": "identify", "messageId": "i3", "userId": "u2", "anonymousId": "a1"}),
             ],
-        ))
-        .expect("commit");
+        ),
+    );
     let u9 = profile(&store, "user_id:u9");
     let u2 = profile(&store, "user_id:u2");
     assert_ne!(u9.id, u2.id, "a shared device never merges two known users");
@@ -140,17 +155,13 @@ fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), "d");
     let track = || json!({"type": "track", "messageId": "dup", "userId": "u1", "event": "E"});
-    let (_, first) = store
-        .commit(&batch(T0, vec![track(), track()]))
-        .expect("commit");
+    let first = commit(&store, &batch(T0, vec![track(), track()]));
     assert!(matches!(first[0], EventOutcome::Stored { .. }));
     assert!(
         matches!(first[1], EventOutcome::Duplicate { .. }),
         "same batch"
     );
-    let (_, retry) = store
-        .commit(&batch(T0 + DAY_MS / 2, vec![track()]))
-        .expect("commit");
+    let retry = commit(&store, &batch(T0 + DAY_MS / 2, vec![track()]));
     assert!(
         matches!(retry[0], EventOutcome::Duplicate { .. }),
         "client retry"
@@ -158,12 +169,8 @@ fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
     // After the window, the messageId is forgotten (a filler batch advances the clock and
     // sweeps), so the same id is a new event.
     let filler = json!({"type": "track", "messageId": "f", "userId": "u2", "event": "E"});
-    store
-        .commit(&batch(T0 + 2 * DAY_MS, vec![filler]))
-        .expect("commit");
-    let (_, later) = store
-        .commit(&batch(T0 + 2 * DAY_MS, vec![track()]))
-        .expect("commit");
+    commit(&store, &batch(T0 + 2 * DAY_MS, vec![filler]));
+    let later = commit(&store, &batch(T0 + 2 * DAY_MS, vec![track()]));
     assert!(matches!(later[0], EventOutcome::Stored { .. }));
     assert_eq!(profile(&store, "user_id:u1").event_count(), 2);
 }
@@ -172,18 +179,20 @@ fn duplicates_inside_the_window_are_skipped_and_expire_after_it() {
 fn retention_removes_old_events_but_keeps_profiles() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), "r");
-    store
-        .commit(&batch(
+    commit(
+        &store,
+        &batch(
             T0,
             vec![json!({"type": "track", "messageId": "old", "userId": "u1", "event": "E"})],
-        ))
-        .expect("commit");
-    store
-        .commit(&batch(
+        ),
+    );
+    commit(
+        &store,
+        &batch(
             T0 + 31 * DAY_MS,
             vec![json!({"type": "track", "messageId": "new", "userId": "u1", "event": "E"})],
-        ))
-        .expect("commit");
+        ),
+    );
     let profile = profile(&store, "user_id:u1");
     assert_eq!(profile.event_count(), 2, "lifetime counts stay");
     let page = store
@@ -204,6 +213,8 @@ fn retention_removes_old_events_but_keeps_profiles() {
 #[test]
 fn replaying_the_log_reproduces_the_state_hash() {
     const CUSTOMERS: u64 = 120;
+    // The "log": every batch applied to the original, in order.
+    let mut log = Vec::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let original = open(dir.path(), "original");
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -241,24 +252,28 @@ fn replaying_the_log_reproduces_the_state_hash() {
             raw["messageId"] = json!(format!("m{}", next(round * 50 + i + 1)));
             events.push(raw);
         }
-        original
-            .commit(&batch(T0 + round as i64 * 3_600_000, events))
-            .expect("commit");
+        let entry = batch(T0 + round as i64 * 3_600_000, events);
+        commit(&original, &entry);
+        log.push(entry);
         let reader = original.reader();
         if let Err(violation) = reader.check_invariants() {
             panic!("after round {round}: {violation}");
         }
     }
+    // The replica applies the same log in chunks of 7 entries, as a follower catching up
+    // would; indexes are the same.
     let replica = open(dir.path(), "replica");
-    let (first, last) = original
-        .log_bounds()
-        .expect("bounds")
-        .expect("non-empty log");
-    let mut from = first;
-    while from <= last {
-        let entries = original.log_entries(from, 7).expect("log");
-        replica.apply_entries(&entries).expect("replay");
-        from = entries.last().expect("entries").0 + 1;
+    for (chunk_number, chunk) in log.chunks(7).enumerate() {
+        let entries: Vec<Committed<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, batch)| Committed {
+                index: (chunk_number * 7 + i + 1) as u64,
+                batch: Some(batch),
+                raft_state: Vec::new(),
+            })
+            .collect();
+        replica.apply_committed(&entries).expect("replay");
     }
     let hash = |store: &Store| store.reader().state_hash().expect("hash");
     assert_eq!(hash(&original), hash(&replica));
@@ -276,29 +291,6 @@ fn replaying_the_log_reproduces_the_state_hash() {
         T0 + 99 * 3_600_000,
         vec![json!({"type": "page", "messageId": "x", "userId": "u1"})],
     );
-    replica.apply_entries(&[(last + 1, extra)]).expect("apply");
+    commit(&replica, &extra);
     assert_ne!(hash(&original), hash(&replica));
-}
-
-#[test]
-fn log_is_compacted_beyond_the_retained_entries() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = open(dir.path(), "tmp").config.clone();
-    config.path = dir.path().join("c");
-    config.log_retain_entries = 5;
-    let store = Store::open(config).expect("open");
-    for i in 0..20 {
-        let raw =
-            json!({"type": "track", "messageId": format!("m{i}"), "userId": "u", "event": "E"});
-        store.commit(&batch(T0 + i, vec![raw])).expect("commit");
-    }
-    assert_eq!(store.log_bounds().expect("bounds"), Some((16, 20)));
-    assert_eq!(store.reader().applied_index().expect("applied"), 20);
-    let kinds: Vec<MessageType> = store
-        .log_entries(0, 100)
-        .expect("log")
-        .iter()
-        .flat_map(|(_, b)| b.events.iter().map(|e| e.kind))
-        .collect();
-    assert_eq!(kinds.len(), 5);
 }
