@@ -40,6 +40,16 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Replication: this node's identity and Raft timing.
     pub cluster: ClusterConfig,
+    /// Fault injection for tests and drills.
+    pub faults: FaultsConfig,
+}
+
+/// `[faults]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// Enables `POST /v1/admin/faults` (partitions between nodes). Never in production.
+    pub enabled: bool,
 }
 
 /// `[node]`
@@ -485,6 +495,18 @@ pub struct CliOverrides {
     pub write_key: Option<String>,
     /// `--admin-key`
     pub admin_key: Option<String>,
+    /// `--node-id`
+    pub node_id: Option<u64>,
+    /// `--region`
+    pub region: Option<String>,
+    /// `--advertise-url`
+    pub advertise_url: Option<String>,
+    /// `--cluster-key`
+    pub cluster_key: Option<String>,
+    /// `--join`: do not bootstrap.
+    pub join: bool,
+    /// `--enable-faults`
+    pub enable_faults: bool,
 }
 
 impl CliOverrides {
@@ -497,6 +519,24 @@ impl CliOverrides {
         }
         if let Some(key) = &self.admin_key {
             config.auth.admin_key = key.clone();
+        }
+        if let Some(id) = self.node_id {
+            config.cluster.node_id = id;
+        }
+        if let Some(region) = &self.region {
+            config.cluster.region = region.clone();
+        }
+        if let Some(url) = &self.advertise_url {
+            config.cluster.advertise_url = url.clone();
+        }
+        if let Some(key) = &self.cluster_key {
+            config.cluster.cluster_key = key.clone();
+        }
+        if self.join {
+            config.cluster.bootstrap = false;
+        }
+        if self.enable_faults {
+            config.faults.enabled = true;
         }
         if let Some(key) = &self.write_key {
             match config.sources.iter_mut().find(|s| s.name == "default") {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cluster;
 pub mod error;
 pub mod ingest;
 pub mod profiles;
@@ -112,8 +113,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/profiles/{id}/merges", get(profiles::merges))
         .route("/v1/admin/status", get(admin_status))
         .route("/v1/admin/state-hash", get(admin_state_hash))
+        .route("/v1/admin/cluster", get(cluster::status))
+        .route("/v1/admin/cluster/learners", post(cluster::add_learner))
+        .route("/v1/admin/cluster/voters", post(cluster::promote))
+        .route("/v1/admin/cluster/remove", post(cluster::remove))
+        .route("/v1/admin/cluster/replace", post(cluster::replace))
+        .route(
+            "/v1/admin/cluster/transfer-leader",
+            post(cluster::transfer_leader),
+        )
+        .route("/v1/admin/faults", post(cluster::set_faults))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/health/leader", get(leader))
+        .merge(crate::cluster::server::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -145,6 +158,11 @@ async fn ready(State(state): State<AppState>) -> Response {
         Some(format!("raft stopped: {fatal}"))
     } else if metrics.current_leader.is_none() {
         Some("no leader known (election in progress, or no quorum reachable)".to_owned())
+    } else if lag_entries(&metrics) > READY_LAG_ENTRIES_MAX {
+        Some(format!(
+            "catching up: {} committed entries not applied yet (ready below {READY_LAG_ENTRIES_MAX})",
+            lag_entries(&metrics)
+        ))
     } else {
         None
     };
@@ -155,6 +173,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         "term": metrics.current_term,
         "last_log_index": metrics.last_log_index,
         "applied_index": metrics.last_applied.as_ref().map(|id| id.index),
+        "lag_entries": lag_entries(&metrics),
     });
     match reason {
         None => axum::Json(json!({"status": "ready", "raft": detail})).into_response(),
@@ -163,6 +182,40 @@ async fn ready(State(state): State<AppState>) -> Response {
             axum::Json(json!({"status": "not_ready", "reason": reason, "raft": detail})),
         )
             .into_response(),
+    }
+}
+
+/// Most committed-but-unapplied entries for a node to count as caught up (ready).
+pub const READY_LAG_ENTRIES_MAX: u64 = 64;
+
+/// Committed entries this node has not applied yet.
+pub fn lag_entries(metrics: &openraft::RaftMetrics<crate::cluster::TypeConfig>) -> u64 {
+    let committed = metrics
+        .cluster_committed
+        .as_ref()
+        .or(metrics.local_committed.as_ref());
+    let committed = committed.map_or(0, |id| id.index);
+    let applied = metrics.last_applied.as_ref().map_or(0, |id| id.index);
+    committed.saturating_sub(applied)
+}
+
+/// `GET /health/leader`: 200 only on the leader.
+async fn leader(State(state): State<AppState>) -> Response {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = state.node.raft().metrics().borrow_watched().clone();
+    let body = json!({
+        "node_id": metrics.id,
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+    });
+    if metrics.current_leader == Some(metrics.id) && !state.node.is_shutting_down() {
+        axum::Json(json!({"status": "leader", "raft": body})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_leader", "raft": body})),
+        )
+            .into_response()
     }
 }
 

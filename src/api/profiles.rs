@@ -29,6 +29,33 @@ pub struct PageQuery {
     limit: Option<usize>,
     before: Option<u64>,
     event: Option<String>,
+    consistency: Option<String>,
+}
+
+/// `?consistency=`
+#[derive(Debug, Deserialize)]
+pub struct ReadQuery {
+    consistency: Option<String>,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    /// Reflects every write acknowledged before the read started (the default).
+    Linearizable,
+    /// Whatever this node has applied; may lag the leader (the reply says by how much).
+    Local,
+}
+
+fn consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
+    match text {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("local") => Ok(Consistency::Local),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("consistency={other:?}: use linearizable (default) or local"),
+        )),
+    }
 }
 
 impl PageQuery {
@@ -49,10 +76,13 @@ pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let read = consistency(query.consistency.as_deref())?;
     let priority = state.config.identity.priority.clone();
-    with_profile(&state, &headers, &id, move |reader, profile| {
-        Ok(profile_json(&profile, &priority, reader.applied_index()?))
+    with_profile(&state, &headers, &id, read, move |_, profile| {
+        Ok(profile_json(&profile, &priority))
     })
     .await
 }
@@ -65,7 +95,8 @@ pub async fn events(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, limit) = page_query(query)?;
-    with_profile(&state, &headers, &id, move |reader, profile| {
+    let read = consistency(query.consistency.as_deref())?;
+    with_profile(&state, &headers, &id, read, move |reader, profile| {
         let page = reader.events(profile.id, query.before, limit, query.event.as_deref())?;
         let events: Vec<Value> = page
             .items
@@ -85,7 +116,8 @@ pub async fn merges(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, limit) = page_query(query)?;
-    with_profile(&state, &headers, &id, move |reader, profile| {
+    let read = consistency(query.consistency.as_deref())?;
+    with_profile(&state, &headers, &id, read, move |reader, profile| {
         let page = reader.merges(profile.id, query.before, limit)?;
         let merges: Vec<Value> = page
             .items
@@ -97,22 +129,32 @@ pub async fn merges(
     .await
 }
 
-/// Checks the key, parses `id`, finds its profile on a fresh snapshot and answers with
-/// what `view` makes of it.
+/// Checks the key, parses `id`, waits for the requested consistency, finds the profile on
+/// a fresh snapshot and answers with what `view` makes of it, plus a `read` object saying
+/// how fresh the answer is.
 async fn with_profile(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
+    read: Consistency,
     view: impl FnOnce(&Reader, Profile) -> Result<Value, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
+    use openraft::async_runtime::WatchReceiver;
     state.keys.require(headers, Access::Read)?;
     let identity = parse_identity(state, id)?;
-    let body = state
-        .read(move |reader| {
-            let profile = find(reader, &identity)?;
-            view(reader, profile)
-        })
+    if read == Consistency::Linearizable {
+        state.node.linearize().await?;
+    }
+    let metrics = state.node.raft().metrics().borrow_watched().clone();
+    let mut body = state
+        .read(move |reader| view(reader, find(reader, &identity)?))
         .await?;
+    body["read"] = serde_json::json!({
+        "consistency": if read == Consistency::Local { "local" } else { "linearizable" },
+        "node_id": metrics.id,
+        "applied_index": metrics.last_applied.map(|id| id.index),
+        "lag_entries": crate::api::lag_entries(&metrics),
+    });
     Ok(axum::Json(body).into_response())
 }
 
@@ -142,11 +184,7 @@ fn find(reader: &Reader, identity: &Identity) -> Result<Profile, ApiError> {
     })
 }
 
-fn profile_json(
-    profile: &Profile,
-    priority: &[crate::model::identity::IdClass],
-    applied_index: u64,
-) -> Value {
+fn profile_json(profile: &Profile, priority: &[crate::model::identity::IdClass]) -> Value {
     let identities: Vec<Value> = profile
         .identities
         .iter()
@@ -168,7 +206,6 @@ fn profile_json(
         "event_counts": profile.counts_by_type(),
         "events_total": profile.event_count(),
         "merged_profiles": profile.merged_ids,
-        "applied_index": applied_index,
     })
 }
 

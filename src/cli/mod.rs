@@ -1,5 +1,6 @@
 //! The `tandem` command line: one binary, one subcommand per job.
 
+pub mod cluster;
 pub mod load;
 pub mod node;
 pub mod up;
@@ -29,6 +30,8 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Check that every acknowledged event is stored exactly once.
     Verify(load::VerifyArgs),
+    /// Administer cluster membership: status, add/remove/replace nodes, transfer leadership.
+    Cluster(cluster::ClusterArgs),
     /// Measure profile read latency (run it during a load to measure reads while ingesting).
     ReadBench(load::ReadBenchArgs),
 }
@@ -51,6 +54,25 @@ pub struct NodeArgs {
     /// Configuration file (TOML; see tandem.example.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// This node's id in the cluster (overrides cluster.node_id).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// This node's region label (overrides cluster.region).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// URL peers reach this node at (overrides cluster.advertise_url).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Shared secret of peer requests, the same on every node (overrides cluster.cluster_key).
+    #[arg(long, env = "TANDEM_CLUSTER_KEY")]
+    pub cluster_key: Option<String>,
+    /// Do not bootstrap a one-node cluster on first start: wait to be added by
+    /// `tandem cluster add-node`.
+    #[arg(long)]
+    pub join: bool,
+    /// Enable the fault-injection admin endpoint (tests and drills only).
+    #[arg(long)]
+    pub enable_faults: bool,
 }
 
 impl NodeArgs {
@@ -61,6 +83,12 @@ impl NodeArgs {
             listen: self.listen.clone(),
             write_key: self.write_key.clone(),
             admin_key: self.admin_key.clone(),
+            node_id: self.node_id,
+            region: self.region.clone(),
+            advertise_url: self.advertise_url.clone(),
+            cluster_key: self.cluster_key.clone(),
+            join: self.join,
+            enable_faults: self.enable_faults,
         };
         Config::load(self.config.as_deref(), &overrides)
     }
@@ -74,6 +102,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Load(args) => load::run_load(args).await,
         Command::Verify(args) => load::run_verify(args).await,
         Command::ReadBench(args) => load::run_read_bench(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
     }
 }
 

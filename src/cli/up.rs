@@ -42,6 +42,7 @@ pub async fn run_up(args: UpArgs) -> i32 {
         listen: Some(format!("127.0.0.1:{}", args.port)),
         write_key: Some(args.write_key.clone()),
         admin_key: Some(args.admin_key.clone()),
+        ..CliOverrides::default()
     };
     let config = match Config::load(None, &overrides) {
         Ok(config) => config,

@@ -39,10 +39,11 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/raft/vote", post(vote))
         .route("/internal/raft/snapshot", post(snapshot))
         .route("/internal/propose", post(propose))
+        .route("/internal/read-index", post(read_index))
 }
 
-/// A postcard `Result<T, String>` reply.
-fn reply<T: Serialize>(result: Result<T, String>) -> Response {
+/// A postcard `Result<T, E>` reply.
+fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Response {
     match postcard::to_stdvec(&result) {
         Ok(bytes) => (StatusCode::OK, bytes).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -177,7 +178,24 @@ async fn propose(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         let events: Vec<Event> = decode(&read_body(body).await?)?;
         let node = Arc::clone(&state.node);
         let result = node.submit_here(events).await;
-        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+        Ok::<_, Refusal>(reply(result))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A follower asks the leader for a read index: the log index a linearizable read must
+/// wait for. Confirms leadership with a quorum first.
+async fn read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let result = state
+            .node
+            .raft()
+            .get_read_log_id(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map(|(read, _)| read.index())
+            .map_err(|e| e.to_string());
+        Ok::<_, Refusal>(reply(result))
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)
 }

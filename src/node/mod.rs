@@ -132,6 +132,8 @@ impl Cluster {
 pub struct Node {
     store: Arc<Store>,
     cluster: Cluster,
+    /// Client for forwarding to the leader.
+    http: reqwest::Client,
     queue: mpsc::UnboundedSender<Proposal>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
@@ -182,6 +184,14 @@ impl Node {
             .map_err(|_| SubmitError::ShuttingDown)?;
         // The permit is held until the outcome is known, whatever it is.
         outcome.await.map_err(|_| SubmitError::ShuttingDown)?
+    }
+
+    /// Returns once this node's state reflects every write committed before the call, so a
+    /// read that follows is linearizable. The leader confirms its leadership with a quorum
+    /// (read index); a follower asks the leader for that index and waits until it has
+    /// applied up to it.
+    pub async fn linearize(&self) -> Result<(), SubmitError> {
+        proposer::linearize(&self.cluster, &self.http).await
     }
 
     /// Stops admitting new work.

@@ -148,6 +148,65 @@ async fn propose(context: &Context, replies: Replies, batch: Batch) {
     }
 }
 
+/// Longest a linearizable read waits for the leader's read index and for this node to
+/// apply up to it.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// See [`super::Node::linearize`].
+pub(super) async fn linearize(
+    cluster: &super::Cluster,
+    http: &reqwest::Client,
+) -> Result<(), SubmitError> {
+    let raft = &cluster.raft;
+    let leader = raft.metrics().borrow_watched().current_leader;
+    if leader == Some(cluster.id) {
+        return raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")));
+    }
+    let Some(leader) = leader else {
+        return Err(SubmitError::NoLeader(
+            "an election is under way; retry".into(),
+        ));
+    };
+    let url = leader_url(raft, leader)?;
+    let unreachable =
+        |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
+    let response = http
+        .post(format!("{url}/internal/read-index"))
+        .bearer_auth(&cluster.cluster_key)
+        .header(FROM_HEADER, cluster.id)
+        .timeout(READ_INDEX_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let index: Result<u64, String> =
+        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))?;
+    let index = index.map_err(unreachable)?;
+    raft.wait(Some(READ_INDEX_TIMEOUT))
+        .applied_index_at_least(Some(index), "linearizable read")
+        .await
+        .map(|_| ())
+        .map_err(|e| SubmitError::NoLeader(format!("not caught up to the read index {index}: {e}")))
+}
+
+fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|member| member.url.trim_end_matches('/').to_owned())
+        .ok_or_else(|| SubmitError::NoLeader(format!("leader {leader} has no known address")))
+}
+
 /// Sends events to the leader's `/internal/propose` and returns their outcomes.
 async fn forward(
     context: &Context,

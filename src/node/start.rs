@@ -133,7 +133,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     let context = proposer::Context {
         raft: raft.clone(),
         self_id: id,
-        http,
+        http: http.clone(),
         cluster_key: cluster_key.clone(),
         commit_events_max: config.limits.commit_events_max,
         stats: Arc::clone(&stats),
@@ -142,6 +142,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     tokio::spawn(proposer::run(context, receiver));
     Ok(Arc::new(Node {
         store,
+        http,
         cluster: Cluster {
             id,
             raft,
