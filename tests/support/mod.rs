@@ -2,6 +2,9 @@
 //! directory, stopped by pid when the test ends (even when it fails).
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod history;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,8 +36,19 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node on port 0 with `env` set, and waits until it prints its address.
+    /// Starts a node on port 0 with `env` set, and waits until it is ready.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::start_with(data_dir, env, true, true)
+    }
+
+    /// Starts a node with `env` set (on port 0 if `port_zero`, else wherever `env` says),
+    /// waits until it prints its address, and if `ready` until it answers ready.
+    pub fn start_with(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        port_zero: bool,
+        ready: bool,
+    ) -> NodeProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let stderr_path = data_dir.join("node.stderr.log");
         let stderr = std::fs::OpenOptions::new()
@@ -43,8 +57,11 @@ impl NodeProcess {
             .open(&stderr_path)
             .expect("open stderr log");
         let mut command = Command::new(binary());
+        command.args(["node", "--write-key", WRITE_KEY]);
+        if port_zero {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["node", "--listen", "127.0.0.1:0", "--write-key", WRITE_KEY])
             .args(["--admin-key", ADMIN_KEY, "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -77,7 +94,9 @@ impl NodeProcess {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("tandem node listening on ") {
                         node.url = addr.trim().to_owned();
-                        node.wait_ready(deadline);
+                        if ready {
+                            node.wait_ready(deadline);
+                        }
                         return node;
                     }
                 }

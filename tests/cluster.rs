@@ -1,0 +1,213 @@
+//! Real-process cluster tests: three (or five) `tandem node` processes on loopback, faults
+//! injected while writers run, then every acknowledged event must be on every node
+//! exactly once and every node's state hash equal.
+
+mod support;
+
+use std::time::Duration;
+
+use support::cluster::{TestCluster, admin_get, admin_post};
+use support::history::{Writers, check_exactly_once};
+use support::{get, post};
+
+const ELECTION: Duration = Duration::from_secs(20);
+const CONVERGE: Duration = Duration::from_secs(60);
+
+async fn wait_more_acked(writers: &Writers, cluster: &TestCluster, more: usize) {
+    let target = writers.acked_count() + more;
+    cluster
+        .wait(
+            &format!("{more} more acknowledged events"),
+            Duration::from_secs(60),
+            |_| {
+                let done = writers.acked_count() >= target;
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+}
+
+async fn check_all(cluster: &TestCluster, acked: &support::history::Acked) -> usize {
+    let hash = cluster.converged_hash(CONVERGE).await;
+    let mut checked = 0;
+    for (id, url) in &cluster.urls {
+        if cluster.nodes.contains_key(id) {
+            checked = check_exactly_once(url, acked)
+                .await
+                .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        }
+    }
+    assert!(!hash.is_empty());
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_follower_kill_and_restart_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let urls: Vec<String> = cluster.urls.values().cloned().collect();
+    let writers = Writers::start(urls, 4, "kill");
+    wait_more_acked(&writers, &cluster, 200).await;
+
+    let leader = cluster.leader(ELECTION).await;
+    cluster.kill9(leader);
+    let new_leader = cluster.leader(ELECTION).await;
+    assert_ne!(
+        new_leader, leader,
+        "a new leader is elected without operator action"
+    );
+    wait_more_acked(&writers, &cluster, 200).await;
+
+    let follower = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != new_leader)
+        .expect("a follower");
+    cluster.kill9(follower);
+    cluster.restart(leader).await;
+    wait_more_acked(&writers, &cluster, 200).await;
+    cluster.restart(follower).await;
+    wait_more_acked(&writers, &cluster, 100).await;
+
+    let acked = writers.stop().await;
+    let checked = check_all(&cluster, &acked).await;
+    assert!(checked >= 700, "only {checked} acknowledged events checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_and_partitioned_nodes_do_not_stop_the_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let urls: Vec<String> = cluster.urls.values().cloned().collect();
+    let writers = Writers::start(urls, 3, "grey");
+    wait_more_acked(&writers, &cluster, 100).await;
+
+    // Grey failure: the leader is alive but silent (SIGSTOP).
+    let leader = cluster.leader(ELECTION).await;
+    cluster.pause(leader, true);
+    let others: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster
+        .wait("a new leader among the others", ELECTION, |c| {
+            let url = c.urls[&others[0]].clone();
+            async move {
+                let reply = get(&url, "/health/ready").await;
+                let new = reply.body["raft"]["leader"].as_u64()?;
+                (new != leader).then_some(())
+            }
+        })
+        .await;
+    wait_more_acked(&writers, &cluster, 100).await;
+    cluster.pause(leader, false);
+    wait_more_acked(&writers, &cluster, 100).await;
+
+    // Partition the current leader from both followers: the majority side elects a new
+    // leader and keeps taking writes; the old leader acknowledges nothing on its own.
+    let leader = cluster.leader(ELECTION).await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.partition(leader, &followers).await;
+    for follower in &followers {
+        cluster.partition(*follower, &[leader]).await;
+    }
+    cluster
+        .wait("the majority side elects a leader", ELECTION, |c| {
+            let url = c.urls[&followers[0]].clone();
+            async move {
+                let reply = get(&url, "/health/ready").await;
+                let new = reply.body["raft"]["leader"].as_u64()?;
+                (new != leader && reply.status == 200).then_some(())
+            }
+        })
+        .await;
+    wait_more_acked(&writers, &cluster, 100).await;
+    let isolated = post(
+        &cluster.urls[&leader],
+        "/v1/track",
+        &serde_json::json!({"userId": "isolated", "event": "E", "messageId": "isolated-1"}),
+    )
+    .await;
+    assert_ne!(
+        isolated.status, 200,
+        "an isolated old leader must not acknowledge: {}",
+        isolated.body
+    );
+    for id in cluster.nodes.keys() {
+        cluster.partition(*id, &[]).await;
+    }
+    wait_more_acked(&writers, &cluster, 100).await;
+
+    let acked = writers.stop().await;
+    check_all(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_whole_region_keeps_the_cluster_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = TestCluster::start(dir.path(), &["a", "a", "b", "b", "c"]).await;
+    let urls: Vec<String> = cluster.urls.values().cloned().collect();
+    let writers = Writers::start(urls, 3, "region");
+    wait_more_acked(&writers, &cluster, 100).await;
+    // Region "a" is nodes 1 and 2 — node 1 is the bootstrap leader, so this takes the
+    // leader down too.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    cluster.leader(ELECTION).await;
+    wait_more_acked(&writers, &cluster, 200).await;
+    let acked = writers.stop().await;
+    check_all(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_layouts_are_refused_and_reads_are_linearizable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let url = cluster.urls[&1].clone();
+    // Moving the region-r3 voter into r1 would put 2 of 3 voters in one region.
+    let (status, body) = admin_post(
+        &url,
+        "/v1/admin/cluster/remove",
+        &serde_json::json!({"node_id": 3}),
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "removing to 2 voters in 2 regions is unsafe: {body}"
+    );
+    assert_eq!(body["code"], "unsafe_layout");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("quorum"),
+        "{body}"
+    );
+
+    // Reads: linearizable by default, local on request with its lag.
+    let write = post(
+        &url,
+        "/v1/track",
+        &serde_json::json!({"userId": "reader", "event": "E", "messageId": "r-1"}),
+    )
+    .await;
+    assert_eq!(write.status, 200);
+    for (id, node_url) in &cluster.urls {
+        let linear = get(node_url, "/v1/profiles/user_id:reader").await;
+        assert_eq!(
+            linear.status, 200,
+            "node {id}: a linearizable read sees the write"
+        );
+        assert_eq!(linear.body["read"]["consistency"], "linearizable");
+        let local = get(node_url, "/v1/profiles/user_id:reader?consistency=local").await;
+        assert_eq!(local.body["read"]["consistency"], "local");
+        assert!(local.body["read"]["lag_entries"].is_u64());
+    }
+    let (status, view) = admin_get(&url, "/v1/admin/cluster").await;
+    assert_eq!(status, 200);
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3));
+}

@@ -1,0 +1,241 @@
+//! A real multi-process cluster for tests: N `tandem node` processes on loopback, node 1
+//! bootstrapped, the others added as learners and promoted together, each in its own
+//! data directory. Nodes are stopped by pid when the cluster is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{ADMIN_KEY, NodeProcess, client, get, send};
+
+/// Shared secret of the test clusters.
+pub const CLUSTER_KEY: &str = "test-cluster-key";
+
+/// A running test cluster.
+pub struct TestCluster {
+    root: PathBuf,
+    regions: Vec<String>,
+    /// Node id → process (absent while killed).
+    pub nodes: BTreeMap<u64, NodeProcess>,
+    /// Node id → URL (stable across restarts: a restarted node binds the same port).
+    pub urls: BTreeMap<u64, String>,
+}
+
+fn node_env() -> Vec<(&'static str, &'static str)> {
+    vec![("TANDEM_FAULTS__ENABLED", "true")]
+}
+
+impl TestCluster {
+    /// Starts `regions.len()` nodes (node i+1 in `regions[i]`) and forms one cluster.
+    pub async fn start(root: &Path, regions: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster {
+            root: root.to_owned(),
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            nodes: BTreeMap::new(),
+            urls: BTreeMap::new(),
+        };
+        for id in 1..=regions.len() as u64 {
+            cluster.spawn(id, None);
+        }
+        let first = cluster.urls[&1].clone();
+        for id in 2..=regions.len() as u64 {
+            let body = json!({"node_id": id, "url": cluster.urls[&id], "region": regions[id as usize - 1]});
+            let reply = admin_post(&first, "/v1/admin/cluster/learners", &body).await;
+            assert_eq!(reply.0, 200, "add learner {id}: {}", reply.1);
+        }
+        if regions.len() > 1 {
+            let ids: Vec<u64> = (2..=regions.len() as u64).collect();
+            cluster
+                .wait("learners caught up", Duration::from_secs(60), |c| {
+                    let first = c.urls[&1].clone();
+                    async move {
+                        let (_, view) = admin_get(&first, "/v1/admin/cluster").await;
+                        let members = view["members"].as_array()?.clone();
+                        members
+                            .iter()
+                            .all(|m| m["lag_entries"].as_u64().is_some_and(|lag| lag <= 2))
+                            .then_some(())
+                    }
+                })
+                .await;
+            let reply = admin_post(
+                &first,
+                "/v1/admin/cluster/voters",
+                &json!({"node_ids": ids}),
+            )
+            .await;
+            assert_eq!(reply.0, 200, "promote: {}", reply.1);
+        }
+        for id in 1..=regions.len() as u64 {
+            cluster.wait_ready(id).await;
+        }
+        cluster
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.root.join(format!("node-{id}"))
+    }
+
+    /// Starts node `id` (on `port` if given, else port 0) and records its URL.
+    fn spawn(&mut self, id: u64, listen: Option<&str>) {
+        let dir = self.data_dir(id);
+        let region = self.regions[id as usize - 1].clone();
+        let id_text = id.to_string();
+        let mut env = node_env();
+        let join = if id == 1 { "false" } else { "true" };
+        env.push((
+            "TANDEM_CLUSTER__BOOTSTRAP",
+            if join == "true" { "false" } else { "true" },
+        ));
+        env.push(("TANDEM_CLUSTER__NODE_ID", &id_text));
+        env.push(("TANDEM_CLUSTER__REGION", &region));
+        env.push(("TANDEM_CLUSTER__CLUSTER_KEY", CLUSTER_KEY));
+        let listen_env;
+        if let Some(listen) = listen {
+            listen_env = listen.to_owned();
+            env.push(("TANDEM_NODE__LISTEN", &listen_env));
+        }
+        let node = NodeProcess::start_with(&dir, &env, listen.is_none(), id == 1);
+        self.urls.insert(id, node.url.clone());
+        self.nodes.insert(id, node);
+    }
+
+    /// Kills node `id` with SIGKILL.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes.remove(&id) {
+            node.kill9();
+        }
+    }
+
+    /// Restarts a killed node on its old address and data.
+    pub async fn restart(&mut self, id: u64) {
+        let addr = self.urls[&id].trim_start_matches("http://").to_owned();
+        self.spawn(id, Some(&addr));
+        self.wait_ready(id).await;
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) node `id`: a grey failure — alive but silent.
+    pub fn pause(&self, id: u64, stop: bool) {
+        let pid = self.nodes[&id].pid();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
+    /// Cuts node `id` off from `peers` (both directions, through its fault switch).
+    pub async fn partition(&self, id: u64, peers: &[u64]) {
+        let reply = admin_post(
+            &self.urls[&id],
+            "/v1/admin/faults",
+            &json!({"partition": peers}),
+        )
+        .await;
+        assert_eq!(reply.0, 200, "partition: {}", reply.1);
+    }
+
+    /// The node every live node agrees is leader, waiting up to `deadline`.
+    pub async fn leader(&self, deadline: Duration) -> u64 {
+        self.wait("an agreed leader", deadline, |c| {
+            let urls: Vec<(u64, String)> =
+                c.nodes.keys().map(|id| (*id, c.urls[id].clone())).collect();
+            async move {
+                let mut leaders = Vec::new();
+                for (_, url) in &urls {
+                    let reply = get(url, "/health/ready").await;
+                    leaders.push(reply.body["raft"]["leader"].as_u64()?);
+                }
+                let first = *leaders.first()?;
+                let agreed = leaders.iter().all(|l| *l == first);
+                let alive = urls.iter().any(|(id, _)| *id == first);
+                (agreed && alive).then_some(first)
+            }
+        })
+        .await
+    }
+
+    /// Waits until node `id` answers ready.
+    pub async fn wait_ready(&self, id: u64) {
+        let url = self.urls[&id].clone();
+        self.wait(
+            &format!("node {id} ready"),
+            Duration::from_secs(60),
+            move |_| {
+                let url = url.clone();
+                async move { (get(&url, "/health/ready").await.status == 200).then_some(()) }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every live node has applied the same index and has the same state hash;
+    /// returns the hash.
+    pub async fn converged_hash(&self, deadline: Duration) -> String {
+        self.wait("equal state hashes on every node", deadline, |c| {
+            let urls: Vec<String> = c.nodes.keys().map(|id| c.urls[id].clone()).collect();
+            async move {
+                let mut hashes = Vec::new();
+                for url in &urls {
+                    let reply = get(url, "/v1/admin/state-hash").await;
+                    hashes.push(reply.body["state_hash"].as_str()?.to_owned());
+                }
+                let first = hashes.first()?.clone();
+                hashes.iter().all(|h| *h == first).then_some(first)
+            }
+        })
+        .await
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline`.
+    pub async fn wait<T, F, Fut>(&self, what: &str, deadline: Duration, mut check: F) -> T
+    where
+        F: FnMut(&TestCluster) -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(value) = check(self).await {
+                return value;
+            }
+            if Instant::now() > end {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|(id, n)| format!("--- node {id} ---\n{}", tail(&n.stderr(), 30)))
+                    .collect();
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// GET with the admin key; (status, JSON).
+pub async fn admin_get(url: &str, path: &str) -> (u16, Value) {
+    let reply = get(url, path).await;
+    (reply.status, reply.body)
+}
+
+/// POST JSON with the admin key; (status, JSON).
+pub async fn admin_post(url: &str, path: &str, body: &Value) -> (u16, Value) {
+    let reply = send(
+        client()
+            .post(format!("{url}{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .json(body),
+    )
+    .await;
+    (reply.status, reply.body)
+}
