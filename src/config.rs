@@ -222,9 +222,9 @@ impl Default for ClusterConfig {
             advertise_url: String::new(),
             cluster_key: String::new(),
             bootstrap: true,
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 250,
-            election_timeout_max_ms: 500,
+            heartbeat_ms: 30,
+            election_timeout_min_ms: 120,
+            election_timeout_max_ms: 240,
             snapshot_every_entries: 5_000,
         }
     }

@@ -195,6 +195,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call("/internal/raft/vote", &rpc, &option).await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        self.call("/internal/raft/pre-vote", &rpc, &option).await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

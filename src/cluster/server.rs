@@ -2,7 +2,8 @@
 //!
 //! Routes (all `POST`, postcard bodies, `Authorization: Bearer <cluster key>`, sender id in
 //! `x-tandem-from`):
-//! - `/internal/raft/append`, `/internal/raft/vote`: handed to the local Raft;
+//! - `/internal/raft/append`, `/internal/raft/vote`, `/internal/raft/pre-vote`: handed to
+//!   the local Raft;
 //! - `/internal/raft/snapshot`: the body (a snapshot file) is streamed to disk, then
 //!   installed;
 //! - `/internal/propose`: validated events from a follower, proposed here (the leader) and
@@ -37,6 +38,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/internal/raft/append", post(append))
         .route("/internal/raft/vote", post(vote))
+        .route("/internal/raft/pre-vote", post(pre_vote))
         .route("/internal/raft/snapshot", post(snapshot))
         .route("/internal/propose", post(propose))
         .route("/internal/read-index", post(read_index))
@@ -115,6 +117,16 @@ async fn vote(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         admit(&state, &headers)?;
         let rpc = decode(&read_body(body).await?)?;
         let result = state.node.raft().vote(rpc).await;
+        Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn pre_vote(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let rpc = decode(&read_body(body).await?)?;
+        let result = state.node.raft().pre_vote(rpc).await;
         Ok::<_, Refusal>(reply(result.map_err(|e| e.to_string())))
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)
