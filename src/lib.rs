@@ -7,7 +7,8 @@
 //! - [`cluster`]: openraft adapters — log store, state machine, snapshots, peer network;
 //! - [`node`]: a running node — its Raft member and the write pipeline (admission, group
 //!   commit, forwarding to the leader) between the API and the replicated log;
-//! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads);
+//! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin);
+//! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer);
 //! - [`config`]: the configuration file, environment overrides and their validation;
 //! - [`load`]: the synthetic workload generator and the acknowledged-event checker;
 //! - [`cli`]: the `tandem` command line.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod gateway;
 pub mod load;
 pub mod model;
 pub mod node;

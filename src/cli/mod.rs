@@ -1,7 +1,11 @@
 //! The `tandem` command line: one binary, one subcommand per job.
 
+pub mod bench;
 pub mod cluster;
+pub mod gateway;
+pub mod launcher;
 pub mod load;
+pub mod local_cluster;
 pub mod node;
 pub mod up;
 
@@ -30,10 +34,14 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Check that every acknowledged event is stored exactly once.
     Verify(load::VerifyArgs),
+    /// Measure failover: leader kill to the first acknowledged write, over many kills.
+    BenchFailover(bench::FailoverArgs),
     /// Administer cluster membership: status, add/remove/replace nodes, transfer leadership.
     Cluster(cluster::ClusterArgs),
     /// Measure profile read latency (run it during a load to measure reads while ingesting).
     ReadBench(load::ReadBenchArgs),
+    /// Run the load-balancing gateway in front of several nodes.
+    Gateway(gateway::GatewayArgs),
 }
 
 /// `tandem node`
@@ -102,7 +110,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Load(args) => load::run_load(args).await,
         Command::Verify(args) => load::run_verify(args).await,
         Command::ReadBench(args) => load::run_read_bench(args).await,
+        Command::Gateway(args) => gateway::run_gateway(args).await,
         Command::Cluster(args) => cluster::run(args).await,
+        Command::BenchFailover(args) => bench::run_failover(args).await,
     }
 }
 

@@ -1,23 +1,41 @@
-//! `tandem up`: the embedded default a newcomer runs — a local deployment with its data
-//! under `./tandem-data` and a demo workload, printing where to look.
+//! `tandem up`: the embedded default — a real cluster of separate `tandem node` processes on
+//! this machine (three by default, regions r1, r2, r3), the load-balancing gateway in front
+//! of them, and a demo workload through the gateway.
 //!
-//! Today this is one node in this process; running it again resumes the same data.
+//! Data lives under `--data-dir` (`./tandem-data/node-N`); nodes listen on the ports after
+//! the gateway's (`--port 8080` → nodes on 8081, 8082, 8083), so running `tandem up` again
+//! restarts the same nodes on the same addresses and resumes the same cluster. Ctrl-C stops
+//! the gateway, then each node cleanly.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::cli::node;
-use crate::config::{CliOverrides, Config};
+use tokio::sync::Notify;
+
+use super::launcher::{ChildNode, NodeSpec, cluster_key};
+use super::local_cluster::{Admin, form_cluster, start_nodes, stop_nodes};
+use crate::gateway::{self, GatewayOptions};
 use crate::load::{self, LoadOptions};
+
+/// Most nodes `tandem up` starts.
+pub const NODES_MAX: usize = 9;
 
 /// `tandem up`
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Where the data lives.
+    /// Where the data lives (one directory per node).
     #[arg(long, default_value = "./tandem-data")]
     pub data_dir: PathBuf,
-    /// HTTP port on 127.0.0.1.
+    /// Gateway port on 127.0.0.1; nodes take the next ports. 0 = random ports (no resume).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Region labels, assigned to nodes in turn.
+    #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3")]
+    pub regions: Vec<String>,
     /// Write key of the demo source.
     #[arg(long, default_value = "demo-write-key")]
     pub write_key: String,
@@ -37,64 +55,165 @@ pub struct UpArgs {
 
 /// Runs `tandem up` until Ctrl-C.
 pub async fn run_up(args: UpArgs) -> i32 {
-    let overrides = CliOverrides {
-        data_dir: Some(args.data_dir.clone()),
-        listen: Some(format!("127.0.0.1:{}", args.port)),
-        write_key: Some(args.write_key.clone()),
-        admin_key: Some(args.admin_key.clone()),
-        ..CliOverrides::default()
-    };
-    let config = match Config::load(None, &overrides) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("tandem up: {error}");
-            return 2;
-        }
-    };
-    let prepared = match node::prepare(config).await {
-        Ok(prepared) => prepared,
+    if args.nodes == 0 || args.nodes > NODES_MAX || args.regions.is_empty() {
+        eprintln!(
+            "tandem up: --nodes must be 1 to {NODES_MAX} and --regions must name at least one region"
+        );
+        return 2;
+    }
+    let key = match cluster_key(&args.data_dir) {
+        Ok(key) => key,
         Err(error) => {
             eprintln!("tandem up: {error}");
             return 1;
         }
     };
-    let url = format!("http://{}", prepared.addr);
-    let seed = seed_from_clock();
-    let acked = (!args.no_demo).then(|| args.data_dir.join(format!("demo-acked-{seed}.tsv")));
-    print_banner(&args, &url, acked.as_deref());
-    if let Some(acked) = acked {
-        let mut options = LoadOptions::new(url.clone(), args.write_key.clone(), args.demo_events);
+    let specs = node_specs(&args, &key);
+    let nodes = match start_nodes(specs).await {
+        Ok(nodes) => nodes,
+        Err(error) => {
+            eprintln!("tandem up: {error}");
+            return 1;
+        }
+    };
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let admin = Admin::new(&args.admin_key);
+    if let Err(error) = form_cluster(&admin, &nodes, &args.regions).await {
+        eprintln!("tandem up: {error}");
+        stop_nodes(nodes).await;
+        return 1;
+    }
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "tandem up: cannot listen on 127.0.0.1:{}: {error}",
+                args.port
+            );
+            stop_nodes(nodes).await;
+            return 1;
+        }
+    };
+    let gateway_url = match listener.local_addr() {
+        Ok(addr) => format!("http://{addr}"),
+        Err(error) => {
+            eprintln!("tandem up: {error}");
+            stop_nodes(nodes).await;
+            return 1;
+        }
+    };
+    let stop = Arc::new(Notify::new());
+    let gateway_stop = Arc::clone(&stop);
+    let gateway = tokio::spawn(gateway::serve(
+        listener,
+        GatewayOptions::new(urls),
+        async move { gateway_stop.notified().await },
+    ));
+    print_banner(&args, &gateway_url, &nodes);
+    if !args.no_demo {
+        let seed = (crate::node::now_ms() / 1000) as u64;
+        let acked = args.data_dir.join(format!("demo-acked-{seed}.tsv"));
+        let mut options = LoadOptions::new(
+            gateway_url.clone(),
+            args.write_key.clone(),
+            args.demo_events,
+        );
         options.rate = Some(args.demo_rate);
         options.acked = Some(acked.clone());
         options.seed = seed;
-        tokio::spawn(demo(options, args.admin_key.clone(), url.clone(), acked));
+        tokio::spawn(demo(
+            options,
+            args.admin_key.clone(),
+            gateway_url.clone(),
+            acked,
+        ));
     }
-    match prepared.serve(node::termination()).await {
-        Ok(()) => 0,
-        Err(error) => {
-            eprintln!("tandem up: {error}");
-            1
+    let nodes = supervise(nodes).await;
+    println!("stopping: gateway, then {} nodes", nodes.len());
+    stop.notify_one();
+    if let Ok(Err(error)) = gateway.await {
+        eprintln!("gateway: {error}");
+    }
+    stop_nodes(nodes).await;
+    println!("stopped; `tandem up` again resumes the same cluster");
+    0
+}
+
+fn node_specs(args: &UpArgs, key: &str) -> Vec<NodeSpec> {
+    (1..=args.nodes as u64)
+        .map(|id| NodeSpec {
+            id,
+            region: args.regions[(id as usize - 1) % args.regions.len()].clone(),
+            data_dir: args.data_dir.join(format!("node-{id}")),
+            listen: if args.port == 0 {
+                "127.0.0.1:0".into()
+            } else {
+                format!("127.0.0.1:{}", u32::from(args.port) + id as u32)
+            },
+            bootstrap: id == 1,
+            cluster_key: key.to_owned(),
+            write_key: args.write_key.clone(),
+            admin_key: args.admin_key.clone(),
+        })
+        .collect()
+}
+
+/// Waits for Ctrl-C or SIGTERM, reporting any node that exits on its own meanwhile.
+async fn supervise(mut nodes: Vec<ChildNode>) -> Vec<ChildNode> {
+    let termination = super::node::termination();
+    tokio::pin!(termination);
+    loop {
+        tokio::select! {
+            _ = &mut termination => return nodes,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                for node in &mut nodes {
+                    if let Some(status) = node.exited() {
+                        eprintln!(
+                            "node {} exited ({status}); the cluster continues with the others. \
+                             Its log: {}/node.log. Restart `tandem up` to bring it back.",
+                            node.spec.id,
+                            node.spec.data_dir.display()
+                        );
+                    }
+                }
+                nodes.retain_mut(|node| node.exited().is_none());
+            }
         }
     }
 }
 
-fn print_banner(args: &UpArgs, url: &str, acked: Option<&Path>) {
+fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     let key = &args.admin_key;
-    println!("Tandem is up (one node, embedded storage).");
-    println!("  API          {url}");
-    println!("  write key    {}   (source \"default\")", args.write_key);
-    println!("  admin key    {key}");
-    println!("  data         {}", args.data_dir.display());
-    if let Some(acked) = acked {
+    println!();
+    println!(
+        "Tandem is up: a {}-node cluster behind a gateway.",
+        nodes.len()
+    );
+    println!("  API (gateway)  {url}");
+    for node in nodes {
         println!(
-            "  demo load    {} events at {}/s: e-commerce, support and social journeys",
+            "  node {}         {}  region {}",
+            node.spec.id, node.url, node.spec.region
+        );
+    }
+    println!("  write key      {}   (source \"default\")", args.write_key);
+    println!("  admin key      {key}");
+    println!(
+        "  data           {}  (logs: node-N/node.log)",
+        args.data_dir.display()
+    );
+    if !args.no_demo {
+        println!(
+            "  demo load      {} events at {}/s: e-commerce, support and social journeys",
             args.demo_events, args.demo_rate
         );
-        println!("               acknowledged ids -> {}", acked.display());
     }
     println!();
     println!("Look around:");
-    println!("  curl -s -H 'Authorization: Bearer {key}' {url}/v1/admin/status");
+    println!(
+        "  tandem cluster status --target {} --admin-key {key}",
+        nodes[0].url
+    );
     println!("  curl -s -H 'Authorization: Bearer {key}' {url}/v1/profiles/user_id:<id>");
     println!(
         "  curl -s -u {}: -H 'content-type: application/json' {url}/v1/track \\",
@@ -103,7 +222,12 @@ fn print_banner(args: &UpArgs, url: &str, acked: Option<&Path>) {
     println!(
         "       -d '{{\"userId\":\"ada\",\"event\":\"Order Completed\",\"properties\":{{\"revenue\":42}}}}'"
     );
-    println!("API reference: docs/api.md. Ctrl-C stops; `tandem up` again resumes the same data.");
+    println!(
+        "  kill -9 a node's pid (see `ps`), and watch writes keep flowing through the gateway."
+    );
+    println!(
+        "API reference: docs/api.md; operations: docs/operations.md. Ctrl-C stops everything."
+    );
 }
 
 async fn demo(options: LoadOptions, admin_key: String, url: String, acked: PathBuf) {
@@ -132,10 +256,4 @@ fn first_identity(acked: &Path) -> Option<String> {
     load::acked::parse_line(line)
         .ok()
         .map(|(_, identity)| identity.to_owned())
-}
-
-/// A seed that differs per run, so a second `tandem up` sends new demo events rather
-/// than duplicates of the first run's.
-fn seed_from_clock() -> u64 {
-    (crate::node::now_ms() / 1000) as u64
 }

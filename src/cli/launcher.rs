@@ -1,0 +1,175 @@
+//! Starting and stopping `tandem node` child processes for `tandem up`.
+//!
+//! Each node is this same binary run as `tandem node …`; its first stdout line gives its
+//! address, its log goes to `<data>/node-N/node.log`. Children are stopped with SIGTERM
+//! (clean shutdown), then SIGKILL if they do not exit in time — always by their own pid.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node id.
+    pub id: u64,
+    /// Region label.
+    pub region: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `HOST:PORT` to listen on.
+    pub listen: String,
+    /// Bootstrap a one-node cluster on first start (node 1 only).
+    pub bootstrap: bool,
+    /// Shared cluster secret.
+    pub cluster_key: String,
+    /// Write key of the demo source.
+    pub write_key: String,
+    /// Admin key.
+    pub admin_key: String,
+}
+
+/// A running child node.
+pub struct ChildNode {
+    /// Its spec.
+    pub spec: NodeSpec,
+    /// Its URL.
+    pub url: String,
+    child: Child,
+}
+
+impl ChildNode {
+    /// Starts the node and waits for its address.
+    pub fn start(spec: NodeSpec) -> Result<ChildNode, String> {
+        std::fs::create_dir_all(&spec.data_dir)
+            .map_err(|e| format!("{}: {e}", spec.data_dir.display()))?;
+        let log_path = spec.data_dir.join("node.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the tandem binary: {e}"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("node")
+            .args(["--data-dir", &spec.data_dir.display().to_string()])
+            .args(["--listen", &spec.listen])
+            .args(["--node-id", &spec.id.to_string()])
+            .args(["--region", &spec.region])
+            .args(["--cluster-key", &spec.cluster_key])
+            .args(["--write-key", &spec.write_key])
+            .args(["--admin-key", &spec.admin_key])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if !spec.bootstrap {
+            command.arg("--join");
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start node {}: {e}", spec.id))?;
+        let url = match read_address(&mut child) {
+            Ok(url) => url,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "node {} did not start: {error}; see {}",
+                    spec.id,
+                    log_path.display()
+                ));
+            }
+        };
+        Ok(ChildNode { spec, url, child })
+    }
+
+    /// Whether the process is still running; `Some(description)` if it exited.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up (for failover measurements and drills).
+    pub fn kill9(mut self) -> NodeSpec {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.spec
+    }
+
+    /// SIGTERM, wait for a clean exit, SIGKILL after [`STOP_TIMEOUT`].
+    pub fn stop(mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "node {} did not stop within {STOP_TIMEOUT:?}; killing it",
+            self.spec.id
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `tandem node listening on http://…` from the child's stdout, with a deadline.
+fn read_address(child: &mut Child) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("tandem node listening on ") {
+                    return Ok(url.trim().to_owned());
+                }
+            }
+            Err(_) => return Err(format!("no address printed within {START_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// The cluster key kept in `data_dir/cluster.key` (created on first use), so a second
+/// `tandem up` rejoins the same cluster.
+pub fn cluster_key(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join("cluster.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
+        _ => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+            let key = format!("up-{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(key)
+        }
+    }
+}
