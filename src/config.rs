@@ -3,7 +3,8 @@
 //! one before — validated at start-up.
 //!
 //! Environment variables name a setting by its path with `__` between levels:
-//! `TANDEM_NODE__LISTEN=0.0.0.0:8080`, `TANDEM_INGEST__DEDUP_WINDOW_HOURS=48`.
+//! `TANDEM_NODE__LISTEN=0.0.0.0:8080`, `TANDEM_INGEST__DEDUP_WINDOW_HOURS=48`. Other
+//! `TANDEM_*` variables (without `__`) are ignored here: they belong to the CLI.
 //!
 //! Validation collects every problem at once and names each setting and its fix, so an
 //! operator fixes a file in one pass rather than one error per restart.
@@ -258,7 +259,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("TANDEM_").split("__"));
+        // Only nested names (`TANDEM_SECTION__KEY`) are settings: other `TANDEM_*`
+        // variables (the CLI's `TANDEM_ADMIN_KEY`, a test's `TANDEM_TEST_SEED`) are not,
+        // and must not stop a node from starting.
+        figment = figment.merge(
+            Env::prefixed("TANDEM_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Load(e.to_string()))?;

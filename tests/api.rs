@@ -570,6 +570,21 @@ async fn invalid_configuration_is_refused_with_every_problem_named() {
 }
 
 #[tokio::test]
+async fn stray_tandem_variables_do_not_stop_a_node() {
+    // The CLI reads TANDEM_ADMIN_KEY and friends; tests set TANDEM_TEST_SEED. Neither is a
+    // setting, and a node must start with them in its environment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(
+        dir.path(),
+        &[
+            ("TANDEM_ADMIN_KEY", "something"),
+            ("TANDEM_TEST_SEED", "42"),
+        ],
+    );
+    assert_eq!(get(&node.url, "/health/live").await.status, 200);
+}
+
+#[tokio::test]
 async fn health_endpoints_and_clean_shutdown() {
     let (_dir, mut node) = node();
     assert_eq!(get(&node.url, "/health/live").await.body["status"], "live");

@@ -152,26 +152,56 @@ async fn propose(context: &Context, replies: Replies, batch: Batch) {
 /// apply up to it.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Read-index requests tried before giving up, following leadership as it moves.
+const READ_INDEX_ATTEMPTS_MAX: usize = 3;
+
 /// See [`super::Node::linearize`].
 pub(super) async fn linearize(
     cluster: &super::Cluster,
     http: &reqwest::Client,
 ) -> Result<(), SubmitError> {
     let raft = &cluster.raft;
-    let leader = raft.metrics().borrow_watched().current_leader;
-    if leader == Some(cluster.id) {
-        return raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-            .map(|_| ())
-            .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")));
+    let mut last_error = SubmitError::NoLeader("an election is under way; retry".into());
+    for attempt in 0..READ_INDEX_ATTEMPTS_MAX {
+        if attempt > 0 {
+            // Leadership may have just moved: give this node's view a moment to catch up.
+            tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
+        }
+        let leader = raft.metrics().borrow_watched().current_leader;
+        if leader == Some(cluster.id) {
+            return raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+                .map(|_| ())
+                .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")));
+        }
+        let Some(leader) = leader else { continue };
+        match read_index_from(cluster, http, leader).await {
+            Ok(index) => {
+                return raft
+                    .wait(Some(READ_INDEX_TIMEOUT))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        SubmitError::NoLeader(format!(
+                            "not caught up to the read index {index}: {e}"
+                        ))
+                    });
+            }
+            Err(error) => last_error = error,
+        }
     }
-    let Some(leader) = leader else {
-        return Err(SubmitError::NoLeader(
-            "an election is under way; retry".into(),
-        ));
-    };
-    let url = leader_url(raft, leader)?;
+    Err(last_error)
+}
+
+/// Asks `leader` for a read index.
+async fn read_index_from(
+    cluster: &super::Cluster,
+    http: &reqwest::Client,
+    leader: u64,
+) -> Result<u64, SubmitError> {
+    let url = leader_url(&cluster.raft, leader)?;
     let unreachable =
         |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
     let response = http
@@ -182,18 +212,21 @@ pub(super) async fn linearize(
         .send()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
     let bytes = response
         .bytes()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
+    if !status.is_success() {
+        // A plain-text refusal (e.g. partitioned by fault injection, wrong cluster key).
+        return Err(unreachable(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
     let index: Result<u64, String> =
         postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))?;
-    let index = index.map_err(unreachable)?;
-    raft.wait(Some(READ_INDEX_TIMEOUT))
-        .applied_index_at_least(Some(index), "linearizable read")
-        .await
-        .map(|_| ())
-        .map_err(|e| SubmitError::NoLeader(format!("not caught up to the read index {index}: {e}")))
+    index.map_err(unreachable)
 }
 
 fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
