@@ -201,32 +201,21 @@ async fn read_index_from(
     http: &reqwest::Client,
     leader: u64,
 ) -> Result<u64, SubmitError> {
-    let url = leader_url(&cluster.raft, leader)?;
-    let unreachable =
-        |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
-    let response = http
-        .post(format!("{url}/internal/read-index"))
-        .bearer_auth(&cluster.cluster_key)
-        .header(FROM_HEADER, cluster.id)
-        .timeout(READ_INDEX_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    if !status.is_success() {
-        // A plain-text refusal (e.g. partitioned by fault injection, wrong cluster key).
-        return Err(unreachable(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes)
-        )));
-    }
-    let index: Result<u64, String> =
-        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))?;
-    index.map_err(unreachable)
+    let peer = Peer {
+        raft: &cluster.raft,
+        http,
+        cluster_key: &cluster.cluster_key,
+        self_id: cluster.id,
+    };
+    let index: Result<u64, String> = peer
+        .call(
+            leader,
+            "/internal/read-index",
+            Vec::new(),
+            READ_INDEX_TIMEOUT,
+        )
+        .await?;
+    index.map_err(|e| SubmitError::NoLeader(format!("leader {leader} refused a read index: {e}")))
 }
 
 fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
@@ -240,6 +229,52 @@ fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
         .ok_or_else(|| SubmitError::NoLeader(format!("leader {leader} has no known address")))
 }
 
+/// What calling the leader's internal endpoints needs.
+struct Peer<'a> {
+    raft: &'a Raft,
+    http: &'a reqwest::Client,
+    cluster_key: &'a str,
+    self_id: u64,
+}
+
+impl Peer<'_> {
+    /// POSTs `body` to `path` on `leader` and decodes its postcard reply. Transport errors
+    /// and plain-text refusals (partitioned, wrong cluster key) become `NoLeader`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, SubmitError> {
+        let url = leader_url(self.raft, leader)?;
+        let unreachable =
+            |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
+        let response = self
+            .http
+            .post(format!("{url}{path}"))
+            .bearer_auth(self.cluster_key)
+            .header(FROM_HEADER, self.self_id)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !status.is_success() {
+            return Err(unreachable(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))
+    }
+}
+
 /// Sends events to the leader's `/internal/propose` and returns their outcomes.
 async fn forward(
     context: &Context,
@@ -251,46 +286,20 @@ async fn forward(
             "an election is under way; retry".into(),
         ));
     };
-    let url = {
-        let metrics = context.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|member| member.url.trim_end_matches('/').to_owned())
-    };
-    let Some(url) = url else {
-        return Err(SubmitError::NoLeader(format!(
-            "leader {leader} has no known address"
-        )));
-    };
     let body = postcard::to_stdvec(events).map_err(|e| SubmitError::Storage(e.to_string()))?;
-    let unreachable =
-        |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
-    let response = context
-        .http
-        .post(format!("{url}/internal/propose"))
-        .bearer_auth(&context.cluster_key)
-        .header(FROM_HEADER, context.self_id)
-        .timeout(FORWARD_TIMEOUT)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    if !status.is_success() {
-        return Err(unreachable(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes)
-        )));
-    }
-    postcard::from_bytes::<Result<Vec<EventOutcome>, SubmitError>>(&bytes)
-        .map_err(|e| unreachable(e.to_string()))?
+    let peer = Peer {
+        raft: &context.raft,
+        http: &context.http,
+        cluster_key: &context.cluster_key,
+        self_id: context.self_id,
+    };
+    peer.call::<Result<Vec<EventOutcome>, SubmitError>>(
+        leader,
+        "/internal/propose",
+        body,
+        FORWARD_TIMEOUT,
+    )
+    .await?
 }
 
 fn record(stats: &Stats, outcomes: &[EventOutcome]) {
