@@ -213,6 +213,9 @@ pub struct ClusterConfig {
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and allow purging the log behind it) every this many log entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind the latest snapshot, so a briefly lagging follower catches
+    /// up from the log instead of needing a whole snapshot.
+    pub log_keep_after_snapshot: u64,
 }
 
 impl Default for ClusterConfig {
@@ -227,6 +230,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 120,
             election_timeout_max_ms: 240,
             snapshot_every_entries: 5_000,
+            log_keep_after_snapshot: 500,
         }
     }
 }

@@ -211,3 +211,64 @@ async fn unsafe_layouts_are_refused_and_reads_are_linearizable() {
     assert_eq!(status, 200);
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Snapshot often, so the log a newcomer would need is purged and it must install a
+    // snapshot streamed from the leader.
+    let mut cluster = TestCluster::start_with_env(
+        dir.path(),
+        &["r1", "r2", "r3"],
+        &[
+            ("TANDEM_CLUSTER__SNAPSHOT_EVERY_ENTRIES", "10"),
+            ("TANDEM_CLUSTER__LOG_KEEP_AFTER_SNAPSHOT", "0"),
+        ],
+    )
+    .await;
+    let urls: Vec<String> = cluster.urls.values().cloned().collect();
+    let writers = Writers::start(urls, 3, "snap");
+    wait_more_acked(&writers, &cluster, 600).await;
+
+    let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
+    let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
+    assert!(
+        status["raft"]["purged"].is_u64(),
+        "the leader purged its log behind a snapshot: {status}"
+    );
+
+    let new_url = cluster.spawn_joining(4, "r3");
+    let (code, body) = admin_post(
+        &leader_url,
+        "/v1/admin/cluster/learners",
+        &serde_json::json!({"node_id": 4, "url": new_url, "region": "r3"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    cluster.wait_ready(4).await;
+    let (code, body) = admin_post(
+        &leader_url,
+        "/v1/admin/cluster/replace",
+        &serde_json::json!({"old": 3, "new": 4}),
+    )
+    .await;
+    assert_eq!(code, 200, "replace 3 by 4: {body}");
+    let (_, view) = admin_get(&leader_url, "/v1/admin/cluster").await;
+    let ids: Vec<u64> = view["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 2, 4], "node 3 left, node 4 votes: {view}");
+    cluster.kill9(3);
+    wait_more_acked(&writers, &cluster, 100).await;
+
+    let (_, new_status) = admin_get(&new_url, "/v1/admin/status").await;
+    assert!(
+        new_status["raft"]["snapshot"].is_u64(),
+        "node 4 installed a snapshot: {new_status}"
+    );
+    let acked = writers.stop().await;
+    check_all(&cluster, &acked).await;
+}

@@ -91,8 +91,8 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
             cluster_config.snapshot_every_entries,
         ),
-        max_in_snapshot_log_to_keep: 500,
-        purge_batch_size: 64,
+        max_in_snapshot_log_to_keep: cluster_config.log_keep_after_snapshot,
+        purge_batch_size: cluster_config.snapshot_every_entries.min(64),
         install_snapshot_timeout: 600_000,
         enable_pre_vote: Some(true),
         ..Default::default()

@@ -18,6 +18,8 @@ pub const CLUSTER_KEY: &str = "test-cluster-key";
 pub struct TestCluster {
     root: PathBuf,
     regions: Vec<String>,
+    /// Extra environment for every node.
+    extra_env: Vec<(String, String)>,
     /// Node id → process (absent while killed).
     pub nodes: BTreeMap<u64, NodeProcess>,
     /// Node id → URL (stable across restarts: a restarted node binds the same port).
@@ -31,8 +33,21 @@ fn node_env() -> Vec<(&'static str, &'static str)> {
 impl TestCluster {
     /// Starts `regions.len()` nodes (node i+1 in `regions[i]`) and forms one cluster.
     pub async fn start(root: &Path, regions: &[&str]) -> TestCluster {
+        TestCluster::start_with_env(root, regions, &[]).await
+    }
+
+    /// Like [`TestCluster::start`], with extra environment for every node.
+    pub async fn start_with_env(
+        root: &Path,
+        regions: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestCluster {
         let mut cluster = TestCluster {
             root: root.to_owned(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             regions: regions.iter().map(|r| (*r).to_owned()).collect(),
             nodes: BTreeMap::new(),
             urls: BTreeMap::new(),
@@ -93,6 +108,9 @@ impl TestCluster {
         env.push(("TANDEM_CLUSTER__NODE_ID", &id_text));
         env.push(("TANDEM_CLUSTER__REGION", &region));
         env.push(("TANDEM_CLUSTER__CLUSTER_KEY", CLUSTER_KEY));
+        for (key, value) in &self.extra_env {
+            env.push((key.as_str(), value.as_str()));
+        }
         let listen_env;
         if let Some(listen) = listen {
             listen_env = listen.to_owned();
@@ -101,6 +119,16 @@ impl TestCluster {
         let node = NodeProcess::start_with(&dir, &env, listen.is_none(), id == 1);
         self.urls.insert(id, node.url.clone());
         self.nodes.insert(id, node);
+    }
+
+    /// Starts a new node `id` in `region` that waits to be added (`--join`); returns its URL.
+    pub fn spawn_joining(&mut self, id: u64, region: &str) -> String {
+        while self.regions.len() < id as usize {
+            self.regions.push(String::new());
+        }
+        self.regions[id as usize - 1] = region.to_owned();
+        self.spawn(id, None);
+        self.urls[&id].clone()
     }
 
     /// Kills node `id` with SIGKILL.
