@@ -1,4 +1,4 @@
-//! Raft RPCs to peers: `RaftNetworkV2` over HTTP (HTTP/2 when the peer speaks it), with
+//! Raft RPCs to peers: `RaftNetworkV2` over HTTP/2 (cleartext, prior knowledge), with
 //! postcard bodies and a shared cluster key.
 //!
 //! Snapshots are streamed from their file as the request body; nothing holds a whole
@@ -77,7 +77,11 @@ impl Network {
         cluster_key: &str,
         faults: Arc<Faults>,
     ) -> Result<Network, reqwest::Error> {
+        // HTTP/2 with prior knowledge (h2c): one multiplexed connection per peer carries
+        // heartbeats, appends and votes side by side, so a large append never queues a
+        // heartbeat behind it on the same connection.
         let http = reqwest::Client::builder()
+            .http2_prior_knowledge()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
