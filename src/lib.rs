@@ -23,4 +23,5 @@ pub mod gateway;
 pub mod load;
 pub mod model;
 pub mod node;
+pub mod services;
 pub mod store;
