@@ -26,11 +26,9 @@ pub mod state_machine;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::model::event::{Batch, EventOutcome};
+use crate::model::event::EventOutcome;
 
 /// A member of the cluster as Raft records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,25 +40,7 @@ pub struct Member {
     pub region: String,
 }
 
-/// What the replicated log carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Command {
-    /// A batch of validated events to apply.
-    Ingest(Batch),
-}
-
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Command::Ingest(batch) => write!(
-                f,
-                "ingest {} events at {}",
-                batch.events.len(),
-                batch.time_ms
-            ),
-        }
-    }
-}
+pub use crate::model::command::Command;
 
 /// What applying a [`Command`] returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +50,8 @@ pub enum CommandResult {
     /// The state machine refused the command (an invariant check failed); nothing of it
     /// was applied, on any replica.
     Refused(String),
+    /// A command without per-event outcomes (segment definitions) was applied.
+    Done,
 }
 
 openraft::declare_raft_types!(

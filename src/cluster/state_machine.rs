@@ -118,7 +118,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .iter()
                 .map(|(index, command, blob, _)| Committed {
                     index: *index,
-                    batch: command.as_ref().map(|Command::Ingest(batch)| batch),
+                    command: command.as_ref(),
                     raft_state: blob.clone(),
                 })
                 .collect();
@@ -127,10 +127,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         *self.applied.lock().map_err(io)? = Some(state);
-        for ((_, _, _, responder), result) in batch.into_iter().zip(results) {
+        for ((_, command, _, responder), result) in batch.into_iter().zip(results) {
+            let is_ingest = matches!(command, Some(Command::Ingest(_)));
             if let Some(responder) = responder {
                 responder.send(match result {
-                    Ok(outcomes) => CommandResult::Ingested(outcomes),
+                    Ok(outcomes) if is_ingest => CommandResult::Ingested(outcomes),
+                    Ok(_) => CommandResult::Done,
                     Err(why) => CommandResult::Refused(why),
                 });
             }

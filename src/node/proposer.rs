@@ -127,6 +127,9 @@ async fn propose(context: &Context, replies: Replies, batch: Batch) {
                 replies.deliver(outcomes);
             }
             CommandResult::Refused(why) => replies.fail(&SubmitError::Rejected(why)),
+            CommandResult::Done => replies.fail(&SubmitError::Rejected(
+                "an ingest entry was answered as a non-ingest command".into(),
+            )),
         },
         Err(error) => {
             if let Some(forward) = error.forward_to_leader() {

@@ -17,10 +17,20 @@ use fjall::{Readable, SingleWriterWriteTx};
 
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
+use crate::model::command::SegmentDef;
 use crate::model::event::{Batch, Event, EventOutcome};
 use crate::model::identity::{IdKind, Identity};
 use crate::model::profile::Profile;
 use crate::model::resolve::{self, IdentityGraph, MergeRules, Plan, Target};
+
+/// A change to a segment definition.
+#[derive(Debug, Clone, Copy)]
+pub enum SegmentChange<'a> {
+    /// Create or replace.
+    Put(&'a SegmentDef),
+    /// Delete by id.
+    Delete(&'a str),
+}
 
 /// Settings that change what applying does. They must be equal on every replica.
 #[derive(Debug, Clone)]
@@ -44,6 +54,7 @@ struct Counters {
     next_seq: u64,
     next_profile: u64,
     next_merge: u64,
+    next_feed: u64,
 }
 
 /// Applies batches inside one write transaction. Call [`Applier::finish`] before commit.
@@ -70,6 +81,7 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             next_seq: read(META_NEXT_SEQ)?.max(1),
             next_profile: read(META_NEXT_PROFILE)?.max(1),
             next_merge: read(META_NEXT_MERGE)?.max(1),
+            next_feed: read(META_NEXT_FEED)?.max(1),
         };
         Ok(Applier {
             tx,
@@ -96,6 +108,7 @@ impl<'a, 'tx> Applier<'a, 'tx> {
         let budget = batch.events.len() * 2 + SWEEP_SLACK;
         self.expire_dedup(budget)?;
         self.expire_events(budget)?;
+        self.expire_feed(budget)?;
         Ok(outcomes)
     }
 
@@ -131,6 +144,7 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             (META_NEXT_SEQ, c.next_seq),
             (META_NEXT_PROFILE, c.next_profile),
             (META_NEXT_MERGE, c.next_merge),
+            (META_NEXT_FEED, c.next_feed),
         ] {
             self.tx.insert(&ks.meta, key, u64_bytes(value));
         }
@@ -301,7 +315,45 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             identities: absorbed.identities.clone(),
         };
         self.profile_mut(target)?.absorb(absorbed);
+        self.feed(FeedRecord::Merged {
+            into: target,
+            from: loser,
+        });
         self.record(target, event, action)
+    }
+
+    /// Appends to the change feed.
+    fn feed(&mut self, record: FeedRecord) {
+        let seq = self.counters.next_feed;
+        self.counters.next_feed += 1;
+        let entry = FeedEntry {
+            at_ms: self.counters.clock_ms,
+            record,
+        };
+        self.tx
+            .insert(&self.ks.feed, u64_bytes(seq), encode(&entry));
+    }
+
+    /// Applies a segment definition change at log `index`.
+    pub fn apply_segment(
+        &mut self,
+        index: u64,
+        change: SegmentChange<'_>,
+    ) -> Result<(), StoreError> {
+        self.advance(index)?;
+        let id = match change {
+            SegmentChange::Put(def) => {
+                self.tx
+                    .insert(&self.ks.segment_defs, def.id.as_str(), encode(def));
+                def.id.clone()
+            }
+            SegmentChange::Delete(id) => {
+                self.tx.remove(&self.ks.segment_defs, id);
+                id.to_owned()
+            }
+        };
+        self.feed(FeedRecord::SegmentChanged { id });
+        Ok(())
     }
 
     fn record(
@@ -365,6 +417,27 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             self.tx.remove(&ks.dedup_expiry, key);
             self.tx
                 .remove(&ks.dedup, dedup_key(&expiry.source, &expiry.message_id));
+        }
+        Ok(())
+    }
+
+    fn expire_feed(&mut self, budget: usize) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let horizon = self
+            .counters
+            .clock_ms
+            .saturating_sub(self.settings.retention_ms);
+        let mut expired = Vec::new();
+        for guard in self.tx.iter(&ks.feed).take(budget) {
+            let (key, value) = guard.into_inner()?;
+            let entry: FeedEntry = decode(&value, FEED)?;
+            if entry.at_ms >= horizon {
+                break;
+            }
+            expired.push(key);
+        }
+        for key in expired {
+            self.tx.remove(&ks.feed, key);
         }
         Ok(())
     }

@@ -78,6 +78,8 @@ pub struct Keyspaces {
     pub(crate) merges: SingleWriterTxKeyspace,
     pub(crate) dedup: SingleWriterTxKeyspace,
     pub(crate) dedup_expiry: SingleWriterTxKeyspace,
+    pub(crate) feed: SingleWriterTxKeyspace,
+    pub(crate) segment_defs: SingleWriterTxKeyspace,
 }
 
 impl Keyspaces {
@@ -97,11 +99,13 @@ impl Keyspaces {
             merges: plain(MERGES)?,
             dedup: plain(DEDUP)?,
             dedup_expiry: plain(DEDUP_EXPIRY)?,
+            feed: plain(FEED)?,
+            segment_defs: plain(SEGMENT_DEFS)?,
         })
     }
 
     /// The state keyspaces with their names, in [`STATE_KEYSPACES`] order.
-    pub(crate) fn state(&self) -> [(&'static str, &SingleWriterTxKeyspace); 9] {
+    pub(crate) fn state(&self) -> [(&'static str, &SingleWriterTxKeyspace); 11] {
         [
             (META, &self.meta),
             (EVENTS, &self.events),
@@ -112,6 +116,8 @@ impl Keyspaces {
             (MERGES, &self.merges),
             (DEDUP, &self.dedup),
             (DEDUP_EXPIRY, &self.dedup_expiry),
+            (FEED, &self.feed),
+            (SEGMENT_DEFS, &self.segment_defs),
         ]
     }
 }

@@ -22,9 +22,10 @@ use std::io::{Read, Write};
 
 use fjall::{PersistMode, Readable};
 
-use super::apply::Applier;
+use super::apply::{Applier, SegmentChange};
 use super::{Store, StoreError};
-use crate::model::event::{Batch, EventOutcome};
+use crate::model::command::Command;
+use crate::model::event::EventOutcome;
 
 /// `META` key holding the cluster layer's applied-state blob.
 pub const META_RAFT_STATE: &str = "raft_state";
@@ -41,8 +42,8 @@ const FIELD_BYTES_MAX: usize = 1 << 30;
 pub struct Committed<'a> {
     /// Its log index.
     pub index: u64,
-    /// The events it carries, if any (membership and blank entries carry none).
-    pub batch: Option<&'a Batch>,
+    /// The command it carries, if any (membership and blank entries carry none).
+    pub command: Option<&'a Command>,
     /// The applied-state blob to store with it.
     pub raft_state: Vec<u8>,
 }
@@ -86,8 +87,16 @@ impl Store {
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let mut tx = self.db.write_tx();
         let mut applier = Applier::open(&mut tx, &self.ks, &self.config.apply)?;
-        let outcomes = match entry.batch {
-            Some(batch) if with_data => applier.apply(entry.index, batch)?,
+        let outcomes = match entry.command {
+            Some(Command::Ingest(batch)) if with_data => applier.apply(entry.index, batch)?,
+            Some(Command::PutSegment(def)) if with_data => {
+                applier.apply_segment(entry.index, SegmentChange::Put(def))?;
+                Vec::new()
+            }
+            Some(Command::DeleteSegment { id }) if with_data => {
+                applier.apply_segment(entry.index, SegmentChange::Delete(id))?;
+                Vec::new()
+            }
             _ => {
                 applier.advance(entry.index)?;
                 Vec::new()

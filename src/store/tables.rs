@@ -35,9 +35,13 @@ pub const MERGES: &str = "merges";
 pub const DEDUP: &str = "dedup";
 /// Event seq → postcard [`DedupExpiry`]; dedup entries in expiry order.
 pub const DEDUP_EXPIRY: &str = "dedup_expiry";
+/// Feed seq → postcard [`FeedRecord`]: the ordered change feed services consume.
+pub const FEED: &str = "feed";
+/// Segment id → postcard [`crate::model::command::SegmentDef`].
+pub const SEGMENT_DEFS: &str = "segment_defs";
 
 /// The state keyspaces, in the order the state hash covers them.
-pub const STATE_KEYSPACES: [&str; 9] = [
+pub const STATE_KEYSPACES: [&str; 11] = [
     META,
     EVENTS,
     PROFILE_EVENTS,
@@ -47,6 +51,8 @@ pub const STATE_KEYSPACES: [&str; 9] = [
     MERGES,
     DEDUP,
     DEDUP_EXPIRY,
+    FEED,
+    SEGMENT_DEFS,
 ];
 
 /// `META` key: index of the last log entry applied to the state.
@@ -59,6 +65,8 @@ pub const META_NEXT_SEQ: &str = "next_seq";
 pub const META_NEXT_PROFILE: &str = "next_profile";
 /// `META` key: the next merge record sequence number.
 pub const META_NEXT_MERGE: &str = "next_merge";
+/// `META` key: the next feed sequence number.
+pub const META_NEXT_FEED: &str = "next_feed";
 
 /// An integer key or value: 8 bytes big-endian, so keys sort numerically.
 pub fn u64_bytes(n: u64) -> [u8; 8] {
@@ -185,4 +193,38 @@ pub fn decode<'a, T: Deserialize<'a>>(
     table: &'static str,
 ) -> Result<T, super::StoreError> {
     postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt(format!("{table}: {e}")))
+}
+
+/// One entry of the change feed: what changed, in apply order. Services consume it from
+/// their own cursor; event bodies are read from [`EVENTS`] by seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedRecord {
+    /// An event was stored on a profile.
+    Event {
+        /// The event's seq in [`EVENTS`].
+        seq: u64,
+        /// The profile it landed on.
+        profile: u64,
+    },
+    /// Profile `from` was merged into `into`.
+    Merged {
+        /// The surviving profile.
+        into: u64,
+        /// The profile merged away.
+        from: u64,
+    },
+    /// A segment definition was created, replaced or deleted.
+    SegmentChanged {
+        /// The segment's id.
+        id: String,
+    },
+}
+
+/// A feed entry with the state clock when it was appended (for retention).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// State clock at append, ms since the epoch.
+    pub at_ms: i64,
+    /// What changed.
+    pub record: FeedRecord,
 }

@@ -6,6 +6,7 @@ use super::apply::ApplySettings;
 use super::replicated::Committed;
 use super::tables::{EVENTS, MergeAction, PROFILES};
 use super::*;
+use crate::model::command::Command;
 use crate::model::event::{Batch, Event, EventOutcome};
 use crate::model::identity::{Blocklist, Identity};
 use crate::model::resolve::MergeRules;
@@ -51,9 +52,10 @@ fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
 /// Applies `batch` as the next committed log entry.
 fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
     let index = store.reader().applied_index().expect("applied") + 1;
+    let command = Command::Ingest(batch.clone());
     let entry = Committed {
         index,
-        batch: Some(batch),
+        command: Some(&command),
         raft_state: Vec::new(),
     };
     let mut results = store.apply_committed(&[entry]).expect("apply");
@@ -263,13 +265,14 @@ fn replaying_the_log_reproduces_the_state_hash() {
     // The replica applies the same log in chunks of 7 entries, as a follower catching up
     // would; indexes are the same.
     let replica = open(dir.path(), "replica");
-    for (chunk_number, chunk) in log.chunks(7).enumerate() {
+    let commands: Vec<Command> = log.iter().cloned().map(Command::Ingest).collect();
+    for (chunk_number, chunk) in commands.chunks(7).enumerate() {
         let entries: Vec<Committed<'_>> = chunk
             .iter()
             .enumerate()
-            .map(|(i, batch)| Committed {
+            .map(|(i, command)| Committed {
                 index: (chunk_number * 7 + i + 1) as u64,
-                batch: Some(batch),
+                command: Some(command),
                 raft_state: Vec::new(),
             })
             .collect();

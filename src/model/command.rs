@@ -1,0 +1,47 @@
+//! What the replicated log carries: the commands every replica applies in the same order.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::event::Batch;
+
+/// A segment (audience) definition, replicated so every node evaluates the same rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentDef {
+    /// Stable id, `[a-z0-9_-]`, chosen by the creator.
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// The rule text (validated by the API before it is proposed; see `docs/segments.md`).
+    pub rule: String,
+}
+
+/// One entry of the replicated log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A batch of validated events to apply.
+    Ingest(Batch),
+    /// Create or replace a segment definition.
+    PutSegment(SegmentDef),
+    /// Delete a segment definition.
+    DeleteSegment {
+        /// The segment's id.
+        id: String,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Ingest(batch) => write!(
+                f,
+                "ingest {} events at {}",
+                batch.events.len(),
+                batch.time_ms
+            ),
+            Command::PutSegment(def) => write!(f, "put segment {}", def.id),
+            Command::DeleteSegment { id } => write!(f, "delete segment {id}"),
+        }
+    }
+}
