@@ -22,7 +22,7 @@ use crate::model::resolve::MergeRules;
 use crate::store::apply::ApplySettings;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the node keeps data and listens.
@@ -43,6 +43,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Fault injection for tests and drills.
     pub faults: FaultsConfig,
+    /// Computed traits kept per profile (`[[computed_traits]]`; see `tandem.example.toml`).
+    pub computed_traits: Vec<crate::services::traits::TraitDef>,
 }
 
 /// `[faults]`
@@ -51,6 +53,23 @@ pub struct Config {
 pub struct FaultsConfig {
     /// Enables `POST /v1/admin/faults` (partitions between nodes). Never in production.
     pub enabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            auth: AuthConfig::default(),
+            sources: Vec::new(),
+            limits: LimitsConfig::default(),
+            ingest: IngestConfig::default(),
+            identity: IdentityConfig::default(),
+            storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
+            faults: FaultsConfig::default(),
+            computed_traits: crate::services::traits::default_defs(),
+        }
+    }
 }
 
 /// `[node]`
@@ -335,6 +354,9 @@ impl Config {
         self.validate_limits(&mut problem);
         self.validate_identity(&mut problem);
         self.validate_cluster(&mut problem);
+        if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {
+            problem(format!("computed_traits: {error}"));
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -11,6 +11,8 @@ pub mod cluster;
 pub mod error;
 pub mod ingest;
 pub mod profiles;
+pub mod segments;
+pub mod services;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,6 +113,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/profiles/{id}", get(profiles::get))
         .route("/v1/profiles/{id}/events", get(profiles::events))
         .route("/v1/profiles/{id}/merges", get(profiles::merges))
+        .route("/v1/profiles/{id}/segments", get(segments::of_profile))
+        .route("/v1/segments", get(segments::list).post(segments::create))
+        .route(
+            "/v1/segments/{id}",
+            get(segments::get)
+                .put(segments::replace)
+                .delete(segments::delete),
+        )
+        .route("/v1/segments/{id}/members", get(segments::members))
+        .route("/v1/segment-transitions", get(segments::transitions))
         .route("/v1/admin/status", get(admin_status))
         .route("/v1/admin/state-hash", get(admin_state_hash))
         .route("/v1/admin/cluster", get(cluster::status))
@@ -123,6 +135,8 @@ pub fn router(state: AppState) -> Router {
             post(cluster::transfer_leader),
         )
         .route("/v1/admin/faults", post(cluster::set_faults))
+        .route("/v1/admin/faults/services", post(services::set_fault))
+        .route("/v1/admin/services", get(services::status))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))
@@ -175,11 +189,15 @@ async fn ready(State(state): State<AppState>) -> Response {
         "applied_index": metrics.last_applied.as_ref().map(|id| id.index),
         "lag_entries": lag_entries(&metrics),
     });
+    // A degraded CDP service does not make the node unready: ingestion and profiles go on;
+    // the per-service status says what is degraded.
+    let services = state.node.services().statuses();
     match reason {
-        None => axum::Json(json!({"status": "ready", "raft": detail})).into_response(),
+        None => axum::Json(json!({"status": "ready", "raft": detail, "services": services}))
+            .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "reason": reason, "raft": detail})),
+            axum::Json(json!({"status": "not_ready", "reason": reason, "raft": detail, "services": services})),
         )
             .into_response(),
     }

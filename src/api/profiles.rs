@@ -40,14 +40,14 @@ pub struct ReadQuery {
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Consistency {
+pub(crate) enum Consistency {
     /// Reflects every write acknowledged before the read started (the default).
     Linearizable,
     /// Whatever this node has applied; may lag the leader (the reply says by how much).
     Local,
 }
 
-fn consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
+pub(crate) fn consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
     match text {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("local") => Ok(Consistency::Local),
@@ -81,8 +81,13 @@ pub async fn get(
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let read = consistency(query.consistency.as_deref())?;
     let priority = state.config.identity.priority.clone();
+    let services = std::sync::Arc::clone(state.node.services());
+    let defs = std::sync::Arc::clone(state.node.trait_defs());
     with_profile(&state, &headers, &id, read, move |_, profile| {
-        Ok(profile_json(&profile, &priority))
+        let mut body = profile_json(&profile, &priority);
+        body["computed_traits"] = computed_traits(&services, &defs, profile.id);
+        body["computed_traits_status"] = service_marker(&services, crate::services::computed::NAME);
+        Ok(body)
     })
     .await
 }
@@ -132,7 +137,7 @@ pub async fn merges(
 /// Checks the key, parses `id`, waits for the requested consistency, finds the profile on
 /// a fresh snapshot and answers with what `view` makes of it, plus a `read` object saying
 /// how fresh the answer is.
-async fn with_profile(
+pub(crate) async fn with_profile(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
@@ -166,7 +171,41 @@ fn page_query(
     Ok((query, limit))
 }
 
-fn parse_identity(state: &AppState, text: &str) -> Result<Identity, ApiError> {
+/// The profile's computed traits from the traits service's own store. Served even while
+/// the service is degraded (the `computed_traits_status` marker then says they may be
+/// stale); `null` if the store cannot be read.
+fn computed_traits(
+    services: &crate::services::supervisor::Supervisor,
+    defs: &[crate::services::traits::TraitDef],
+    profile: u64,
+) -> Value {
+    let Some(db) = services.db(crate::services::computed::NAME) else {
+        return Value::Null;
+    };
+    match crate::services::computed::values(db, defs, profile, crate::node::now_ms()) {
+        Ok(values) => json!(values),
+        Err(error) => {
+            tracing::warn!(%error, "reading computed traits");
+            Value::Null
+        }
+    }
+}
+
+/// `{"service", "status", "stale", "lag"}` for a service whose data a reply includes.
+pub fn service_marker(services: &crate::services::supervisor::Supervisor, name: &str) -> Value {
+    match services.status(name) {
+        Some(status) => json!({
+            "service": name,
+            "status": status.status,
+            "stale": status.status != "ok" || status.lag > 0,
+            "lag": status.lag,
+            "reason": status.reason,
+        }),
+        None => json!({"service": name, "status": "missing", "stale": true}),
+    }
+}
+
+pub(crate) fn parse_identity(state: &AppState, text: &str) -> Result<Identity, ApiError> {
     Identity::parse_key(text, &state.blocklist).map_err(|why| {
         ApiError::bad_request(
             "invalid_identity",

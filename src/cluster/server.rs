@@ -7,7 +7,8 @@
 //! - `/internal/raft/snapshot`: the body (a snapshot file) is streamed to disk, then
 //!   installed;
 //! - `/internal/propose`: validated events from a follower, proposed here (the leader) and
-//!   answered with their outcomes.
+//!   answered with their outcomes;
+//! - `/internal/command`: an administrative command (segment definitions) from a follower.
 //!
 //! Requests from a peer blocked by fault injection are refused with 503, completing the
 //! symmetric partition that [`super::network::Faults`] starts on the sending side.
@@ -42,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/raft/snapshot", post(snapshot))
         .route("/internal/propose", post(propose))
         .route("/internal/read-index", post(read_index))
+        .route("/internal/command", post(command))
 }
 
 /// A postcard `Result<T, E>` reply.
@@ -190,6 +192,18 @@ async fn propose(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         let events: Vec<Event> = decode(&read_body(body).await?)?;
         let node = Arc::clone(&state.node);
         let result = node.submit_here(events).await;
+        Ok::<_, Refusal>(reply(result))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An administrative command (segment definitions) forwarded by a follower.
+async fn command(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let command: crate::cluster::Command = decode(&read_body(body).await?)?;
+        let node = Arc::clone(&state.node);
+        let result = node.execute(command, true).await;
         Ok::<_, Refusal>(reply(result))
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)

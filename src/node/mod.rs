@@ -132,6 +132,10 @@ impl Cluster {
 pub struct Node {
     store: Arc<Store>,
     cluster: Cluster,
+    /// The supervised CDP services.
+    services: Arc<crate::services::supervisor::Supervisor>,
+    /// The computed-trait definitions the traits service uses.
+    trait_defs: Arc<Vec<crate::services::traits::TraitDef>>,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
     queue: mpsc::UnboundedSender<Proposal>,
@@ -186,6 +190,20 @@ impl Node {
         outcome.await.map_err(|_| SubmitError::ShuttingDown)?
     }
 
+    /// Commits an administrative command (segment definitions) through the replicated
+    /// log, forwarding it to the leader when this node does not lead. `forwarded` is set
+    /// for commands a follower sent here, which are never forwarded again.
+    pub async fn execute(
+        &self,
+        command: crate::cluster::Command,
+        forwarded: bool,
+    ) -> Result<(), SubmitError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        proposer::execute(&self.cluster, &self.http, command, forwarded).await
+    }
+
     /// Returns once this node's state reflects every write committed before the call, so a
     /// read that follows is linearizable. The leader confirms its leadership with a quorum
     /// (read index); a follower asks the leader for that index and waits until it has
@@ -232,6 +250,16 @@ impl Node {
     /// The Raft handle.
     pub fn raft(&self) -> &Raft {
         &self.cluster.raft
+    }
+
+    /// The supervised CDP services.
+    pub fn services(&self) -> &Arc<crate::services::supervisor::Supervisor> {
+        &self.services
+    }
+
+    /// The computed-trait definitions.
+    pub fn trait_defs(&self) -> &Arc<Vec<crate::services::traits::TraitDef>> {
+        &self.trait_defs
     }
 
     /// Stops Raft and makes the state durable. Call after the HTTP server stopped.

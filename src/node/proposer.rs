@@ -151,6 +151,48 @@ async fn propose(context: &Context, replies: Replies, batch: Batch) {
     }
 }
 
+/// Commits one administrative command (a segment definition change): through this node's
+/// Raft when it leads, else by forwarding it once to the leader's `/internal/command`.
+pub(super) async fn execute(
+    cluster: &super::Cluster,
+    http: &reqwest::Client,
+    command: Command,
+    forwarded: bool,
+) -> Result<(), SubmitError> {
+    let raft = &cluster.raft;
+    let leader = raft.metrics().borrow_watched().current_leader;
+    if leader != Some(cluster.id) {
+        let Some(leader) = leader.filter(|_| !forwarded) else {
+            return Err(SubmitError::NoLeader(
+                "this node is not the leader and knows no other; retry".into(),
+            ));
+        };
+        let body =
+            postcard::to_stdvec(&command).map_err(|e| SubmitError::Storage(e.to_string()))?;
+        let peer = Peer {
+            raft,
+            http,
+            cluster_key: &cluster.cluster_key,
+            self_id: cluster.id,
+        };
+        return peer
+            .call::<Result<(), SubmitError>>(leader, "/internal/command", body, FORWARD_TIMEOUT)
+            .await?;
+    }
+    match raft.client_write(command).await {
+        Ok(response) => match response.data {
+            CommandResult::Refused(why) => Err(SubmitError::Rejected(why)),
+            CommandResult::Done | CommandResult::Ingested(_) => Ok(()),
+        },
+        Err(error) => match error.forward_to_leader() {
+            Some(_) => Err(SubmitError::NoLeader(
+                "leadership changed while committing; retry".into(),
+            )),
+            None => Err(SubmitError::Storage(error.to_string())),
+        },
+    }
+}
+
 /// Longest a linearizable read waits for the leader's read index and for this node to
 /// apply up to it.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);

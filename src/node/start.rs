@@ -15,6 +15,9 @@ use crate::cluster::snapshot::Snapshots;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft};
 use crate::config::Config;
+use crate::services::{audience, computed};
+use crate::services::db::ServiceDb;
+use crate::services::supervisor::{Factory, Supervisor};
 use crate::store::{Store, StoreConfig};
 
 /// Why a node could not start.
@@ -123,6 +126,9 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
             .map_err(|e| NodeError::Raft(e.to_string()))?;
     }
 
+    let trait_defs = Arc::new(config.computed_traits.clone());
+    let services = start_services(&dir, &store, &trait_defs)?;
+
     let stats = Arc::new(Stats::default());
     let failed = Arc::new(AtomicBool::new(false));
     let (queue, receiver) = mpsc::unbounded_channel();
@@ -141,6 +147,8 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     };
     tokio::spawn(proposer::run(context, receiver));
     Ok(Arc::new(Node {
+        services,
+        trait_defs,
         store,
         http,
         cluster: Cluster {
@@ -159,4 +167,33 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         failed,
         stats,
     }))
+}
+
+/// Opens each service's database under `<data>/services/` and starts the supervisor.
+fn start_services(
+    dir: &Path,
+    store: &Arc<Store>,
+    trait_defs: &Arc<Vec<crate::services::traits::TraitDef>>,
+) -> Result<Arc<Supervisor>, NodeError> {
+    let open = |name: &str| {
+        let path = dir.join("services").join(name);
+        ServiceDb::open(&path).map_err(|e| NodeError::DataDir {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    let defs = Arc::clone(trait_defs);
+    let traits: Factory =
+        Box::new(move || Box::new(computed::ComputedTraits::new(Arc::clone(&defs))));
+    Ok(Supervisor::start(
+        Arc::clone(store),
+        vec![
+            (computed::NAME, open(computed::NAME)?, traits),
+            (
+                audience::NAME,
+                open(audience::NAME)?,
+                audience::Segments::factory(Arc::clone(trait_defs)),
+            ),
+        ],
+    ))
 }

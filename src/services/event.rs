@@ -20,3 +20,22 @@ pub struct ServiceEvent {
     /// The normalised Segment event (`properties`, `traits`, `context`, …).
     pub body: Value,
 }
+
+impl ServiceEvent {
+    /// The event of a feed entry, on `profile_id`. A body that does not parse (it was
+    /// produced by validation, so only corruption could do that) becomes `null`.
+    pub fn from_stored(
+        seq: u64,
+        profile_id: u64,
+        stored: &crate::store::tables::StoredEvent,
+    ) -> ServiceEvent {
+        ServiceEvent {
+            seq,
+            profile_id,
+            kind: stored.kind,
+            name: stored.name.clone(),
+            timestamp_ms: stored.timestamp_ms,
+            body: serde_json::from_str(&stored.body_json).unwrap_or(Value::Null),
+        }
+    }
+}

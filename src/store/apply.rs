@@ -192,6 +192,10 @@ impl<'a, 'tx> Applier<'a, 'tx> {
         };
         self.tx
             .insert(&ks.dedup_expiry, u64_bytes(seq), encode(&expiry));
+        self.feed(FeedRecord::Event {
+            seq,
+            profile: profile_id,
+        });
         Ok(EventOutcome::Stored { seq, profile_id })
     }
 

@@ -312,3 +312,110 @@ impl From<fjall::Error> for Violation {
         Violation::Store(error.into())
     }
 }
+
+/// One feed entry with what a service needs of it.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    /// The feed sequence number (a service's cursor).
+    pub feed_seq: u64,
+    /// What changed.
+    pub record: FeedRecord,
+    /// For [`FeedRecord::Event`]: the stored event (`None` if retention removed it).
+    pub event: Option<StoredEvent>,
+}
+
+impl Reader<'_> {
+    /// Up to `limit` feed entries after `cursor`, with their events.
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
+        let mut items = Vec::new();
+        for guard in self
+            .snapshot
+            .range(&self.ks.feed, u64_bytes(cursor.saturating_add(1))..)
+            .take(limit)
+        {
+            let (key, value) = guard.into_inner()?;
+            let entry: FeedEntry = decode(&value, FEED)?;
+            let event = match &entry.record {
+                FeedRecord::Event { seq, .. } => self.event(*seq)?,
+                _ => None,
+            };
+            items.push(FeedItem {
+                feed_seq: read_u64(&key, FEED)?,
+                record: entry.record,
+                event,
+            });
+        }
+        Ok(items)
+    }
+
+    /// The last feed sequence number (0 when the feed is empty).
+    pub fn feed_head(&self) -> Result<u64, StoreError> {
+        match self.snapshot.last_key_value(&self.ks.feed) {
+            Some(guard) => read_u64(&guard.key()?, FEED),
+            None => Ok(0),
+        }
+    }
+
+    /// Every segment definition, by id.
+    pub fn segment_defs(&self) -> Result<Vec<crate::model::command::SegmentDef>, StoreError> {
+        let mut defs = Vec::new();
+        for guard in self.snapshot.iter(&self.ks.segment_defs) {
+            let (_, value) = guard.into_inner()?;
+            defs.push(decode(&value, SEGMENT_DEFS)?);
+        }
+        Ok(defs)
+    }
+
+    /// The profile with this id, or `None` if there is none (merged away or never made).
+    pub fn find_profile(&self, id: u64) -> Result<Option<Profile>, StoreError> {
+        match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
+            Some(bytes) => Ok(Some(decode(&bytes, PROFILES)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `(name, timestamp_ms)` of the profile's events whose name is in `names`, newest
+    /// first, looking at no more than `scan_max` of its most recent events.
+    pub fn event_times(
+        &self,
+        profile: u64,
+        names: &std::collections::BTreeSet<String>,
+        scan_max: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let range = pair_key(profile, 0)..=pair_key(profile, u64::MAX);
+        let mut out = Vec::new();
+        for guard in self
+            .snapshot
+            .range(&self.ks.profile_events, range)
+            .rev()
+            .take(scan_max)
+        {
+            let (key, event_name) = guard.into_inner()?;
+            let Ok(name) = std::str::from_utf8(&event_name) else {
+                continue;
+            };
+            if !names.contains(name) {
+                continue;
+            }
+            let seq = read_pair(&key, PROFILE_EVENTS)?.1;
+            if let Some(event) = self.event(seq)? {
+                out.push((name.to_owned(), event.timestamp_ms));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits every live profile in id order, starting after `after`, at most `limit`.
+    pub fn profiles_after(&self, after: u64, limit: usize) -> Result<Vec<Profile>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self
+            .snapshot
+            .range(&self.ks.profiles, u64_bytes(after.saturating_add(1))..)
+            .take(limit)
+        {
+            let (_, value) = guard.into_inner()?;
+            out.push(decode(&value, PROFILES)?);
+        }
+        Ok(out)
+    }
+}

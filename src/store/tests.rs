@@ -297,3 +297,41 @@ fn replaying_the_log_reproduces_the_state_hash() {
     commit(&replica, &extra);
     assert_ne!(hash(&original), hash(&replica));
 }
+
+#[test]
+fn the_feed_records_events_merges_and_segment_changes_in_order() {
+    use super::tables::FeedRecord;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "feed");
+    commit(
+        &store,
+        &batch(
+            T0,
+            vec![
+                json!({"type": "page", "messageId": "a", "anonymousId": "anon-1"}),
+                json!({"type": "identify", "messageId": "b", "userId": "u1"}),
+                json!({"type": "identify", "messageId": "c", "userId": "u1", "anonymousId": "anon-1"}),
+            ],
+        ),
+    );
+    let reader = store.reader();
+    let records: Vec<FeedRecord> = reader
+        .feed_after(0, 100)
+        .expect("feed")
+        .into_iter()
+        .map(|item| item.record)
+        .collect();
+    assert_eq!(
+        records,
+        [
+            FeedRecord::Event { seq: 1, profile: 1 },
+            FeedRecord::Event { seq: 2, profile: 2 },
+            FeedRecord::Merged { into: 2, from: 1 },
+            FeedRecord::Event { seq: 3, profile: 2 },
+        ]
+    );
+    assert_eq!(reader.feed_head().expect("head"), 4);
+    let after = reader.feed_after(2, 100).expect("feed");
+    assert_eq!(after.len(), 2, "a cursor skips what was processed");
+    assert!(after[1].event.is_some(), "event bodies come with the feed");
+}

@@ -1,0 +1,98 @@
+//! The computed-traits service: keeps every profile's [`ProfileTraits`] up to date from the
+//! change feed, in its own database, and answers the profile API's `computed_traits`.
+//!
+//! Merges in the feed move the merged-away profile's state into the survivor with
+//! [`ProfileTraits::merge`], which is exact: the result is as if one profile had seen all
+//! the events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::db::{ServiceDb, ServiceError, Writes};
+use super::event::ServiceEvent;
+use super::supervisor::Service;
+use super::traits::{ProfileTraits, TraitDef};
+use crate::store::read::{FeedItem, Reader};
+use crate::store::tables::FeedRecord;
+
+/// The service's name (in health, metrics and fault injection).
+pub const NAME: &str = "traits";
+
+fn key(profile: u64) -> Vec<u8> {
+    let mut key = b"p".to_vec();
+    key.extend_from_slice(&profile.to_be_bytes());
+    key
+}
+
+fn load(db: &ServiceDb, writes: &Writes, profile: u64) -> Result<ProfileTraits, ServiceError> {
+    match writes.get(db, &key(profile))? {
+        Some(bytes) => {
+            postcard::from_bytes(&bytes).map_err(|e| ServiceError::Corrupt(e.to_string()))
+        }
+        None => Ok(ProfileTraits::new()),
+    }
+}
+
+fn store(writes: &mut Writes, profile: u64, traits: &ProfileTraits) -> Result<(), ServiceError> {
+    let bytes = postcard::to_stdvec(traits).map_err(|e| ServiceError::Corrupt(e.to_string()))?;
+    writes.put(key(profile), bytes);
+    Ok(())
+}
+
+/// The service.
+pub struct ComputedTraits {
+    defs: Arc<Vec<TraitDef>>,
+}
+
+impl ComputedTraits {
+    /// A service computing `defs`.
+    pub fn new(defs: Arc<Vec<TraitDef>>) -> ComputedTraits {
+        ComputedTraits { defs }
+    }
+}
+
+impl Service for ComputedTraits {
+    fn process(
+        &mut self,
+        db: &ServiceDb,
+        _state: &Reader<'_>,
+        items: &[FeedItem],
+        writes: &mut Writes,
+    ) -> Result<(), ServiceError> {
+        for item in items {
+            match (&item.record, &item.event) {
+                (FeedRecord::Event { seq, profile }, Some(stored)) => {
+                    let mut traits = load(db, writes, *profile)?;
+                    traits.observe(
+                        &self.defs,
+                        &ServiceEvent::from_stored(*seq, *profile, stored),
+                    );
+                    store(writes, *profile, &traits)?;
+                }
+                (FeedRecord::Merged { into, from }, _) => {
+                    let absorbed = load(db, writes, *from)?;
+                    let mut survivor = load(db, writes, *into)?;
+                    survivor.merge(absorbed, &self.defs);
+                    store(writes, *into, &survivor)?;
+                    writes.delete(key(*from));
+                }
+                // An event removed by retention before we got to it, or a segment change.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The computed traits of `profile` at `now_ms` (empty if it has none yet).
+pub fn values(
+    db: &ServiceDb,
+    defs: &[TraitDef],
+    profile: u64,
+    now_ms: i64,
+) -> Result<BTreeMap<String, Value>, ServiceError> {
+    let traits = load(db, &Writes::default(), profile)?;
+    Ok(traits.values(defs, now_ms))
+}

@@ -1,0 +1,192 @@
+//! A service's own storage: one fjall database per service (`<data>/services/<name>/`), so
+//! a service that hangs mid-write can never hold up another service or the node's state.
+//!
+//! A service's derived state and its feed cursor change together in one atomic batch
+//! ([`ServiceDb::commit`]): after a crash or a restart the service resumes from a cursor
+//! that matches its state — nothing skipped, nothing applied twice.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+/// One stored entry: key and value bytes.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Errors of a service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Its storage failed.
+    #[error("service storage: {0}")]
+    Storage(String),
+    /// Reading the node's state failed.
+    #[error("reading the node's state: {0}")]
+    State(#[from] crate::store::StoreError),
+    /// Stored data does not decode.
+    #[error("corrupt service data: {0}")]
+    Corrupt(String),
+}
+
+impl From<fjall::Error> for ServiceError {
+    fn from(error: fjall::Error) -> Self {
+        ServiceError::Storage(error.to_string())
+    }
+}
+
+const CURSOR: &str = "cursor";
+
+/// One service's database.
+#[derive(Clone)]
+pub struct ServiceDb {
+    db: Database,
+    data: Keyspace,
+    meta: Keyspace,
+}
+
+impl ServiceDb {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<ServiceDb, ServiceError> {
+        let db = Database::builder(dir).cache_size(32 << 20).open()?;
+        let data = db.keyspace("data", || {
+            KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
+        })?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        Ok(ServiceDb { db, data, meta })
+    }
+
+    /// The feed position processed so far (0 = nothing).
+    pub fn cursor(&self) -> Result<u64, ServiceError> {
+        match self.meta.get(CURSOR)? {
+            Some(bytes) => {
+                let array: [u8; 8] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ServiceError::Corrupt("cursor is not 8 bytes".into()))?;
+                Ok(u64::from_be_bytes(array))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// A stored value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ServiceError> {
+        Ok(self.data.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order, after `after`
+    /// (exclusive) when given, at most `limit`.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, ServiceError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match after {
+            // Seek straight past `after` rather than walking the prefix from its start.
+            Some(after) if after >= prefix => Box::new(
+                self.data
+                    .range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)),
+            ),
+            _ => Box::new(self.data.prefix(prefix)),
+        };
+        for guard in iter {
+            let (key, value) = guard.into_inner()?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of keys starting with `prefix` (reads them all).
+    pub fn count(&self, prefix: &[u8]) -> Result<u64, ServiceError> {
+        let mut count = 0;
+        for guard in self.data.prefix(prefix) {
+            guard.key()?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Writes `writes` (a `None` value deletes) and moves the cursor, atomically.
+    pub fn commit(&self, writes: Writes, cursor: u64) -> Result<(), ServiceError> {
+        let mut batch = self.db.batch();
+        for (key, value) in writes.staged {
+            match value {
+                Some(value) => batch.insert(&self.data, key, value),
+                None => batch.remove(&self.data, key),
+            }
+        }
+        batch.insert(&self.meta, CURSOR, cursor.to_be_bytes());
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Makes everything committed so far durable.
+    pub fn persist(&self) -> Result<(), ServiceError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Deletes everything (before importing a snapshot's copy).
+    pub fn clear(&self) -> Result<(), ServiceError> {
+        for keyspace in [&self.data, &self.meta] {
+            loop {
+                let keys: Vec<_> = keyspace
+                    .iter()
+                    .take(10_000)
+                    .map(|guard| guard.key())
+                    .collect::<Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut batch = self.db.batch();
+                for key in keys {
+                    batch.remove(keyspace, key);
+                }
+                batch.commit()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes staged during one batch of processing; reads see them (read-your-writes).
+#[derive(Debug, Default)]
+pub struct Writes {
+    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Writes {
+    /// Stages `value` under `key`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.staged.insert(key, Some(value));
+    }
+
+    /// Stages a delete of `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.staged.insert(key, None);
+    }
+
+    /// The value of `key`: staged if any, else stored.
+    pub fn get(&self, db: &ServiceDb, key: &[u8]) -> Result<Option<Vec<u8>>, ServiceError> {
+        match self.staged.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => db.get(key),
+        }
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+}

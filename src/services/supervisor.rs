@@ -1,0 +1,447 @@
+//! Supervision: every CDP service runs on its own worker thread, consuming the change feed
+//! from its own cursor, watched by a supervisor that restarts it when it panics, replaces
+//! it when it hangs, and reports it degraded while it lags — without ingestion, profiles
+//! or the other services noticing.
+//!
+//! Invariants:
+//! - **Exactly once**: a worker commits its derived state and its new cursor atomically
+//!   ([`super::db::ServiceDb::commit`]); a restarted worker resumes from the committed
+//!   cursor, so nothing is skipped and nothing applied twice.
+//! - **Fencing**: a hung worker is replaced by a new one with a higher generation. Commits
+//!   happen under a per-service lock after checking the generation, so a hung worker that
+//!   wakes up later can never commit over its successor.
+//! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed entries; restarts back off
+//!   exponentially up to [`BACKOFF_MAX`].
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::db::{ServiceDb, ServiceError, Writes};
+use crate::store::Store;
+use crate::store::read::{FeedItem, Reader};
+
+/// Most feed entries one batch processes.
+pub const BATCH_MAX: usize = 512;
+/// A worker busy on one batch for longer than this is considered hung and replaced.
+pub const HANG_TIMEOUT: Duration = Duration::from_secs(3);
+/// A service further behind the feed head than this many entries is reported degraded.
+pub const LAG_DEGRADED: u64 = 20_000;
+/// First restart delay after a crash; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the supervisor looks at its workers.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long an idle worker waits before looking at the feed again.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// How often a service's periodic work (`tick`) runs when it is otherwise idle.
+const TICK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A CDP service: consumes feed entries into its own derived state.
+pub trait Service: Send + 'static {
+    /// Applies `items` (in feed order), staging every write in `writes`.
+    fn process(
+        &mut self,
+        db: &ServiceDb,
+        state: &Reader<'_>,
+        items: &[FeedItem],
+        writes: &mut Writes,
+    ) -> Result<(), ServiceError>;
+
+    /// Periodic work that does not come from the feed (e.g. segment membership that changes
+    /// as time passes, backfills). Each call should do a bounded slice of work (well under
+    /// [`HANG_TIMEOUT`]); returns whether more is pending, in which case it is called
+    /// again right away.
+    fn tick(
+        &mut self,
+        _db: &ServiceDb,
+        _state: &Reader<'_>,
+        _writes: &mut Writes,
+        _now_ms: i64,
+    ) -> Result<bool, ServiceError> {
+        Ok(false)
+    }
+}
+
+/// Makes a fresh service instance (after a crash the old one is gone).
+pub type Factory = Box<dyn Fn() -> Box<dyn Service> + Send + Sync>;
+
+/// An injected fault (tests and drills; see `POST /v1/admin/faults/services`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Behave.
+    None,
+    /// Panic on the next batch.
+    Panic,
+    /// Block inside the next batch until the fault is cleared.
+    Hang,
+    /// Take an extra 300 ms over every batch.
+    Slow,
+    /// Fail every batch with an error until cleared (an error loop: crash, restart with
+    /// backoff, crash again).
+    Error,
+}
+
+impl Fault {
+    fn from_u8(value: u8) -> Fault {
+        match value {
+            1 => Fault::Panic,
+            2 => Fault::Hang,
+            3 => Fault::Slow,
+            4 => Fault::Error,
+            _ => Fault::None,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Fault::None => 0,
+            Fault::Panic => 1,
+            Fault::Hang => 2,
+            Fault::Slow => 3,
+            Fault::Error => 4,
+        }
+    }
+}
+
+/// Health of one service, as reported by `/health/ready` and `/v1/admin/services`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: &'static str,
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    /// Why it is degraded.
+    pub reason: Option<String>,
+    /// Feed position processed.
+    pub cursor: u64,
+    /// Feed entries not yet processed.
+    pub lag: u64,
+    /// Restarts since the node started.
+    pub restarts: u64,
+    /// The injected fault, if any.
+    pub fault: Fault,
+}
+
+/// What workers and the supervisor share about one service.
+struct Shared {
+    name: &'static str,
+    db: ServiceDb,
+    store: Arc<Store>,
+    factory: Factory,
+    /// The worker allowed to commit.
+    generation: AtomicU64,
+    /// Held while checking the generation and committing.
+    commit_lock: Mutex<()>,
+    /// When the current batch started (ms since an epoch of the supervisor), 0 when idle.
+    busy_since_ms: AtomicU64,
+    cursor: AtomicU64,
+    fault: AtomicU8,
+    state: Mutex<WorkerState>,
+    epoch: Instant,
+}
+
+struct WorkerState {
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    degraded: Option<String>,
+    restarts: u64,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+    lag: u64,
+}
+
+/// Supervises a set of services.
+pub struct Supervisor {
+    services: Vec<Arc<Shared>>,
+}
+
+impl Supervisor {
+    /// Starts every service's worker and the watchdog task.
+    pub fn start(
+        store: Arc<Store>,
+        services: Vec<(&'static str, ServiceDb, Factory)>,
+    ) -> Arc<Supervisor> {
+        let services: Vec<Arc<Shared>> = services
+            .into_iter()
+            .map(|(name, db, factory)| {
+                let cursor = db.cursor().unwrap_or(0);
+                Arc::new(Shared {
+                    name,
+                    db,
+                    store: Arc::clone(&store),
+                    factory,
+                    generation: AtomicU64::new(0),
+                    commit_lock: Mutex::new(()),
+                    busy_since_ms: AtomicU64::new(0),
+                    cursor: AtomicU64::new(cursor),
+                    fault: AtomicU8::new(0),
+                    state: Mutex::new(WorkerState {
+                        thread: None,
+                        degraded: None,
+                        restarts: 0,
+                        backoff: BACKOFF_MIN,
+                        restart_at: None,
+                        lag: 0,
+                    }),
+                    epoch: Instant::now(),
+                })
+            })
+            .collect();
+        for shared in &services {
+            spawn_worker(shared);
+        }
+        let supervisor = Arc::new(Supervisor { services });
+        let watched = Arc::clone(&supervisor);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                for shared in &watched.services {
+                    watch(shared);
+                }
+            }
+        });
+        supervisor
+    }
+
+    /// Every service's status.
+    pub fn statuses(&self) -> Vec<ServiceStatus> {
+        self.services.iter().map(|s| status(s)).collect()
+    }
+
+    /// One service's status.
+    pub fn status(&self, name: &str) -> Option<ServiceStatus> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| status(s))
+    }
+
+    /// One service's database, for reads.
+    pub fn db(&self, name: &str) -> Option<&ServiceDb> {
+        self.services.iter().find(|s| s.name == name).map(|s| &s.db)
+    }
+
+    /// Injects (or clears) a fault. Returns false for an unknown service.
+    pub fn set_fault(&self, name: &str, fault: Fault) -> bool {
+        match self.services.iter().find(|s| s.name == name) {
+            Some(shared) => {
+                shared.fault.store(fault.to_u8(), Ordering::Release);
+                tracing::warn!(service = name, ?fault, "fault injection");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The services' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.services.iter().map(|s| s.name).collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn status(shared: &Shared) -> ServiceStatus {
+    let state = lock(&shared.state);
+    ServiceStatus {
+        name: shared.name,
+        status: if state.degraded.is_some() {
+            "degraded"
+        } else {
+            "ok"
+        },
+        reason: state.degraded.clone(),
+        cursor: shared.cursor.load(Ordering::Acquire),
+        lag: state.lag,
+        restarts: state.restarts,
+        fault: Fault::from_u8(shared.fault.load(Ordering::Acquire)),
+    }
+}
+
+fn spawn_worker(shared: &Arc<Shared>) {
+    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let worker = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name(format!("tandem-svc-{}", shared.name))
+        .spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| run(&worker, generation)))
+                .unwrap_or_else(|panic| Err(panic_message(&panic)))
+        });
+    let mut state = lock(&shared.state);
+    match spawned {
+        Ok(handle) => state.thread = Some(handle),
+        Err(error) => {
+            state.degraded = Some(format!("cannot start a worker thread: {error}"));
+            state.restart_at = Some(Instant::now() + state.backoff);
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        format!("panicked: {text}")
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        format!("panicked: {text}")
+    } else {
+        "panicked".into()
+    }
+}
+
+/// The supervisor's look at one service: crashed → restart with backoff; hung → fence it
+/// off and start a successor; lagging → degraded; caught up and running → ok.
+fn watch(shared: &Arc<Shared>) {
+    let head = shared.store.reader().feed_head().unwrap_or(0);
+    let cursor = shared.cursor.load(Ordering::Acquire);
+    let busy_since = shared.busy_since_ms.load(Ordering::Acquire);
+    let now = shared.epoch.elapsed().as_millis() as u64;
+    let mut state = lock(&shared.state);
+    state.lag = head.saturating_sub(cursor);
+    if state.thread.as_ref().is_some_and(|t| t.is_finished()) {
+        let outcome = state.thread.take().map(|t| t.join());
+        let reason = match outcome {
+            Some(Ok(Err(reason))) => reason,
+            Some(Err(_)) => "panicked".into(),
+            _ => "stopped".into(),
+        };
+        tracing::error!(service = shared.name, %reason, backoff_ms = state.backoff.as_millis() as u64, "service crashed; restarting");
+        state.degraded = Some(format!("{reason}; restarting"));
+        state.restart_at = Some(Instant::now() + state.backoff);
+        state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
+    }
+    if busy_since != 0
+        && now.saturating_sub(busy_since) > HANG_TIMEOUT.as_millis() as u64
+        && state.thread.is_some()
+    {
+        tracing::error!(
+            service = shared.name,
+            "service hung; starting a replacement worker"
+        );
+        state.degraded = Some(format!("hung for more than {HANG_TIMEOUT:?}; replaced"));
+        // The hung thread is abandoned: fenced off by the generation, it exits if it ever
+        // wakes up.
+        state.thread = None;
+        state.restarts += 1;
+        shared.busy_since_ms.store(0, Ordering::Release);
+        drop(state);
+        spawn_worker(shared);
+        return;
+    }
+    if let Some(at) = state.restart_at
+        && Instant::now() >= at
+        && state.thread.is_none()
+    {
+        state.restart_at = None;
+        state.restarts += 1;
+        drop(state);
+        spawn_worker(shared);
+        return;
+    }
+    if state.thread.is_some() && state.restart_at.is_none() {
+        if state.lag > LAG_DEGRADED {
+            state.degraded = Some(format!("lagging {} feed entries behind", state.lag));
+        } else if state.degraded.is_some() && busy_since == 0 {
+            // Running, not stuck, caught up enough: recovered.
+            state.degraded = None;
+            state.backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+/// A worker's life: process feed batches from the committed cursor until fenced off, and
+/// run the service's periodic work (`tick`) every [`TICK_INTERVAL`] — or back to back
+/// while it reports more to do — whether or not the feed is busy, so backfills progress
+/// under load.
+fn run(shared: &Shared, generation: u64) -> Result<(), String> {
+    let mut service = (shared.factory)();
+    let mut cursor = shared.db.cursor().map_err(|e| e.to_string())?;
+    shared.cursor.store(cursor, Ordering::Release);
+    let mut last_tick = Instant::now();
+    let mut tick_pending = true;
+    loop {
+        if shared.generation.load(Ordering::Acquire) != generation {
+            return Ok(());
+        }
+        let reader = shared.store.reader();
+        let items = reader
+            .feed_after(cursor, BATCH_MAX)
+            .map_err(|e| e.to_string())?;
+        if !items.is_empty() {
+            mark_busy(shared);
+            apply_fault(shared, generation)?;
+            let mut writes = Writes::default();
+            service
+                .process(&shared.db, &reader, &items, &mut writes)
+                .map_err(|e| e.to_string())?;
+            let next = items.last().map_or(cursor, |item| item.feed_seq);
+            if !commit(shared, generation, writes, next)? {
+                return Ok(());
+            }
+            cursor = next;
+            shared.busy_since_ms.store(0, Ordering::Release);
+        }
+        if tick_pending || last_tick.elapsed() >= TICK_INTERVAL {
+            last_tick = Instant::now();
+            mark_busy(shared);
+            let mut writes = Writes::default();
+            tick_pending = service
+                .tick(&shared.db, &reader, &mut writes, crate::node::now_ms())
+                .map_err(|e| e.to_string())?;
+            if !writes.is_empty() && !commit(shared, generation, writes, cursor)? {
+                return Ok(());
+            }
+            shared.busy_since_ms.store(0, Ordering::Release);
+        }
+        if items.is_empty() && !tick_pending {
+            std::thread::sleep(IDLE_WAIT);
+        }
+    }
+}
+
+fn mark_busy(shared: &Shared) {
+    shared.busy_since_ms.store(
+        shared.epoch.elapsed().as_millis().max(1) as u64,
+        Ordering::Release,
+    );
+}
+
+/// Commits unless this worker was fenced off; returns whether it committed.
+fn commit(shared: &Shared, generation: u64, writes: Writes, cursor: u64) -> Result<bool, String> {
+    let _guard = lock(&shared.commit_lock);
+    if shared.generation.load(Ordering::Acquire) != generation {
+        return Ok(false);
+    }
+    shared
+        .db
+        .commit(writes, cursor)
+        .map_err(|e| e.to_string())?;
+    shared.cursor.store(cursor, Ordering::Release);
+    Ok(true)
+}
+
+fn apply_fault(shared: &Shared, generation: u64) -> Result<(), String> {
+    match Fault::from_u8(shared.fault.load(Ordering::Acquire)) {
+        Fault::None => {}
+        Fault::Error => return Err(format!("injected error in service {}", shared.name)),
+        Fault::Panic => {
+            // One panic per injection: the restarted worker behaves.
+            shared.fault.store(Fault::None.to_u8(), Ordering::Release);
+            panic!("injected fault in service {}", shared.name);
+        }
+        Fault::Hang => {
+            while Fault::from_u8(shared.fault.load(Ordering::Acquire)) == Fault::Hang
+                && shared.generation.load(Ordering::Acquire) == generation
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Fault::Slow => std::thread::sleep(Duration::from_millis(300)),
+    }
+    Ok(())
+}
