@@ -15,9 +15,9 @@ use crate::cluster::snapshot::Snapshots;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft};
 use crate::config::Config;
-use crate::services::{audience, computed};
 use crate::services::db::ServiceDb;
 use crate::services::supervisor::{Factory, Supervisor};
+use crate::services::{audience, computed};
 use crate::store::{Store, StoreConfig};
 
 /// Why a node could not start.
