@@ -314,50 +314,58 @@ impl Segments {
         }
     }
 
-    /// A definition changed in the replicated state: adopt it and start a backfill, or
-    /// start removing a deleted one's members.
-    fn definition_changed(
-        &mut self,
-        state: &Reader<'_>,
-        id: &str,
-        now_ms: i64,
-    ) -> Result<(), ServiceError> {
-        let current = state.segment_defs()?.into_iter().find(|def| def.id == id);
-        let held = self.segments.as_ref().and_then(|s| s.get(id));
-        let compiled = match (current, held) {
-            (Some(def), Some(held)) if held.record.def == def && !held.record.deleting => {
-                return Ok(());
+    /// Brings the segments in line with the replicated definitions: a new or changed
+    /// definition is adopted and backfilled, a deleted one starts losing its members.
+    /// Runs on every definition change in the feed and on every tick, so a change whose
+    /// feed entry was never seen (expired by retention while the service was behind) is
+    /// still picked up.
+    fn reconcile(&mut self, state: &Reader<'_>, now_ms: i64) -> Result<(), ServiceError> {
+        let defs = state.segment_defs()?;
+        let mut changed: Vec<Compiled> = Vec::new();
+        let held = self.segments.as_ref();
+        for def in &defs {
+            let current = held.and_then(|s| s.get(&def.id));
+            if current.is_some_and(|c| c.record.def == *def && !c.record.deleting) {
+                continue;
             }
-            (Some(def), held) => {
-                let members = held.map_or(0, |h| h.record.members);
-                let mut compiled = self.compile(SegmentRecord {
-                    def,
-                    members,
-                    sweep: None,
-                    last_sweep_ms: 0,
-                    deleting: false,
-                    error: None,
-                });
-                compiled.record.sweep = Some(Sweep {
+            let mut compiled = self.compile(SegmentRecord {
+                def: def.clone(),
+                members: current.map_or(0, |c| c.record.members),
+                sweep: Some(Sweep {
                     kind: SweepKind::Backfill,
                     after: 0,
                     scanned: 0,
                     started_ms: now_ms,
-                });
-                compiled
-            }
-            (None, Some(held)) if !held.record.deleting => {
-                let mut record = held.record.clone();
+                }),
+                last_sweep_ms: 0,
+                deleting: false,
+                error: None,
+            });
+            compiled.dirty = true;
+            changed.push(compiled);
+        }
+        for (id, segment) in held.into_iter().flatten() {
+            if !segment.record.deleting && !defs.iter().any(|def| def.id == *id) {
+                let mut record = segment.record.clone();
                 record.deleting = true;
                 record.sweep = None;
-                self.compile(record)
+                let mut compiled = self.compile(record);
+                compiled.dirty = true;
+                changed.push(compiled);
             }
-            (None, _) => return Ok(()),
-        };
-        let mut compiled = compiled;
-        compiled.dirty = true;
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
         if let Some(segments) = self.segments.as_mut() {
-            segments.insert(id.to_owned(), compiled);
+            for compiled in changed {
+                tracing::info!(
+                    segment = %compiled.record.def.id,
+                    deleting = compiled.record.deleting,
+                    "segment definition adopted"
+                );
+                segments.insert(compiled.record.def.id.clone(), compiled);
+            }
         }
         self.reorder();
         Ok(())
@@ -612,9 +620,7 @@ impl Service for Segments {
                     touched.insert(*into, "merge");
                     touched.insert(*from, "merge");
                 }
-                (FeedRecord::SegmentChanged { id }, _) => {
-                    self.definition_changed(state, id, now_ms)?;
-                }
+                (FeedRecord::SegmentChanged { .. }, _) => self.reconcile(state, now_ms)?,
                 // An event retention removed before we got to it.
                 (FeedRecord::Event { .. }, None) => {}
             }
@@ -633,6 +639,7 @@ impl Service for Segments {
         now_ms: i64,
     ) -> Result<bool, ServiceError> {
         self.ensure_loaded(db)?;
+        self.reconcile(state, now_ms)?;
         let started = Instant::now();
         let mut pending = false;
         // Start refreshes that are due.

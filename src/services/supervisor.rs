@@ -28,6 +28,10 @@ use crate::store::read::{FeedItem, Reader};
 pub const BATCH_MAX: usize = 512;
 /// A worker busy on one batch for longer than this is considered hung and replaced.
 pub const HANG_TIMEOUT: Duration = Duration::from_secs(3);
+/// A worker busy on one batch for longer than this is reported degraded (slow).
+pub const SLOW_BATCH: Duration = Duration::from_secs(1);
+/// How long a degraded service must look healthy before it is reported ok again.
+pub const RECOVERY_HOLD: Duration = Duration::from_secs(1);
 /// A service further behind the feed head than this many entries is reported degraded.
 pub const LAG_DEGRADED: u64 = 20_000;
 /// First restart delay after a crash; doubles up to [`BACKOFF_MAX`].
@@ -80,7 +84,7 @@ pub enum Fault {
     Panic,
     /// Block inside the next batch until the fault is cleared.
     Hang,
-    /// Take an extra 300 ms over every batch.
+    /// Take an extra 1.2 s over every batch (past [`SLOW_BATCH`]).
     Slow,
     /// Fail every batch with an error until cleared (an error loop: crash, restart with
     /// backoff, crash again).
@@ -122,6 +126,8 @@ pub struct ServiceStatus {
     pub cursor: u64,
     /// Feed entries not yet processed.
     pub lag: u64,
+    /// The last feed position when the status was taken.
+    pub feed_head: u64,
     /// Restarts since the node started.
     pub restarts: u64,
     /// The injected fault, if any.
@@ -153,6 +159,8 @@ struct WorkerState {
     backoff: Duration,
     restart_at: Option<Instant>,
     lag: u64,
+    /// Since when a degraded service has looked healthy.
+    healthy_since: Option<Instant>,
 }
 
 /// Supervises a set of services.
@@ -187,6 +195,7 @@ impl Supervisor {
                         backoff: BACKOFF_MIN,
                         restart_at: None,
                         lag: 0,
+                        healthy_since: None,
                     }),
                     epoch: Instant::now(),
                 })
@@ -249,6 +258,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn status(shared: &Shared) -> ServiceStatus {
+    // Read the cursor before the head, so `lag` is never understated.
+    let cursor = shared.cursor.load(Ordering::Acquire);
+    let head = shared.store.reader().feed_head().unwrap_or(0);
     let state = lock(&shared.state);
     ServiceStatus {
         name: shared.name,
@@ -258,8 +270,9 @@ fn status(shared: &Shared) -> ServiceStatus {
             "ok"
         },
         reason: state.degraded.clone(),
-        cursor: shared.cursor.load(Ordering::Acquire),
-        lag: state.lag,
+        cursor,
+        lag: head.saturating_sub(cursor),
+        feed_head: head,
         restarts: state.restarts,
         fault: Fault::from_u8(shared.fault.load(Ordering::Acquire)),
     }
@@ -343,15 +356,32 @@ fn watch(shared: &Arc<Shared>) {
         spawn_worker(shared);
         return;
     }
+    let busy_ms = if busy_since == 0 {
+        0
+    } else {
+        now.saturating_sub(busy_since)
+    };
     if state.thread.is_some() && state.restart_at.is_none() {
-        if state.lag > LAG_DEGRADED {
+        if busy_ms > SLOW_BATCH.as_millis() as u64 {
+            state.degraded = Some(format!(
+                "slow: the current batch has taken {busy_ms} ms (more than {SLOW_BATCH:?})"
+            ));
+        } else if state.lag > LAG_DEGRADED {
             state.degraded = Some(format!("lagging {} feed entries behind", state.lag));
-        } else if state.degraded.is_some() && busy_since == 0 {
-            // Running, not stuck, caught up enough: recovered.
-            state.degraded = None;
-            state.backoff = BACKOFF_MIN;
+        } else if state.degraded.is_some() {
+            // Running, not stuck, caught up enough: recovered once that has held for
+            // RECOVERY_HOLD (so a service slow on every batch does not flap to ok
+            // between batches).
+            let healthy_since = *state.healthy_since.get_or_insert_with(Instant::now);
+            if healthy_since.elapsed() >= RECOVERY_HOLD {
+                state.degraded = None;
+                state.healthy_since = None;
+                state.backoff = BACKOFF_MIN;
+            }
+            return;
         }
     }
+    state.healthy_since = None;
 }
 
 /// A worker's life: process feed batches from the committed cursor until fenced off, and
@@ -441,7 +471,7 @@ fn apply_fault(shared: &Shared, generation: u64) -> Result<(), String> {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Fault::Slow => std::thread::sleep(Duration::from_millis(300)),
+        Fault::Slow => std::thread::sleep(SLOW_BATCH + Duration::from_millis(200)),
     }
     Ok(())
 }
