@@ -271,4 +271,55 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
     );
     let acked = writers.stop().await;
     check_all(&cluster, &acked).await;
+
+    // The services' state came in the snapshot too: node 4's computed-traits service
+    // started from the snapshot's cursor, not from an empty state, and ends exactly where
+    // node 1's does.
+    let traits = traits_status(&new_url).await;
+    assert!(
+        traits["imported_cursor"].as_u64().is_some_and(|c| c > 0),
+        "node 4 imported the traits service's state: {traits}"
+    );
+    let old_url = cluster.urls[&1].clone();
+    for url in [&old_url, &new_url] {
+        cluster
+            .wait("the traits service caught up", CONVERGE, |_| {
+                let url = url.clone();
+                async move {
+                    let status = traits_status(&url).await;
+                    let cursor = status["cursor"].as_u64()?;
+                    (cursor >= status["feed_head"].as_u64()?).then_some(())
+                }
+            })
+            .await;
+    }
+    assert_eq!(
+        traits_status(&new_url).await["cursor"],
+        traits_status(&old_url).await["cursor"]
+    );
+    for (user, ids) in &acked {
+        let path = format!("/v1/profiles/user_id:{user}?consistency=local");
+        let (old, new) = (get(&old_url, &path).await, get(&new_url, &path).await);
+        let traits = &new.body["computed_traits"];
+        assert_eq!(
+            traits, &old.body["computed_traits"],
+            "{user}: node 4's computed traits equal node 1's"
+        );
+        assert!(
+            traits["orders_count"]
+                .as_u64()
+                .is_some_and(|n| n >= ids.len() as u64),
+            "{user}: every acknowledged order is counted: {traits}"
+        );
+    }
+}
+
+/// The computed-traits service's status on the node at `url`.
+async fn traits_status(url: &str) -> serde_json::Value {
+    let (_, body) = admin_get(url, "/v1/admin/services").await;
+    body["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "traits"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no traits service in {body}"))
 }

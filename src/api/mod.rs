@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 pub mod ingest;
 pub mod profiles;
+pub mod recommendations;
 pub mod segments;
 pub mod services;
 
@@ -113,6 +114,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/profiles/{id}", get(profiles::get))
         .route("/v1/profiles/{id}/events", get(profiles::events))
         .route("/v1/profiles/{id}/merges", get(profiles::merges))
+        .route(
+            "/v1/profiles/{id}/recommendations",
+            get(recommendations::get),
+        )
         .route("/v1/profiles/{id}/segments", get(segments::of_profile))
         .route("/v1/segments", get(segments::list).post(segments::create))
         .route(

@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::profiles::{consistency, service_marker, with_profile};
 use crate::cluster::Command;
 use crate::model::command::SegmentDef;
-use crate::services::audience::{self, SegmentRecord};
+use crate::services::audience::{self, SEGMENTS_MAX, SegmentRecord};
 use crate::services::db::ServiceDb;
 use crate::services::segments::{self, SegmentError};
 use crate::store::read::PAGE_LIMIT_MAX;
@@ -37,8 +37,6 @@ use crate::store::read::PAGE_LIMIT_MAX;
 pub const SEGMENT_ID_MAX: usize = 64;
 /// Longest segment name, in characters.
 pub const SEGMENT_NAME_MAX: usize = 200;
-/// Most segments a cluster holds.
-pub const SEGMENTS_MAX: usize = 1_000;
 /// Default page size of the listing endpoints.
 const PAGE_DEFAULT: usize = 100;
 

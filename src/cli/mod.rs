@@ -1,6 +1,8 @@
 //! The `tandem` command line: one binary, one subcommand per job.
 
 pub mod bench;
+pub mod bench_reco;
+pub mod bench_segments;
 pub mod cluster;
 pub mod gateway;
 pub mod launcher;
@@ -36,6 +38,10 @@ pub enum Command {
     Verify(load::VerifyArgs),
     /// Measure failover: leader kill to the first acknowledged write, over many kills.
     BenchFailover(bench::FailoverArgs),
+    /// Measure recommendation quality (hit-rate@k vs popularity) and query latency, offline.
+    BenchReco(bench_reco::RecoArgs),
+    /// Measure real-time segment evaluation per event and the backfill rate.
+    BenchSegments(bench_segments::SegmentsArgs),
     /// Administer cluster membership: status, add/remove/replace nodes, transfer leadership.
     Cluster(cluster::ClusterArgs),
     /// Measure profile read latency (run it during a load to measure reads while ingesting).
@@ -113,6 +119,12 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Gateway(args) => gateway::run_gateway(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::BenchFailover(args) => bench::run_failover(args).await,
+        Command::BenchReco(args) => bench_reco::run_reco(args).await,
+        Command::BenchSegments(args) => {
+            tokio::task::spawn_blocking(move || bench_segments::run_segments(args))
+                .await
+                .unwrap_or(1)
+        }
     }
 }
 

@@ -230,7 +230,35 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     );
 }
 
+/// Segments the demo defines (unless they exist), so there is something to look at.
+const DEMO_SEGMENTS: [(&str, &str); 3] = [
+    ("big-spenders", "lifetime_value > 200"),
+    (
+        "recent-buyers",
+        "event(\"Order Completed\").within(7d).exists()",
+    ),
+    ("needs-care", "open_tickets > 0 or tickets_90d >= 2"),
+];
+
+async fn define_demo_segments(admin_key: &str, url: &str) {
+    let client = reqwest::Client::new();
+    for (id, rule) in DEMO_SEGMENTS {
+        let reply = client
+            .post(format!("{url}/v1/segments"))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({"id": id, "rule": rule}))
+            .send()
+            .await;
+        match reply {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => {}
+            Ok(r) => eprintln!("demo segment {id}: {}", r.status()),
+            Err(error) => eprintln!("demo segment {id}: {error}"),
+        }
+    }
+}
+
 async fn demo(options: LoadOptions, admin_key: String, url: String, acked: PathBuf) {
+    define_demo_segments(&admin_key, &url).await;
     match load::run(&options).await {
         Ok(summary) => {
             println!("\ndemo workload finished:\n{summary}");
@@ -240,6 +268,11 @@ async fn demo(options: LoadOptions, admin_key: String, url: String, acked: PathB
                     "  curl -s -H 'Authorization: Bearer {admin_key}' {url}/v1/profiles/{identity}"
                 );
             }
+            println!("segments the demo defined, and their members:");
+            println!("  curl -s -H 'Authorization: Bearer {admin_key}' {url}/v1/segments");
+            println!(
+                "  curl -s -H 'Authorization: Bearer {admin_key}' {url}/v1/segments/big-spenders/members"
+            );
             println!("check every acknowledged demo event is stored exactly once:");
             println!(
                 "  tandem verify --target {url} --acked {} --key {admin_key}",

@@ -5,13 +5,32 @@
 //!   applied log id and membership, then answers the proposer. An entry a consistency check
 //!   refuses is skipped on every replica alike and answered [`CommandResult::Refused`].
 //! - a snapshot is a file streamed from one consistent store snapshot
-//!   ([`Store::export`]); building one first fsyncs the state, since openraft may purge
-//!   the log it covers. Installing verifies the file's checksum, marks it current (so a
-//!   crash mid-install re-installs it at start-up), then replaces the state from it.
+//!   ([`Store::export`]), followed by one section per CDP service — its cursor and derived
+//!   state, each from one consistent view of its own database, taken just before the
+//!   store's ([`Supervisor::export_state`]); building one first fsyncs the state, since
+//!   openraft may purge the log it covers. Installing verifies the whole file (every checksum),
+//!   marks it current (so a crash mid-install re-installs it at start-up) and its services
+//!   pending, replaces the state from it, then each service's state
+//!   ([`Supervisor::import_state`]), then clears the pending mark.
+//!
+//! The services start after Raft (which may install a snapshot while it starts), so the
+//! state machine reaches them through a slot that the node fills once they run
+//! ([`StateMachine::attach_services`]). Until then snapshots are built without service
+//! sections, and an installed snapshot's services stay pending; attaching imports them.
+//! A pending mark left by a crash is imported the same way at the next start.
+//!
+//! Why the pieces need not be taken at the same instant: the store part is at some feed
+//! head `h` and a service's section at its own cursor `c`. The feed is a deterministic
+//! function of the log, so the state at `c` is one this replica's service reaches by
+//! itself once its feed reaches `c`, whether `c` is behind `h` or ahead of it; from there
+//! it follows the feed as usual (see [`crate::services::supervisor`]). Taking the
+//! services' views first makes `c <= h`, the regime a running node is always in. A
+//! snapshot without sections (written before they existed, or before the services ran)
+//! leaves the services as they are: they catch up from the feed.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
-use std::sync::{Arc, Mutex};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::TryStreamExt;
 use futures::stream::Stream;
@@ -22,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use super::snapshot::{SnapshotFile, Snapshots};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use super::{Command, CommandResult, TypeConfig};
-use crate::store::replicated::Committed;
+use crate::services::db::ServiceError;
+use crate::services::supervisor::Supervisor;
+use crate::store::replicated::{Committed, SectionReader, SectionWriter};
 use crate::store::{Store, StoreError};
 
 /// How far the state got, as stored with it.
@@ -39,6 +60,11 @@ pub struct StateMachine {
     snapshots: Snapshots,
     /// The applied state after the last apply (loaded from the store on first use).
     applied: Arc<Mutex<Option<AppliedState>>>,
+    /// The CDP services, once they run.
+    services: Arc<OnceLock<Arc<Supervisor>>>,
+    /// Held while importing services' state, so an install and an attach never import at
+    /// once.
+    services_import: Arc<Mutex<()>>,
 }
 
 fn io(error: impl std::fmt::Display) -> io::Error {
@@ -62,7 +88,28 @@ impl StateMachine {
             store,
             snapshots,
             applied: Arc::new(Mutex::new(None)),
+            services: Arc::new(OnceLock::new()),
+            services_import: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Gives snapshots access to the running services (once; a second call is ignored),
+    /// then imports the services' state of a snapshot installed before they ran or whose
+    /// import a crash interrupted, if any.
+    pub async fn attach_services(&self, supervisor: Arc<Supervisor>) -> io::Result<()> {
+        if self.services.set(Arc::clone(&supervisor)).is_err() {
+            tracing::warn!("services were already attached to the state machine");
+            return Ok(());
+        }
+        let (snapshots, import_lock) = (self.snapshots.clone(), Arc::clone(&self.services_import));
+        blocking(move || {
+            let _guard = import_lock.lock().map_err(io)?;
+            match snapshots.services_pending()? {
+                Some(file) => import_pending(&supervisor, &snapshots, &file),
+                None => Ok(()),
+            }
+        })
+        .await
     }
 
     async fn applied(&self) -> io::Result<AppliedState> {
@@ -149,22 +196,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> io::Result<()> {
-        let (store, snapshots, meta) = (
-            Arc::clone(&self.store),
-            self.snapshots.clone(),
-            meta.clone(),
-        );
+        let (machine, meta) = (self.clone(), meta.clone());
         let installed_meta = meta.clone();
         blocking(move || {
+            let _guard = machine.services_import.lock().map_err(io)?;
+            let snapshots = &machine.snapshots;
             let file = snapshots.adopt(&snapshot)?;
-            let records = Store::verify_snapshot(&mut BufReader::new(File::open(&file.path)?))
+            let contents = Store::verify_snapshot(&mut BufReader::new(File::open(&file.path)?))
                 .map_err(store_io)?;
             snapshots.set_current(&meta, &file)?;
-            store
-                .import(&mut BufReader::new(File::open(&file.path)?))
-                .map_err(store_io)?;
-            tracing::info!(records, last_log_id = ?meta.last_log_id, "installed snapshot");
-            Ok(())
+            snapshots.set_services_pending(&file)?;
+            let mut input = BufReader::new(File::open(&file.path)?);
+            machine.store.import(&mut input).map_err(store_io)?;
+            tracing::info!(records = contents.records, services = contents.sections.len(), last_log_id = ?meta.last_log_id, "installed snapshot");
+            let Some(supervisor) = machine.services.get() else {
+                tracing::info!("services not running yet: their state in the snapshot stays pending");
+                return Ok(());
+            };
+            import_sections(supervisor, &mut input)?;
+            snapshots.clear_services_pending()
         })
         .await?;
         *self.applied.lock().map_err(io)? = Some(AppliedState {
@@ -186,13 +236,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let (store, snapshots) = (Arc::clone(&self.store), self.snapshots.clone());
+        let services = self.services.get().cloned();
         blocking(move || {
             // The log up to this snapshot may be purged once it exists: make the state
             // that covers it durable first.
             store.persist().map_err(store_io)?;
             let path = snapshots.new_path("built");
             let mut out = BufWriter::new(File::create(&path)?);
+            // The services' views first: each cursor is then at or behind the store's
+            // feed head, as it always is on a running node.
+            let services = services.map(|supervisor| supervisor.export_state());
             let (blob, records) = store.export(&mut out).map_err(store_io)?;
+            let mut sections = SectionWriter::new(&mut out);
+            if let Some(services) = &services {
+                services.write(&mut sections).map_err(io)?;
+            }
+            let services = sections.finish().map_err(store_io)?;
             out.flush()?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             let state: AppliedState = match blob {
@@ -205,7 +264,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             let file = SnapshotFile { path };
             snapshots.set_current(&meta, &file)?;
-            tracing::info!(records, last_log_id = ?meta.last_log_id, "built snapshot");
+            tracing::info!(records, services, last_log_id = ?meta.last_log_id, "built snapshot");
             Ok(Snapshot {
                 meta,
                 snapshot: file,
@@ -213,4 +272,51 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
     }
+}
+
+/// Imports every service section from `input` (positioned after the store's part of a
+/// verified snapshot) into `supervisor`'s services. A section of a service this node does
+/// not run is read past; a service without a section keeps its state.
+fn import_sections(supervisor: &Supervisor, input: &mut impl Read) -> io::Result<()> {
+    let mut sections = SectionReader::new(input);
+    while let Some((name, cursor)) = sections.next_section().map_err(store_io)? {
+        let records = std::iter::from_fn(|| {
+            sections
+                .next_record()
+                .map_err(ServiceError::State)
+                .transpose()
+        });
+        supervisor
+            .import_state(&name, cursor, records)
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Imports the services' state of `file`, a snapshot installed earlier (its store part
+/// already imported), and clears the pending mark.
+fn import_pending(
+    supervisor: &Supervisor,
+    snapshots: &Snapshots,
+    file: &SnapshotFile,
+) -> io::Result<()> {
+    tracing::info!(path = %file.path.display(), "importing the services' state of an installed snapshot");
+    let mut input = match File::open(&file.path) {
+        Ok(input) => BufReader::new(input),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            // Only if someone removed it. The services may hold part of an import: start
+            // them over from the feed.
+            tracing::error!(path = %file.path.display(), "the snapshot holding the services' pending state is gone; they rebuild from the feed");
+            for name in supervisor.names() {
+                supervisor
+                    .import_state(name, 0, std::iter::empty())
+                    .map_err(io)?;
+            }
+            return snapshots.clear_services_pending();
+        }
+        Err(error) => return Err(error),
+    };
+    Store::skip_snapshot_state(&mut input).map_err(store_io)?;
+    import_sections(supervisor, &mut input)?;
+    snapshots.clear_services_pending()
 }

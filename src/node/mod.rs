@@ -136,6 +136,8 @@ pub struct Node {
     services: Arc<crate::services::supervisor::Supervisor>,
     /// The computed-trait definitions the traits service uses.
     trait_defs: Arc<Vec<crate::services::traits::TraitDef>>,
+    /// The recommendation model the query side serves, shared by every request.
+    recommend_cache: crate::services::recommendations::ModelCache,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
     queue: mpsc::UnboundedSender<Proposal>,
@@ -260,6 +262,11 @@ impl Node {
     /// The computed-trait definitions.
     pub fn trait_defs(&self) -> &Arc<Vec<crate::services::traits::TraitDef>> {
         &self.trait_defs
+    }
+
+    /// The recommendation model the query side serves.
+    pub fn recommend_cache(&self) -> &crate::services::recommendations::ModelCache {
+        &self.recommend_cache
     }
 
     /// Stops Raft and makes the state durable. Call after the HTTP server stopped.

@@ -16,8 +16,9 @@ use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft};
 use crate::config::Config;
 use crate::services::db::ServiceDb;
+use crate::services::recommend::ModelConfig;
 use crate::services::supervisor::{Factory, Supervisor};
-use crate::services::{audience, computed};
+use crate::services::{audience, computed, recommendations};
 use crate::store::{Store, StoreConfig};
 
 /// Why a node could not start.
@@ -107,6 +108,8 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     let network = Network::new(id, &cluster_key, Arc::clone(&faults))
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    // Raft owns the state machine; this handle shares it, to attach the services later.
+    let services_slot = state_machine.clone();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -128,6 +131,12 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
 
     let trait_defs = Arc::new(config.computed_traits.clone());
     let services = start_services(&dir, &store, &trait_defs)?;
+    // From here snapshots carry the services' state; a snapshot installed while Raft
+    // started (or an import a crash cut short) has its services' state imported now.
+    services_slot
+        .attach_services(Arc::clone(&services))
+        .await
+        .map_err(|e| NodeError::Raft(format!("importing the services' snapshot state: {e}")))?;
 
     let stats = Arc::new(Stats::default());
     let failed = Arc::new(AtomicBool::new(false));
@@ -149,6 +158,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     Ok(Arc::new(Node {
         services,
         trait_defs,
+        recommend_cache: recommendations::ModelCache::default(),
         store,
         http,
         cluster: Cluster {
@@ -193,6 +203,11 @@ fn start_services(
                 audience::NAME,
                 open(audience::NAME)?,
                 audience::Segments::factory(Arc::clone(trait_defs)),
+            ),
+            (
+                recommendations::NAME,
+                open(recommendations::NAME)?,
+                recommendations::factory(ModelConfig::default()),
             ),
         ],
     ))

@@ -47,6 +47,8 @@ pub const NAME: &str = "segments";
 pub const EVENT_SCAN_MAX: usize = 5_000;
 /// A time-dependent segment is swept again this long after its last sweep finished.
 pub const REFRESH_INTERVAL_MS: i64 = 60_000;
+/// Most segments a cluster holds (the API refuses more).
+pub const SEGMENTS_MAX: usize = 1_000;
 /// Transitions kept; older ones are dropped (activation reads them well before).
 pub const TRANSITIONS_MAX: u64 = 1_000_000;
 /// Profiles one sweep slice evaluates.
@@ -177,6 +179,8 @@ fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, ServiceError> {
 struct Compiled {
     record: SegmentRecord,
     rule: Option<Expr>,
+    /// The segments the rule refers to.
+    refs: BTreeSet<String>,
     /// Whether membership can change as time passes.
     time_dependent: bool,
     /// Changed since it was loaded (to be written back).
@@ -194,7 +198,11 @@ pub struct Segments {
     order: Vec<String>,
     /// Event names any rule counts.
     event_names: BTreeSet<String>,
+    /// Segments some rule refers to with `in_segment`.
+    referenced: BTreeSet<String>,
     next_transition: u64,
+    /// See [`REFRESH_INTERVAL_MS`]; `i64::MAX` turns refreshes off (benchmarks).
+    refresh_interval_ms: i64,
 }
 
 impl Segments {
@@ -211,8 +219,17 @@ impl Segments {
             segments: None,
             order: Vec::new(),
             event_names: BTreeSet::new(),
+            referenced: BTreeSet::new(),
             next_transition: 1,
+            refresh_interval_ms: REFRESH_INTERVAL_MS,
         }
+    }
+
+    /// The same service without time refreshes, so a benchmark measures one thing at a
+    /// time.
+    pub fn without_refresh(mut self) -> Segments {
+        self.refresh_interval_ms = i64::MAX;
+        self
     }
 
     /// The factory the supervisor restarts it with.
@@ -235,9 +252,11 @@ impl Segments {
         if rule.is_none() && record.error.is_none() {
             record.error = Some("the rule does not parse".into());
         }
+        let refs = rule.as_ref().map(Expr::segment_refs).unwrap_or_default();
         Compiled {
             record,
             rule,
+            refs,
             time_dependent,
             dirty: false,
         }
@@ -291,6 +310,10 @@ impl Segments {
             .filter_map(|(id, s)| s.rule.clone().map(|rule| (id.clone(), rule)))
             .collect();
         self.event_names = rules.values().flat_map(|rule| rule.event_names()).collect();
+        self.referenced = rules
+            .values()
+            .flat_map(|rule| rule.segment_refs())
+            .collect();
         match segments::check_cycles(&rules) {
             Ok(order) => self.order = order,
             Err(cycle) => {
@@ -396,49 +419,40 @@ impl Segments {
             }
             _ => Vec::new(),
         };
+        let stored = memberships(db, writes, profile_id)?;
         let mut facts = ProfileFacts {
             profile: profile.as_ref(),
             computed: &computed,
             event_times: &event_times,
             now_ms,
             decided: BTreeMap::new(),
-            stored: BTreeMap::new(),
+            stored: &stored,
         };
         // Which segments to evaluate: all, or the targets and what depends on them.
+        // Segments not re-evaluated answer `in_segment` from stored membership.
         let mut affected: BTreeSet<&str> = targets
             .map(|t| t.iter().map(String::as_str).collect())
             .unwrap_or_default();
-        let mut plan: Vec<(&String, &Expr)> = Vec::new();
+        let mut changes = Vec::new();
         for id in &self.order {
-            let Some(rule) = segments.get(id).and_then(|s| s.rule.as_ref()) else {
+            let Some(segment) = segments.get(id) else {
+                continue;
+            };
+            let Some(rule) = segment.rule.as_ref() else {
                 continue;
             };
             if targets.is_some() {
-                let depends = rule
-                    .segment_refs()
-                    .iter()
-                    .any(|r| affected.contains(r.as_str()));
+                let depends = segment.refs.iter().any(|r| affected.contains(r.as_str()));
                 if !affected.contains(id.as_str()) && !depends {
                     continue;
                 }
                 affected.insert(id.as_str());
             }
-            plan.push((id, rule));
-        }
-        // Segments the plan reads but does not re-evaluate answer from stored membership.
-        for (_, rule) in &plan {
-            for referenced in rule.segment_refs() {
-                if !affected.contains(referenced.as_str()) || targets.is_none() {
-                    stored_member(db, writes, &referenced, profile_id, &mut facts.stored)?;
-                }
-            }
-        }
-        let mut changes = Vec::new();
-        for (id, rule) in plan {
             let member = profile.is_some() && segments::evaluate(rule, &facts);
-            let was = stored_member(db, writes, id, profile_id, &mut facts.stored)?;
-            facts.decided.insert(id.clone(), member);
-            if member != was {
+            if self.referenced.contains(id) {
+                facts.decided.insert(id.as_str(), member);
+            }
+            if member != stored.contains(id.as_str()) {
                 changes.push((id.clone(), member));
             }
         }
@@ -487,10 +501,6 @@ impl Segments {
         if let Ok(bytes) = postcard::to_stdvec(&transition) {
             writes.put(transition_key(seq), bytes);
         }
-        writes.put(
-            NEXT_TRANSITION.to_vec(),
-            self.next_transition.to_be_bytes().to_vec(),
-        );
         if seq > TRANSITIONS_MAX {
             writes.delete(transition_key(seq - TRANSITIONS_MAX));
         }
@@ -501,6 +511,10 @@ impl Segments {
         let Some(segments) = self.segments.as_mut() else {
             return Ok(());
         };
+        writes.put(
+            NEXT_TRANSITION.to_vec(),
+            self.next_transition.to_be_bytes().to_vec(),
+        );
         let mut gone = Vec::new();
         for (id, segment) in segments.iter_mut().filter(|(_, s)| s.dirty) {
             segment.dirty = false;
@@ -649,7 +663,7 @@ impl Service for Segments {
                 if segment.time_dependent
                     && !record.deleting
                     && record.sweep.is_none()
-                    && now_ms.saturating_sub(record.last_sweep_ms) >= REFRESH_INTERVAL_MS
+                    && now_ms.saturating_sub(record.last_sweep_ms) >= self.refresh_interval_ms
                 {
                     record.sweep = Some(Sweep {
                         kind: SweepKind::Refresh,
@@ -700,18 +714,18 @@ impl Service for Segments {
 }
 
 /// What a rule may know about one profile.
-struct ProfileFacts<'a> {
+struct ProfileFacts<'a, 'b> {
     profile: Option<&'a Profile>,
     computed: &'a BTreeMap<String, Value>,
     event_times: &'a [(String, i64)],
     now_ms: i64,
     /// Memberships decided in this evaluation.
-    decided: BTreeMap<String, bool>,
-    /// Stored memberships read so far.
-    stored: BTreeMap<String, bool>,
+    decided: BTreeMap<&'b str, bool>,
+    /// Stored memberships (before this evaluation).
+    stored: &'a BTreeSet<String>,
 }
 
-impl Facts for ProfileFacts<'_> {
+impl Facts for ProfileFacts<'_, '_> {
     fn profile_trait(&self, name: &str) -> Option<Value> {
         let value = self.profile?.traits.get(name)?;
         serde_json::from_str(&value.json).ok()
@@ -730,26 +744,39 @@ impl Facts for ProfileFacts<'_> {
     }
 
     fn in_segment(&self, id: &str) -> bool {
-        self.decided
-            .get(id)
-            .or_else(|| self.stored.get(id))
-            .copied()
-            .unwrap_or(false)
+        match self.decided.get(id) {
+            Some(member) => *member,
+            None => self.stored.contains(id),
+        }
     }
 }
 
-/// Whether `profile` is a stored member of `id` (staged writes included); caches the
-/// answer in `seen` for `in_segment` of segments not re-evaluated.
-fn stored_member(
+/// The segments `profile` is a stored member of, staged writes included: one prefix scan
+/// rather than a lookup per segment.
+fn memberships(
     db: &ServiceDb,
     writes: &Writes,
-    id: &str,
     profile: u64,
-    seen: &mut BTreeMap<String, bool>,
-) -> Result<bool, ServiceError> {
-    let member = writes.get(db, &member_key(id, profile))?.is_some();
-    seen.insert(id.to_owned(), member);
-    Ok(member)
+) -> Result<BTreeSet<String>, ServiceError> {
+    let prefix = profile_prefix(profile);
+    let id_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+    let mut ids: BTreeSet<String> = db
+        .scan(&prefix, None, audience_limit())?
+        .iter()
+        .map(|(key, _)| id_of(key))
+        .collect();
+    for (key, value) in writes.staged_with_prefix(&prefix) {
+        match value {
+            Some(_) => ids.insert(id_of(key)),
+            None => ids.remove(&id_of(key)),
+        };
+    }
+    Ok(ids)
+}
+
+/// Most memberships one profile can hold: one per segment.
+fn audience_limit() -> usize {
+    SEGMENTS_MAX
 }
 
 fn load_traits(

@@ -4,12 +4,16 @@
 //! A service's derived state and its feed cursor change together in one atomic batch
 //! ([`ServiceDb::commit`]): after a crash or a restart the service resumes from a cursor
 //! that matches its state — nothing skipped, nothing applied twice.
+//!
+//! For Raft snapshots the state and cursor are exported together from one fjall snapshot
+//! ([`ServiceDb::export_view`]) and imported in place of the whole database
+//! ([`ServiceDb::import`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 /// One stored entry: key and value bytes.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -35,6 +39,21 @@ impl From<fjall::Error> for ServiceError {
 }
 
 const CURSOR: &str = "cursor";
+/// Records written per batch while importing.
+const IMPORT_BATCH_RECORDS: usize = 10_000;
+
+fn decode_cursor(bytes: Option<fjall::Slice>) -> Result<u64, ServiceError> {
+    match bytes {
+        Some(bytes) => {
+            let array: [u8; 8] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|_| ServiceError::Corrupt("cursor is not 8 bytes".into()))?;
+            Ok(u64::from_be_bytes(array))
+        }
+        None => Ok(0),
+    }
+}
 
 /// One service's database.
 #[derive(Clone)]
@@ -57,16 +76,7 @@ impl ServiceDb {
 
     /// The feed position processed so far (0 = nothing).
     pub fn cursor(&self) -> Result<u64, ServiceError> {
-        match self.meta.get(CURSOR)? {
-            Some(bytes) => {
-                let array: [u8; 8] = bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| ServiceError::Corrupt("cursor is not 8 bytes".into()))?;
-                Ok(u64::from_be_bytes(array))
-            }
-            None => Ok(0),
-        }
+        decode_cursor(self.meta.get(CURSOR)?)
     }
 
     /// A stored value.
@@ -158,6 +168,69 @@ impl ServiceDb {
         }
         Ok(())
     }
+
+    /// A consistent view of the state and its cursor, for a snapshot: a commit
+    /// ([`ServiceDb::commit`]) is one atomic batch, so the view holds all of it or none.
+    pub fn export_view(&self) -> ExportView {
+        ExportView {
+            snapshot: self.db.snapshot(),
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
+    /// Replaces the whole state with `records` at `cursor`, then fsyncs; returns the
+    /// number of records. Streams, in batches of `IMPORT_BATCH_RECORDS`; the cursor is
+    /// written with the last batch. Not atomic: the caller keeps workers away while it runs
+    /// and redoes it if it was interrupted (a crash leaves part of the records and no
+    /// cursor).
+    pub fn import(
+        &self,
+        cursor: u64,
+        records: impl IntoIterator<Item = Result<KeyValue, ServiceError>>,
+    ) -> Result<u64, ServiceError> {
+        self.clear()?;
+        let mut batch = self.db.batch();
+        let (mut count, mut in_batch) = (0_u64, 0_usize);
+        for record in records {
+            let (key, value) = record?;
+            batch.insert(&self.data, key, value);
+            count += 1;
+            in_batch += 1;
+            if in_batch == IMPORT_BATCH_RECORDS {
+                batch.commit()?;
+                batch = self.db.batch();
+                in_batch = 0;
+            }
+        }
+        batch.insert(&self.meta, CURSOR, cursor.to_be_bytes());
+        batch.commit()?;
+        self.persist()?;
+        Ok(count)
+    }
+}
+
+/// One consistent view of a service's database ([`ServiceDb::export_view`]). Hold it
+/// briefly: fjall keeps every version it sees until it is dropped.
+pub struct ExportView {
+    snapshot: Snapshot,
+    data: Keyspace,
+    meta: Keyspace,
+}
+
+impl ExportView {
+    /// The feed position the viewed state reflects.
+    pub fn cursor(&self) -> Result<u64, ServiceError> {
+        decode_cursor(self.snapshot.get(&self.meta, CURSOR)?)
+    }
+
+    /// Every stored `(key, value)`, in key order, streamed.
+    pub fn records(&self) -> impl Iterator<Item = Result<KeyValue, ServiceError>> + '_ {
+        self.snapshot.iter(&self.data).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((key.to_vec(), value.to_vec()))
+        })
+    }
 }
 
 /// Writes staged during one batch of processing; reads see them (read-your-writes).
@@ -183,6 +256,20 @@ impl Writes {
             Some(staged) => Ok(staged.clone()),
             None => db.get(key),
         }
+    }
+
+    /// Staged entries whose key starts with `prefix` (`None`: a staged delete).
+    pub fn staged_with_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        self.staged
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
     }
 
     /// Whether nothing is staged.

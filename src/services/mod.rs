@@ -9,6 +9,7 @@ pub mod computed;
 pub mod db;
 pub mod event;
 pub mod recommend;
+pub mod recommendations;
 pub mod segments;
 pub mod supervisor;
 pub mod traits;

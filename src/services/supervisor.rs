@@ -12,6 +12,23 @@
 //!   wakes up later can never commit over its successor.
 //! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed entries; restarts back off
 //!   exponentially up to [`BACKOFF_MAX`].
+//! - **Snapshots**: every service's state travels in Raft snapshots
+//!   ([`Supervisor::export_state`], [`Supervisor::import_state`]), so a new node gets
+//!   derived state the feed no longer has (it is subject to retention). An import fences
+//!   the running worker exactly as a hang does, replaces the database, then starts a
+//!   fresh worker from the imported cursor.
+//!
+//! Why an imported state is valid whatever its cursor: the feed is a deterministic
+//! function of the committed log (every replica numbers the same entries the same way),
+//! so a service state at cursor `c` is a state this replica's service could itself have
+//! reached, once its own feed reaches `c`. If `c` is behind the node's feed head, the
+//! worker processes the rest from the feed; if `c` were ahead, the worker would wait for
+//! the store to apply up to `c` and go on from there — the entries up to `c` are already
+//! in the state and are not applied twice. Snapshots take the services' views before the
+//! store's (see `crate::cluster::state_machine`), so in practice `c` is at or behind the
+//! store's feed head: the regime services always run in. That matters for what a service
+//! reads from the store besides the feed — segments reconcile against the store's current
+//! definitions, and a store behind their cursor would look like definitions rolled back.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -20,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::db::{ServiceDb, ServiceError, Writes};
+use super::db::{ExportView, KeyValue, ServiceDb, ServiceError, Writes};
 use crate::store::Store;
 use crate::store::read::{FeedItem, Reader};
+use crate::store::replicated::{SectionInfo, SectionWriter};
 
 /// Most feed entries one batch processes.
 pub const BATCH_MAX: usize = 512;
@@ -130,6 +148,9 @@ pub struct ServiceStatus {
     pub feed_head: u64,
     /// Restarts since the node started.
     pub restarts: u64,
+    /// The cursor of the state last imported from a Raft snapshot since the node started,
+    /// if any.
+    pub imported_cursor: Option<u64>,
     /// The injected fault, if any.
     pub fault: Fault,
 }
@@ -161,6 +182,8 @@ struct WorkerState {
     lag: u64,
     /// Since when a degraded service has looked healthy.
     healthy_since: Option<Instant>,
+    /// The cursor of the last state imported from a snapshot.
+    imported_cursor: Option<u64>,
 }
 
 /// Supervises a set of services.
@@ -196,6 +219,7 @@ impl Supervisor {
                         restart_at: None,
                         lag: 0,
                         healthy_since: None,
+                        imported_cursor: None,
                     }),
                     epoch: Instant::now(),
                 })
@@ -251,6 +275,99 @@ impl Supervisor {
     pub fn names(&self) -> Vec<&'static str> {
         self.services.iter().map(|s| s.name).collect()
     }
+
+    /// Takes one consistent view of every service's state and cursor, now, for a
+    /// snapshot; [`ServicesExport::write`] streams them. Workers keep running meanwhile.
+    pub fn export_state(&self) -> ServicesExport {
+        ServicesExport {
+            views: self
+                .services
+                .iter()
+                .map(|s| (s.name, s.db.export_view()))
+                .collect(),
+        }
+    }
+
+    /// Replaces service `name`'s state with `records` at `cursor` (a section of a
+    /// snapshot), then starts a fresh worker from there. The running worker is fenced
+    /// first — the generation moves on and the commit lock is held throughout, so it can
+    /// never commit again. Returns the number of records, or `None` (with a warning) when
+    /// this node runs no service of that name.
+    ///
+    /// If the import fails, the database is cleared (so the fresh worker rebuilds from the
+    /// feed rather than building on part of a state) and the error returned.
+    pub fn import_state(
+        &self,
+        name: &str,
+        cursor: u64,
+        records: impl IntoIterator<Item = Result<KeyValue, ServiceError>>,
+    ) -> Result<Option<u64>, ServiceError> {
+        let Some(shared) = self.services.iter().find(|s| s.name == name) else {
+            tracing::warn!(
+                service = name,
+                "a snapshot carries state of a service this node does not run; skipped"
+            );
+            return Ok(None);
+        };
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+        // Held until the fresh worker is started: a worker the watchdog may start meanwhile
+        // (reading part of the import) is fenced by that start before it can commit.
+        let _guard = lock(&shared.commit_lock);
+        let imported = shared.db.import(cursor, records);
+        if let Err(error) = &imported {
+            tracing::error!(service = name, %error, "importing a service's state failed; it will rebuild from the feed");
+            if let Err(error) = shared.db.clear() {
+                tracing::error!(service = name, %error, "clearing after a failed import failed");
+            }
+        }
+        let resume_at = if imported.is_ok() { cursor } else { 0 };
+        shared.cursor.store(resume_at, Ordering::Release);
+        {
+            let mut state = lock(&shared.state);
+            // The fenced worker's handle is dropped: it exits at its next generation check.
+            state.thread = None;
+            state.restart_at = None;
+            if imported.is_ok() {
+                state.imported_cursor = Some(cursor);
+            }
+        }
+        shared.busy_since_ms.store(0, Ordering::Release);
+        spawn_worker(shared);
+        let records = imported?;
+        tracing::info!(
+            service = name,
+            cursor,
+            records,
+            "imported a service's state"
+        );
+        Ok(Some(records))
+    }
+}
+
+/// Every service's state as of one instant ([`Supervisor::export_state`]).
+pub struct ServicesExport {
+    views: Vec<(&'static str, ExportView)>,
+}
+
+impl ServicesExport {
+    /// Writes one snapshot section per service — its name, its cursor, its data records —
+    /// streamed from its view. Returns what was written.
+    pub fn write<W: std::io::Write>(
+        &self,
+        out: &mut SectionWriter<'_, W>,
+    ) -> Result<Vec<SectionInfo>, ServiceError> {
+        let mut written = Vec::with_capacity(self.views.len());
+        for (name, view) in &self.views {
+            let cursor = view.cursor()?;
+            let records = out.section(name, cursor, view.records())?;
+            written.push(SectionInfo {
+                name: (*name).to_owned(),
+                cursor,
+                records,
+            });
+        }
+        Ok(written)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -274,6 +391,7 @@ fn status(shared: &Shared) -> ServiceStatus {
         lag: head.saturating_sub(cursor),
         feed_head: head,
         restarts: state.restarts,
+        imported_cursor: state.imported_cursor,
         fault: Fault::from_u8(shared.fault.load(Ordering::Acquire)),
     }
 }

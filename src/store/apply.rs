@@ -182,7 +182,7 @@ impl<'a, 'tx> Applier<'a, 'tx> {
         self.tx.insert(
             &ks.profile_events,
             pair_key(profile_id, seq),
-            event.name.as_str(),
+            index_value(&event.name, event.timestamp_ms),
         );
         self.tx.insert(&ks.dedup, dedup_key, u64_bytes(seq));
         let expiry = DedupExpiry {

@@ -103,7 +103,7 @@ impl<'a> Reader<'a> {
             let (key, event_name) = guard.into_inner()?;
             let seq = read_pair(&key, PROFILE_EVENTS)?.1;
             last_seen = Some(seq);
-            if name.is_some_and(|wanted| wanted.as_bytes() != &*event_name) {
+            if name.is_some_and(|wanted| wanted.as_bytes() != read_index_value(&event_name).0) {
                 continue;
             }
             // Retention removes the event and its index entry together, so a miss here
@@ -390,16 +390,23 @@ impl Reader<'_> {
             .rev()
             .take(scan_max)
         {
-            let (key, event_name) = guard.into_inner()?;
-            let Ok(name) = std::str::from_utf8(&event_name) else {
+            let (key, value) = guard.into_inner()?;
+            let (name, timestamp) = read_index_value(&value);
+            let Ok(name) = std::str::from_utf8(name) else {
                 continue;
             };
             if !names.contains(name) {
                 continue;
             }
-            let seq = read_pair(&key, PROFILE_EVENTS)?.1;
-            if let Some(event) = self.event(seq)? {
-                out.push((name.to_owned(), event.timestamp_ms));
+            let timestamp = match timestamp {
+                Some(timestamp) => Some(timestamp),
+                None => {
+                    let seq = read_pair(&key, PROFILE_EVENTS)?.1;
+                    self.event(seq)?.map(|event| event.timestamp_ms)
+                }
+            };
+            if let Some(timestamp) = timestamp {
+                out.push((name.to_owned(), timestamp));
             }
         }
         Ok(out)

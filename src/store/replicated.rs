@@ -15,8 +15,18 @@
 //! magic "TANDEM-SNAPSHOT\x01"
 //! record*  : 0x01, keyspace u8, key_len u32 LE, key, value_len u32 LE, value
 //! trailer  : 0xFF, record count u64 LE, blake3 of every byte after the magic (32 bytes)
+//! -- sections: absent from snapshots written before them --
+//! section* : 0x02, name_len u32 LE, name, cursor u64 LE,
+//!            (0x01, key_len u32 LE, key, value_len u32 LE, value)*,
+//!            0xFF, record count u64 LE, blake3 of the section's bytes from its 0x02
+//! end      : 0xFE, section count u32 LE, then end of stream
 //! ```
-//! Import checks the trailer in a first pass before it touches the state.
+//! The store's part ends at its trailer. After it come *sections*: named key/value sets
+//! with a cursor, each checked by its own trailer — the CDP services' derived state (see
+//! [`crate::services::supervisor::Supervisor::export_state`]); the store knows nothing of
+//! what they mean. A stream that ends right after the store's trailer has no sections; one
+//! with a section but no end marker is truncated. [`Store::verify_snapshot`] checks every
+//! trailer in a first pass before anything is replaced.
 
 use std::io::{Read, Write};
 
@@ -32,7 +42,11 @@ pub const META_RAFT_STATE: &str = "raft_state";
 
 const MAGIC: &[u8; 16] = b"TANDEM-SNAPSHOT\x01";
 const RECORD: u8 = 0x01;
+const SECTION: u8 = 0x02;
+const SECTIONS_END: u8 = 0xFE;
 const TRAILER: u8 = 0xFF;
+/// Longest section name accepted.
+const NAME_BYTES_MAX: usize = 256;
 /// Records written per transaction while importing.
 const IMPORT_TX_RECORDS: usize = 10_000;
 /// Longest key or value accepted from a snapshot (fjall's own limits are below it).
@@ -149,16 +163,41 @@ impl Store {
         Ok((raft_state, count))
     }
 
-    /// Checks a snapshot stream (magic, framing, trailer checksum) without changing
-    /// anything; returns its record count.
-    pub fn verify_snapshot(input: &mut impl Read) -> Result<u64, StoreError> {
+    /// Checks a whole snapshot stream — the store's part and every section: magic,
+    /// framing, each trailer's count and checksum, the end marker — without changing
+    /// anything; returns what it holds.
+    pub fn verify_snapshot(input: &mut impl Read) -> Result<SnapshotContents, StoreError> {
+        let records = Store::skip_snapshot_state(input)?;
+        let mut sections = SectionReader::new(input);
+        let mut contents = SnapshotContents {
+            records,
+            sections: Vec::new(),
+        };
+        while let Some((name, cursor)) = sections.next_section()? {
+            let mut records = 0;
+            while sections.next_record()?.is_some() {
+                records += 1;
+            }
+            contents.sections.push(SectionInfo {
+                name,
+                cursor,
+                records,
+            });
+        }
+        Ok(contents)
+    }
+
+    /// Reads past the store's part of a snapshot stream, checking it; returns its record
+    /// count. `input` is left where a [`SectionReader`] reads on.
+    pub fn skip_snapshot_state(input: &mut impl Read) -> Result<u64, StoreError> {
         let mut reader = SnapshotReader::new(input)?;
         while reader.next_record()?.is_some() {}
         reader.finish()
     }
 
-    /// Replaces the whole state with the snapshot in `input` (which must have passed
-    /// [`Store::verify_snapshot`]), then fsyncs.
+    /// Replaces the whole state with the store's part of the snapshot in `input` (which
+    /// must have passed [`Store::verify_snapshot`]), then fsyncs. `input` is left where a
+    /// [`SectionReader`] reads on.
     pub fn import(&self, input: &mut impl Read) -> Result<u64, StoreError> {
         self.clear_state()?;
         let keyspaces = self.ks.state();
@@ -270,23 +309,11 @@ impl<'r, R: Read> SnapshotReader<'r, R> {
     }
 
     fn exact(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
-        self.input.read_exact(buf).map_err(snapshot_io)?;
-        self.hasher.update(buf);
-        Ok(())
+        read_hashed(self.input, &mut self.hasher, buf)
     }
 
     fn field(&mut self) -> Result<Vec<u8>, StoreError> {
-        let mut len = [0_u8; 4];
-        self.exact(&mut len)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > FIELD_BYTES_MAX {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot field of {len} bytes"
-            )));
-        }
-        let mut bytes = vec![0_u8; len];
-        self.exact(&mut bytes)?;
-        Ok(bytes)
+        read_field(self.input, &mut self.hasher, FIELD_BYTES_MAX)
     }
 
     /// The next record, or `None` at the trailer.
@@ -329,6 +356,252 @@ impl<'r, R: Read> SnapshotReader<'r, R> {
                 self.count
             ))),
             None => Err(StoreError::Corrupt("snapshot has no trailer".into())),
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes, hashing them.
+fn read_hashed(
+    input: &mut impl Read,
+    hasher: &mut blake3::Hasher,
+    buf: &mut [u8],
+) -> Result<(), StoreError> {
+    input.read_exact(buf).map_err(snapshot_io)?;
+    hasher.update(buf);
+    Ok(())
+}
+
+/// Reads one length-prefixed field of at most `max` bytes, hashing it.
+fn read_field(
+    input: &mut impl Read,
+    hasher: &mut blake3::Hasher,
+    max: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let mut len = [0_u8; 4];
+    read_hashed(input, hasher, &mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot field of {len} bytes (at most {max})"
+        )));
+    }
+    let mut bytes = vec![0_u8; len];
+    read_hashed(input, hasher, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// What a verified snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotContents {
+    /// Records in the store's part.
+    pub records: u64,
+    /// Its sections, in stream order.
+    pub sections: Vec<SectionInfo>,
+}
+
+/// One section of a verified snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// Whose state it is (a service's name).
+    pub name: String,
+    /// The position (a service's feed cursor) that state reflects.
+    pub cursor: u64,
+    /// Its key/value records.
+    pub records: u64,
+}
+
+/// One record of a section: key and value.
+pub type SectionRecord = (Vec<u8>, Vec<u8>);
+
+/// Writes sections after the store's part of a snapshot stream ([`Store::export`]), then
+/// the end marker ([`SectionWriter::finish`]).
+pub struct SectionWriter<'w, W: Write> {
+    out: &'w mut W,
+    /// Sections written so far.
+    sections: u32,
+}
+
+impl<'w, W: Write> SectionWriter<'w, W> {
+    /// Writes sections to `out`, which holds a whole store part.
+    pub fn new(out: &'w mut W) -> Self {
+        SectionWriter { out, sections: 0 }
+    }
+
+    /// Streams one section — `name`, `cursor`, every record of `records`, its trailer —
+    /// and returns its record count. An error from `records` stops it (the stream is then
+    /// unusable).
+    pub fn section<E: From<StoreError>>(
+        &mut self,
+        name: &str,
+        cursor: u64,
+        records: impl IntoIterator<Item = Result<SectionRecord, E>>,
+    ) -> Result<u64, E> {
+        if name.len() > NAME_BYTES_MAX {
+            return Err(StoreError::Corrupt(format!(
+                "section name {name:?} is over {NAME_BYTES_MAX} bytes"
+            ))
+            .into());
+        }
+        let mut writer = HashingWriter::new(&mut *self.out);
+        writer.write(&[SECTION])?;
+        writer.field(name.as_bytes())?;
+        writer.write(&cursor.to_le_bytes())?;
+        let mut count = 0_u64;
+        for record in records {
+            let (key, value) = record?;
+            writer.write(&[RECORD])?;
+            writer.field(&key)?;
+            writer.field(&value)?;
+            count += 1;
+        }
+        writer.write(&[TRAILER])?;
+        writer.write(&count.to_le_bytes())?;
+        let digest = writer.hasher.finalize();
+        writer.raw(digest.as_bytes())?;
+        self.sections += 1;
+        Ok(count)
+    }
+
+    /// Writes the end marker; returns the number of sections.
+    pub fn finish(self) -> Result<u32, StoreError> {
+        let mut end = [SECTIONS_END, 0, 0, 0, 0];
+        end[1..].copy_from_slice(&self.sections.to_le_bytes());
+        self.out.write_all(&end).map_err(snapshot_io)?;
+        Ok(self.sections)
+    }
+}
+
+/// Reads the sections after the store's part of a snapshot stream record by record,
+/// checking each section's trailer and the end marker.
+pub struct SectionReader<'r, R: Read> {
+    input: &'r mut R,
+    /// The open section's running hash and records read so far.
+    open: Option<(blake3::Hasher, u64)>,
+    /// Sections opened so far.
+    sections: u32,
+    /// Whether the end (marker or, in an old snapshot, end of stream) was read.
+    ended: bool,
+}
+
+impl<'r, R: Read> SectionReader<'r, R> {
+    /// Reads sections from `input`, positioned just past the store's part.
+    pub fn new(input: &'r mut R) -> Self {
+        SectionReader {
+            input,
+            open: None,
+            sections: 0,
+            ended: false,
+        }
+    }
+
+    /// The next section's name and cursor, or `None` after the last. What is left of the
+    /// previous section is read (and checked) first.
+    pub fn next_section(&mut self) -> Result<Option<(String, u64)>, StoreError> {
+        while self.open.is_some() {
+            self.next_record()?;
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        let Some(tag) = self.tag_or_end()? else {
+            if self.sections > 0 {
+                return Err(StoreError::Corrupt(
+                    "snapshot truncated: its sections have no end marker".into(),
+                ));
+            }
+            // Written before snapshots carried sections.
+            self.ended = true;
+            return Ok(None);
+        };
+        match tag {
+            SECTION => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(&[SECTION]);
+                let name = read_field(self.input, &mut hasher, NAME_BYTES_MAX)?;
+                let name = String::from_utf8(name).map_err(|_| {
+                    StoreError::Corrupt("snapshot section name is not UTF-8".into())
+                })?;
+                let mut cursor = [0_u8; 8];
+                read_hashed(self.input, &mut hasher, &mut cursor)?;
+                self.open = Some((hasher, 0));
+                self.sections += 1;
+                Ok(Some((name, u64::from_le_bytes(cursor))))
+            }
+            SECTIONS_END => {
+                let mut count = [0_u8; 4];
+                self.input.read_exact(&mut count).map_err(snapshot_io)?;
+                let count = u32::from_le_bytes(count);
+                if count != self.sections {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot end marker says {count} sections, found {}",
+                        self.sections
+                    )));
+                }
+                if self.tag_or_end()?.is_some() {
+                    return Err(StoreError::Corrupt(
+                        "bytes after the snapshot's end marker".into(),
+                    ));
+                }
+                self.ended = true;
+                Ok(None)
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "snapshot section tag {other:#x}"
+            ))),
+        }
+    }
+
+    /// The open section's next record, or `None` once its trailer checked out (or when
+    /// no section is open).
+    pub fn next_record(&mut self) -> Result<Option<SectionRecord>, StoreError> {
+        let Some((hasher, count)) = self.open.as_mut() else {
+            return Ok(None);
+        };
+        let mut tag = [0_u8; 1];
+        read_hashed(self.input, hasher, &mut tag)?;
+        match tag[0] {
+            RECORD => {
+                let key = read_field(self.input, hasher, FIELD_BYTES_MAX)?;
+                let value = read_field(self.input, hasher, FIELD_BYTES_MAX)?;
+                *count += 1;
+                Ok(Some((key, value)))
+            }
+            TRAILER => {
+                let mut trailer_count = [0_u8; 8];
+                read_hashed(self.input, hasher, &mut trailer_count)?;
+                let trailer_count = u64::from_le_bytes(trailer_count);
+                let expected = hasher.finalize();
+                let mut digest = [0_u8; 32];
+                self.input.read_exact(&mut digest).map_err(snapshot_io)?;
+                if digest != *expected.as_bytes() {
+                    return Err(StoreError::Corrupt(
+                        "snapshot section checksum mismatch".into(),
+                    ));
+                }
+                if trailer_count != *count {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot section trailer says {trailer_count} records, found {count}"
+                    )));
+                }
+                self.open = None;
+                Ok(None)
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "snapshot section record tag {other:#x}"
+            ))),
+        }
+    }
+
+    /// The next byte, or `None` at the end of the stream.
+    fn tag_or_end(&mut self) -> Result<Option<u8>, StoreError> {
+        let mut tag = [0_u8; 1];
+        loop {
+            match self.input.read(&mut tag) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(tag[0])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(snapshot_io(e)),
+            }
         }
     }
 }

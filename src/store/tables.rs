@@ -21,7 +21,8 @@ use crate::model::identity::Identity;
 pub const META: &str = "meta";
 /// Event sequence number → postcard [`StoredEvent`].
 pub const EVENTS: &str = "events";
-/// (profile id, event seq) → event name; the per-profile event index, newest = highest seq.
+/// (profile id, event seq) → event name, `0xFF`, event timestamp (8 bytes big-endian); the
+/// per-profile event index, newest = highest seq. See [`index_value`].
 pub const PROFILE_EVENTS: &str = "profile_events";
 /// Identity key (`kind:value`) → owning profile id.
 pub const IDENTITIES: &str = "identities";
@@ -67,6 +68,29 @@ pub const META_NEXT_PROFILE: &str = "next_profile";
 pub const META_NEXT_MERGE: &str = "next_merge";
 /// `META` key: the next feed sequence number.
 pub const META_NEXT_FEED: &str = "next_feed";
+
+/// A [`PROFILE_EVENTS`] value: the name, then `0xFF` (never in UTF-8) and the timestamp,
+/// so event conditions can count a profile's events by name and time from the index alone.
+pub fn index_value(name: &str, timestamp_ms: i64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(name.len() + 9);
+    value.extend_from_slice(name.as_bytes());
+    value.push(0xFF);
+    value.extend_from_slice(&timestamp_ms.to_be_bytes());
+    value
+}
+
+/// Splits a [`PROFILE_EVENTS`] value into name bytes and timestamp (`None` for an index
+/// entry written before timestamps were added: name only).
+pub fn read_index_value(value: &[u8]) -> (&[u8], Option<i64>) {
+    match value.len().checked_sub(9) {
+        Some(at) if value[at] == 0xFF => {
+            let mut ts = [0_u8; 8];
+            ts.copy_from_slice(&value[at + 1..]);
+            (&value[..at], Some(i64::from_be_bytes(ts)))
+        }
+        _ => (value, None),
+    }
+}
 
 /// An integer key or value: 8 bytes big-endian, so keys sort numerically.
 pub fn u64_bytes(n: u64) -> [u8; 8] {

@@ -1,5 +1,5 @@
 //! The load generator's seeded workload ([`crate::load::workload`]) as [`ServiceEvent`]s,
-//! for the offline evaluation (`tandem bench-recommend`) and tests.
+//! for the offline evaluation (`tandem bench-reco`) and tests.
 //!
 //! The generator produces Segment JSON; services see committed events with a profile id.
 //! This bridges the two the simple way, without the store: an event's profile is its

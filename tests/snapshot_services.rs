@@ -1,0 +1,397 @@
+//! The CDP services' state travels in Raft snapshots: one node's snapshot, installed on a
+//! node with a fresh data directory, brings each service's derived state and cursor across
+//! exactly — including what the change feed no longer has after retention removed it.
+//!
+//! In-process: real stores, real service databases and supervisors, the state machine
+//! driven through openraft's storage traits (no network, no Raft core).
+
+use std::io::{Cursor, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use serde_json::{Value, json};
+use tandem::cluster::snapshot::{SnapshotFile, Snapshots};
+use tandem::cluster::state_machine::StateMachine;
+use tandem::cluster::types::{Entry, Snapshot};
+use tandem::cluster::{Command, TypeConfig};
+use tandem::model::event::Batch;
+use tandem::model::identity::{Blocklist, Identity};
+use tandem::model::resolve::MergeRules;
+use tandem::model::validate::{Envelope, normalize};
+use tandem::services::computed::{self, ComputedTraits};
+use tandem::services::db::{ServiceDb, ServiceError, Writes};
+use tandem::services::supervisor::{Factory, Service, Supervisor};
+use tandem::services::traits::{TraitDef, default_defs};
+use tandem::store::apply::ApplySettings;
+use tandem::store::read::{FeedItem, Reader};
+use tandem::store::replicated::SectionWriter;
+use tandem::store::{Store, StoreConfig, StoreError};
+
+const DAY_MS: i64 = 86_400_000;
+const T0: i64 = 1_764_000_000_000;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A second service: counts the feed entries it has seen (under key `n`).
+struct Tally;
+
+impl Service for Tally {
+    fn process(
+        &mut self,
+        db: &ServiceDb,
+        _state: &Reader<'_>,
+        items: &[FeedItem],
+        writes: &mut Writes,
+    ) -> Result<(), ServiceError> {
+        let seen = writes
+            .get(db, b"n")?
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        writes.put(
+            b"n".to_vec(),
+            (seen + items.len() as u64).to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
+}
+
+/// One node's storage, state machine and services.
+struct TestNode {
+    store: Arc<Store>,
+    machine: StateMachine,
+    snapshots: Snapshots,
+    supervisor: Option<Arc<Supervisor>>,
+    defs: Arc<Vec<TraitDef>>,
+}
+
+impl TestNode {
+    /// Opens a node in `dir` (state retained for one day) without starting its services.
+    fn open(dir: &Path) -> TestNode {
+        let store = Store::open(StoreConfig {
+            path: dir.join("store"),
+            cache_bytes: 8 << 20,
+            apply: ApplySettings {
+                rules: MergeRules::default(),
+                dedup_window_ms: DAY_MS,
+                retention_ms: DAY_MS,
+            },
+        })
+        .expect("open store");
+        let store = Arc::new(store);
+        let snapshots = Snapshots::open(dir).expect("snapshots");
+        TestNode {
+            machine: StateMachine::new(Arc::clone(&store), snapshots.clone()),
+            store,
+            snapshots,
+            supervisor: None,
+            defs: Arc::new(default_defs()),
+        }
+    }
+
+    /// Starts the services named in `names` (`traits`, `tally`, `retired` — the last a
+    /// tally under another name) and attaches them to the state machine.
+    async fn start_services(&mut self, dir: &Path, names: &[&'static str]) {
+        let services = names
+            .iter()
+            .map(|name| {
+                let db = ServiceDb::open(&dir.join("services").join(name)).expect("service db");
+                let factory: Factory = if *name == computed::NAME {
+                    let defs = Arc::clone(&self.defs);
+                    Box::new(move || Box::new(ComputedTraits::new(Arc::clone(&defs))))
+                } else {
+                    Box::new(|| Box::new(Tally))
+                };
+                (*name, db, factory)
+            })
+            .collect();
+        let supervisor = Supervisor::start(Arc::clone(&self.store), services);
+        self.machine
+            .attach_services(Arc::clone(&supervisor))
+            .await
+            .expect("attach services");
+        self.supervisor = Some(supervisor);
+    }
+
+    fn supervisor(&self) -> &Supervisor {
+        self.supervisor.as_ref().expect("services started")
+    }
+
+    /// Applies `orders` orders of `user` at state time `time_ms` as the next log entry.
+    async fn apply_orders(&mut self, user: &str, orders: std::ops::Range<u32>, time_ms: i64) {
+        let blocklist = Blocklist::default();
+        let envelope = Envelope {
+            source: "web",
+            received_at_ms: time_ms,
+            implied_type: None,
+            context: None,
+            integrations: None,
+            sent_at: None,
+            blocklist: &blocklist,
+        };
+        let events = orders
+            .map(|n| {
+                let raw = json!({
+                    "type": "track", "userId": user, "event": "Order Completed",
+                    "messageId": format!("{user}-{n}"),
+                    "properties": {"revenue": 10, "products": [{"category": "Books"}]},
+                });
+                normalize(raw, &envelope, || unreachable!("tests give messageIds"))
+                    .expect("valid event")
+            })
+            .collect();
+        let index = self.store.reader().applied_index().expect("applied index");
+        let command = Command::Ingest(Batch { time_ms, events });
+        let entry = Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            command,
+        );
+        self.machine
+            .apply(futures::stream::iter(vec![Ok((entry, None))]))
+            .await
+            .expect("apply");
+    }
+
+    /// Waits until every service has processed the whole feed.
+    async fn wait_caught_up(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            let next_feed = self.next_feed();
+            let statuses = self.supervisor().statuses();
+            if statuses.iter().all(|s| s.cursor + 1 >= next_feed) {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "services did not catch up with feed entry {}: {statuses:?}",
+                next_feed - 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The next feed sequence number (the feed may have lost its old entries, so its head
+    /// is not enough).
+    fn next_feed(&self) -> u64 {
+        let reader = self.store.reader();
+        let head = reader.feed_head().expect("feed head");
+        reader
+            .feed_after(head, 1)
+            .expect("feed")
+            .first()
+            .map_or(head + 1, |item| item.feed_seq + 1)
+    }
+
+    /// The first feed entry still stored.
+    fn feed_first(&self) -> Option<u64> {
+        let first = self.store.reader().feed_after(0, 1).expect("feed");
+        first.first().map(|item| item.feed_seq)
+    }
+
+    /// `user`'s computed traits at a fixed time.
+    fn traits_of(&self, user: &str) -> Value {
+        let identity =
+            Identity::parse_key(&format!("user_id:{user}"), &Blocklist::default()).expect("key");
+        let profile = self
+            .store
+            .reader()
+            .profile_of(&identity)
+            .expect("read")
+            .unwrap_or_else(|| panic!("no profile for {user}"));
+        let db = self.supervisor().db(computed::NAME).expect("traits db");
+        let values = computed::values(db, &self.defs, profile.id, T0 + 3 * DAY_MS).expect("traits");
+        json!(values)
+    }
+
+    fn cursor_of(&self, service: &str) -> u64 {
+        self.supervisor().status(service).expect("status").cursor
+    }
+
+    async fn build_snapshot(&mut self) -> Snapshot {
+        self.machine.build_snapshot().await.expect("build snapshot")
+    }
+
+    /// Installs a copy of `snapshot` (as received from a peer: a file outside the
+    /// snapshot directory).
+    async fn install(&mut self, snapshot: &Snapshot, spool: &Path) {
+        let path = spool.join(format!("received-{}.snap", uuid::Uuid::new_v4().simple()));
+        std::fs::copy(&snapshot.snapshot.path, &path).expect("copy snapshot");
+        self.machine
+            .install_snapshot(&snapshot.meta, SnapshotFile { path })
+            .await
+            .expect("install snapshot");
+    }
+}
+
+/// Node A with `alice`'s 12 orders two days before `bob`'s 3, so retention has removed
+/// alice's events and feed entries by the time of the snapshot; its services caught up.
+async fn node_with_history(dir: &Path, services: &[&'static str]) -> TestNode {
+    let mut node = TestNode::open(dir);
+    node.start_services(dir, services).await;
+    node.apply_orders("alice", 0..6, T0).await;
+    node.apply_orders("alice", 6..12, T0 + 1000).await;
+    node.wait_caught_up().await;
+    node.apply_orders("bob", 0..3, T0 + 2 * DAY_MS).await;
+    node.wait_caught_up().await;
+    assert!(
+        node.feed_first().is_some_and(|first| first > 12),
+        "retention removed alice's feed entries: first is {:?}",
+        node.feed_first()
+    );
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_state_and_cursor_arrive_exactly_on_a_new_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with_history(&a_dir, &["traits", "retired"]).await;
+    let alice = a.traits_of("alice");
+    assert_eq!(alice["orders_count"], 12, "{alice}");
+    assert_eq!(alice["lifetime_value"].as_f64(), Some(120.0), "{alice}");
+    let snapshot = a.build_snapshot().await;
+    let contents = Store::verify_snapshot(&mut reader(&snapshot.snapshot.path)).expect("verify");
+    let names: Vec<&str> = contents.sections.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["traits", "retired"]);
+    assert_eq!(contents.sections[0].cursor, a.cursor_of("traits"));
+    assert_eq!(contents.sections[0].records, 2, "alice and bob");
+
+    // B: a fresh data directory, running a service A does not ("tally") and not one A
+    // does ("retired").
+    let mut b = TestNode::open(&b_dir);
+    b.start_services(&b_dir, &["traits", "tally"]).await;
+    b.install(&snapshot, dir.path()).await;
+
+    // The feed B got has none of alice's orders, yet her traits are all there.
+    assert_eq!(b.feed_first(), a.feed_first());
+    assert_eq!(b.traits_of("alice"), alice);
+    assert_eq!(b.traits_of("bob"), a.traits_of("bob"));
+    let traits = b.supervisor().status("traits").expect("traits");
+    assert_eq!(traits.cursor, a.cursor_of("traits"));
+    assert_eq!(traits.imported_cursor, Some(a.cursor_of("traits")));
+    // "tally" had no section: left alone (it catches up from the feed by itself).
+    let tally = b.supervisor().status("tally").expect("tally");
+    assert_eq!(tally.imported_cursor, None);
+    assert!(b.snapshots.services_pending().expect("pending").is_none());
+
+    // Both go on from there exactly: one more order is counted once.
+    a.apply_orders("alice", 12..13, T0 + 2 * DAY_MS + 1000)
+        .await;
+    b.apply_orders("alice", 12..13, T0 + 2 * DAY_MS + 1000)
+        .await;
+    a.wait_caught_up().await;
+    b.wait_caught_up().await;
+    assert_eq!(b.traits_of("alice")["orders_count"], 13);
+    assert_eq!(b.traits_of("alice"), a.traits_of("alice"));
+    assert_eq!(b.cursor_of("traits"), a.cursor_of("traits"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_installed_before_the_services_run_is_imported_when_they_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with_history(&a_dir, &["traits"]).await;
+    let snapshot = a.build_snapshot().await;
+
+    // As when Raft installs a snapshot while the node starts: no services yet.
+    let mut b = TestNode::open(&b_dir);
+    b.install(&snapshot, dir.path()).await;
+    let pending = b.snapshots.services_pending().expect("pending");
+    assert!(pending.is_some(), "the services' state waits for them");
+    // A newer snapshot becoming current does not delete the pending one.
+    let newer = b.build_snapshot().await;
+    assert_ne!(
+        Some(&newer.snapshot.path),
+        pending.as_ref().map(|p| &p.path)
+    );
+    assert!(pending.as_ref().is_some_and(|p| p.path.exists()));
+
+    b.start_services(&b_dir, &["traits"]).await;
+    assert!(b.snapshots.services_pending().expect("pending").is_none());
+    assert_eq!(b.traits_of("alice"), a.traits_of("alice"));
+    assert_eq!(b.cursor_of("traits"), a.cursor_of("traits"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_without_service_sections_installs_and_leaves_services_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with_history(&a_dir, &["traits"]).await;
+    let snapshot = a.build_snapshot().await;
+    // The same snapshot as written before sections existed: the store's part only.
+    let old_format = dir.path().join("old.snap");
+    let bytes = std::fs::read(&snapshot.snapshot.path).expect("read");
+    std::fs::write(&old_format, store_part(&bytes)).expect("write");
+    let old = Snapshot {
+        meta: snapshot.meta.clone(),
+        snapshot: SnapshotFile { path: old_format },
+    };
+    let contents = Store::verify_snapshot(&mut reader(&old.snapshot.path)).expect("verify");
+    assert!(contents.sections.is_empty());
+
+    let mut b = TestNode::open(&b_dir);
+    b.start_services(&b_dir, &["traits"]).await;
+    b.install(&old, dir.path()).await;
+    let traits = b.supervisor().status("traits").expect("traits");
+    assert_eq!(traits.imported_cursor, None);
+    // The service rebuilds from the feed, which retention cut: bob's orders only.
+    b.wait_caught_up().await;
+    assert_eq!(b.traits_of("bob"), a.traits_of("bob"));
+    assert_eq!(b.traits_of("alice")["orders_count"], 0);
+    assert_eq!(b.cursor_of("traits"), a.cursor_of("traits"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_damaged_truncated_or_padded_sections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = node_with_history(dir.path(), &["traits", "tally"]).await;
+    let snapshot = a.build_snapshot().await;
+    let bytes = std::fs::read(&snapshot.snapshot.path).expect("read");
+    let store_len = store_part(&bytes).len();
+    let verify = |bytes: &[u8]| Store::verify_snapshot(&mut Cursor::new(bytes));
+    assert_eq!(verify(&bytes).expect("intact").sections.len(), 2);
+
+    let mut damaged = bytes.clone();
+    damaged[store_len + 12] ^= 0x40;
+    assert_corrupt(verify(&damaged), "a flipped byte in a section");
+    let end_marker = bytes.len() - 5;
+    assert_corrupt(
+        verify(&bytes[..end_marker]),
+        "sections without an end marker",
+    );
+    assert_corrupt(verify(&bytes[..bytes.len() - 40]), "a truncated section");
+    let mut padded = bytes.clone();
+    padded.push(0);
+    assert_corrupt(verify(&padded), "bytes after the end marker");
+
+    // Sections written by hand verify; a changed trailer does not.
+    let mut forged = bytes[..store_len].to_vec();
+    let mut sections = SectionWriter::new(&mut forged);
+    let records = vec![Ok::<_, StoreError>((b"k".to_vec(), b"v".to_vec()))];
+    assert_eq!(sections.section("traits", 7, records).expect("section"), 1);
+    sections.finish().expect("finish");
+    let contents = verify(&forged).expect("hand-written sections verify");
+    assert_eq!(contents.sections[0].cursor, 7);
+    let count_at = forged.len() - 5 - 32 - 8;
+    forged[count_at] = 2;
+    assert_corrupt(verify(&forged), "a changed record count");
+}
+
+fn reader(path: &Path) -> impl Read {
+    std::io::BufReader::new(std::fs::File::open(path).expect("open snapshot"))
+}
+
+/// The store's part of a snapshot file's bytes.
+fn store_part(bytes: &[u8]) -> &[u8] {
+    let mut cursor = Cursor::new(bytes);
+    Store::skip_snapshot_state(&mut cursor).expect("store part");
+    &bytes[..cursor.position() as usize]
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Corrupt(_)) => {}
+        other => panic!("{what}: expected a corrupt snapshot, got {other:?}"),
+    }
+}
