@@ -210,6 +210,38 @@ async fn segments_follow_events_backfill_and_deletion() {
     );
     let gone = get(&url, "/v1/segments/vip").await;
     assert_eq!(gone.status, 404);
+
+    // A merge combines computed traits: two anonymous orders, one logged-in order, then
+    // the login links them.
+    let anonymous = |n: u64, revenue: u64| {
+        json!({"type": "track", "anonymousId": "anon-merge-7", "event": "Order Completed",
+               "messageId": format!("anon-merge-{n}"), "properties": {"revenue": revenue}})
+    };
+    let batch = json!({"batch": [
+        anonymous(1, 30),
+        anonymous(2, 50),
+        {"type": "track", "userId": "merger7", "event": "Order Completed",
+         "messageId": "merger7-1", "properties": {"revenue": 400}},
+    ]});
+    assert_eq!(post(&url, "/v1/batch", &batch).await.status, 200);
+    let link = json!({"type": "identify", "userId": "merger7", "anonymousId": "anon-merge-7",
+                      "messageId": "merger7-login"});
+    assert_eq!(post(&url, "/v1/identify", &link).await.status, 200);
+    let merged = wait_for("merged computed traits", DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let reply = get(&url, "/v1/profiles/anonymous_id:anon-merge-7").await;
+            let traits = &reply.body["computed_traits"];
+            (traits["orders_count"] == json!(3)).then(|| traits.clone())
+        }
+    })
+    .await;
+    assert_eq!(merged["lifetime_value"], json!(480), "{merged}");
+    assert_eq!(merged["avg_order_value"], json!(160), "{merged}");
+    wait_for("the merged customer enters loyal", DEADLINE, || {
+        segments_of(url.clone(), "merger7", vec!["loyal"])
+    })
+    .await;
 }
 
 /// Users and how many orders each has been sent (acknowledged).

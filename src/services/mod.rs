@@ -1,8 +1,9 @@
 //! CDP services — computed traits, real-time segments, recommendations — each an isolated,
 //! supervised consumer of the committed event feed with its own cursor and derived state.
 //!
-//! `audience` (segment membership), `computed` (computed traits) and the supervisor are
-//! wired into the node; the pure models live in `segments`, `traits` and `recommend`.
+//! The services — `computed` (computed traits), `audience` (segment membership) and
+//! `recommendations` — run under the `supervisor`, each on its own `db`; the pure models
+//! they wrap live in `traits`, `segments` and `recommend`.
 
 pub mod audience;
 pub mod computed;
