@@ -358,6 +358,20 @@ async fn each_fault_in_each_service_stays_isolated_and_catches_up_exactly() {
                 }
             })
             .await;
+            let metrics = client()
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics body");
+            let down = format!("tandem_service_up{{service=\"{faulty}\"}} 0");
+            let restarted = format!("tandem_service_restarts_total{{service=\"{faulty}\"}} 0");
+            assert!(
+                metrics.contains(&down) || !metrics.contains(&restarted),
+                "{what}: metrics must show the fault:\n{metrics}"
+            );
             let health = get(&url, "/health/ready").await;
             assert_eq!(
                 health.status, 200,

@@ -142,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/faults", post(cluster::set_faults))
         .route("/v1/admin/faults/services", post(services::set_fault))
         .route("/v1/admin/services", get(services::status))
+        .route("/metrics", get(services::metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))

@@ -21,6 +21,82 @@ pub async fn status(
     Ok(Json(json!({"services": state.node.services().statuses()})).into_response())
 }
 
+/// `GET /metrics`: the node's and its services' health in the Prometheus text format, for
+/// scraping and alerting. Unauthenticated, like the health endpoints: it carries counts
+/// and states, no customer data.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    use openraft::async_runtime::WatchReceiver;
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let raft = state.node.raft().metrics().borrow_watched().clone();
+    let stats = state.node.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |value: u64| vec![(String::new(), value)];
+    metric(
+        "tandem_raft_is_leader",
+        "gauge",
+        "1 on the leader",
+        &one(u64::from(raft.current_leader == Some(raft.id))),
+    );
+    metric(
+        "tandem_raft_applied_index",
+        "gauge",
+        "Last log index applied to the state",
+        &one(raft.last_applied.as_ref().map_or(0, |id| id.index)),
+    );
+    metric(
+        "tandem_events_stored_total",
+        "counter",
+        "Events newly stored through this node",
+        &one(stats.events_stored.load(Relaxed)),
+    );
+    metric(
+        "tandem_overloaded_refusals_total",
+        "counter",
+        "Submissions refused with 429",
+        &one(stats.overloaded.load(Relaxed)),
+    );
+    let services = state.node.services().statuses();
+    let per_service = |value: &dyn Fn(&crate::services::supervisor::ServiceStatus) -> u64| {
+        services
+            .iter()
+            .map(|s| (format!("{{service=\"{}\"}}", s.name), value(s)))
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "tandem_service_up",
+        "gauge",
+        "1 while a CDP service is ok, 0 while degraded",
+        &per_service(&|s| u64::from(s.status == "ok")),
+    );
+    metric(
+        "tandem_service_lag_entries",
+        "gauge",
+        "Committed feed entries a service has not processed yet",
+        &per_service(&|s| s.lag),
+    );
+    metric(
+        "tandem_service_restarts_total",
+        "counter",
+        "Service worker restarts (crashes, error loops, hung workers replaced)",
+        &per_service(&|s| s.restarts),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
 /// Body of `POST /v1/admin/faults/services`.
 #[derive(Debug, Deserialize)]
 pub struct FaultRequest {
