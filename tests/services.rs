@@ -211,6 +211,41 @@ async fn segments_follow_events_backfill_and_deletion() {
     let gone = get(&url, "/v1/segments/vip").await;
     assert_eq!(gone.status, 404);
 
+    // A rule true of a brand-new profile holds from its first event, and an event that
+    // changes its input takes the profile out again.
+    let browsers = admin(
+        reqwest::Method::PUT,
+        &url,
+        "/v1/segments/browsers",
+        Some(json!({"rule": "orders_count == 0"})),
+    )
+    .await;
+    assert_eq!(browsers.status, 201, "{}", browsers.body);
+    let page =
+        json!({"type": "page", "userId": "visitor9", "name": "Home", "messageId": "visitor9-home"});
+    assert_eq!(
+        post(&url, "/v1/batch", &json!({"batch": [page]}))
+            .await
+            .status,
+        200
+    );
+    wait_for("a new visitor enters browsers", DEADLINE, || {
+        segments_of(url.clone(), "visitor9", vec!["browsers"])
+    })
+    .await;
+    assert_eq!(
+        post(&url, "/v1/batch", &json!({"batch": [order("visitor9", 0)]}))
+            .await
+            .status,
+        200
+    );
+    wait_for(
+        "the visitor leaves browsers after an order",
+        DEADLINE,
+        || segments_of(url.clone(), "visitor9", vec![]),
+    )
+    .await;
+
     // A merge combines computed traits: two anonymous orders, one logged-in order, then
     // the login links them.
     let anonymous = |n: u64, revenue: u64| {

@@ -37,6 +37,7 @@ use super::segments::{self, Expr, Facts};
 use super::supervisor::{Factory, Service};
 use super::traits::{ProfileTraits, TraitDef};
 use crate::model::command::SegmentDef;
+use crate::model::event::MessageType;
 use crate::model::profile::Profile;
 use crate::store::read::{FeedItem, Reader};
 use crate::store::tables::FeedRecord;
@@ -181,6 +182,12 @@ struct Compiled {
     rule: Option<Expr>,
     /// The segments the rule refers to.
     refs: BTreeSet<String>,
+    /// The events the rule counts or tests.
+    events: BTreeSet<String>,
+    /// The computed-trait (or bare) names the rule reads.
+    value_names: BTreeSet<String>,
+    /// Whether the rule may read a profile trait (a bare name or `trait(...)`).
+    reads_traits: bool,
     /// Whether membership can change as time passes.
     time_dependent: bool,
     /// Changed since it was loaded (to be written back).
@@ -253,10 +260,15 @@ impl Segments {
             record.error = Some("the rule does not parse".into());
         }
         let refs = rule.as_ref().map(Expr::segment_refs).unwrap_or_default();
+        let events = rule.as_ref().map(Expr::event_names).unwrap_or_default();
+        let (value_names, reads_traits) = rule.as_ref().map(Expr::value_names).unwrap_or_default();
         Compiled {
             record,
             rule,
             refs,
+            events,
+            value_names,
+            reads_traits,
             time_dependent,
             dirty: false,
         }
@@ -394,17 +406,21 @@ impl Segments {
         Ok(())
     }
 
-    /// Re-evaluates `profile` against `targets` (every segment when `None`) and the
-    /// segments that depend on them, recording every change with its cause and time.
+    /// Re-evaluates `profile` against the segments in `scope` and those that depend on a
+    /// segment whose membership it changes, recording every change with its cause and time.
     fn evaluate_profile(
         &mut self,
         db: &ServiceDb,
         state: &Reader<'_>,
         writes: &mut Writes,
         profile_id: u64,
-        targets: Option<&BTreeSet<String>>,
+        scope: Scope<'_>,
         (cause, now_ms): (&str, i64),
     ) -> Result<(), ServiceError> {
+        let targets = match scope {
+            Scope::Targets(targets) => Some(targets),
+            _ => None,
+        };
         let Some(segments) = self.segments.as_ref() else {
             return Ok(());
         };
@@ -428,11 +444,22 @@ impl Segments {
             decided: BTreeMap::new(),
             stored: &stored,
         };
-        // Which segments to evaluate: all, or the targets and what depends on them.
-        // Segments not re-evaluated answer `in_segment` from stored membership.
+        // Computed traits whose value the batch changed (for `Scope::Changed`).
+        let changed_values: BTreeSet<&str> = match scope {
+            Scope::Changed(touch) => computed
+                .iter()
+                .filter(|(name, value)| touch.before.get(*name) != Some(*value))
+                .map(|(name, _)| name.as_str())
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        // Which segments to evaluate: all; the targets and what depends on them; or those
+        // whose inputs changed and what depends on a changed membership. Segments not
+        // re-evaluated keep their membership and answer `in_segment` from it.
         let mut affected: BTreeSet<&str> = targets
             .map(|t| t.iter().map(String::as_str).collect())
             .unwrap_or_default();
+        let mut changed_ids: BTreeSet<&str> = BTreeSet::new();
         let mut changes = Vec::new();
         for id in &self.order {
             let Some(segment) = segments.get(id) else {
@@ -441,18 +468,37 @@ impl Segments {
             let Some(rule) = segment.rule.as_ref() else {
                 continue;
             };
-            if targets.is_some() {
-                let depends = segment.refs.iter().any(|r| affected.contains(r.as_str()));
-                if !affected.contains(id.as_str()) && !depends {
-                    continue;
+            match scope {
+                Scope::All => {}
+                Scope::Targets(_) => {
+                    let depends = segment.refs.iter().any(|r| affected.contains(r.as_str()));
+                    if !affected.contains(id.as_str()) && !depends {
+                        continue;
+                    }
+                    affected.insert(id.as_str());
                 }
-                affected.insert(id.as_str());
+                Scope::Changed(touch) => {
+                    let inputs_changed = segment.events.iter().any(|e| touch.events.contains(e))
+                        || segment
+                            .value_names
+                            .iter()
+                            .any(|n| changed_values.contains(n.as_str()))
+                        || (touch.traits_changed && segment.reads_traits)
+                        || segment
+                            .refs
+                            .iter()
+                            .any(|r| changed_ids.contains(r.as_str()));
+                    if !inputs_changed {
+                        continue;
+                    }
+                }
             }
             let member = profile.is_some() && segments::evaluate(rule, &facts);
             if self.referenced.contains(id) {
                 facts.decided.insert(id.as_str(), member);
             }
             if member != stored.contains(id.as_str()) {
+                changed_ids.insert(id.as_str());
                 changes.push((id.clone(), member));
             }
         }
@@ -586,7 +632,7 @@ impl Segments {
                 state,
                 writes,
                 profile.id,
-                Some(&targets),
+                Scope::Targets(&targets),
                 (cause, now_ms),
             )?;
         }
@@ -615,15 +661,33 @@ impl Service for Segments {
     ) -> Result<(), ServiceError> {
         self.ensure_loaded(db)?;
         let now_ms = crate::node::now_ms();
-        let mut touched: BTreeMap<u64, &str> = BTreeMap::new();
+        // Per touched profile: what changed (`None`: a merge or a new profile — evaluate
+        // everything).
+        let mut touched: BTreeMap<u64, Option<Touch>> = BTreeMap::new();
+        let mut merged: BTreeSet<u64> = BTreeSet::new();
         for item in items {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
                     let mut traits = load_traits(db, writes, *profile)?;
                     let event = ServiceEvent::from_stored(*seq, *profile, stored);
+                    if !touched.contains_key(profile) {
+                        // A profile new to the service is evaluated against everything:
+                        // rules such as `orders_count == 0` hold before any input changes.
+                        let seen = writes.get(db, &traits_key(*profile))?.is_some();
+                        let touch =
+                            seen.then(|| Touch::new(traits.values(&self.trait_defs, now_ms)));
+                        touched.insert(*profile, touch);
+                    }
+                    if let Some(Some(touch)) = touched.get_mut(profile) {
+                        touch.events.insert(event.name.clone());
+                        // Only identify and group calls carry profile traits.
+                        touch.traits_changed |= !matches!(
+                            event.kind,
+                            MessageType::Track | MessageType::Page | MessageType::Screen
+                        );
+                    }
                     traits.observe(&self.trait_defs, &event);
                     store_traits(writes, *profile, &traits)?;
-                    touched.entry(*profile).or_insert("event");
                 }
                 (FeedRecord::Merged { into, from }, _) => {
                     let absorbed = load_traits(db, writes, *from)?;
@@ -631,16 +695,23 @@ impl Service for Segments {
                     survivor.merge(absorbed, &self.trait_defs);
                     store_traits(writes, *into, &survivor)?;
                     writes.delete(traits_key(*from));
-                    touched.insert(*into, "merge");
-                    touched.insert(*from, "merge");
+                    touched.insert(*into, None);
+                    touched.insert(*from, None);
+                    merged.insert(*into);
+                    merged.insert(*from);
                 }
                 (FeedRecord::SegmentChanged { .. }, _) => self.reconcile(state, now_ms)?,
                 // An event retention removed before we got to it.
                 (FeedRecord::Event { .. }, None) => {}
             }
         }
-        for (profile, cause) in touched {
-            self.evaluate_profile(db, state, writes, profile, None, (cause, now_ms))?;
+        for (profile, touch) in touched {
+            let (scope, cause) = match &touch {
+                Some(touch) => (Scope::Changed(touch), "event"),
+                None if merged.contains(&profile) => (Scope::All, "merge"),
+                None => (Scope::All, "event"),
+            };
+            self.evaluate_profile(db, state, writes, profile, scope, (cause, now_ms))?;
         }
         self.flush(writes)
     }
@@ -710,6 +781,37 @@ impl Service for Segments {
         }
         self.flush(writes)?;
         Ok(pending)
+    }
+}
+
+/// Which segments an evaluation covers.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every segment (merges).
+    All,
+    /// These segments and those that depend on them (sweeps).
+    Targets(&'a BTreeSet<String>),
+    /// The segments whose inputs a batch of events changed (real time).
+    Changed(&'a Touch),
+}
+
+/// What a batch of events changed on one profile.
+struct Touch {
+    /// Names of the events applied.
+    events: BTreeSet<String>,
+    /// Whether an event could change profile traits (identify, group, alias).
+    traits_changed: bool,
+    /// The computed traits before the batch.
+    before: BTreeMap<String, Value>,
+}
+
+impl Touch {
+    fn new(before: BTreeMap<String, Value>) -> Touch {
+        Touch {
+            events: BTreeSet::new(),
+            traits_changed: false,
+            before,
+        }
     }
 }
 

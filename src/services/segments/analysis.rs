@@ -35,6 +35,32 @@ impl Expr {
         names
     }
 
+    /// The names whose values the rule reads, and whether any may be a profile trait: a
+    /// bare name reads the computed trait of that name or else the profile trait,
+    /// `computed("x")` only the computed one, `trait("x")` only the profile trait.
+    pub fn value_names(&self) -> (BTreeSet<String>, bool) {
+        let mut names = BTreeSet::new();
+        let mut reads_profile_traits = false;
+        let mut visit = |operand: &Operand| match operand {
+            Operand::Named(name) => {
+                names.insert(name.clone());
+                reads_profile_traits = true;
+            }
+            Operand::Trait(_) => reads_profile_traits = true,
+            Operand::Computed(name) => {
+                names.insert(name.clone());
+            }
+            Operand::EventCount { .. } => {}
+        };
+        self.for_each(&mut |node| match node {
+            Expr::Compare { left, .. } | Expr::In { left, .. } | Expr::Contains { left, .. } => {
+                visit(left)
+            }
+            _ => {}
+        });
+        (names, reads_profile_traits)
+    }
+
     /// The longest `.within(...)` window, in milliseconds; `None` when the rule has none.
     /// Event tests without a window count the whole history, which this does not cover.
     pub fn max_window_ms(&self) -> Option<i64> {

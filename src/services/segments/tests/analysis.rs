@@ -75,6 +75,20 @@ fn defs(items: &[(&str, &str)]) -> BTreeMap<String, crate::services::segments::E
 }
 
 #[test]
+fn value_names_say_which_traits_a_rule_reads() {
+    let (names, profile_traits) = rule("a > 1 and computed(\"b\") == 2").value_names();
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(profile_traits, "a bare name may be a profile trait");
+    let (names, profile_traits) =
+        rule("computed(\"b\") == 2 or event(\"X\").exists()").value_names();
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["b"]);
+    assert!(!profile_traits);
+    let (names, profile_traits) = rule("trait(\"plan\") in [\"pro\"]").value_names();
+    assert!(names.is_empty());
+    assert!(profile_traits);
+}
+
+#[test]
 fn segments_are_ordered_after_what_they_use() {
     // (segment definitions as (id, rule), the evaluation order wanted)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
