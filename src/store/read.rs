@@ -374,22 +374,35 @@ impl Reader<'_> {
         }
     }
 
-    /// `(name, timestamp_ms)` of the profile's events whose name is in `names`, newest
-    /// first, looking at no more than `scan_max` of its most recent events.
+    /// `(name, timestamp_ms)` of the profile's events whose name is in `names` (in no
+    /// particular order), looking at no more than `scan_max` of its most recent events.
     pub fn event_times(
         &self,
         profile: u64,
         names: &std::collections::BTreeSet<String>,
         scan_max: usize,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let range = pair_key(profile, 0)..=pair_key(profile, u64::MAX);
-        let mut out = Vec::new();
-        for guard in self
+        let range = || pair_key(profile, 0)..=pair_key(profile, u64::MAX);
+        // Forward iteration is much cheaper than reverse in fjall's memtables; most
+        // profiles have fewer than `scan_max` events, so read forwards and fall back to
+        // the newest `scan_max` only for the few that have more.
+        let forward: Vec<_> = self
             .snapshot
-            .range(&self.ks.profile_events, range)
-            .rev()
-            .take(scan_max)
-        {
+            .range(&self.ks.profile_events, range())
+            .take(scan_max.saturating_add(1))
+            .collect();
+        let entries: Box<dyn Iterator<Item = fjall::Guard>> = if forward.len() <= scan_max {
+            Box::new(forward.into_iter())
+        } else {
+            Box::new(
+                self.snapshot
+                    .range(&self.ks.profile_events, range())
+                    .rev()
+                    .take(scan_max),
+            )
+        };
+        let mut out = Vec::new();
+        for guard in entries {
             let (key, value) = guard.into_inner()?;
             let (name, timestamp) = read_index_value(&value);
             let Ok(name) = std::str::from_utf8(name) else {
