@@ -402,21 +402,40 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             })
     }
 
-    fn expire_dedup(&mut self, budget: usize) -> Result<(), StoreError> {
-        let ks = self.ks;
-        let horizon = self
-            .counters
-            .clock_ms
-            .saturating_sub(self.settings.dedup_window_ms);
+    /// The oldest entries of `keyspace` (in key order, at most `budget`) whose time, as
+    /// `at` reads it, is more than `window_ms` before the state clock. Keyspaces swept this
+    /// way are appended in time order, so the sweep stops at the first one still young.
+    fn expired<T: serde::de::DeserializeOwned>(
+        &self,
+        keyspace: &fjall::SingleWriterTxKeyspace,
+        name: &'static str,
+        window_ms: i64,
+        budget: usize,
+        at: impl Fn(&T) -> i64,
+    ) -> Result<Vec<(fjall::Slice, T)>, StoreError> {
+        let horizon = self.counters.clock_ms.saturating_sub(window_ms);
         let mut expired = Vec::new();
-        for guard in self.tx.iter(&ks.dedup_expiry).take(budget) {
+        for guard in self.tx.iter(keyspace).take(budget) {
             let (key, value) = guard.into_inner()?;
-            let expiry: DedupExpiry = decode(&value, DEDUP_EXPIRY)?;
-            if expiry.stored_at_ms >= horizon {
+            let item: T = decode(&value, name)?;
+            if at(&item) >= horizon {
                 break;
             }
-            expired.push((key, expiry));
+            expired.push((key, item));
         }
+        Ok(expired)
+    }
+
+    fn expire_dedup(&mut self, budget: usize) -> Result<(), StoreError> {
+        let ks = self.ks;
+        let window = self.settings.dedup_window_ms;
+        let expired = self.expired(
+            &ks.dedup_expiry,
+            DEDUP_EXPIRY,
+            window,
+            budget,
+            |e: &DedupExpiry| e.stored_at_ms,
+        )?;
         for (key, expiry) in expired {
             self.tx.remove(&ks.dedup_expiry, key);
             self.tx
@@ -427,20 +446,9 @@ impl<'a, 'tx> Applier<'a, 'tx> {
 
     fn expire_feed(&mut self, budget: usize) -> Result<(), StoreError> {
         let ks = self.ks;
-        let horizon = self
-            .counters
-            .clock_ms
-            .saturating_sub(self.settings.retention_ms);
-        let mut expired = Vec::new();
-        for guard in self.tx.iter(&ks.feed).take(budget) {
-            let (key, value) = guard.into_inner()?;
-            let entry: FeedEntry = decode(&value, FEED)?;
-            if entry.at_ms >= horizon {
-                break;
-            }
-            expired.push(key);
-        }
-        for key in expired {
+        let window = self.settings.retention_ms;
+        let expired = self.expired(&ks.feed, FEED, window, budget, |e: &FeedEntry| e.at_ms)?;
+        for (key, _) in expired {
             self.tx.remove(&ks.feed, key);
         }
         Ok(())
@@ -448,22 +456,14 @@ impl<'a, 'tx> Applier<'a, 'tx> {
 
     fn expire_events(&mut self, budget: usize) -> Result<(), StoreError> {
         let ks = self.ks;
-        let horizon = self
-            .counters
-            .clock_ms
-            .saturating_sub(self.settings.retention_ms);
-        let mut expired = Vec::new();
-        for guard in self.tx.iter(&ks.events).take(budget) {
-            let (key, value) = guard.into_inner()?;
-            let stored: StoredEvent = decode(&value, EVENTS)?;
-            if stored.stored_at_ms >= horizon {
-                break;
-            }
-            expired.push((read_u64(&key, EVENTS)?, stored.profile_id));
-        }
-        for (seq, profile_id) in expired {
+        let window = self.settings.retention_ms;
+        let expired = self.expired(&ks.events, EVENTS, window, budget, |e: &StoredEvent| {
+            e.stored_at_ms
+        })?;
+        for (key, stored) in expired {
+            let seq = read_u64(&key, EVENTS)?;
             self.tx.remove(&ks.events, u64_bytes(seq));
-            let owner = self.current_owner(profile_id)?;
+            let owner = self.current_owner(stored.profile_id)?;
             self.tx.remove(&ks.profile_events, pair_key(owner, seq));
         }
         Ok(())
