@@ -26,7 +26,6 @@ use crate::services::recommend::{
 use crate::services::recommendations::Recommendations;
 use crate::services::supervisor::BATCH_MAX;
 use crate::store::read::FeedItem;
-use crate::store::tables::{FeedRecord, StoredEvent};
 
 /// Most events one run generates (they are all held in memory, about 1 KiB each).
 pub const EVENTS_MAX: u64 = 2_000_000;
@@ -190,7 +189,10 @@ fn run_service(
     offline: &Recommender,
 ) -> Result<String, String> {
     let db = ServiceDb::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let feed: Vec<FeedItem> = (1..).zip(events).map(|(n, e)| feed_item(n, e)).collect();
+    let feed: Vec<FeedItem> = (1..)
+        .zip(events)
+        .map(|(n, e)| e.to_feed_item(n, "bench"))
+        .collect();
     let mut service = Recommendations::new(ModelConfig::default());
     let started = Instant::now();
     let mut batches = 0;
@@ -221,27 +223,6 @@ fn run_service(
         elapsed.as_millis(),
         per_second(events.len(), elapsed)
     ))
-}
-
-/// A feed entry carrying `event`, as the store would hand it to the service.
-fn feed_item(feed_seq: u64, event: &ServiceEvent) -> FeedItem {
-    FeedItem {
-        feed_seq,
-        record: FeedRecord::Event {
-            seq: event.seq,
-            profile: event.profile_id,
-        },
-        event: Some(StoredEvent {
-            profile_id: event.profile_id,
-            kind: event.kind,
-            name: event.name.clone(),
-            timestamp_ms: event.timestamp_ms,
-            stored_at_ms: event.timestamp_ms,
-            source: "bench".into(),
-            message_id: format!("bench-{}", event.seq),
-            body_json: event.body.to_string(),
-        }),
-    }
 }
 
 /// `recommend` latency over every profile's history.

@@ -38,4 +38,27 @@ impl ServiceEvent {
             body: serde_json::from_str(&stored.body_json).unwrap_or(Value::Null),
         }
     }
+
+    /// The feed entry at `feed_seq` carrying this event, as the store would hand it to a
+    /// service (the inverse of [`ServiceEvent::from_stored`]; for benchmarks and tests that
+    /// drive a service without a store). `source` names where it came from.
+    pub fn to_feed_item(&self, feed_seq: u64, source: &str) -> crate::store::read::FeedItem {
+        crate::store::read::FeedItem {
+            feed_seq,
+            record: crate::store::tables::FeedRecord::Event {
+                seq: self.seq,
+                profile: self.profile_id,
+            },
+            event: Some(crate::store::tables::StoredEvent {
+                profile_id: self.profile_id,
+                kind: self.kind,
+                name: self.name.clone(),
+                timestamp_ms: self.timestamp_ms,
+                stored_at_ms: self.timestamp_ms,
+                source: source.to_owned(),
+                message_id: format!("{source}-{}", self.seq),
+                body_json: self.body.to_string(),
+            }),
+        }
+    }
 }

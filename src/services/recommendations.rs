@@ -330,7 +330,6 @@ mod tests {
     use crate::model::event::MessageType;
     use crate::services::recommend::synthetic;
     use crate::services::supervisor::BATCH_MAX;
-    use crate::store::tables::StoredEvent;
     use crate::store::{Store, StoreConfig};
 
     const T0: i64 = 1_764_000_000_000;
@@ -383,23 +382,7 @@ mod tests {
     }
 
     fn item(feed_seq: u64, event: &ServiceEvent) -> FeedItem {
-        FeedItem {
-            feed_seq,
-            record: FeedRecord::Event {
-                seq: event.seq,
-                profile: event.profile_id,
-            },
-            event: Some(StoredEvent {
-                profile_id: event.profile_id,
-                kind: event.kind,
-                name: event.name.clone(),
-                timestamp_ms: event.timestamp_ms,
-                stored_at_ms: event.timestamp_ms,
-                source: "test".into(),
-                message_id: format!("m{}", event.seq),
-                body_json: event.body.to_string(),
-            }),
-        }
+        event.to_feed_item(feed_seq, "test")
     }
 
     fn items(events: &[ServiceEvent]) -> Vec<FeedItem> {
