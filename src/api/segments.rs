@@ -31,6 +31,7 @@ use crate::model::command::SegmentDef;
 use crate::services::audience::{self, SEGMENTS_MAX, SegmentRecord};
 use crate::services::db::ServiceDb;
 use crate::services::segments::{self, SegmentError};
+use crate::services::supervisor::Supervisor;
 use crate::store::read::PAGE_LIMIT_MAX;
 
 /// Longest segment id, in bytes.
@@ -148,8 +149,8 @@ async fn current_defs(state: &AppState) -> Result<Vec<SegmentDef>, ApiError> {
     state.read(|reader| Ok(reader.segment_defs()?)).await
 }
 
-fn service_db(state: &AppState) -> Result<&ServiceDb, ApiError> {
-    state.node.services().db(audience::NAME).ok_or_else(|| {
+fn service_db(services: &Supervisor) -> Result<&ServiceDb, ApiError> {
+    services.db(audience::NAME).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable",
@@ -211,21 +212,28 @@ fn segment_json(def: &SegmentDef, record: Option<&SegmentRecord>, total_profiles
     })
 }
 
-fn describe(state: &AppState, def: &SegmentDef) -> Result<Value, ApiError> {
-    let db = service_db(state)?;
-    let record = audience::record(db, &def.id).map_err(service_error)?;
+/// The definitions with the service's view of each.
+fn describe(state: &AppState, defs: &[&SegmentDef]) -> Result<Vec<Value>, ApiError> {
+    let db = service_db(state.node.services())?;
     let total = state.node.store().reader().counts().profiles_approx;
-    Ok(segment_json(def, record.as_ref(), total))
+    defs.iter()
+        .map(|def| {
+            let record = audience::record(db, &def.id).map_err(service_error)?;
+            Ok(segment_json(def, record.as_ref(), total))
+        })
+        .collect()
+}
+
+/// One definition with the service's view of it.
+fn describe_one(state: &AppState, def: &SegmentDef) -> Result<Value, ApiError> {
+    Ok(describe(state, &[def])?.remove(0))
 }
 
 /// `GET /v1/segments`
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Read)?;
     let defs = current_defs(&state).await?;
-    let items = defs
-        .iter()
-        .map(|def| describe(&state, def))
-        .collect::<Result<Vec<_>, _>>()?;
+    let items = describe(&state, &defs.iter().collect::<Vec<_>>())?;
     let status = service_marker(state.node.services(), audience::NAME);
     Ok(Json(json!({"segments": items, "status": status})).into_response())
 }
@@ -239,7 +247,7 @@ pub async fn get(
     state.keys.require(&headers, Access::Read)?;
     let defs = current_defs(&state).await?;
     let def = find(&defs, &id)?;
-    let mut body = describe(&state, def)?;
+    let mut body = describe_one(&state, def)?;
     body["status_of_service"] = service_marker(state.node.services(), audience::NAME);
     Ok(Json(body).into_response())
 }
@@ -280,7 +288,7 @@ pub async fn create(
         .node
         .execute(Command::PutSegment(def.clone()), false)
         .await?;
-    let body = describe(&state, &def)?;
+    let body = describe_one(&state, &def)?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -306,7 +314,7 @@ pub async fn replace(
         .node
         .execute(Command::PutSegment(def.clone()), false)
         .await?;
-    let body = describe(&state, &def)?;
+    let body = describe_one(&state, &def)?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -357,7 +365,7 @@ pub async fn members(
     consistency(query.consistency.as_deref())?;
     let defs = current_defs(&state).await?;
     find(&defs, &id)?;
-    let db = service_db(&state)?;
+    let db = service_db(state.node.services())?;
     let record = audience::record(db, &id).map_err(service_error)?;
     let page = audience::members(db, &id, query.after, limit).map_err(service_error)?;
     let next_after = if page.len() == limit {
@@ -388,7 +396,7 @@ pub async fn transitions(
     state.keys.require(&headers, Access::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = limit(&query)?;
-    let db = service_db(&state)?;
+    let db = service_db(state.node.services())?;
     let page = audience::transitions(db, query.after.unwrap_or(0), limit).map_err(service_error)?;
     let next_after = page.last().map(|t| t.seq);
     Ok(Json(json!({
@@ -416,13 +424,7 @@ pub async fn of_profile(
     let read = consistency(query.consistency.as_deref())?;
     let services = std::sync::Arc::clone(state.node.services());
     with_profile(&state, &headers, &id, read, move |_, profile| {
-        let db = services.db(audience::NAME).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "the segments service is not running on this node",
-            )
-        })?;
+        let db = service_db(&services)?;
         let segments = audience::segments_of(db, profile.id).map_err(service_error)?;
         let segments: Vec<Value> = segments
             .iter()

@@ -252,9 +252,6 @@ impl Segments {
                 None
             }
         };
-        let time_dependent = rule
-            .as_ref()
-            .is_some_and(|rule| rule.is_time_dependent() || self.reads_windowed_trait(rule));
         let mut record = record;
         if rule.is_none() && record.error.is_none() {
             record.error = Some("the rule does not parse".into());
@@ -262,6 +259,9 @@ impl Segments {
         let refs = rule.as_ref().map(Expr::segment_refs).unwrap_or_default();
         let events = rule.as_ref().map(Expr::event_names).unwrap_or_default();
         let (value_names, reads_traits) = rule.as_ref().map(Expr::value_names).unwrap_or_default();
+        // Windowed events, or a windowed computed trait (its value ages too).
+        let time_dependent = rule.as_ref().is_some_and(Expr::is_time_dependent)
+            || value_names.iter().any(|n| self.windowed_traits.contains(n));
         Compiled {
             record,
             rule,
@@ -272,16 +272,6 @@ impl Segments {
             time_dependent,
             dirty: false,
         }
-    }
-
-    fn reads_windowed_trait(&self, rule: &Expr) -> bool {
-        let text = rule.to_string();
-        // Names are identifiers or quoted; a windowed trait's name appearing as a word of
-        // the canonical text is a read of it (over-approximating costs only a sweep).
-        self.windowed_traits.iter().any(|name| {
-            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .any(|word| word == name)
-        })
     }
 
     /// Loads every record, once per instance.
