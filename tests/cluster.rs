@@ -210,6 +210,40 @@ async fn unsafe_layouts_are_refused_and_reads_are_linearizable() {
     let (status, view) = admin_get(&url, "/v1/admin/cluster").await;
     assert_eq!(status, 200);
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3));
+
+    // A segment defined through a follower is forwarded to the leader, committed, and
+    // every node evaluates it: the reader's profile enters it everywhere.
+    let leader = cluster.leader(ELECTION).await;
+    let follower = cluster
+        .urls
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let (status, body) = admin_post(
+        &cluster.urls[&follower],
+        "/v1/segments",
+        &serde_json::json!({"id": "readers", "rule": "event(\"E\").exists()"}),
+    )
+    .await;
+    assert_eq!(status, 201, "create through follower {follower}: {body}");
+    for (id, node_url) in &cluster.urls {
+        let node_url = node_url.clone();
+        cluster
+            .wait(
+                &format!("node {id} evaluates the segment"),
+                CONVERGE,
+                |_| {
+                    let node_url = node_url.clone();
+                    async move {
+                        let reply = get(&node_url, "/v1/profiles/user_id:reader/segments").await;
+                        let ids = reply.body["segments"].as_array()?.clone();
+                        (ids.len() == 1 && ids[0]["id"] == "readers").then_some(())
+                    }
+                },
+            )
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
