@@ -48,12 +48,24 @@ impl Batch {
 
     /// The request body, stamped with `sent_at` (RFC 3339).
     pub fn body(&self, sent_at: &str) -> String {
-        format!(
-            r#"{{"batch":{},"sentAt":"{sent_at}","context":{{"library":{{"name":"tandem-load","version":"{}"}}}}}}"#,
-            self.items_json,
-            env!("CARGO_PKG_VERSION"),
-        )
+        envelope(&self.items_json, &format!(r#","sentAt":"{sent_at}""#))
     }
+
+    /// The request body without `sentAt`, for a body built long before it is sent
+    /// (`--replay`): a stale `sentAt` would make the server shift every event's time by
+    /// the age of the body, whereas without one it takes the timestamps as they are.
+    pub fn body_unstamped(&self) -> String {
+        envelope(&self.items_json, "")
+    }
+}
+
+/// `{"batch":<items>,<sent_at_member>"context":…}`; `sent_at_member` is empty or
+/// `,"sentAt":"…"`.
+fn envelope(items_json: &str, sent_at_member: &str) -> String {
+    format!(
+        r#"{{"batch":{items_json}{sent_at_member},"context":{{"library":{{"name":"tandem-load","version":"{}"}}}}}}"#,
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 /// Events per request: the asked-for batch size, shrunk when a rate is set so that

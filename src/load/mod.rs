@@ -11,7 +11,8 @@
 //! Layout: [`catalogue`], [`events`], [`journey`] and [`workload`] generate events (pure,
 //! seeded, no I/O); [`batch`] cuts them into requests and paces them; [`client`] owns
 //! HTTP, authentication and the retry policy; [`reply`] reads the `/v1/batch` reply
-//! contract; [`run`](mod@run) drives a load run and [`summary`] reports it; [`acked`] is the
+//! contract; [`replay`] builds every request before the clock starts (`--replay`, for
+//! benchmarks); [`run`](mod@run) drives a load run and [`summary`] reports it; [`acked`] is the
 //! acknowledged-events file; [`verify`](mod@verify) is the checker, counting with [`counts`].
 //!
 //! Invariant of a load run: every event sent ends up counted exactly once as acknowledged,
@@ -25,6 +26,7 @@ pub mod counts;
 pub mod events;
 pub mod journey;
 pub mod readbench;
+pub mod replay;
 pub mod reply;
 pub mod run;
 pub mod summary;
@@ -57,6 +59,22 @@ pub enum LoadError {
         path: PathBuf,
         line: u64,
         reason: String,
+    },
+    /// `--replay` would hold more request bytes in memory than
+    /// [`replay::REPLAY_BYTES_MAX`]; `fitted` events fitted.
+    #[error(
+        "--replay: {events} events would take more than {} MiB of prepared requests \
+         (only the first {fitted} fit); lower --events to {fitted} or fewer, \
+         or run without --replay",
+        bytes_max >> 20
+    )]
+    ReplayTooLarge {
+        /// Events asked for.
+        events: u64,
+        /// Events whose requests fitted under the bound.
+        fitted: u64,
+        /// The bound, in bytes.
+        bytes_max: u64,
     },
     /// The HTTP client could not be set up.
     #[error("cannot set up the HTTP client: {0}")]

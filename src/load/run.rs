@@ -1,6 +1,10 @@
 //! Driving a load run: generate batches, send up to `concurrency` of them at a time
 //! (paced to `rate` if set), tally every reply, record acknowledged events, report.
 //!
+//! A live run generates each batch just before sending it; a replay run (`replay`) builds
+//! every body first ([`super::replay`]) and starts the clock only then. Both send through
+//! the same driver, retry policy and tally, so their summaries compare like for like.
+//!
 //! One task per in-flight request; the driver alone owns the totals, the progress bar
 //! and the acknowledged-events file, so none of them needs a lock. The run stops early
 //! (in-flight requests finish, no new ones start) when the server refuses the write key
@@ -26,6 +30,7 @@ use super::batch::{
 };
 use super::catalogue::mix;
 use super::client;
+use super::replay::{self, REPLAY_BYTES_MAX, ReadyBatch, ReplayCost};
 use super::reply::{self, BatchTally};
 use super::summary::{Latency, LoadSummary};
 use super::workload::Workload;
@@ -62,11 +67,14 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Build every request body before the timed run, then only send bytes
+    /// ([`super::replay`]); refused if they would take more than [`REPLAY_BYTES_MAX`].
+    pub replay: bool,
 }
 
 impl LoadOptions {
     /// Options with the defaults: concurrency 8, 100 events per request, no rate limit,
-    /// no acknowledged-events file, seed 0, no progress bar.
+    /// no acknowledged-events file, seed 0, no progress bar, live (not replay).
     pub fn new(
         target: impl Into<String>,
         write_key: impl Into<String>,
@@ -82,6 +90,7 @@ impl LoadOptions {
             acked: None,
             seed: 0,
             progress: false,
+            replay: false,
         }
     }
 
@@ -131,6 +140,7 @@ impl fmt::Debug for LoadOptions {
             .field("acked", &self.acked)
             .field("seed", &self.seed)
             .field("progress", &self.progress)
+            .field("replay", &self.replay)
             .finish()
     }
 }
@@ -147,18 +157,25 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
         seed: opts.seed,
     });
     let mut acked = opts.acked.as_deref().map(AckedWriter::create).transpose()?;
-    let mut totals = Totals::new(opts)?;
-    let started = Instant::now();
     let workload = Workload::new(opts.seed, opts.events, unix_ms());
     let per_request = events_per_request(opts.batch_size, opts.rate);
+    let batcher = Batcher::new(workload, per_request, REQUEST_BYTES_MAX);
+    let (requests, replay) = if opts.replay {
+        let (ready, cost) = prepare_replay(batcher, opts).await?;
+        (Requests::Ready(ready.into_iter()), Some(cost))
+    } else {
+        (Requests::Live(Box::new(batcher)), None)
+    };
+    let mut totals = Totals::new(opts, replay)?;
+    let started = Instant::now();
     let mut pacer = opts.rate.map(|rate| Pacer::new(rate, Instant::now()));
     let mut in_flight = JoinSet::new();
-    for batch in Batcher::new(workload, per_request, REQUEST_BYTES_MAX) {
+    for request in requests {
         if totals.summary.stopped.is_some() {
             break;
         }
         if let Some(pacer) = &mut pacer {
-            let at = pacer.reserve(Instant::now(), batch.len());
+            let at = pacer.reserve(Instant::now(), request.len());
             tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
         }
         while in_flight.len() >= opts.concurrency {
@@ -166,9 +183,9 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
                 totals.record(joined(done), &mut acked)?;
             }
         }
-        totals.summary.sent += batch.len() as u64;
+        totals.summary.sent += request.len() as u64;
         totals.summary.requests += 1;
-        in_flight.spawn(Arc::clone(&sender).send(batch));
+        in_flight.spawn(Arc::clone(&sender).send(request));
         while let Some(done) = in_flight.try_join_next() {
             totals.record(joined(done), &mut acked)?;
         }
@@ -184,6 +201,90 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
         );
     }
     Ok(totals.finish(started.elapsed()))
+}
+
+/// Builds every request of the run on a blocking thread (seconds of CPU for millions of
+/// events, which would stall the runtime) and says what it cost.
+async fn prepare_replay(
+    batcher: Batcher,
+    opts: &LoadOptions,
+) -> Result<(Vec<ReadyBatch>, ReplayCost), LoadError> {
+    let events = opts.events;
+    let building =
+        tokio::task::spawn_blocking(move || replay::prepare(batcher, events, REPLAY_BYTES_MAX));
+    let prepared = joined(building.await)?;
+    if opts.progress {
+        eprintln!(
+            "tandem load: {} requests ready to replay ({})",
+            prepared.batches.len(),
+            prepared.cost
+        );
+    }
+    Ok((prepared.batches, prepared.cost))
+}
+
+/// The requests of a run, in sending order.
+enum Requests {
+    /// Generated one by one as the driver asks (boxed: the generator's state is large).
+    Live(Box<Batcher>),
+    /// Built before the run.
+    Ready(std::vec::IntoIter<ReadyBatch>),
+}
+
+impl Iterator for Requests {
+    type Item = Request;
+
+    fn next(&mut self) -> Option<Request> {
+        match self {
+            Requests::Live(batcher) => batcher.next().map(Request::Live),
+            Requests::Ready(ready) => ready.next().map(Request::Ready),
+        }
+    }
+}
+
+/// One request of a run.
+enum Request {
+    /// Items serialised, body made per attempt.
+    Live(Batch),
+    /// Body built before the run.
+    Ready(ReadyBatch),
+}
+
+impl Request {
+    /// Position of the request in the run, from 0.
+    fn number(&self) -> u64 {
+        match self {
+            Request::Live(batch) => batch.number,
+            Request::Ready(ready) => ready.number,
+        }
+    }
+
+    /// Number of events.
+    fn len(&self) -> usize {
+        match self {
+            Request::Live(batch) => batch.len(),
+            Request::Ready(ready) => ready.len(),
+        }
+    }
+
+    /// The body of one attempt; every attempt carries the same events.
+    fn body(&self) -> reqwest::Body {
+        match self {
+            // sentAt is stamped per attempt: the server corrects event times for clock
+            // skew with it, so it must say when *this* attempt left.
+            Request::Live(batch) => batch.body(&format_ms(unix_ms())).into(),
+            // The same bytes every attempt: a shared buffer, no copy, no JSON.
+            Request::Ready(ready) => ready.body.clone().into(),
+        }
+    }
+
+    /// `(messageId, identity)` of each item, in order.
+    fn into_events(self) -> Vec<(String, String)> {
+        match self {
+            Request::Live(batch) => batch.events,
+            Request::Ready(ready) => ready.events,
+        }
+    }
 }
 
 /// A task's result; a panic in a task is a bug in this module and is re-raised here.
@@ -220,23 +321,21 @@ struct BatchDone {
 }
 
 impl Sender {
-    async fn send(self: Arc<Self>, batch: Batch) -> BatchDone {
-        let mut jitter = StdRng::seed_from_u64(mix(self.seed ^ batch.number));
+    async fn send(self: Arc<Self>, request: Request) -> BatchDone {
+        let mut jitter = StdRng::seed_from_u64(mix(self.seed ^ request.number()));
         let build = || {
-            // sentAt is stamped per attempt: the server corrects event times for clock
-            // skew with it, so it must say when *this* attempt left.
             self.http
                 .post(&self.url)
                 .header(AUTHORIZATION, &self.auth)
                 .header(CONTENT_TYPE, "application/json")
-                .body(batch.body(&format_ms(unix_ms())))
+                .body(request.body())
         };
         let exchange = client::send_with_retries(build, &mut jitter).await;
         let (tally, latency) = match exchange.result {
             Ok(reply) => {
                 let ok = (200..300).contains(&reply.status);
                 (
-                    reply::tally(reply.status, &reply.body, batch.len()),
+                    reply::tally(reply.status, &reply.body, request.len()),
                     ok.then_some(reply.latency),
                 )
             }
@@ -247,13 +346,13 @@ impl Sender {
                             so no further requests were sent";
                 let tally = BatchTally {
                     stop: Some(stop.to_owned()),
-                    ..BatchTally::failure(batch.len(), message)
+                    ..BatchTally::failure(request.len(), message)
                 };
                 (tally, None)
             }
         };
         BatchDone {
-            events: batch.events,
+            events: request.into_events(),
             tally,
             retries: exchange.retries,
             latency,
@@ -272,13 +371,14 @@ struct Totals {
 }
 
 impl Totals {
-    fn new(opts: &LoadOptions) -> Result<Totals, LoadError> {
+    fn new(opts: &LoadOptions, replay: Option<ReplayCost>) -> Result<Totals, LoadError> {
         let latency_micros = Histogram::new_with_bounds(1, LATENCY_MICROS_MAX, 3)
             .map_err(|e| LoadError::Client(format!("latency histogram: {e}")))?;
         Ok(Totals {
             summary: LoadSummary {
                 seed: opts.seed,
                 requested: opts.events,
+                replay,
                 ..LoadSummary::default()
             },
             latency_micros,

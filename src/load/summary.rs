@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::replay::ReplayCost;
+
 /// Request latencies, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latency {
@@ -57,7 +59,8 @@ pub struct LoadSummary {
     pub retried: u64,
     /// Events whose request failed for good (retry budget spent, or refused outright).
     pub failed: u64,
-    /// Wall-clock time of the run.
+    /// Wall-clock time of the run (for `--replay`, from the first request: preparation
+    /// is not counted).
     pub elapsed: Duration,
     /// Latency of successful requests; `None` if there were none.
     pub latency: Option<Latency>,
@@ -67,6 +70,9 @@ pub struct LoadSummary {
     pub first_rejection: Option<String>,
     /// Why the run stopped before sending everything, if it did.
     pub stopped: Option<String>,
+    /// What building the requests cost, if they were built before the run (`--replay`);
+    /// `None` for a live run, which generated them while sending.
+    pub replay: Option<ReplayCost>,
 }
 
 impl LoadSummary {
@@ -92,6 +98,14 @@ impl fmt::Display for LoadSummary {
             writeln!(f, "  {name:<16}{value}")
         };
         writeln!(f, "load summary (seed {})", self.seed)?;
+        match &self.replay {
+            Some(cost) => row(f, "mode", format_args!("replay ({cost})"))?,
+            None => row(
+                f,
+                "mode",
+                format_args!("live (events generated while sending)"),
+            )?,
+        }
         row(
             f,
             "sent",
@@ -165,6 +179,7 @@ mod tests {
         let text = summary.to_string();
         let expected = "\
 load summary (seed 42)
+  mode            live (events generated while sending)
   sent            1000 events in 10 requests
   acknowledged    1000
   rejected        0
@@ -176,6 +191,21 @@ load summary (seed 42)
   latency         p50 3.0 ms, p99 40.0 ms, max 40.0 ms
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_replay_run_says_what_preparing_its_bodies_cost() {
+        let summary = LoadSummary {
+            replay: Some(ReplayCost {
+                prepare_elapsed: Duration::from_millis(1_250),
+                body_bytes: 120 << 20,
+                id_bytes: 3 << 19,
+            }),
+            ..LoadSummary::default()
+        };
+        let text = summary.to_string();
+        let line = "  mode            replay (bodies prepared in 1.25 s, 120.0 MiB; ids 1.5 MiB)\n";
+        assert!(text.contains(line), "{line:?} in\n{text}");
     }
 
     #[test]
