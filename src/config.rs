@@ -200,11 +200,17 @@ impl Default for IdentityConfig {
 pub struct StorageConfig {
     /// Block cache of the state store, MiB.
     pub cache_mb: usize,
+    /// Size at which the log's active segment is sealed and a new one started, MiB. Sealed
+    /// segments are the unit that snapshots link and retention deletes.
+    pub segment_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_mb: 512 }
+        StorageConfig {
+            cache_mb: 512,
+            segment_mb: 64,
+        }
     }
 }
 
@@ -230,8 +236,10 @@ pub struct ClusterConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout, ms.
     pub election_timeout_max_ms: u64,
-    /// Take a snapshot (and allow purging the log behind it) every this many log entries.
-    pub snapshot_every_entries: u64,
+    /// Build a snapshot once this many MiB of log were written since the last one.
+    pub snapshot_log_mb: u64,
+    /// Build a snapshot at least this often (seconds) while entries are applied.
+    pub snapshot_interval_secs: u64,
     /// Log entries kept behind the latest snapshot, so a briefly lagging follower catches
     /// up from the log instead of needing a whole snapshot.
     pub log_keep_after_snapshot: u64,
@@ -248,7 +256,8 @@ impl Default for ClusterConfig {
             heartbeat_ms: 30,
             election_timeout_min_ms: 120,
             election_timeout_max_ms: 240,
-            snapshot_every_entries: 5_000,
+            snapshot_log_mb: 1024,
+            snapshot_interval_secs: 3600,
             log_keep_after_snapshot: 500,
         }
     }
@@ -378,11 +387,35 @@ impl Config {
             ),
             ("ingest.retention_days", self.ingest.retention_days as usize),
             ("storage.cache_mb", self.storage.cache_mb),
+            ("storage.segment_mb", self.storage.segment_mb as usize),
+            (
+                "cluster.snapshot_log_mb",
+                self.cluster.snapshot_log_mb as usize,
+            ),
+            (
+                "cluster.snapshot_interval_secs",
+                self.cluster.snapshot_interval_secs as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
                 problem(format!("{name} is 0; it must be at least 1"));
             }
+        }
+        if l.commit_events_max > crate::model::block::BLOCK_EVENTS_MAX {
+            problem(format!(
+                "limits.commit_events_max ({}) is above {}, the most events one log entry can hold",
+                l.commit_events_max,
+                crate::model::block::BLOCK_EVENTS_MAX
+            ));
+        }
+        let segment_bytes_ceiling_mb = crate::log::SEGMENT_BYTES_MAX_CEILING >> 20;
+        if self.storage.segment_mb > segment_bytes_ceiling_mb {
+            problem(format!(
+                "storage.segment_mb ({}) is above {segment_bytes_ceiling_mb}: offsets inside a \
+                 segment are 32-bit",
+                self.storage.segment_mb
+            ));
         }
         if l.event_bytes_max > l.request_bytes_max {
             problem(format!(
@@ -440,9 +473,6 @@ impl Config {
                  the spread is what stops split votes",
                 c.election_timeout_max_ms, c.election_timeout_min_ms
             ));
-        }
-        if c.snapshot_every_entries == 0 {
-            problem("cluster.snapshot_every_entries is 0; use at least 1".into());
         }
     }
 

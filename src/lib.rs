@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod load;
+pub mod log;
 pub mod model;
 pub mod node;
 pub mod services;

@@ -99,6 +99,14 @@ impl From<SubmitError> for ApiError {
                     "the cluster has no reachable leader right now ({message}); nothing from this request was stored"
                 ),
             ),
+            SubmitError::Unknown(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "the outcome is unknown ({message}): the events may or may not have been \
+                     stored; retry with the same messageIds, which makes the retry exact"
+                ),
+            ),
             SubmitError::Rejected(message) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

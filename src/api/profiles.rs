@@ -102,7 +102,7 @@ pub async fn events(
     let (query, limit) = page_query(query)?;
     let read = consistency(query.consistency.as_deref())?;
     with_profile(&state, &headers, &id, read, move |reader, profile| {
-        let page = reader.events(profile.id, query.before, limit, query.event.as_deref())?;
+        let page = reader.events(&profile, query.before, limit, query.event.as_deref())?;
         let events: Vec<Value> = page
             .items
             .into_iter()
@@ -123,7 +123,7 @@ pub async fn merges(
     let (query, limit) = page_query(query)?;
     let read = consistency(query.consistency.as_deref())?;
     with_profile(&state, &headers, &id, read, move |reader, profile| {
-        let page = reader.merges(profile.id, query.before, limit)?;
+        let page = reader.merges(&profile, query.before, limit)?;
         let merges: Vec<Value> = page
             .items
             .iter()

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::load::workload::Workload;
+use crate::log::{Log, LogOptions};
 use crate::model::command::{Command, SegmentDef};
-use crate::model::event::{Batch, Event};
+use crate::model::event::Event;
 use crate::model::identity::Blocklist;
 use crate::model::validate::{Envelope, normalize};
 use crate::services::audience::{self, Segments};
@@ -31,7 +32,6 @@ use crate::services::db::{ServiceDb, Writes};
 use crate::services::supervisor::{BATCH_MAX, Service};
 use crate::services::traits::default_defs;
 use crate::store::apply::ApplySettings;
-use crate::store::replicated::Committed;
 use crate::store::{Store, StoreConfig};
 
 /// Events applied to the store per log entry.
@@ -100,30 +100,28 @@ fn rule(n: usize) -> String {
 }
 
 fn open_store(dir: &Path) -> Result<Store, String> {
-    Store::open(StoreConfig {
-        path: dir.join("store"),
-        cache_bytes: 256 << 20,
-        apply: ApplySettings {
-            rules: Default::default(),
-            dedup_window_ms: 86_400_000,
-            retention_ms: 400 * 86_400_000,
+    let log =
+        Log::open(LogOptions::new(dir.join("log"))).map_err(|e| format!("opening the log: {e}"))?;
+    Store::open(
+        StoreConfig {
+            path: dir.join("store"),
+            cache_bytes: 256 << 20,
+            apply: ApplySettings {
+                rules: Default::default(),
+                dedup_window_ms: 86_400_000,
+                retention_ms: 400 * 86_400_000,
+            },
         },
-    })
+        log,
+    )
     .map_err(|e| format!("opening the store: {e}"))
 }
 
 /// Applies `command` as the next committed log entry.
 fn commit(store: &Store, command: &Command) -> Result<(), String> {
-    let index = store.reader().applied_index().map_err(|e| e.to_string())? + 1;
-    let entry = Committed {
-        index,
-        command: Some(command),
-        raft_state: Vec::new(),
-    };
-    store
-        .apply_committed(&[entry])
-        .map_err(|e| format!("applying entry {index}: {e}"))?;
-    Ok(())
+    crate::store::direct::commit_command(store, command)
+        .map(drop)
+        .map_err(|e| format!("applying {command}: {e}"))
 }
 
 fn to_event(raw: Value, now_ms: i64, blocklist: &Blocklist) -> Option<Event> {
@@ -141,13 +139,8 @@ fn to_event(raw: Value, now_ms: i64, blocklist: &Blocklist) -> Option<Event> {
 
 fn apply_events(store: &Store, events: Vec<Event>, now_ms: i64) -> Result<(), String> {
     for chunk in events.chunks(ENTRY_EVENTS) {
-        commit(
-            store,
-            &Command::Ingest(Batch {
-                time_ms: now_ms,
-                events: chunk.to_vec(),
-            }),
-        )?;
+        crate::store::direct::commit_events(store, chunk.to_vec(), now_ms)
+            .map_err(|e| format!("applying events: {e}"))?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The Raft log store: `RaftLogStorage` on a fjall database of its own (`raft-log/` in the
-//! data directory).
+//! The Raft log store: `RaftLogStorage` on Tandem's segmented log ([`crate::log`]), which
+//! is also the event store.
 //!
 //! Contract (openraft's, and the one that loses data when broken):
 //! - after `append` returns, the entries are readable by every reader handle;
@@ -7,43 +7,55 @@
 //!   fsync that covers it**. A flusher thread does that fsync once for every append queued
 //!   behind it, so concurrent appends share fsyncs;
 //! - a vote is fsync'd before `save_vote` returns;
-//! - writes reach the journal in call order, and an fsync covers everything written before
-//!   it, so a truncation is never reordered after the appends that follow it.
+//! - a truncation is durable before `truncate_after` returns, so it is never reordered
+//!   after the appends that follow it.
 //!
-//! It is a separate database from the state so that appends never wait for the state
-//! machine's write lock, and so that appending (which must fsync) and applying (which need
-//! not: the log is the durable record) have their own journals.
+//! What "purge" means here: openraft may purge entries a snapshot covers, and this store
+//! records the purged log id — but keeps the segment files, because they hold the event
+//! bodies the state indexes. Segments are deleted by retention (`crate::node`), and only
+//! below both the purged id and what the state still names.
+//!
+//! Records are laid out as [`crate::store::entry`] describes: kind, the entry's log id
+//! (postcard), then the command (postcard, its block opaque bytes) or membership.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use openraft::EntryPayload;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use super::TypeConfig;
 use super::types::{Entry, LogId, Vote};
+use crate::log::Log;
+use crate::store::entry;
 
-/// `meta` key: the current vote.
+/// Meta file: the current vote.
 const VOTE: &str = "vote";
-/// `meta` key: the last committed log id known to this node.
+/// Meta file: the last committed log id known to this node (advisory).
 const COMMITTED: &str = "committed";
-/// `meta` key: the last purged log id.
+/// Meta file: the last purged log id.
 const PURGED: &str = "purged";
+/// The committed id is advisory: write it at most this often.
+const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The log store. Cheap to clone: every clone (and every reader) shares the same state.
 #[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Inner>,
+    log: Log,
+    flusher: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+    committed: Arc<Mutex<CommittedState>>,
+    /// The purged index plus one (0 = nothing purged): openraft never gets entries below
+    /// it, though the files keep them for the event store.
+    readable_from: Arc<std::sync::atomic::AtomicU64>,
 }
 
-struct Inner {
-    db: Database,
-    entries: Keyspace,
-    meta: Keyspace,
-    flusher: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+/// The last committed id openraft told us, and when it was last written out.
+struct CommittedState {
+    id: Option<LogId>,
+    written_at: Option<Instant>,
 }
 
 fn io(error: impl std::fmt::Display) -> std::io::Error {
@@ -58,82 +70,116 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Er
     postcard::from_bytes(bytes).map_err(|e| io(format!("corrupt raft log record: {e}")))
 }
 
+/// Lays out `entry` as a log record.
+pub fn record_of(entry: &Entry) -> Result<Vec<u8>, std::io::Error> {
+    let head = encode(&entry.log_id)?;
+    Ok(match &entry.payload {
+        EntryPayload::Normal(command) => entry::encode(entry::NORMAL, &head, &encode(command)?),
+        EntryPayload::Membership(membership) => {
+            entry::encode(entry::MEMBERSHIP, &head, &encode(membership)?)
+        }
+        EntryPayload::Blank => entry::encode(entry::BLANK, &head, &[]),
+    })
+}
+
+/// Reads a log record back into an entry.
+pub fn entry_of(record: &[u8]) -> Result<Entry, std::io::Error> {
+    let (kind, head, body) = entry::split(record).map_err(io)?;
+    let log_id: LogId = decode(head)?;
+    let payload = match kind {
+        entry::NORMAL => EntryPayload::Normal(decode(body)?),
+        entry::MEMBERSHIP => EntryPayload::Membership(decode(body)?),
+        entry::BLANK => EntryPayload::Blank,
+        other => return Err(io(format!("log record kind {other}"))),
+    };
+    Ok(Entry { log_id, payload })
+}
+
+/// The log id of the record at `index`, if the log has it.
+pub fn log_id_at(log: &Log, index: u64) -> Result<Option<LogId>, std::io::Error> {
+    match log.read(index).map_err(io)? {
+        Some(record) => {
+            let (_, head, _) = entry::split(&record).map_err(io)?;
+            decode(head).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// The index of the last entry openraft purged (a snapshot covers it), if any.
+pub fn purged_index(log: &Log) -> Result<Option<u64>, std::io::Error> {
+    match log.read_meta(PURGED).map_err(io)? {
+        Some(bytes) => Ok(Some(decode::<LogId>(&bytes)?.index)),
+        None => Ok(None),
+    }
+}
+
 impl LogStore {
-    /// Opens (or creates) the log store in `dir`.
-    pub fn open(dir: &Path) -> Result<LogStore, std::io::Error> {
-        let db = Database::builder(dir)
-            .cache_size(32 << 20)
-            .open()
-            .map_err(io)?;
-        let entries = db
-            .keyspace("entries", || {
-                KeyspaceCreateOptions::default()
-                    .with_kv_separation(Some(KvSeparationOptions::default()))
-            })
-            .map_err(io)?;
-        let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .map_err(io)?;
+    /// The Raft log store over `log`.
+    pub fn open(log: Log) -> Result<LogStore, std::io::Error> {
         let (flusher, pending) = std_mpsc::channel();
-        let flush_db = db.clone();
+        let flush_log = log.clone();
         std::thread::Builder::new()
             .name("tandem-raft-log-fsync".into())
-            .spawn(move || flush_loop(&flush_db, &pending))?;
+            .spawn(move || flush_loop(&flush_log, &pending))?;
+        let committed = match log.read_meta(COMMITTED).map_err(io)? {
+            Some(bytes) => decode::<Option<LogId>>(&bytes)?,
+            None => None,
+        };
+        let readable_from = purged_index(&log)?.map_or(0, |index| index + 1);
         Ok(LogStore {
-            inner: Arc::new(Inner {
-                db,
-                entries,
-                meta,
-                flusher,
-            }),
+            readable_from: Arc::new(std::sync::atomic::AtomicU64::new(readable_from)),
+            log,
+            flusher,
+            committed: Arc::new(Mutex::new(CommittedState {
+                id: committed,
+                written_at: None,
+            })),
         })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
-        key: &str,
+        name: &str,
     ) -> Result<Option<T>, std::io::Error> {
-        match self.inner.meta.get(key).map_err(io)? {
+        match self.log.read_meta(name).map_err(io)? {
             Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn last_entry_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
-        match self.inner.entries.last_key_value() {
-            Some(guard) => {
-                let (_, value) = guard.into_inner().map_err(io)?;
-                let entry: Entry = decode(&value)?;
-                Ok(Some(entry.log_id))
-            }
             None => Ok(None),
         }
     }
 }
 
-/// Waits for queued appends, fsyncs the journal once for all of them, then tells openraft.
-fn flush_loop(db: &Database, pending: &std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
+/// Waits for queued appends, fsyncs once for all of them, then tells openraft.
+fn flush_loop(log: &Log, pending: &std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = pending.try_recv() {
             waiting.push(more);
         }
-        let result = db.persist(PersistMode::SyncAll);
+        let result = log.sync();
+        if let Err(error) = &result {
+            tracing::error!(%error, "fsync of the raft log failed");
+        }
         for callback in waiting {
             callback.io_completed(result.as_ref().map(|_| ()).map_err(io));
         }
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn first_index(bound: Bound<&u64>) -> u64 {
+    match bound {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
 }
 
-fn bound_key(bound: Bound<&u64>) -> Bound<[u8; 8]> {
+fn last_index(bound: Bound<&u64>) -> Option<u64> {
     match bound {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(i) => Some(*i),
+        Bound::Excluded(0) => None,
+        Bound::Excluded(i) => Some(i - 1),
+        Bound::Unbounded => Some(u64::MAX),
     }
 }
 
@@ -142,13 +188,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, std::io::Error> {
-        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let from = first_index(range.start_bound()).max(
+            self.readable_from
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
+        let Some(to) = last_index(range.end_bound()) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for guard in self.inner.entries.range(range) {
-            let (_, value) = guard.into_inner().map_err(io)?;
-            out.push(decode(&value)?);
+        if from > to {
+            return Ok(out);
         }
-        Ok(out)
+        let mut failure = None;
+        self.log
+            .read_range(from, to, |_, record| match entry_of(record) {
+                Ok(entry) => {
+                    out.push(entry);
+                    Ok(true)
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    Ok(false)
+                }
+            })
+            .map_err(io)?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -161,7 +228,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        let last = match self.log.last_index() {
+            Some(index) => log_id_at(&self.log, index)?,
+            None => None,
+        };
+        let last_log_id = match (last, &last_purged_log_id) {
+            (Some(last), Some(purged)) if last.index < purged.index => Some(*purged),
+            (Some(last), _) => Some(last),
+            (None, purged) => *purged,
+        };
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -173,20 +248,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
-        let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncAll));
-        batch.insert(&self.inner.meta, VOTE, encode(vote)?);
-        batch.commit().map_err(io)
+        self.log.write_meta(VOTE, &encode(vote)?, true).map_err(io)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
-        // Advisory (lets a restart re-apply up to here); made durable by the next fsync.
-        let mut batch = self.inner.db.batch();
-        batch.insert(&self.inner.meta, COMMITTED, encode(&committed)?);
-        batch.commit().map_err(io)
+        // Advisory (lets a restart re-apply up to here without waiting for a leader):
+        // written without fsync, and at most every COMMITTED_WRITE_INTERVAL.
+        let write = {
+            let mut state = self.committed.lock().map_err(io)?;
+            state.id = committed;
+            let due = state
+                .written_at
+                .is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL);
+            if due {
+                state.written_at = Some(Instant::now());
+            }
+            due
+        };
+        if write {
+            self.log
+                .write_meta(COMMITTED, &encode(&committed)?, false)
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
-        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+        Ok(self.committed.lock().map_err(io)?.id)
     }
 
     async fn append<I>(
@@ -198,37 +286,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = self.inner.db.batch();
+        let mut records = Vec::new();
         for entry in entries {
-            batch.insert(
-                &self.inner.entries,
-                index_key(entry.log_id.index),
-                encode(&entry)?,
-            );
+            records.push((entry.log_id.index, record_of(&entry)?));
         }
-        batch.commit().map_err(io)?;
+        let slices: Vec<(u64, &[u8])> = records
+            .iter()
+            .map(|(index, record)| (*index, record.as_slice()))
+            .collect();
+        self.log.append(&slices).map_err(io)?;
         // Readable now; durable once the flusher's fsync returns.
-        self.inner
-            .flusher
+        self.flusher
             .send(callback)
             .map_err(|_| io("the raft log fsync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        let mut batch = self.inner.db.batch();
-        for guard in self.inner.entries.range(index_key(from)..) {
-            batch.remove(&self.inner.entries, guard.key().map_err(io)?);
-        }
-        batch.commit().map_err(io)
+        self.log.truncate_from(from).map_err(io)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
-        let mut batch = self.inner.db.batch();
-        batch.insert(&self.inner.meta, PURGED, encode(&log_id)?);
-        for guard in self.inner.entries.range(..=index_key(log_id.index)) {
-            batch.remove(&self.inner.entries, guard.key().map_err(io)?);
-        }
-        batch.commit().map_err(io)
+        // Durable: retention may delete segments up to here, and a purged id that went
+        // back after a crash would promise openraft entries that are gone.
+        self.log
+            .write_meta(PURGED, &encode(&log_id)?, true)
+            .map_err(io)?;
+        self.readable_from
+            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 }

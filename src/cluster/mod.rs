@@ -3,14 +3,16 @@
 //! Every node runs a Raft member. A write becomes a [`Command`] in the replicated log; once
 //! a quorum has it durably, every replica applies it with the same
 //! [`crate::store::apply::Applier`] and so reaches the same state (the determinism test in
-//! `src/store/tests.rs` and the cluster tests compare state hashes).
+//! `src/store/tests.rs` and the cluster tests compare state hashes). The log is also the
+//! event store: its segments ([`crate::log`]) keep the event bodies the state indexes.
 //!
 //! Adapters, one contract each:
-//! - [`log_store`]: `RaftLogStorage` on its own fjall database; an append is acknowledged
-//!   to openraft only after its fsync (grouped across appends), votes are fsync'd before
+//! - [`log_store`]: `RaftLogStorage` on the segmented log; an append is acknowledged to
+//!   openraft only after its fsync (grouped across appends), votes are fsync'd before
 //!   returning;
 //! - [`state_machine`]: `RaftStateMachine` over the [`crate::store::Store`]; snapshots are
-//!   files streamed from a consistent store snapshot, never the whole state in memory;
+//!   a state checkpoint plus hard links to the log's segments, never the whole state in
+//!   memory;
 //! - [`network`]: `RaftNetworkV2` over HTTP/2 with postcard bodies, with a fault-injection
 //!   switch that drops traffic to chosen peers (partition tests);
 //! - [`server`]: the receiving side of those RPCs.
@@ -45,11 +47,8 @@ pub use crate::model::command::Command;
 /// What applying a [`Command`] returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// Per-event outcomes of an ingest, in order.
+    /// Per-event outcomes of an ingest (every event of the block), in order.
     Ingested(Vec<EventOutcome>),
-    /// The state machine refused the command (an invariant check failed); nothing of it
-    /// was applied, on any replica.
-    Refused(String),
     /// A command without per-event outcomes (segment definitions) was applied.
     Done,
 }

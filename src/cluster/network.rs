@@ -1,8 +1,8 @@
 //! Raft RPCs to peers: `RaftNetworkV2` over HTTP/2 (cleartext, prior knowledge), with
 //! postcard bodies and a shared cluster key.
 //!
-//! Snapshots are streamed from their file as the request body; nothing holds a whole
-//! snapshot in memory. Every call honours openraft's soft timeout and reports a peer it
+//! Snapshots are packed into one stream as they are sent (state file, then log segments;
+//! see [`super::snapshot`]); nothing holds a whole snapshot in memory. Every call honours openraft's soft timeout and reports a peer it
 //! cannot reach as `Unreachable`, so openraft backs off instead of hammering it.
 //!
 //! Fault injection: [`Faults`] holds the set of peers this node pretends it cannot reach.
@@ -168,6 +168,63 @@ async fn decode_reply<Resp: DeserializeOwned>(
     reply.map_err(|message| RPCError::Unreachable(Unreachable::from_string(message)))
 }
 
+/// Chunks of a packed snapshot ([`super::snapshot::pack`]), produced by a blocking thread
+/// a few chunks ahead of the sender.
+fn packed_stream(
+    snapshot: SnapshotFile,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static {
+    let (chunks, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChunkWriter {
+            chunks: chunks.clone(),
+            buf: Vec::with_capacity(PACK_CHUNK_BYTES),
+        };
+        let outcome = super::snapshot::pack(&snapshot, &mut writer)
+            .and_then(|_| std::io::Write::flush(&mut writer));
+        if let Err(error) = outcome {
+            tracing::warn!(%error, path = %snapshot.path.display(), "packing a snapshot to send failed");
+            let _ = chunks.blocking_send(Err(error));
+        }
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    })
+}
+
+/// Bytes per chunk of a packed snapshot sent to a peer.
+const PACK_CHUNK_BYTES: usize = 256 << 10;
+
+/// Writes into fixed-size chunks handed to the sending task.
+struct ChunkWriter {
+    chunks: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = PACK_CHUNK_BYTES - self.buf.len();
+        let taken = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..taken]);
+        if self.buf.len() == PACK_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = axum::body::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(PACK_CHUNK_BYTES),
+        ));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::other("the snapshot receiver went away"))
+    }
+}
+
 fn transport_error(error: &reqwest::Error) -> RpcError {
     if error.is_connect() || error.is_timeout() {
         RPCError::Unreachable(Unreachable::new(error))
@@ -218,10 +275,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let header =
             postcard::to_stdvec(&(&vote, &snapshot.meta)).map_err(|e| network_error(&e))?;
         let header = base64::engine::general_purpose::STANDARD.encode(header);
-        let file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(|e| network_error(&e))?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let body = reqwest::Body::wrap_stream(packed_stream(snapshot.snapshot));
         // A snapshot can be large: allow far longer than a heartbeat-sized RPC.
         let timeout = option.hard_ttl().max(Duration::from_secs(600));
         let send = self

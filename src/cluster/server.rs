@@ -165,25 +165,36 @@ fn snapshot_header(headers: &HeaderMap) -> Result<(Vote, SnapshotMeta), Refusal>
     decode(&bytes)
 }
 
-/// Streams the request body into a new file in the snapshot directory.
+/// Streams the request body (a packed snapshot) into a new snapshot directory, then
+/// unpacks it there (checking every checksum) in a blocking thread.
 async fn receive_file(state: &AppState, body: Body) -> Result<SnapshotFile, Refusal> {
-    let path = state.node.cluster().snapshots().new_path("receiving");
     let internal = |e: std::io::Error| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+    let (snapshot, packed) = state
+        .node
+        .cluster()
+        .snapshots()
+        .receiving()
+        .map_err(internal)?;
+    let mut file = tokio::fs::File::create(&packed).await.map_err(internal)?;
     let mut stream = body.into_data_stream();
     let outcome = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(std::io::Error::other)?;
             file.write_all(&chunk).await?;
         }
-        file.sync_all().await
+        file.flush().await?;
+        drop(file);
+        let unpacking = snapshot.clone();
+        tokio::task::spawn_blocking(move || super::snapshot::unpack_received(&unpacking, &packed))
+            .await
+            .map_err(std::io::Error::other)?
     }
     .await;
     if let Err(error) = outcome {
-        let _ = tokio::fs::remove_file(&path).await;
+        let _ = tokio::fs::remove_dir_all(&snapshot.path).await;
         return Err(internal(error));
     }
-    Ok(SnapshotFile { path })
+    Ok(snapshot)
 }
 
 async fn propose(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -1,17 +1,21 @@
 //! The Raft state machine: committed entries applied to the [`Store`], and snapshots.
 //!
-//! - `apply` runs the store's deterministic [`crate::store::apply::Applier`] on each
-//!   committed entry in its own transaction (in a blocking thread), together with the
-//!   applied log id and membership, then answers the proposer. An entry a consistency check
-//!   refuses is skipped on every replica alike and answered [`CommandResult::Refused`].
-//! - a snapshot is a file streamed from one consistent store snapshot
-//!   ([`Store::export`]), followed by one section per CDP service — its cursor and derived
-//!   state, each from one consistent view of its own database, taken just before the
-//!   store's ([`Supervisor::export_state`]); building one first fsyncs the state, since
-//!   openraft may purge the log it covers. Installing verifies the whole file (every checksum),
-//!   marks it current (so a crash mid-install re-installs it at start-up) and its services
-//!   pending, replaces the state from it, then each service's state
-//!   ([`Supervisor::import_state`]), then clears the pending mark.
+//! - `apply` runs the store's deterministic [`crate::store::apply::Applier`] over every
+//!   entry openraft hands over in one call, in one atomic write batch (in a blocking
+//!   thread), together with the applied log id and membership, then answers the proposers.
+//!   An entry that fails to apply (a damaged block, a broken invariant) is never skipped:
+//!   the error stops Raft on this node (fail-stop), because skipping would let this
+//!   replica diverge silently from the others.
+//! - a snapshot is a directory ([`super::snapshot`]): the state streamed from one
+//!   consistent store snapshot ([`Store::export`]) followed by one section per CDP service
+//!   — its cursor and derived state, each from one consistent view of its own database,
+//!   taken just before the store's ([`Supervisor::export_state`]) — and the log segments
+//!   up to the snapshot's index, hard-linked ([`crate::log::Log::checkpoint_to`]). Building
+//!   one first fsyncs the state, since openraft may purge the log it covers. Installing
+//!   verifies the whole state file (every checksum), marks it current (so a crash
+//!   mid-install re-installs it at start-up) and its services pending, replaces the state,
+//!   then the log (unless this node's log already holds the snapshot's last entry), then
+//!   each service's state ([`Supervisor::import_state`]), then clears the pending mark.
 //!
 //! The services start after Raft (which may install a snapshot while it starts), so the
 //! state machine reaches them through a slot that the node fills once they run
@@ -25,8 +29,8 @@
 //! itself once its feed reaches `c`, whether `c` is behind `h` or ahead of it; from there
 //! it follows the feed as usual (see [`crate::services::supervisor`]). Taking the
 //! services' views first makes `c <= h`, the regime a running node is always in. A
-//! snapshot without sections (written before they existed, or before the services ran)
-//! leaves the services as they are: they catch up from the feed.
+//! snapshot without sections (built before the services ran) leaves the services as they
+//! are: they catch up from the feed.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -38,9 +42,10 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 
+use super::log_store::log_id_at;
 use super::snapshot::{SnapshotFile, Snapshots};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
-use super::{Command, CommandResult, TypeConfig};
+use super::{CommandResult, TypeConfig};
 use crate::services::db::ServiceError;
 use crate::services::supervisor::Supervisor;
 use crate::store::replicated::{Committed, SectionReader, SectionWriter};
@@ -152,35 +157,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Blank => None,
             };
-            let blob = postcard::to_stdvec(&state).map_err(io)?;
-            // The store counts applied entries from 1; Raft indexes start at 0.
-            batch.push((entry.log_id.index + 1, command, blob, responder));
+            batch.push((entry.log_id.index, command, responder));
         }
         if batch.is_empty() {
             return Ok(());
         }
+        let blob = postcard::to_stdvec(&state).map_err(io)?;
         let store = Arc::clone(&self.store);
         let (batch, results) = blocking(move || {
+            let last = batch.len() - 1;
             let committed: Vec<Committed<'_>> = batch
                 .iter()
-                .map(|(index, command, blob, _)| Committed {
-                    index: *index,
+                .enumerate()
+                .map(|(at, (index, command, _))| Committed {
+                    log_index: *index,
                     command: command.as_ref(),
-                    raft_state: blob.clone(),
+                    // Only the batch's last blob is stored.
+                    raft_state: if at == last { blob.clone() } else { Vec::new() },
                 })
                 .collect();
-            let results = store.apply_committed(&committed).map_err(store_io)?;
+            let results = store.apply_committed(&committed).map_err(|error| {
+                tracing::error!(%error, "applying committed entries failed; this node stops (fail-stop)");
+                store_io(error)
+            })?;
             Ok((batch, results))
         })
         .await?;
         *self.applied.lock().map_err(io)? = Some(state);
-        for ((_, command, _, responder), result) in batch.into_iter().zip(results) {
-            let is_ingest = matches!(command, Some(Command::Ingest(_)));
+        for ((_, command, responder), outcomes) in batch.into_iter().zip(results) {
+            let is_ingest = matches!(command, Some(crate::model::command::Command::Ingest(_)));
             if let Some(responder) = responder {
-                responder.send(match result {
-                    Ok(outcomes) if is_ingest => CommandResult::Ingested(outcomes),
-                    Ok(_) => CommandResult::Done,
-                    Err(why) => CommandResult::Refused(why),
+                responder.send(if is_ingest {
+                    CommandResult::Ingested(outcomes)
+                } else {
+                    CommandResult::Done
                 });
             }
         }
@@ -202,13 +212,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _guard = machine.services_import.lock().map_err(io)?;
             let snapshots = &machine.snapshots;
             let file = snapshots.adopt(&snapshot)?;
-            let contents = Store::verify_snapshot(&mut BufReader::new(File::open(&file.path)?))
-                .map_err(store_io)?;
+            let contents =
+                Store::verify_snapshot(&mut BufReader::new(File::open(file.state_path())?))
+                    .map_err(store_io)?;
+            for segment in file.log_files()? {
+                crate::log::validate_segment_file(&segment).map_err(io)?;
+            }
             snapshots.set_current(&meta, &file)?;
             snapshots.set_services_pending(&file)?;
-            let mut input = BufReader::new(File::open(&file.path)?);
+            let mut input = BufReader::new(File::open(file.state_path())?);
             machine.store.import(&mut input).map_err(store_io)?;
-            tracing::info!(records = contents.records, services = contents.sections.len(), last_log_id = ?meta.last_log_id, "installed snapshot");
+            install_log(&machine.store, &file, &meta)?;
+            tracing::info!(records = contents.records, services = contents.sections.len(), bytes = file.bytes().unwrap_or(0), last_log_id = ?meta.last_log_id, "installed snapshot");
             let Some(supervisor) = machine.services.get() else {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");
                 return Ok(());
@@ -238,15 +253,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (store, snapshots) = (Arc::clone(&self.store), self.snapshots.clone());
         let services = self.services.get().cloned();
         blocking(move || {
+            let started = std::time::Instant::now();
             // The log up to this snapshot may be purged once it exists: make the state
             // that covers it durable first.
             store.persist().map_err(store_io)?;
-            let path = snapshots.new_path("built");
-            let mut out = BufWriter::new(File::create(&path)?);
+            let file = snapshots.new_snapshot("built")?;
+            let mut out = BufWriter::new(File::create(file.state_path())?);
             // The services' views first: each cursor is then at or behind the store's
             // feed head, as it always is on a running node.
             let services = services.map(|supervisor| supervisor.export_state());
-            let (blob, records) = store.export(&mut out).map_err(store_io)?;
+            let exported = store.export(&mut out).map_err(store_io)?;
             let mut sections = SectionWriter::new(&mut out);
             if let Some(services) = &services {
                 services.write(&mut sections).map_err(io)?;
@@ -254,7 +270,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let services = sections.finish().map_err(store_io)?;
             out.flush()?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            let state: AppliedState = match blob {
+            // Every applied entry is in the log on a running node; the bound only matters
+            // to state machines driven without a log (openraft's storage suite).
+            let covered = exported
+                .applied_index
+                .checked_sub(1)
+                .zip(store.log().last_index())
+                .map(|(applied, last)| applied.min(last));
+            if let Some(last) = covered {
+                store
+                    .log()
+                    .checkpoint_to(&file.path.join(super::snapshot::LOG_DIR), last)
+                    .map_err(io)?;
+            }
+            File::open(&file.path)?.sync_all()?;
+            let state: AppliedState = match exported.raft_state {
                 Some(bytes) => postcard::from_bytes(&bytes).map_err(io)?,
                 None => AppliedState::default(),
             };
@@ -262,9 +292,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id: state.last_applied,
                 last_membership: state.membership,
             };
-            let file = SnapshotFile { path };
             snapshots.set_current(&meta, &file)?;
-            tracing::info!(records, services, last_log_id = ?meta.last_log_id, "built snapshot");
+            tracing::info!(
+                records = exported.records,
+                services,
+                bytes = file.bytes().unwrap_or(0),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                last_log_id = ?meta.last_log_id,
+                "built snapshot"
+            );
             Ok(Snapshot {
                 meta,
                 snapshot: file,
@@ -272,6 +308,43 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
     }
+}
+
+/// Brings the log in line with an installed snapshot. If this node's log already holds
+/// the snapshot's last entry (openraft truncated anything conflicting before the
+/// install), it has every entry the snapshot covers and stays as it is. Otherwise the log
+/// is replaced by the snapshot's segments (hard-linked, so the snapshot keeps its copy for
+/// nodes it may serve later); openraft treats those entries as purged and appends after
+/// them.
+fn install_log(store: &Store, file: &SnapshotFile, meta: &SnapshotMeta) -> io::Result<()> {
+    let log = store.log();
+    let Some(last) = &meta.last_log_id else {
+        return Ok(());
+    };
+    if log_id_at(log, last.index)?.as_ref() == Some(last) {
+        return Ok(());
+    }
+    let files = file.log_files()?;
+    if files.is_empty() {
+        return log.truncate_from(0).map_err(io);
+    }
+    let staging = file.path.join("install");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let mut linked = Vec::with_capacity(files.len());
+    for source in &files {
+        let name = source
+            .file_name()
+            .ok_or_else(|| io("snapshot log file without a name"))?;
+        let target = staging.join(name);
+        std::fs::hard_link(source, &target)?;
+        linked.push(target);
+    }
+    log.install(&linked, last.index).map_err(io)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(())
 }
 
 /// Imports every service section from `input` (positioned after the store's part of a
@@ -301,7 +374,7 @@ fn import_pending(
     file: &SnapshotFile,
 ) -> io::Result<()> {
     tracing::info!(path = %file.path.display(), "importing the services' state of an installed snapshot");
-    let mut input = match File::open(&file.path) {
+    let mut input = match File::open(file.state_path()) {
         Ok(input) => BufReader::new(input),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             // Only if someone removed it. The services may hold part of an import: start

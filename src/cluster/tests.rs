@@ -12,8 +12,8 @@ use super::log_store::LogStore;
 use super::snapshot::Snapshots;
 use super::state_machine::StateMachine;
 use crate::model::resolve::MergeRules;
+use crate::store::Store;
 use crate::store::apply::ApplySettings;
-use crate::store::{Store, StoreConfig};
 
 struct Builder;
 
@@ -23,17 +23,17 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir =
             tempfile::tempdir().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
-        let store = Store::open(StoreConfig {
-            path: dir.path().join("store"),
-            cache_bytes: 8 << 20,
-            apply: ApplySettings {
+        let store = Store::open_in(
+            dir.path(),
+            8 << 20,
+            ApplySettings {
                 rules: MergeRules::default(),
                 dedup_window_ms: 86_400_000,
                 retention_ms: 86_400_000,
             },
-        })
+        )
         .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
-        let log = LogStore::open(&dir.path().join("raft-log"))
+        let log = LogStore::open(store.log().clone())
             .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let snapshots = Snapshots::open(dir.path())
             .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;

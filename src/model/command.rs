@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::Batch;
+use super::block::EncodedBlock;
 
 /// A segment (audience) definition, replicated so every node evaluates the same rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,8 +20,8 @@ pub struct SegmentDef {
 /// One entry of the replicated log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// A batch of validated events to apply.
-    Ingest(Batch),
+    /// A block of validated, new (screened for duplicates) events to apply.
+    Ingest(EncodedBlock),
     /// Create or replace a segment definition.
     PutSegment(SegmentDef),
     /// Delete a segment definition.
@@ -34,12 +34,7 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Ingest(batch) => write!(
-                f,
-                "ingest {} events at {}",
-                batch.events.len(),
-                batch.time_ms
-            ),
+            Command::Ingest(block) => write!(f, "ingest a block of {} bytes", block.len()),
             Command::PutSegment(def) => write!(f, "put segment {}", def.id),
             Command::DeleteSegment { id } => write!(f, "delete segment {id}"),
         }

@@ -1,11 +1,12 @@
-//! The event as it travels through the log: validated, normalised and ready to apply.
+//! The event as validation produces it: validated, normalised and ready to propose.
 //!
 //! An [`Event`] is produced once, by validation on the node that received the request,
 //! and from then on is immutable. Everything the state machine needs to apply it is
 //! pre-extracted into typed fields (identities, traits, timestamp) so that applying is
 //! cheap and — the property replication depends on — deterministic: applying never looks
 //! at a clock, a random number or the node it runs on. The full normalised JSON body is
-//! carried verbatim for storage and for the events API.
+//! carried verbatim for storage and for the events API. In the log, a group of events
+//! travels as one [`super::block::EncodedBlock`].
 
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +57,7 @@ impl MessageType {
     }
 }
 
-/// One validated, normalised event, as stored in the log.
+/// One validated, normalised event, before it is encoded into a block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The name of the source (from configuration) whose write key sent it.
@@ -82,25 +83,13 @@ pub struct Event {
     pub body_json: String,
 }
 
-/// A batch of events committed as one entry of the ordered log.
-///
-/// `time_ms` is stamped once by the node that proposes the batch; the state machine uses
-/// it (never its own clock) for dedup windows and retention, so every replica that applies
-/// the same batch reaches the same state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Batch {
-    /// Proposal time, milliseconds since the Unix epoch.
-    pub time_ms: i64,
-    /// The events, in the order they are applied.
-    pub events: Vec<Event>,
-}
-
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventOutcome {
     /// Stored with this sequence number, on this profile.
     Stored { seq: u64, profile_id: u64 },
-    /// A previous event with the same source and messageId is within the dedup window;
-    /// nothing changed. `seq` is that earlier event's sequence number.
+    /// A previous event with the same source and messageId is within the dedup window
+    /// (or earlier in the same group); nothing changed. `seq` is that earlier event's
+    /// sequence number.
     Duplicate { seq: u64 },
 }

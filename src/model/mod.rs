@@ -3,6 +3,7 @@
 //! Nothing in `model` does I/O or reads a clock; every function here can be tested as a
 //! table and gives the same answer on every replica.
 
+pub mod block;
 pub mod command;
 pub mod event;
 pub mod identity;

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::event::{Event, MessageType};
+use super::block::EventMeta;
+use super::event::MessageType;
 use super::identity::{IdClass, Identity};
 
 /// Most trait keys kept on one profile; keys beyond it are dropped (documented limit).
@@ -63,7 +64,7 @@ impl Profile {
     }
 
     /// Folds one event into the profile: seen times, counters, traits.
-    pub fn observe(&mut self, event: &Event) {
+    pub fn observe(&mut self, event: &EventMeta) {
         self.first_seen_ms = self.first_seen_ms.min(event.timestamp_ms);
         self.last_seen_ms = self.last_seen_ms.max(event.timestamp_ms);
         self.counts[event.kind.index()] += 1;
@@ -147,8 +148,8 @@ mod tests {
     use super::*;
     use crate::model::identity::IdKind;
 
-    fn identify(ts: i64, traits: &str) -> Event {
-        Event {
+    fn identify(ts: i64, traits: &str) -> EventMeta {
+        EventMeta {
             source: "s".into(),
             message_id: format!("m{ts}"),
             kind: MessageType::Identify,
@@ -158,7 +159,6 @@ mod tests {
             identities: vec![],
             previous_id: None,
             traits_json: Some(traits.into()),
-            body_json: "{}".into(),
         }
     }
 

@@ -20,6 +20,8 @@
 //! - **Any node accepts writes**: a follower forwards the validated events to the leader;
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
+mod format;
+pub mod housekeeping;
 mod proposer;
 mod start;
 
@@ -36,10 +38,17 @@ use crate::cluster::snapshot::Snapshots;
 use crate::model::event::{Event, EventOutcome};
 use crate::store::Store;
 
+pub use format::{DATA_FORMAT, FormatError};
+pub use proposer::COMMIT_BYTES_MAX;
 pub use start::{NodeError, start};
 
 /// Log entries being replicated at once by one node's proposer.
 pub const PROPOSALS_INFLIGHT_MAX: usize = 4;
+/// Longest a submission waits for its outcome; after it the reply says the outcome is
+/// unknown (the entry may still commit — a retry with the same messageIds is exact). An
+/// isolated leader, which cannot commit and does not know it lost its followers, answers
+/// within this.
+pub const COMMIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a submission was not committed. None of these means the events were stored.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
@@ -50,9 +59,15 @@ pub enum SubmitError {
     /// The node is shutting down; retry against another node or after restart.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// No leader is known (an election is under way, or no quorum is reachable).
+    /// No leader is known (an election is under way, or no quorum is reachable); nothing
+    /// was proposed.
     #[error("no leader: {0}")]
     NoLeader(String),
+    /// The events were proposed (or may have been) but their fate is not known: the leader
+    /// changed while the entry was in flight, or it was not committed within
+    /// [`COMMIT_WAIT_MAX`]. A retry with the same messageIds is exact.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// The storage engine or Raft failed; the node is unhealthy.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -65,6 +80,9 @@ pub enum SubmitError {
 /// Events waiting to be proposed, and where to send their outcomes.
 struct Proposal {
     events: Vec<Event>,
+    /// Their admission: held until the proposal is committed or dropped (not merely until
+    /// the submitter stops waiting), so what is queued stays bounded.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     /// Forwarded by a follower: if this node is not the leader either, give up rather
     /// than forward again.
     forwarded: bool,
@@ -174,7 +192,7 @@ impl Node {
             ));
         }
         let count = u32::try_from(events.len().max(1)).unwrap_or(u32::MAX);
-        let Ok(_permit) = Arc::clone(&self.inflight).try_acquire_many_owned(count) else {
+        let Ok(permit) = Arc::clone(&self.inflight).try_acquire_many_owned(count) else {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded {
                 limit: self.inflight_max,
@@ -184,12 +202,17 @@ impl Node {
         self.queue
             .send(Proposal {
                 events,
+                _permit: permit,
                 forwarded,
                 reply,
             })
             .map_err(|_| SubmitError::ShuttingDown)?;
-        // The permit is held until the outcome is known, whatever it is.
-        outcome.await.map_err(|_| SubmitError::ShuttingDown)?
+        match tokio::time::timeout(COMMIT_WAIT_MAX, outcome).await {
+            Ok(outcome) => outcome.map_err(|_| SubmitError::ShuttingDown)?,
+            Err(_) => Err(SubmitError::Unknown(format!(
+                "not committed within {COMMIT_WAIT_MAX:?} (no quorum reachable, or overloaded)"
+            ))),
+        }
     }
 
     /// Commits an administrative command (segment definitions) through the replicated

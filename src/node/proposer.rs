@@ -1,30 +1,83 @@
 //! The proposer task: groups queued submissions into log entries and gets them committed,
 //! by this node's Raft when it leads, or by forwarding them to the leader.
+//!
+//! As leader, a group is screened for duplicates before it is proposed, so a duplicate
+//! never enters the log and followers never consult the dedup index:
+//! 1. **Term gate.** Once per term, before its first proposal, the leader confirms its
+//!    leadership and waits until it has applied every entry of earlier terms (a read
+//!    index), so the dedup index it consults includes everything any earlier leader
+//!    committed — a retry after a failover is still recognised.
+//! 2. **In flight.** Each event's dedup hash is looked up among the groups this leader has
+//!    proposed and not yet applied; a hit waits for that group's outcome (a duplicate of
+//!    an event that was stored, or a failure if it was not — never an acknowledgement of
+//!    something unstored). Misses are registered as this group's before the store is
+//!    consulted, and removed only after the group was applied, so an event is always
+//!    either in flight or in the store's index when the next group looks.
+//! 3. **Store.** The rest are looked up in the applied dedup index.
+//! 4. What is new is encoded once into a block ([`EncodedBlock`]) and proposed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
 use crate::cluster::network::FROM_HEADER;
 use crate::cluster::{Command, CommandResult, Raft};
-use crate::model::event::{Batch, Event, EventOutcome};
+use crate::model::block::EncodedBlock;
+use crate::model::event::{Event, EventOutcome};
+use crate::store::Store;
+use crate::store::dedup::Seen;
+use crate::store::tables::dedup_hash;
 use openraft::async_runtime::WatchReceiver;
 
 /// How long a forwarded proposal may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of event bodies in one log entry (the block is compressed, but every
+/// replica decompresses what it reads, and peers' RPC limits must hold).
+pub const COMMIT_BYTES_MAX: usize = 8 << 20;
 
 /// What the proposer needs.
 pub(super) struct Context {
     pub raft: Raft,
+    pub store: Arc<Store>,
     pub self_id: u64,
     pub http: reqwest::Client,
     pub cluster_key: String,
     pub commit_events_max: usize,
     pub stats: Arc<Stats>,
     pub failed: Arc<AtomicBool>,
+    /// The term whose earlier entries this leader is known to have applied.
+    pub verified_term: AtomicU64,
+    /// Dedup hashes of events proposed by this leader and not yet applied.
+    pub in_flight: Mutex<HashMap<[u8; 16], Arc<GroupOutcome>>>,
+}
+
+/// The seqs of a group's events by dedup hash, once applied.
+type Seqs = Arc<HashMap<[u8; 16], u64>>;
+
+/// What became of a group's events: their seqs once applied, or `None` if the group
+/// failed (their fate then is unknown to this node). The channel holds `None` until then.
+pub(super) struct GroupOutcome {
+    done: watch::Sender<Option<Option<Seqs>>>,
+}
+
+impl GroupOutcome {
+    fn new() -> Arc<GroupOutcome> {
+        Arc::new(GroupOutcome {
+            done: watch::channel(None).0,
+        })
+    }
+
+    async fn wait(&self) -> Option<Seqs> {
+        let mut receiver = self.done.subscribe();
+        match receiver.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().flatten(),
+            Err(_) => None,
+        }
+    }
 }
 
 /// Runs until the queue closes.
@@ -38,16 +91,26 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut group = vec![first];
-        let mut events = group[0].events.len();
-        while events < context.commit_events_max {
+        // A submitter that stopped waiting (its reply says the outcome is unknown) is not
+        // proposed: its client retries.
+        let mut group: Vec<Proposal> = std::iter::once(first)
+            .filter(|p| !p.reply.is_closed())
+            .collect();
+        let mut events: usize = group.iter().map(|p| p.events.len()).sum();
+        let mut bytes: usize = group.iter().map(|p| body_bytes(&p.events)).sum();
+        while events < context.commit_events_max && bytes < COMMIT_BYTES_MAX {
             match queue.try_recv() {
+                Ok(proposal) if proposal.reply.is_closed() => {}
                 Ok(proposal) => {
                     events += proposal.events.len();
+                    bytes += body_bytes(&proposal.events);
                     group.push(proposal);
                 }
                 Err(_) => break,
             }
+        }
+        if group.is_empty() {
+            continue;
         }
         last_time_ms = last_time_ms.max(now_ms());
         let context = Arc::clone(&context);
@@ -59,10 +122,14 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
     }
 }
 
-/// The replies of a group and how many events each is owed.
+fn body_bytes(events: &[Event]) -> usize {
+    events.iter().map(|e| e.body_json.len()).sum()
+}
+
 /// Where a proposal's outcomes go.
 type Reply = tokio::sync::oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>;
 
+/// The replies of a group and how many events each is owed.
 struct Replies(Vec<(usize, Reply)>);
 
 impl Replies {
@@ -71,6 +138,15 @@ impl Replies {
         for (size, reply) in self.0 {
             // The submitter may have gone (client hung up); the events are stored anyway.
             let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
+        }
+    }
+
+    /// Delivers each proposal its outcomes, or `error` if any of its events has none.
+    fn deliver_partial(self, outcomes: Vec<Option<EventOutcome>>, error: &SubmitError) {
+        let mut outcomes = outcomes.into_iter();
+        for (size, reply) in self.0 {
+            let mine: Option<Vec<EventOutcome>> = outcomes.by_ref().take(size).collect();
+            let _ = reply.send(mine.ok_or_else(|| error.clone()));
         }
     }
 
@@ -100,7 +176,7 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
     if leader == Some(context.self_id) {
         events.extend(forwarded_events);
         local.0.extend(forwarded.0);
-        propose(context, local, Batch { time_ms, events }).await;
+        lead(context, local, events, time_ms).await;
         return;
     }
     // Not the leader: a forwarded proposal is not forwarded again (the sender retries).
@@ -119,33 +195,195 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
     }
 }
 
-async fn propose(context: &Context, replies: Replies, batch: Batch) {
-    match context.raft.client_write(Command::Ingest(batch)).await {
+/// The leader's part: term gate, duplicate screening, encoding, proposing.
+async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: i64) {
+    if let Err(error) = verify_term(context).await {
+        replies.fail(&error);
+        return;
+    }
+    let hashes: Vec<[u8; 16]> = events
+        .iter()
+        .map(|e| dedup_hash(&e.source, &e.message_id))
+        .collect();
+    let ours = GroupOutcome::new();
+    // Step 2: in flight, or registered as ours.
+    let mut waiting = Vec::new();
+    let mut candidates = Vec::new();
+    {
+        let mut in_flight = lock(&context.in_flight);
+        for (at, hash) in hashes.iter().enumerate() {
+            match in_flight.get(hash) {
+                Some(group) => waiting.push((at, Arc::clone(group))),
+                None => {
+                    in_flight.insert(*hash, Arc::clone(&ours));
+                    candidates.push(at);
+                }
+            }
+        }
+    }
+    let outcome = screen_and_propose(context, events, &hashes, &candidates, time_ms).await;
+    let mut outcomes: Vec<Option<EventOutcome>> = vec![None; hashes.len()];
+    let (seqs, error) = match outcome {
+        Ok(found) => {
+            let mut seqs = HashMap::with_capacity(found.len());
+            for (at, outcome) in found {
+                let (EventOutcome::Stored { seq, .. } | EventOutcome::Duplicate { seq }) = outcome;
+                seqs.insert(hashes[at], seq);
+                outcomes[at] = Some(outcome);
+            }
+            (Some(Arc::new(seqs)), None)
+        }
+        Err(error) => (None, Some(error)),
+    };
+    ours.done.send_replace(Some(seqs));
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| matches!(o, Some(EventOutcome::Duplicate { .. })))
+        .count();
+    {
+        let mut in_flight = lock(&context.in_flight);
+        for &at in &candidates {
+            if in_flight
+                .get(&hashes[at])
+                .is_some_and(|group| Arc::ptr_eq(group, &ours))
+            {
+                in_flight.remove(&hashes[at]);
+            }
+        }
+    }
+    // Events that repeat one in flight (in an earlier group, or earlier in this one).
+    for (at, group) in waiting {
+        if let Some(seqs) = group.wait().await
+            && let Some(&seq) = seqs.get(&hashes[at])
+        {
+            outcomes[at] = Some(EventOutcome::Duplicate { seq });
+            context
+                .stats
+                .events_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    context
+        .stats
+        .events_duplicate
+        .fetch_add(duplicates as u64, Ordering::Relaxed);
+    let error = error.unwrap_or_else(|| {
+        SubmitError::NoLeader(
+            "an earlier copy of an event in this request was not committed; retry".into(),
+        )
+    });
+    replies.deliver_partial(outcomes, &error);
+}
+
+/// Screens the `candidates` (positions in `events`) against the store, encodes the new
+/// ones into a block and commits it. Returns the outcome of every candidate.
+async fn screen_and_propose(
+    context: &Context,
+    events: Vec<Event>,
+    hashes: &[[u8; 16]],
+    candidates: &[usize],
+    time_ms: i64,
+) -> Result<Vec<(usize, EventOutcome)>, SubmitError> {
+    let store = Arc::clone(&context.store);
+    let candidates = candidates.to_vec();
+    let screened = tokio::task::spawn_blocking(move || {
+        let keys = candidates
+            .iter()
+            .map(|&at| (events[at].source.as_str(), events[at].message_id.as_str()));
+        let verdicts = store
+            .screen(keys)
+            .map_err(|e| SubmitError::Storage(e.to_string()))?;
+        let mut found = Vec::new();
+        let mut fresh = Vec::new();
+        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        for (&at, verdict) in candidates.iter().zip(verdicts) {
+            match verdict {
+                Seen::Stored(seq) => found.push((at, EventOutcome::Duplicate { seq })),
+                // Candidates are unique within the group (repeats wait in flight), so a
+                // repeat is impossible here; treat it as new rather than trust it.
+                Seen::New | Seen::Repeat(_) => {
+                    if let Some(event) = events[at].take() {
+                        fresh.push((at, event));
+                    }
+                }
+            }
+        }
+        let (positions, fresh): (Vec<usize>, Vec<Event>) = fresh.into_iter().unzip();
+        let block = if fresh.is_empty() {
+            None
+        } else {
+            Some(
+                EncodedBlock::encode(time_ms, fresh)
+                    .map_err(|e| SubmitError::Rejected(e.to_string()))?,
+            )
+        };
+        Ok::<_, SubmitError>((found, positions, block))
+    })
+    .await
+    .map_err(|e| SubmitError::Storage(format!("screening failed: {e}")))??;
+    let (mut found, positions, block) = screened;
+    let Some(block) = block else {
+        return Ok(found);
+    };
+    let outcomes = propose(context, block).await?;
+    if outcomes.len() != positions.len() {
+        return Err(SubmitError::Storage(format!(
+            "{} outcomes for {} proposed events",
+            outcomes.len(),
+            positions.len()
+        )));
+    }
+    debug_assert!(hashes.len() >= positions.len());
+    found.extend(positions.into_iter().zip(outcomes));
+    Ok(found)
+}
+
+/// Once per term: confirms leadership and waits until every entry of earlier terms is
+/// applied, so the dedup index is complete before anything is screened against it.
+async fn verify_term(context: &Context) -> Result<(), SubmitError> {
+    let term = context.raft.metrics().borrow_watched().current_term;
+    if context.verified_term.load(Ordering::Acquire) == term {
+        return Ok(());
+    }
+    context
+        .raft
+        .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+        .await
+        .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")))?;
+    context.verified_term.fetch_max(term, Ordering::AcqRel);
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn propose(context: &Context, block: EncodedBlock) -> Result<Vec<EventOutcome>, SubmitError> {
+    match context.raft.client_write(Command::Ingest(block)).await {
         Ok(response) => match response.data {
             CommandResult::Ingested(outcomes) => {
                 record(&context.stats, &outcomes);
-                replies.deliver(outcomes);
+                Ok(outcomes)
             }
-            CommandResult::Refused(why) => replies.fail(&SubmitError::Rejected(why)),
-            CommandResult::Done => replies.fail(&SubmitError::Rejected(
+            CommandResult::Done => Err(SubmitError::Rejected(
                 "an ingest entry was answered as a non-ingest command".into(),
             )),
         },
         Err(error) => {
             if let Some(forward) = error.forward_to_leader() {
-                // Leadership moved while the entry was in flight; it was not committed by
-                // us. Clients retry (safely: messageIds dedup).
+                // Leadership moved while the entry was in flight; it may or may not be
+                // committed by the next leader. Clients retry (safely: messageIds dedup).
                 let hint = forward.leader_id.map_or_else(
                     || "no leader yet".to_owned(),
                     |id| format!("node {id} leads now"),
                 );
-                replies.fail(&SubmitError::NoLeader(format!(
-                    "leadership changed ({hint}); retry"
-                )));
+                Err(SubmitError::Unknown(format!(
+                    "leadership changed while the entry was in flight ({hint})"
+                )))
             } else {
                 tracing::error!(%error, "raft write failed fatally");
                 context.failed.store(true, Ordering::Release);
-                replies.fail(&SubmitError::Storage(error.to_string()));
+                Err(SubmitError::Storage(error.to_string()))
             }
         }
     }
@@ -181,7 +419,6 @@ pub(super) async fn execute(
     }
     match raft.client_write(command).await {
         Ok(response) => match response.data {
-            CommandResult::Refused(why) => Err(SubmitError::Rejected(why)),
             CommandResult::Done | CommandResult::Ingested(_) => Ok(()),
         },
         Err(error) => match error.forward_to_leader() {
@@ -347,14 +584,10 @@ async fn forward(
     .await?
 }
 
+/// Counts a committed entry and its stored events.
 fn record(stats: &Stats, outcomes: &[EventOutcome]) {
-    let stored = outcomes
-        .iter()
-        .filter(|o| matches!(o, EventOutcome::Stored { .. }))
-        .count() as u64;
     stats.commits.fetch_add(1, Ordering::Relaxed);
-    stats.events_stored.fetch_add(stored, Ordering::Relaxed);
     stats
-        .events_duplicate
-        .fetch_add(outcomes.len() as u64 - stored, Ordering::Relaxed);
+        .events_stored
+        .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
 }

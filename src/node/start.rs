@@ -1,5 +1,6 @@
-//! Starting a node: open the store, the Raft log and the snapshots, start Raft, bootstrap a
-//! one-node cluster on first start when configured to, and start the proposer.
+//! Starting a node: check the data directory's format, open the log, the store and the
+//! snapshots, start Raft, bootstrap a one-node cluster on first start when configured to,
+//! and start the proposer and the log's upkeep.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,13 +9,14 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Cluster, Node, Stats, proposer};
+use super::{Cluster, Node, Stats, format, housekeeping, proposer};
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{Faults, Network};
 use crate::cluster::snapshot::Snapshots;
 use crate::cluster::state_machine::StateMachine;
 use crate::cluster::{Member, Raft};
 use crate::config::Config;
+use crate::log::{Log, LogOptions};
 use crate::services::db::ServiceDb;
 use crate::services::recommend::ModelConfig;
 use crate::services::supervisor::{Factory, Supervisor};
@@ -39,6 +41,12 @@ pub enum NodeError {
     /// Raft did not start.
     #[error("cannot start raft: {0}")]
     Raft(String),
+    /// The data directory is in another format.
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+    /// The log did not open.
+    #[error("cannot open the log: {0}")]
+    Log(#[from] crate::log::LogError),
 }
 
 fn data_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -53,13 +61,25 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     let dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
     let started = std::time::Instant::now();
+    format::check_or_stamp(&dir)?;
+    let log_dir = dir.join("log");
+    let log = {
+        let options = LogOptions {
+            segment_bytes_max: config.storage.segment_mb << 20,
+            ..LogOptions::new(log_dir.clone())
+        };
+        tokio::task::spawn_blocking(move || Log::open(options))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))??
+    };
     let store_path = Store::dir_in(&dir);
     let store_config = StoreConfig {
         path: store_path.clone(),
         cache_bytes: config.storage.cache_mb << 20,
         apply: config.apply_settings(),
     };
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    let store_log = log.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config, store_log))
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
         .map_err(|source| NodeError::Store {
@@ -67,8 +87,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
             source,
         })?;
     let store = Arc::new(store);
-    let log_dir = dir.join("raft-log");
-    let log_store = LogStore::open(&log_dir).map_err(data_dir_error(&log_dir))?;
+    let log_store = LogStore::open(log).map_err(data_dir_error(&log_dir))?;
     let snapshots = Snapshots::open(&dir).map_err(data_dir_error(&dir))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -92,11 +111,12 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         // Entries are whole group commits (up to limits.commit_events_max events): keep
         // replication messages to a sane size.
         max_payload_entries: 16,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-            cluster_config.snapshot_every_entries,
-        ),
+        // Snapshots are built by bytes or time (see `housekeeping`), not every N entries.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: cluster_config.log_keep_after_snapshot,
-        purge_batch_size: cluster_config.snapshot_every_entries.min(64),
+        // Purging is one small durable write here (the segments stay for the event
+        // store), so purge as soon as a snapshot allows it.
+        purge_batch_size: 1,
         install_snapshot_timeout: 600_000,
         enable_pre_vote: Some(true),
         ..Default::default()
@@ -145,14 +165,25 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         .connect_timeout(std::time::Duration::from_secs(1))
         .build()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+    tokio::spawn(housekeeping::run(
+        raft.clone(),
+        Arc::clone(&store),
+        housekeeping::SnapshotPolicy {
+            log_bytes: cluster_config.snapshot_log_mb << 20,
+            interval: std::time::Duration::from_secs(cluster_config.snapshot_interval_secs),
+        },
+    ));
     let context = proposer::Context {
         raft: raft.clone(),
+        store: Arc::clone(&store),
         self_id: id,
         http: http.clone(),
         cluster_key: cluster_key.clone(),
         commit_events_max: config.limits.commit_events_max,
         stats: Arc::clone(&stats),
         failed: Arc::clone(&failed),
+        verified_term: std::sync::atomic::AtomicU64::new(0),
+        in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
     };
     tokio::spawn(proposer::run(context, receiver));
     Ok(Arc::new(Node {

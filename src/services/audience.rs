@@ -420,8 +420,8 @@ impl Segments {
             None => BTreeMap::new(),
         };
         let event_times = match &profile {
-            Some(_) if !self.event_names.is_empty() => {
-                state.event_times(profile_id, &self.event_names, EVENT_SCAN_MAX)?
+            Some(profile) if !self.event_names.is_empty() => {
+                state.event_times(profile, &self.event_names, EVENT_SCAN_MAX)?
             }
             _ => Vec::new(),
         };

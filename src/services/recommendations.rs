@@ -330,7 +330,7 @@ mod tests {
     use crate::model::event::MessageType;
     use crate::services::recommend::synthetic;
     use crate::services::supervisor::BATCH_MAX;
-    use crate::store::{Store, StoreConfig};
+    use crate::store::Store;
 
     const T0: i64 = 1_764_000_000_000;
 
@@ -345,15 +345,15 @@ mod tests {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = ServiceDb::open(&dir.path().join("service")).expect("service db");
-            let store = Store::open(StoreConfig {
-                path: dir.path().join("store"),
-                cache_bytes: 4 << 20,
-                apply: crate::store::apply::ApplySettings {
+            let store = Store::open_in(
+                dir.path(),
+                4 << 20,
+                crate::store::apply::ApplySettings {
                     rules: crate::model::resolve::MergeRules::default(),
                     dedup_window_ms: 86_400_000,
                     retention_ms: 86_400_000,
                 },
-            })
+            )
             .expect("store");
             Fixture {
                 _dir: dir,

@@ -1,24 +1,33 @@
-//! The state machine: applies committed batches to the state tables.
+//! The state machine: applies committed log entries to the state tables.
 //!
 //! Invariants (checked by the determinism test, relied on by replication):
-//! - applying depends only on the batch, its log index and the state before it — never on a
-//!   clock, randomness, hash-map iteration order or the node it runs on;
-//! - a batch is applied entirely within the caller's write transaction, together with the
-//!   new applied index, so a crash leaves either all of it or none of it;
-//! - the state clock never goes backwards: it is `max(clock, batch.time_ms)`, so a leader
+//! - applying depends only on the entries, their log indexes and the state before them —
+//!   never on a clock, randomness, hash-map iteration order or the node it runs on;
+//! - every entry of one [`Applier`] lands in one write batch, together with the new
+//!   applied index, so a crash leaves either all of them or none;
+//! - the state clock never goes backwards: it is `max(clock, block.time_ms)`, so a leader
 //!   with a slow clock cannot un-expire dedup entries or resurrect retention.
 //!
-//! Background work (dedup expiry, event retention) is done a bounded amount per batch, so
-//! one batch never stalls the writer for long; it catches up over the next batches.
+//! How it stays cheap (the write path's budget is a few microseconds per event): an entry
+//! carries only new events (the leader screened duplicates, see [`super::dedup`]), so
+//! applying one never reads the dedup index; it reads the identity graph and profiles from
+//! one snapshot plus overlays of what this batch already changed, executes in memory, and
+//! writes per event only the two index entries queries need (the profile's event index and
+//! the dedup key), per touched profile one record, and per log entry one feed record. The
+//! event body itself is never copied: it stays in the log.
+//!
+//! Background work (retention of old events and feed entries) is done a bounded amount per
+//! entry, so one entry never stalls the writer for long; it catches up over the next ones.
 
 use std::collections::{BTreeMap, HashMap};
 
-use fjall::{Readable, SingleWriterWriteTx};
+use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
 
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
+use crate::model::block::{EventMeta, Head};
 use crate::model::command::SegmentDef;
-use crate::model::event::{Batch, Event, EventOutcome};
+use crate::model::event::EventOutcome;
 use crate::model::identity::{IdKind, Identity};
 use crate::model::profile::Profile;
 use crate::model::resolve::{self, IdentityGraph, MergeRules, Plan, Target};
@@ -43,172 +52,201 @@ pub struct ApplySettings {
     pub retention_ms: i64,
 }
 
-/// Most expired dedup entries or events removed per batch, beyond two per applied event.
+/// Most feed records examined for retention per entry, beyond two per applied event.
 const SWEEP_SLACK: usize = 64;
 
-/// The state counters, read at the start of a transaction and written at its end.
+/// The state counters, read when an applier opens and written when it finishes.
 #[derive(Debug, Clone, Copy)]
 struct Counters {
     applied_index: u64,
     clock_ms: i64,
-    next_seq: u64,
     next_profile: u64,
     next_merge: u64,
     next_feed: u64,
+    events_stored: u64,
+    events_expired: u64,
+    /// The key of the last feed entry retention removed (scans start after it, never
+    /// wading through the tombstones of everything removed before).
+    feed_tail: u64,
 }
 
-/// Applies batches inside one write transaction. Call [`Applier::finish`] before commit.
-pub struct Applier<'a, 'tx> {
-    tx: &'a mut SingleWriterWriteTx<'tx>,
+/// Applies entries into one write batch. Call [`Applier::finish`] and commit the batch.
+pub struct Applier<'a> {
+    snapshot: Snapshot,
+    batch: &'a mut WriteBatch,
     ks: &'a Keyspaces,
-    /// Profiles read or changed in this transaction; `None` = merged away.
-    cache: BTreeMap<u64, Option<Profile>>,
+    /// Profiles read or changed in this batch; `None` = merged away.
+    profiles: BTreeMap<u64, Option<Profile>>,
+    /// Identities (by key) pointed at a profile in this batch.
+    identities: HashMap<String, u64>,
     counters: Counters,
     settings: &'a ApplySettings,
 }
 
-impl<'a, 'tx> Applier<'a, 'tx> {
-    /// Starts applying in `tx`.
+impl<'a> Applier<'a> {
+    /// Starts applying on `snapshot` (the state as last committed) into `batch`.
     pub fn open(
-        tx: &'a mut SingleWriterWriteTx<'tx>,
+        snapshot: Snapshot,
+        batch: &'a mut WriteBatch,
         ks: &'a Keyspaces,
         settings: &'a ApplySettings,
-    ) -> Result<Applier<'a, 'tx>, StoreError> {
-        let read = |key: &str| meta_u64(&*tx, &ks.meta, key, META);
+    ) -> Result<Applier<'a>, StoreError> {
+        let read = |key: &str| meta_u64(&snapshot, &ks.meta, key, META);
         let counters = Counters {
             applied_index: read(META_APPLIED_INDEX)?,
             clock_ms: read(META_CLOCK_MS)? as i64,
-            next_seq: read(META_NEXT_SEQ)?.max(1),
             next_profile: read(META_NEXT_PROFILE)?.max(1),
             next_merge: read(META_NEXT_MERGE)?.max(1),
             next_feed: read(META_NEXT_FEED)?.max(1),
+            events_stored: read(META_EVENTS_STORED)?,
+            events_expired: read(META_EVENTS_EXPIRED)?,
+            feed_tail: read(META_FEED_TAIL)?,
         };
         Ok(Applier {
-            tx,
+            snapshot,
+            batch,
             ks,
-            cache: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            identities: HashMap::new(),
             counters,
             settings,
         })
     }
 
-    /// The index of the last batch applied.
+    /// One past the raft index of the last entry applied (0 when none).
     pub fn applied_index(&self) -> u64 {
         self.counters.applied_index
     }
 
-    /// Applies the batch at log `index`, which must be above the last applied index.
-    pub fn apply(&mut self, index: u64, batch: &Batch) -> Result<Vec<EventOutcome>, StoreError> {
-        self.advance(index)?;
-        self.counters.clock_ms = self.counters.clock_ms.max(batch.time_ms);
-        let mut outcomes = Vec::with_capacity(batch.events.len());
-        for event in &batch.events {
-            outcomes.push(self.apply_event(event)?);
+    /// The state clock.
+    pub fn clock_ms(&self) -> i64 {
+        self.counters.clock_ms
+    }
+
+    /// Applies the block head of the entry at raft index `log_index`: every event in it is
+    /// new (the leader screened duplicates), so every outcome is `Stored`.
+    pub fn apply_block(
+        &mut self,
+        log_index: u64,
+        head: &Head,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        self.advance(log_index)?;
+        self.counters.clock_ms = self.counters.clock_ms.max(head.time_ms);
+        let mut outcomes = Vec::with_capacity(head.events.len());
+        let mut records = Vec::with_capacity(head.events.len());
+        for (ordinal, event) in head.events.iter().enumerate() {
+            let seq = event_seq(log_index, ordinal);
+            let profile = self.apply_event(seq, event, &mut records)?;
+            outcomes.push(EventOutcome::Stored {
+                seq,
+                profile_id: profile,
+            });
         }
-        let budget = batch.events.len() * 2 + SWEEP_SLACK;
-        self.expire_dedup(budget)?;
-        self.expire_events(budget)?;
-        self.expire_feed(budget)?;
+        self.counters.events_stored += head.events.len() as u64;
+        self.feed(log_index, records);
+        self.expire(head.events.len() * 2 + SWEEP_SLACK)?;
         Ok(outcomes)
     }
 
-    /// Records that log entry `index` was applied. Entries that carry no data (Raft's
+    /// Records that raft entry `log_index` was applied. Entries that carry no data (Raft's
     /// membership and blank entries) only advance the index; indexes only go up.
-    pub fn advance(&mut self, index: u64) -> Result<(), StoreError> {
+    pub fn advance(&mut self, log_index: u64) -> Result<(), StoreError> {
+        let index = log_index + 1;
         if index <= self.counters.applied_index {
             return Err(StoreError::Corrupt(format!(
-                "log entry {index} applied after {}: the log went backwards",
-                self.counters.applied_index
+                "log entry {log_index} applied after {}: the log went backwards",
+                self.counters.applied_index - 1
             )));
         }
         self.counters.applied_index = index;
         Ok(())
     }
 
-    /// Writes cached profiles and counters back. Must be called before the commit.
-    pub fn finish(mut self) -> Result<(), StoreError> {
+    /// Writes touched profiles and the counters into the batch; returns the state clock.
+    pub fn finish(self) -> i64 {
         let ks = self.ks;
-        for (id, profile) in std::mem::take(&mut self.cache) {
+        for (id, profile) in self.profiles {
             match profile {
                 Some(profile) => self
-                    .tx
+                    .batch
                     .insert(&ks.profiles, u64_bytes(id), encode(&profile)),
-                None => self.tx.remove(&ks.profiles, u64_bytes(id)),
+                None => self.batch.remove(&ks.profiles, u64_bytes(id)),
             }
         }
         let c = self.counters;
-        let clock = c.clock_ms.max(0) as u64;
         for (key, value) in [
             (META_APPLIED_INDEX, c.applied_index),
-            (META_CLOCK_MS, clock),
-            (META_NEXT_SEQ, c.next_seq),
+            (META_CLOCK_MS, c.clock_ms.max(0) as u64),
             (META_NEXT_PROFILE, c.next_profile),
             (META_NEXT_MERGE, c.next_merge),
             (META_NEXT_FEED, c.next_feed),
+            (META_EVENTS_STORED, c.events_stored),
+            (META_EVENTS_EXPIRED, c.events_expired),
+            (META_FEED_TAIL, c.feed_tail),
         ] {
-            self.tx.insert(&ks.meta, key, u64_bytes(value));
+            self.batch.insert(&ks.meta, key, u64_bytes(value));
         }
-        Ok(())
+        c.clock_ms
     }
 
-    fn apply_event(&mut self, event: &Event) -> Result<EventOutcome, StoreError> {
-        let ks = self.ks;
-        let dedup_key = dedup_key(&event.source, &event.message_id);
-        if let Some(seq) = self.tx.get(&ks.dedup, &dedup_key)? {
-            return Ok(EventOutcome::Duplicate {
-                seq: read_u64(&seq, DEDUP)?,
-            });
-        }
+    fn apply_event(
+        &mut self,
+        seq: u64,
+        event: &EventMeta,
+        records: &mut Vec<FeedRecord>,
+    ) -> Result<u64, StoreError> {
         let identities = self.event_identities(event)?;
         let graph = self.graph_for(&identities)?;
         let plan = resolve::resolve(&identities, &graph, &self.settings.rules);
-        let profile_id = self.carry_out(&plan, event)?;
-
-        let seq = self.counters.next_seq;
-        self.counters.next_seq += 1;
-        let profile = self.profile_mut(profile_id)?;
-        profile.observe(event);
-        let stored = StoredEvent {
-            profile_id,
-            kind: event.kind,
-            name: event.name.clone(),
-            timestamp_ms: event.timestamp_ms,
-            stored_at_ms: self.counters.clock_ms,
-            source: event.source.clone(),
-            message_id: event.message_id.clone(),
-            body_json: event.body_json.clone(),
-        };
-        self.tx.insert(&ks.events, u64_bytes(seq), encode(&stored));
-        self.tx.insert(
+        let profile_id = self.carry_out(&plan, event, records)?;
+        self.profile_mut(profile_id)?.observe(event);
+        let ks = self.ks;
+        self.batch.insert(
             &ks.profile_events,
             pair_key(profile_id, seq),
             index_value(&event.name, event.timestamp_ms),
         );
-        self.tx.insert(&ks.dedup, dedup_key, u64_bytes(seq));
-        let expiry = DedupExpiry {
-            stored_at_ms: self.counters.clock_ms,
-            source: event.source.clone(),
-            message_id: event.message_id.clone(),
-        };
-        self.tx
-            .insert(&ks.dedup_expiry, u64_bytes(seq), encode(&expiry));
-        self.feed(FeedRecord::Event {
+        self.batch.insert(
+            &ks.dedup,
+            dedup_hash(&event.source, &event.message_id),
+            dedup_value(self.counters.clock_ms, seq),
+        );
+        records.push(FeedRecord::Event {
             seq,
             profile: profile_id,
         });
-        Ok(EventOutcome::Stored { seq, profile_id })
+        Ok(profile_id)
+    }
+
+    /// The profile that owns `identity`, as of this batch.
+    fn owner(&self, identity: &Identity) -> Result<Option<u64>, StoreError> {
+        let key = identity.key();
+        if let Some(&owner) = self.identities.get(&key) {
+            return Ok(Some(owner));
+        }
+        match self.snapshot.get(&self.ks.identities, key)? {
+            Some(bytes) => read_u64(&bytes, IDENTITIES).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_owner(&mut self, identity: &Identity, owner: u64) {
+        let key = identity.key();
+        self.batch
+            .insert(&self.ks.identities, key.as_str(), u64_bytes(owner));
+        self.identities.insert(key, owner);
     }
 
     /// The event's identities, plus alias's `previousId`: as a user id if one exists with
     /// that value, otherwise as an anonymous id.
-    fn event_identities(&self, event: &Event) -> Result<Vec<Identity>, StoreError> {
+    fn event_identities(&self, event: &EventMeta) -> Result<Vec<Identity>, StoreError> {
         let mut identities = event.identities.clone();
         if let Some(previous) = &event.previous_id {
             let as_user = Identity {
                 kind: IdKind::UserId,
                 value: previous.clone(),
             };
-            let identity = if self.tx.get(&self.ks.identities, as_user.key())?.is_some() {
+            let identity = if self.owner(&as_user)?.is_some() {
                 as_user
             } else {
                 Identity {
@@ -227,11 +265,7 @@ impl<'a, 'tx> Applier<'a, 'tx> {
     fn graph_for(&mut self, identities: &[Identity]) -> Result<GraphView, StoreError> {
         let mut view = GraphView::default();
         for identity in identities {
-            let owner = match self.tx.get(&self.ks.identities, identity.key())? {
-                Some(bytes) => Some(read_u64(&bytes, IDENTITIES)?),
-                None => None,
-            };
-            if let Some(owner) = owner {
+            if let Some(owner) = self.owner(identity)? {
                 view.owners.insert(identity.clone(), owner);
                 if let std::collections::hash_map::Entry::Vacant(slot) = view.members.entry(owner) {
                     slot.insert(self.profile_mut(owner)?.identities.clone());
@@ -242,22 +276,26 @@ impl<'a, 'tx> Applier<'a, 'tx> {
     }
 
     /// Carries out a resolution plan; returns the profile the event lands on.
-    fn carry_out(&mut self, plan: &Plan, event: &Event) -> Result<u64, StoreError> {
+    fn carry_out(
+        &mut self,
+        plan: &Plan,
+        event: &EventMeta,
+        records: &mut Vec<FeedRecord>,
+    ) -> Result<u64, StoreError> {
         let target = match plan.target {
             Target::Existing(id) => id,
             Target::New => {
                 let id = self.counters.next_profile;
                 self.counters.next_profile += 1;
-                self.cache.insert(id, Some(Profile::new(id, Vec::new())));
+                self.profiles.insert(id, Some(Profile::new(id, Vec::new())));
                 id
             }
         };
         for &loser in &plan.merge {
-            self.merge(target, loser, event)?;
+            self.merge(target, loser, event, records)?;
         }
         for identity in &plan.attach {
-            self.tx
-                .insert(&self.ks.identities, identity.key(), u64_bytes(target));
+            self.set_owner(identity, target);
             self.profile_mut(target)?.identities.push(identity.clone());
         }
         for refusal in &plan.refusals {
@@ -267,16 +305,25 @@ impl<'a, 'tx> Applier<'a, 'tx> {
                 other_profile: refusal.other_profile,
                 rule: refusal.rule.clone(),
             };
-            self.record(target, event, record.clone())?;
+            self.record(target, event, record.clone());
             if let Some(other) = refusal.other_profile {
-                self.record(other, event, record)?;
+                self.record(other, event, record);
             }
         }
         Ok(target)
     }
 
-    fn merge(&mut self, target: u64, loser: u64, event: &Event) -> Result<(), StoreError> {
-        let absorbed = match self.cache.insert(loser, None) {
+    /// Merges `loser` into `target`. The loser's event index and audit trail stay under
+    /// its id (reads visit `merged_ids`), so a merge writes a handful of records however
+    /// long the loser's history.
+    fn merge(
+        &mut self,
+        target: u64,
+        loser: u64,
+        event: &EventMeta,
+        records: &mut Vec<FeedRecord>,
+    ) -> Result<(), StoreError> {
+        let absorbed = match self.profiles.insert(loser, None) {
             Some(Some(profile)) => profile,
             Some(None) => {
                 return Err(StoreError::Corrupt(format!(
@@ -285,26 +332,11 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             }
             None => self.load_profile(loser)?,
         };
-        let ks = self.ks;
         for identity in &absorbed.identities {
-            self.tx
-                .insert(&ks.identities, identity.key(), u64_bytes(target));
+            self.set_owner(identity, target);
         }
-        self.tx
-            .insert(&ks.redirects, u64_bytes(loser), u64_bytes(target));
-        // The loser's event index and audit trail move to the target, keeping their
-        // sequence numbers (globally unique, so nothing collides).
-        for (keyspace, name) in [(&ks.profile_events, PROFILE_EVENTS), (&ks.merges, MERGES)] {
-            let mut moved = Vec::new();
-            for guard in self.tx.prefix(keyspace, u64_bytes(loser)) {
-                let (key, value) = guard.into_inner()?;
-                moved.push((read_pair(&key, name)?.1, value));
-            }
-            for (seq, value) in moved {
-                self.tx.remove(keyspace, pair_key(loser, seq));
-                self.tx.insert(keyspace, pair_key(target, seq), value);
-            }
-        }
+        self.batch
+            .insert(&self.ks.redirects, u64_bytes(loser), u64_bytes(target));
         let linked_by = absorbed
             .identities
             .iter()
@@ -319,53 +351,53 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             identities: absorbed.identities.clone(),
         };
         self.profile_mut(target)?.absorb(absorbed);
-        self.feed(FeedRecord::Merged {
+        records.push(FeedRecord::Merged {
             into: target,
             from: loser,
         });
-        self.record(target, event, action)
+        self.record(target, event, action);
+        Ok(())
     }
 
-    /// Appends to the change feed.
-    fn feed(&mut self, record: FeedRecord) {
-        let seq = self.counters.next_feed;
-        self.counters.next_feed += 1;
+    /// Appends an entry's records to the change feed (nothing for an entry without any).
+    fn feed(&mut self, log_index: u64, records: Vec<FeedRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let first = self.counters.next_feed;
+        self.counters.next_feed += records.len() as u64;
         let entry = FeedEntry {
             at_ms: self.counters.clock_ms,
-            record,
+            log_index,
+            records,
         };
-        self.tx
-            .insert(&self.ks.feed, u64_bytes(seq), encode(&entry));
+        self.batch
+            .insert(&self.ks.feed, u64_bytes(first), encode(&entry));
     }
 
-    /// Applies a segment definition change at log `index`.
+    /// Applies a segment definition change at raft index `log_index`.
     pub fn apply_segment(
         &mut self,
-        index: u64,
+        log_index: u64,
         change: SegmentChange<'_>,
     ) -> Result<(), StoreError> {
-        self.advance(index)?;
+        self.advance(log_index)?;
         let id = match change {
             SegmentChange::Put(def) => {
-                self.tx
+                self.batch
                     .insert(&self.ks.segment_defs, def.id.as_str(), encode(def));
                 def.id.clone()
             }
             SegmentChange::Delete(id) => {
-                self.tx.remove(&self.ks.segment_defs, id);
+                self.batch.remove(&self.ks.segment_defs, id);
                 id.to_owned()
             }
         };
-        self.feed(FeedRecord::SegmentChanged { id });
+        self.feed(log_index, vec![FeedRecord::SegmentChanged { id }]);
         Ok(())
     }
 
-    fn record(
-        &mut self,
-        profile: u64,
-        event: &Event,
-        action: MergeAction,
-    ) -> Result<(), StoreError> {
+    fn record(&mut self, profile: u64, event: &EventMeta, action: MergeAction) {
         let seq = self.counters.next_merge;
         self.counters.next_merge += 1;
         let record = MergeRecord {
@@ -374,14 +406,13 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             source: event.source.clone(),
             action,
         };
-        self.tx
+        self.batch
             .insert(&self.ks.merges, pair_key(profile, seq), encode(&record));
-        Ok(())
     }
 
     fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
         let bytes = self
-            .tx
+            .snapshot
             .get(&self.ks.profiles, u64_bytes(id))?
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("identity points at missing profile {id}"))
@@ -390,11 +421,11 @@ impl<'a, 'tx> Applier<'a, 'tx> {
     }
 
     fn profile_mut(&mut self, id: u64) -> Result<&mut Profile, StoreError> {
-        if !self.cache.contains_key(&id) {
+        if !self.profiles.contains_key(&id) {
             let profile = self.load_profile(id)?;
-            self.cache.insert(id, Some(profile));
+            self.profiles.insert(id, Some(profile));
         }
-        self.cache
+        self.profiles
             .get_mut(&id)
             .and_then(Option::as_mut)
             .ok_or_else(|| {
@@ -402,84 +433,51 @@ impl<'a, 'tx> Applier<'a, 'tx> {
             })
     }
 
-    /// The oldest entries of `keyspace` (in key order, at most `budget`) whose time, as
-    /// `at` reads it, is more than `window_ms` before the state clock. Keyspaces swept this
-    /// way are appended in time order, so the sweep stops at the first one still young.
-    fn expired<T: serde::de::DeserializeOwned>(
-        &self,
-        keyspace: &fjall::SingleWriterTxKeyspace,
-        name: &'static str,
-        window_ms: i64,
-        budget: usize,
-        at: impl Fn(&T) -> i64,
-    ) -> Result<Vec<(fjall::Slice, T)>, StoreError> {
-        let horizon = self.counters.clock_ms.saturating_sub(window_ms);
+    /// Retention: removes feed entries (and the event index entries they name) older than
+    /// the retention window, oldest first, examining at most `budget` records. Feed entries
+    /// are appended in clock order, so the sweep stops at the first young one. The event
+    /// bodies go with their log segments (`crate::node` deletes segments whose entries
+    /// the feed no longer names).
+    fn expire(&mut self, budget: usize) -> Result<(), StoreError> {
+        let horizon = self
+            .counters
+            .clock_ms
+            .saturating_sub(self.settings.retention_ms);
+        let ks = self.ks;
+        let mut examined = 0;
         let mut expired = Vec::new();
-        for guard in self.tx.iter(keyspace).take(budget) {
-            let (key, value) = guard.into_inner()?;
-            let item: T = decode(&value, name)?;
-            if at(&item) >= horizon {
+        for guard in self.snapshot.range(
+            &ks.feed,
+            u64_bytes(self.counters.feed_tail.saturating_add(1))..,
+        ) {
+            if examined >= budget {
                 break;
             }
-            expired.push((key, item));
+            let (key, value) = guard.into_inner()?;
+            let entry: FeedEntry = decode(&value, FEED)?;
+            if entry.at_ms >= horizon {
+                break;
+            }
+            examined += entry.records.len().max(1);
+            expired.push((read_u64(&key, FEED)?, entry));
         }
-        Ok(expired)
-    }
-
-    fn expire_dedup(&mut self, budget: usize) -> Result<(), StoreError> {
-        let ks = self.ks;
-        let window = self.settings.dedup_window_ms;
-        let expired = self.expired(
-            &ks.dedup_expiry,
-            DEDUP_EXPIRY,
-            window,
-            budget,
-            |e: &DedupExpiry| e.stored_at_ms,
-        )?;
-        for (key, expiry) in expired {
-            self.tx.remove(&ks.dedup_expiry, key);
-            self.tx
-                .remove(&ks.dedup, dedup_key(&expiry.source, &expiry.message_id));
-        }
-        Ok(())
-    }
-
-    fn expire_feed(&mut self, budget: usize) -> Result<(), StoreError> {
-        let ks = self.ks;
-        let window = self.settings.retention_ms;
-        let expired = self.expired(&ks.feed, FEED, window, budget, |e: &FeedEntry| e.at_ms)?;
-        for (key, _) in expired {
-            self.tx.remove(&ks.feed, key);
+        for (key, entry) in expired {
+            self.counters.feed_tail = key;
+            self.batch.remove(&ks.feed, u64_bytes(key));
+            for record in entry.records {
+                if let FeedRecord::Event { seq, profile } = record {
+                    self.batch
+                        .remove(&ks.profile_events, pair_key(profile, seq));
+                    self.counters.events_expired += 1;
+                }
+            }
         }
         Ok(())
-    }
-
-    fn expire_events(&mut self, budget: usize) -> Result<(), StoreError> {
-        let ks = self.ks;
-        let window = self.settings.retention_ms;
-        let expired = self.expired(&ks.events, EVENTS, window, budget, |e: &StoredEvent| {
-            e.stored_at_ms
-        })?;
-        for (key, stored) in expired {
-            let seq = read_u64(&key, EVENTS)?;
-            self.tx.remove(&ks.events, u64_bytes(seq));
-            let owner = self.current_owner(stored.profile_id)?;
-            self.tx.remove(&ks.profile_events, pair_key(owner, seq));
-        }
-        Ok(())
-    }
-
-    /// Follows merge redirects to the profile that holds `id`'s data now.
-    fn current_owner(&self, mut id: u64) -> Result<u64, StoreError> {
-        while let Some(next) = self.tx.get(&self.ks.redirects, u64_bytes(id))? {
-            id = read_u64(&next, REDIRECTS)?;
-        }
-        Ok(id)
     }
 }
 
 /// Whether the event carries `identity` (used to name the link that caused a merge).
-fn event_mentions(event: &Event, identity: &Identity) -> bool {
+fn event_mentions(event: &EventMeta, identity: &Identity) -> bool {
     event.identities.contains(identity)
         || (event.previous_id.as_deref() == Some(identity.value.as_str())
             && matches!(identity.kind, IdKind::UserId | IdKind::AnonymousId))

@@ -1,28 +1,39 @@
-//! Embedded storage: the ordered log of committed batches and the state derived from it,
-//! in one fjall database (a log-structured merge tree per keyspace, one shared journal).
+//! Embedded storage: the state derived from the replicated log, in one fjall database (a
+//! log-structured merge tree per keyspace, one shared journal), and reads of event bodies
+//! from the log itself.
+//!
+//! The log ([`crate::log`]) is the event store: every event body lives once, compressed,
+//! in the log entry that carried it. The state here keeps what queries and resolution need
+//! — profiles, the identity graph, per-profile event indexes, merge trails, the dedup index,
+//! the change feed — and finds a body by its seq (log index and position, see
+//! [`tables::event_seq`]).
 //!
 //! Why fjall: measured against redb on this workload (`tools/storage-bench/RESULTS.md`,
 //! summarised in `docs/architecture.md`): applying a batch updates profiles, identities and
-//! dedup entries at random keys, which a copy-on-write B-tree pays for with a page rewrite
-//! per key (~12 KB written per event), while an LSM tree appends (~2.3 KB per event) —
-//! about 4× the durable throughput, with point reads still in microseconds.
+//! index entries at random keys, which a copy-on-write B-tree pays for with a page rewrite
+//! per key, while an LSM tree appends — about 4× the durable throughput, with point reads
+//! still in microseconds.
 //!
 //! What this module guarantees:
 //! - the state is changed only by applying committed log entries
-//!   ([`Store::apply_committed`], in [`replicated`]), each in one write transaction
-//!   together with "how far it got", so a crash never leaves half an entry applied;
-//! - the write transaction reads its own writes, so a batch that mentions a customer twice
-//!   sees its own earlier updates;
+//!   ([`Store::apply_committed`], in [`replicated`]): each call is one atomic write batch
+//!   together with "how far it got", so a crash never leaves part of an entry applied;
+//! - applying reads a consistent snapshot plus its own pending writes (the applier's
+//!   overlays), so an entry that mentions a customer twice sees its own earlier updates;
 //! - one writer at a time; readers run concurrently on consistent snapshots.
 //!
-//! Applies are not fsync'd one by one: the Raft log (`crate::cluster::log_store`) is the
-//! durable record and is replayed after a crash; [`Store::persist`] fsyncs the state before
-//! a snapshot lets that log be purged.
+//! Applies are not fsync'd: the log is the durable record and is replayed after a crash;
+//! [`Store::persist`] fsyncs the state before a snapshot lets that log be purged.
 //!
-//! Submodules: [`tables`] (layout), [`apply`] (the state machine), [`read`] (queries and
-//! the state hash), [`replicated`] (applying committed entries, snapshot export/import).
+//! Submodules: [`tables`] (layout), [`apply`] (the state machine), [`dedup`] (the
+//! idempotency index), [`events`] (bodies from the log), [`read`] (queries and the state
+//! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+pub mod dedup;
+pub mod direct;
+pub mod entry;
+pub mod events;
 pub mod read;
 pub mod replicated;
 pub mod tables;
@@ -31,9 +42,14 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use fjall::{KeyspaceCreateOptions, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
+use std::sync::Arc;
 
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, Readable};
+
+use crate::log::{Log, LogError};
 use apply::ApplySettings;
+use dedup::{ExpiryFactory, Horizon};
+use events::BlockCache;
 use tables::*;
 
 /// Errors of the storage layer.
@@ -46,6 +62,9 @@ pub enum StoreError {
     /// Data on disk does not decode or breaks an invariant. Never retry: stop and restore.
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    /// The log (where event bodies live) failed.
+    #[error("log: {0}")]
+    Log(#[from] LogError),
 }
 
 /// How to open a store.
@@ -69,21 +88,19 @@ pub const STORE_DIR: &str = "store";
 
 /// Handles to every keyspace.
 pub struct Keyspaces {
-    pub(crate) meta: SingleWriterTxKeyspace,
-    pub(crate) events: SingleWriterTxKeyspace,
-    pub(crate) profile_events: SingleWriterTxKeyspace,
-    pub(crate) identities: SingleWriterTxKeyspace,
-    pub(crate) profiles: SingleWriterTxKeyspace,
-    pub(crate) redirects: SingleWriterTxKeyspace,
-    pub(crate) merges: SingleWriterTxKeyspace,
-    pub(crate) dedup: SingleWriterTxKeyspace,
-    pub(crate) dedup_expiry: SingleWriterTxKeyspace,
-    pub(crate) feed: SingleWriterTxKeyspace,
-    pub(crate) segment_defs: SingleWriterTxKeyspace,
+    pub(crate) meta: Keyspace,
+    pub(crate) profile_events: Keyspace,
+    pub(crate) identities: Keyspace,
+    pub(crate) profiles: Keyspace,
+    pub(crate) redirects: Keyspace,
+    pub(crate) merges: Keyspace,
+    pub(crate) dedup: Keyspace,
+    pub(crate) feed: Keyspace,
+    pub(crate) segment_defs: Keyspace,
 }
 
 impl Keyspaces {
-    fn open(db: &SingleWriterTxDatabase) -> Result<Keyspaces, StoreError> {
+    fn open(db: &Database) -> Result<Keyspaces, StoreError> {
         let plain = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
@@ -91,31 +108,27 @@ impl Keyspaces {
         };
         Ok(Keyspaces {
             meta: plain(META)?,
-            events: plain(EVENTS)?,
             profile_events: plain(PROFILE_EVENTS)?,
             identities: plain(IDENTITIES)?,
             profiles: plain(PROFILES)?,
             redirects: plain(REDIRECTS)?,
             merges: plain(MERGES)?,
             dedup: plain(DEDUP)?,
-            dedup_expiry: plain(DEDUP_EXPIRY)?,
             feed: plain(FEED)?,
             segment_defs: plain(SEGMENT_DEFS)?,
         })
     }
 
     /// The state keyspaces with their names, in [`STATE_KEYSPACES`] order.
-    pub(crate) fn state(&self) -> [(&'static str, &SingleWriterTxKeyspace); 11] {
+    pub(crate) fn state(&self) -> [(&'static str, &Keyspace); 9] {
         [
             (META, &self.meta),
-            (EVENTS, &self.events),
             (PROFILE_EVENTS, &self.profile_events),
             (IDENTITIES, &self.identities),
             (PROFILES, &self.profiles),
             (REDIRECTS, &self.redirects),
             (MERGES, &self.merges),
             (DEDUP, &self.dedup),
-            (DEDUP_EXPIRY, &self.dedup_expiry),
             (FEED, &self.feed),
             (SEGMENT_DEFS, &self.segment_defs),
         ]
@@ -124,20 +137,65 @@ impl Keyspaces {
 
 /// The embedded store.
 pub struct Store {
-    db: SingleWriterTxDatabase,
+    db: Database,
     ks: Keyspaces,
     config: StoreConfig,
+    /// The log: where event bodies are read from.
+    log: Log,
+    /// Recently decoded blocks, shared by the events API and every service.
+    blocks: BlockCache,
+    /// The dedup horizon, advanced after each apply.
+    horizon: Horizon,
+    /// Serialises appliers (one writer at a time).
+    writer: std::sync::Mutex<()>,
 }
 
 impl Store {
     /// Opens (or creates) the store at `config.path`, recovering from its journal after a
-    /// crash.
-    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        let db = SingleWriterTxDatabase::builder(&config.path)
+    /// crash. Event bodies are read from `log`.
+    pub fn open(config: StoreConfig, log: Log) -> Result<Store, StoreError> {
+        let horizon = Horizon::default();
+        let factory: Arc<dyn fjall::compaction::filter::Factory> = Arc::new(ExpiryFactory {
+            horizon: horizon.clone(),
+        });
+        let db = Database::builder(&config.path)
             .cache_size(config.cache_bytes as u64)
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                (keyspace == dedup::KEYSPACE).then(|| Arc::clone(&factory))
+            }))
             .open()?;
         let ks = Keyspaces::open(&db)?;
-        Ok(Store { db, ks, config })
+        let store = Store {
+            db,
+            ks,
+            log,
+            blocks: BlockCache::new(BLOCK_CACHE_BYTES),
+            horizon,
+            writer: std::sync::Mutex::new(()),
+            config,
+        };
+        let clock = store.reader().clock_ms()?;
+        store.advance_horizon(clock);
+        Ok(store)
+    }
+
+    /// Opens the log (`<data_dir>/log`, default options) and the store
+    /// (`<data_dir>/store`) of a data directory: for tools and tests that use a store
+    /// without a node.
+    pub fn open_in(
+        data_dir: &Path,
+        cache_bytes: usize,
+        apply: ApplySettings,
+    ) -> Result<Store, StoreError> {
+        let log = Log::open(crate::log::LogOptions::new(data_dir.join("log")))?;
+        Store::open(
+            StoreConfig {
+                path: Store::dir_in(data_dir),
+                cache_bytes,
+                apply,
+            },
+            log,
+        )
     }
 
     /// The store directory in `data_dir`.
@@ -147,19 +205,40 @@ impl Store {
 
     /// A consistent read-only view of the state.
     pub fn reader(&self) -> read::Reader<'_> {
-        read::Reader::new(self.db.read_tx(), &self.ks)
+        read::Reader::new(self.db.snapshot(), &self.ks, self)
     }
 
     /// The settings applying uses.
     pub fn apply_settings(&self) -> &ApplySettings {
         &self.config.apply
     }
+
+    /// The log event bodies are read from.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Screens `(source, messageId)` pairs for duplicates (the leader, before proposing).
+    pub fn screen<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k str, &'k str)>,
+    ) -> Result<Vec<dedup::Seen>, StoreError> {
+        dedup::Screen::new(self).check(keys)
+    }
+
+    fn advance_horizon(&self, clock_ms: i64) {
+        self.horizon
+            .advance(clock_ms.saturating_sub(self.config.apply.dedup_window_ms));
+    }
 }
+
+/// Bytes of decoded blocks kept for reads and services.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// A `u64` under `key` in a meta keyspace, 0 when absent.
 pub(crate) fn meta_u64(
     reader: &impl Readable,
-    keyspace: &SingleWriterTxKeyspace,
+    keyspace: &Keyspace,
     key: &str,
     name: &'static str,
 ) -> Result<u64, StoreError> {

@@ -1,12 +1,14 @@
 //! Queries over a consistent snapshot of the state, and the state hash.
 //!
 //! A [`Reader`] wraps one fjall snapshot: everything it returns is from the same applied
-//! index, and it never blocks the writer.
+//! index, and it never blocks the writer. Event bodies come from the log through the
+//! store's block cache; the log only ever grows at its head (committed entries never
+//! change), so a body read after the snapshot was taken is the one the snapshot indexes.
 
 use fjall::{Readable, Snapshot};
 
 use super::tables::*;
-use super::{Keyspaces, StoreError, meta_u64};
+use super::{Keyspaces, Store, StoreError, dedup, meta_u64};
 use crate::model::identity::Identity;
 use crate::model::profile::Profile;
 
@@ -29,28 +31,34 @@ pub struct Page<T> {
 pub struct Reader<'a> {
     snapshot: Snapshot,
     ks: &'a Keyspaces,
+    store: &'a Store,
 }
 
 /// Approximate sizes of the main keyspaces, for status output (exact counts would read
 /// every key).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Counts {
-    /// Events currently stored (after retention), approximately.
+    /// Events currently stored (after retention).
     pub events_approx: u64,
     /// Live profiles, approximately.
     pub profiles_approx: u64,
     /// Identities in the graph, approximately.
     pub identities_approx: u64,
-    /// messageIds in the dedup window, approximately.
+    /// messageIds in the dedup index (including dead ones not yet compacted away),
+    /// approximately.
     pub dedup_entries_approx: u64,
 }
 
 impl<'a> Reader<'a> {
-    pub(super) fn new(snapshot: Snapshot, ks: &'a Keyspaces) -> Reader<'a> {
-        Reader { snapshot, ks }
+    pub(super) fn new(snapshot: Snapshot, ks: &'a Keyspaces, store: &'a Store) -> Reader<'a> {
+        Reader {
+            snapshot,
+            ks,
+            store,
+        }
     }
 
-    /// The last log index applied to this snapshot.
+    /// One past the raft index of the last log entry applied to this snapshot (0 = none).
     pub fn applied_index(&self) -> Result<u64, StoreError> {
         meta_u64(&self.snapshot, &self.ks.meta, META_APPLIED_INDEX, META)
     }
@@ -77,46 +85,86 @@ impl<'a> Reader<'a> {
         decode(&bytes, PROFILES)
     }
 
-    /// The profile's events, newest first, optionally only those named `name`.
+    /// The `(seq, value)` entries of a per-profile keyspace for `profile` and every
+    /// profile merged into it, newest (highest seq) first, below `before`.
+    fn newest_first<'r>(
+        &'r self,
+        keyspace: &'r fjall::Keyspace,
+        name: &'static str,
+        profile: &Profile,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<(u64, fjall::Slice), StoreError>> + 'r {
+        let upper = before.unwrap_or(u64::MAX);
+        let mut ids = vec![profile.id];
+        ids.extend(&profile.merged_ids);
+        let mut heads: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                self.snapshot
+                    .range(keyspace, pair_key(id, 0)..pair_key(id, upper))
+                    .rev()
+                    .map(|guard| guard.into_inner())
+                    .peekable()
+            })
+            .collect();
+        std::iter::from_fn(move || {
+            // The head with the highest seq goes next (keys are (profile, seq), so the
+            // seq is the key's second half); an error goes first, to be reported.
+            let mut best: Option<(usize, u64)> = None;
+            for (at, head) in heads.iter_mut().enumerate() {
+                let seq = match head.peek() {
+                    None => continue,
+                    Some(Ok((key, _))) => read_pair(key, name).map_or(u64::MAX, |(_, seq)| seq),
+                    Some(Err(_)) => u64::MAX,
+                };
+                if best.is_none_or(|(_, top)| seq > top) {
+                    best = Some((at, seq));
+                }
+            }
+            let (at, _) = best?;
+            let next = heads[at].next()?;
+            Some(
+                next.map_err(StoreError::from)
+                    .and_then(|(key, value)| Ok((read_pair(&key, name)?.1, value))),
+            )
+        })
+    }
+
+    /// The profile's events (its own and those of every profile merged into it), newest
+    /// first, optionally only those named `name`.
     pub fn events(
         &self,
-        profile: u64,
+        profile: &Profile,
         before: Option<u64>,
         limit: usize,
         name: Option<&str>,
     ) -> Result<Page<(u64, StoredEvent)>, StoreError> {
-        let upper = before.unwrap_or(u64::MAX);
-        let range = pair_key(profile, 0)..pair_key(profile, upper);
         let mut items = Vec::new();
         let mut last_seen = None;
         let mut exhausted = true;
-        for (scanned, guard) in self
-            .snapshot
-            .range(&self.ks.profile_events, range)
-            .rev()
+        for (scanned, entry) in self
+            .newest_first(&self.ks.profile_events, PROFILE_EVENTS, profile, before)
             .enumerate()
         {
             if items.len() >= limit || scanned >= EVENT_SCAN_MAX {
                 exhausted = false;
                 break;
             }
-            let (key, event_name) = guard.into_inner()?;
-            let seq = read_pair(&key, PROFILE_EVENTS)?.1;
+            let (seq, value) = entry?;
             last_seen = Some(seq);
-            if name.is_some_and(|wanted| wanted.as_bytes() != read_index_value(&event_name).0) {
+            if name.is_some_and(|wanted| wanted.as_bytes() != read_index_value(&value).0) {
                 continue;
             }
-            // Retention removes the event and its index entry together, so a miss here
-            // would be corruption; skip rather than fail the whole page, and say so.
-            match self.event(seq)? {
+            // Retention removes the index entry before the log segment holding the event,
+            // so a miss here would be corruption; skip rather than fail the whole page,
+            // and say so.
+            match self.store.event(seq, profile.id)? {
                 Some(event) => items.push((seq, event)),
-                None => {
-                    tracing::warn!(
-                        seq,
-                        profile,
-                        "profile event index points at a missing event"
-                    )
-                }
+                None => tracing::warn!(
+                    seq,
+                    profile = profile.id,
+                    "profile event index points at an event missing from the log"
+                ),
             }
         }
         Ok(Page {
@@ -125,24 +173,23 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// The profile's merge audit trail, newest first.
+    /// The profile's merge audit trail (with the trails of profiles merged into it),
+    /// newest first.
     pub fn merges(
         &self,
-        profile: u64,
+        profile: &Profile,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Page<(u64, MergeRecord)>, StoreError> {
-        let upper = before.unwrap_or(u64::MAX);
-        let range = pair_key(profile, 0)..pair_key(profile, upper);
         let mut items = Vec::new();
         let mut more = false;
-        for guard in self.snapshot.range(&self.ks.merges, range).rev() {
+        for entry in self.newest_first(&self.ks.merges, MERGES, profile, before) {
             if items.len() >= limit {
                 more = true;
                 break;
             }
-            let (key, bytes) = guard.into_inner()?;
-            items.push((read_pair(&key, MERGES)?.1, decode(&bytes, MERGES)?));
+            let (seq, bytes) = entry?;
+            items.push((seq, decode(&bytes, MERGES)?));
         }
         let next_before = if more {
             items.last().map(|(seq, _)| *seq)
@@ -156,25 +203,21 @@ impl<'a> Reader<'a> {
     pub fn dedup_seq(&self, source: &str, message_id: &str) -> Result<Option<u64>, StoreError> {
         match self
             .snapshot
-            .get(&self.ks.dedup, dedup_key(source, message_id))?
+            .get(&self.ks.dedup, dedup_hash(source, message_id))?
         {
-            Some(bytes) => read_u64(&bytes, DEDUP).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The stored event with sequence number `seq`.
-    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        match self.snapshot.get(&self.ks.events, u64_bytes(seq))? {
-            Some(bytes) => decode(&bytes, EVENTS).map(Some),
+            Some(bytes) => {
+                let (stored_at_ms, seq) = read_dedup_value(&bytes)?;
+                Ok(self.store.horizon.alive(stored_at_ms).then_some(seq))
+            }
             None => Ok(None),
         }
     }
 
     /// Approximate sizes of the main keyspaces.
     pub fn counts(&self) -> Counts {
+        let meta = |key| meta_u64(&self.snapshot, &self.ks.meta, key, META).unwrap_or(0);
         Counts {
-            events_approx: self.ks.events.approximate_len() as u64,
+            events_approx: meta(META_EVENTS_STORED).saturating_sub(meta(META_EVENTS_EXPIRED)),
             profiles_approx: self.ks.profiles.approximate_len() as u64,
             identities_approx: self.ks.identities.approximate_len() as u64,
             dedup_entries_approx: self.ks.dedup.approximate_len() as u64,
@@ -189,8 +232,10 @@ impl<'a> Reader<'a> {
         Ok(self.snapshot.len(keyspace)? as u64)
     }
 
-    /// A hash over every state keyspace, in key order. Two stores that applied the same log
-    /// up to the same index have the same hash; the log itself is not included.
+    /// A hash over every state keyspace, in key order (dedup entries past the window left
+    /// out: when compaction drops them is each node's own business). Two stores that
+    /// applied the same log up to the same index have the same hash; the log itself is not
+    /// included.
     pub fn state_hash(&self) -> Result<String, StoreError> {
         let mut hasher = blake3::Hasher::new();
         for (name, keyspace) in self.ks.state() {
@@ -198,6 +243,9 @@ impl<'a> Reader<'a> {
             let mut count = 0_u64;
             for guard in self.snapshot.iter(keyspace) {
                 let (key, value) = guard.into_inner()?;
+                if name == DEDUP && !dedup::record_alive(&value, &self.store.horizon)? {
+                    continue;
+                }
                 hasher.update(&(key.len() as u64).to_le_bytes());
                 hasher.update(&key);
                 hasher.update(&(value.len() as u64).to_le_bytes());
@@ -261,14 +309,15 @@ impl<'a> Reader<'a> {
         }
         for guard in self.snapshot.iter(&self.ks.profile_events) {
             let (profile, seq) = read_pair(&guard.key()?, PROFILE_EVENTS)?;
-            if live(profile)?.is_none() {
+            let owner = self.current_owner(profile)?;
+            if live(owner)?.is_none() {
                 return Err(Violation::Found(format!(
-                    "event {seq} is indexed under missing profile {profile}"
+                    "event {seq} is indexed under profile {profile}, which leads to no live profile"
                 )));
             }
-            if self.event(seq)?.is_none() {
+            if self.store.event(seq, profile)?.is_none() {
                 return Err(Violation::Found(format!(
-                    "profile {profile} indexes missing event {seq}"
+                    "profile {profile} indexes event {seq}, which is not in the log"
                 )));
             }
         }
@@ -295,6 +344,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Reader<'_> {
+    /// Follows merge redirects from `id` to the profile that holds its data now.
+    pub fn current_owner(&self, mut id: u64) -> Result<u64, StoreError> {
+        for _ in 0..1_000_000 {
+            match self.snapshot.get(&self.ks.redirects, u64_bytes(id))? {
+                Some(next) => id = read_u64(&next, REDIRECTS)?,
+                None => return Ok(id),
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "redirect loop through profile {id}"
+        )))
+    }
+}
+
 /// An invariant check's outcome other than success.
 enum Violation {
     Found(String),
@@ -313,47 +377,87 @@ impl From<fjall::Error> for Violation {
     }
 }
 
-/// One feed entry with what a service needs of it.
+/// One feed record with what a service needs of it.
 #[derive(Debug, Clone)]
 pub struct FeedItem {
     /// The feed sequence number (a service's cursor).
     pub feed_seq: u64,
     /// What changed.
     pub record: FeedRecord,
-    /// For [`FeedRecord::Event`]: the stored event (`None` if retention removed it).
+    /// For [`FeedRecord::Event`]: the event (`None` if retention removed it).
     pub event: Option<StoredEvent>,
 }
 
 impl Reader<'_> {
-    /// Up to `limit` feed entries after `cursor`, with their events.
+    /// Up to `limit` feed records after `cursor`, with their events.
     pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
-        let mut items = Vec::new();
-        for guard in self
+        let wanted = cursor.saturating_add(1);
+        // The entry holding `wanted` starts at or before it.
+        let start = match self
             .snapshot
-            .range(&self.ks.feed, u64_bytes(cursor.saturating_add(1))..)
-            .take(limit)
+            .range(&self.ks.feed, ..=u64_bytes(wanted))
+            .next_back()
         {
+            Some(guard) => read_u64(&guard.key()?, FEED)?,
+            None => wanted,
+        };
+        let mut items = Vec::new();
+        for guard in self.snapshot.range(&self.ks.feed, u64_bytes(start)..) {
+            if items.len() >= limit {
+                break;
+            }
             let (key, value) = guard.into_inner()?;
+            let first = read_u64(&key, FEED)?;
             let entry: FeedEntry = decode(&value, FEED)?;
-            let event = match &entry.record {
-                FeedRecord::Event { seq, .. } => self.event(*seq)?,
-                _ => None,
+            let block = match entry
+                .records
+                .iter()
+                .any(|r| matches!(r, FeedRecord::Event { .. }))
+            {
+                true => self.store.block(entry.log_index)?,
+                false => None,
             };
-            items.push(FeedItem {
-                feed_seq: read_u64(&key, FEED)?,
-                record: entry.record,
-                event,
-            });
+            for (offset, record) in entry.records.into_iter().enumerate() {
+                let feed_seq = first + offset as u64;
+                if feed_seq < wanted {
+                    continue;
+                }
+                if items.len() >= limit {
+                    break;
+                }
+                let event = match (&record, &block) {
+                    (FeedRecord::Event { seq, profile }, Some(block)) => {
+                        super::events::stored_event(block, seq_position(*seq).1, *profile)
+                    }
+                    _ => None,
+                };
+                items.push(FeedItem {
+                    feed_seq,
+                    record,
+                    event,
+                });
+            }
         }
         Ok(items)
     }
 
-    /// The last feed sequence number (0 when the feed is empty).
-    pub fn feed_head(&self) -> Result<u64, StoreError> {
-        match self.snapshot.last_key_value(&self.ks.feed) {
-            Some(guard) => read_u64(&guard.key()?, FEED),
-            None => Ok(0),
+    /// The raft index of the oldest log entry the state still names (the first feed
+    /// entry's): every event the state indexes is in this entry or a later one. `None`
+    /// when the feed is empty.
+    pub fn first_fed_log_index(&self) -> Result<Option<u64>, StoreError> {
+        match self.snapshot.first_key_value(&self.ks.feed) {
+            Some(guard) => {
+                let (_, value) = guard.into_inner()?;
+                let entry: FeedEntry = decode(&value, FEED)?;
+                Ok(Some(entry.log_index))
+            }
+            None => Ok(None),
         }
+    }
+
+    /// The last feed sequence number (0 when nothing was ever fed).
+    pub fn feed_head(&self) -> Result<u64, StoreError> {
+        Ok(meta_u64(&self.snapshot, &self.ks.meta, META_NEXT_FEED, META)?.saturating_sub(1))
     }
 
     /// Every segment definition, by id.
@@ -374,53 +478,49 @@ impl Reader<'_> {
         }
     }
 
-    /// `(name, timestamp_ms)` of the profile's events whose name is in `names` (in no
-    /// particular order), looking at no more than `scan_max` of its most recent events.
+    /// `(name, timestamp_ms)` of the profile's events (its own and those merged into it)
+    /// whose name is in `names` (in no particular order), looking at no more than
+    /// `scan_max` of its most recent events.
     pub fn event_times(
         &self,
-        profile: u64,
+        profile: &Profile,
         names: &std::collections::BTreeSet<String>,
         scan_max: usize,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let range = || pair_key(profile, 0)..=pair_key(profile, u64::MAX);
-        // Forward iteration is much cheaper than reverse in fjall's memtables; most
-        // profiles have fewer than `scan_max` events, so read forwards and fall back to
-        // the newest `scan_max` only for the few that have more.
-        let forward: Vec<_> = self
-            .snapshot
-            .range(&self.ks.profile_events, range())
-            .take(scan_max.saturating_add(1))
-            .collect();
-        let entries: Box<dyn Iterator<Item = fjall::Guard>> = if forward.len() <= scan_max {
-            Box::new(forward.into_iter())
-        } else {
-            Box::new(
-                self.snapshot
-                    .range(&self.ks.profile_events, range())
-                    .rev()
-                    .take(scan_max),
-            )
-        };
         let mut out = Vec::new();
-        for guard in entries {
-            let (key, value) = guard.into_inner()?;
-            let (name, timestamp) = read_index_value(&value);
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue;
+        if profile.merged_ids.is_empty() {
+            // One profile: forward iteration is much cheaper than reverse in fjall's
+            // memtables, and most profiles have fewer than `scan_max` events, so read
+            // forwards and fall back to the newest `scan_max` only for the few that have
+            // more.
+            let range = || pair_key(profile.id, 0)..=pair_key(profile.id, u64::MAX);
+            let forward: Vec<_> = self
+                .snapshot
+                .range(&self.ks.profile_events, range())
+                .take(scan_max.saturating_add(1))
+                .collect();
+            let entries: Box<dyn Iterator<Item = fjall::Guard>> = if forward.len() <= scan_max {
+                Box::new(forward.into_iter())
+            } else {
+                Box::new(
+                    self.snapshot
+                        .range(&self.ks.profile_events, range())
+                        .rev()
+                        .take(scan_max),
+                )
             };
-            if !names.contains(name) {
-                continue;
+            for guard in entries {
+                let (_, value) = guard.into_inner()?;
+                push_named(&mut out, &value, names);
             }
-            let timestamp = match timestamp {
-                Some(timestamp) => Some(timestamp),
-                None => {
-                    let seq = read_pair(&key, PROFILE_EVENTS)?.1;
-                    self.event(seq)?.map(|event| event.timestamp_ms)
-                }
-            };
-            if let Some(timestamp) = timestamp {
-                out.push((name.to_owned(), timestamp));
-            }
+            return Ok(out);
+        }
+        for entry in self
+            .newest_first(&self.ks.profile_events, PROFILE_EVENTS, profile, None)
+            .take(scan_max)
+        {
+            let (_, value) = entry?;
+            push_named(&mut out, &value, names);
         }
         Ok(out)
     }
@@ -437,5 +537,20 @@ impl Reader<'_> {
             out.push(decode(&value, PROFILES)?);
         }
         Ok(out)
+    }
+}
+
+/// Adds the name and time of an event index value if its name is one of `names`.
+fn push_named(
+    out: &mut Vec<(String, i64)>,
+    value: &[u8],
+    names: &std::collections::BTreeSet<String>,
+) {
+    let (name, timestamp) = read_index_value(value);
+    let (Ok(name), Some(timestamp)) = (std::str::from_utf8(name), timestamp) else {
+        return;
+    };
+    if names.contains(name) {
+        out.push((name.to_owned(), timestamp));
     }
 }

@@ -1,21 +1,20 @@
 //! What a replicated node needs from the store: applying committed log entries, and
-//! exporting / importing the whole state as a snapshot stream.
+//! exporting / importing the state as a snapshot stream.
 //!
-//! The store knows nothing of Raft: the caller passes the log index of each entry and an
+//! The store knows nothing of Raft: the caller passes each entry's raft index and an
 //! opaque `raft_state` blob (the applied log id and membership, encoded by the cluster
-//! layer) that is written in the same transaction, so the state and "how far it got" never
+//! layer) that is written in the same batch, so the state and "how far it got" never
 //! disagree.
 //!
-//! Applies are not fsync'd: the Raft log is the durable record and is replayed after a
-//! crash. [`Store::persist`] makes the state durable before a snapshot lets the log be
-//! purged.
+//! Applies are not fsync'd: the log is the durable record and is replayed after a crash.
+//! [`Store::persist`] makes the state durable before a snapshot lets the log be purged.
 //!
-//! Snapshot stream format (version 1):
+//! Snapshot stream format (version 2; event bodies are not in it: they travel as the log's
+//! segment files, see `crate::cluster::state_machine`):
 //! ```text
-//! magic "TANDEM-SNAPSHOT\x01"
+//! magic "TANDEM-SNAPSHOT\x02"
 //! record*  : 0x01, keyspace u8, key_len u32 LE, key, value_len u32 LE, value
 //! trailer  : 0xFF, record count u64 LE, blake3 of every byte after the magic (32 bytes)
-//! -- sections: absent from snapshots written before them --
 //! section* : 0x02, name_len u32 LE, name, cursor u64 LE,
 //!            (0x01, key_len u32 LE, key, value_len u32 LE, value)*,
 //!            0xFF, record count u64 LE, blake3 of the section's bytes from its 0x02
@@ -23,110 +22,102 @@
 //! ```
 //! The store's part ends at its trailer. After it come *sections*: named key/value sets
 //! with a cursor, each checked by its own trailer — the CDP services' derived state (see
-//! [`crate::services::supervisor::Supervisor::export_state`]); the store knows nothing of
-//! what they mean. A stream that ends right after the store's trailer has no sections; one
-//! with a section but no end marker is truncated. [`Store::verify_snapshot`] checks every
-//! trailer in a first pass before anything is replaced.
+//! [`crate::services::supervisor::Supervisor::export_state`]) and the log's segment files;
+//! the store knows nothing of what they mean. [`Store::verify_snapshot`] checks every
+//! trailer in a first pass before anything is replaced. A version 1 stream (which carried
+//! event bodies in the state) is refused with a message saying so.
 
 use std::io::{Read, Write};
 
 use fjall::{PersistMode, Readable};
 
 use super::apply::{Applier, SegmentChange};
-use super::{Store, StoreError};
+use super::tables::DEDUP;
+use super::{Store, StoreError, dedup};
 use crate::model::command::Command;
 use crate::model::event::EventOutcome;
 
 /// `META` key holding the cluster layer's applied-state blob.
 pub const META_RAFT_STATE: &str = "raft_state";
 
-const MAGIC: &[u8; 16] = b"TANDEM-SNAPSHOT\x01";
+const MAGIC: &[u8; 16] = b"TANDEM-SNAPSHOT\x02";
+const MAGIC_V1: &[u8; 16] = b"TANDEM-SNAPSHOT\x01";
 const RECORD: u8 = 0x01;
 const SECTION: u8 = 0x02;
 const SECTIONS_END: u8 = 0xFE;
 const TRAILER: u8 = 0xFF;
 /// Longest section name accepted.
 const NAME_BYTES_MAX: usize = 256;
-/// Records written per transaction while importing.
-const IMPORT_TX_RECORDS: usize = 10_000;
+/// Records written per batch while importing.
+const IMPORT_BATCH_RECORDS: usize = 10_000;
 /// Longest key or value accepted from a snapshot (fjall's own limits are below it).
 const FIELD_BYTES_MAX: usize = 1 << 30;
 
 /// One committed log entry to apply.
 pub struct Committed<'a> {
-    /// Its log index.
-    pub index: u64,
+    /// Its raft log index.
+    pub log_index: u64,
     /// The command it carries, if any (membership and blank entries carry none).
     pub command: Option<&'a Command>,
     /// The applied-state blob to store with it.
     pub raft_state: Vec<u8>,
 }
 
-/// The result of applying one entry: outcomes, or why a consistency check refused it (in
-/// which case nothing of it was applied, deterministically on every replica).
-pub type EntryResult = Result<Vec<EventOutcome>, String>;
-
 impl Store {
-    /// Applies committed entries, one transaction each, without fsync.
+    /// Applies committed entries in one atomic write batch, without fsync; returns each
+    /// entry's event outcomes (empty for entries that carry no events). An error leaves the
+    /// state as it was before the call: a damaged entry or a broken invariant is never
+    /// skipped (the caller stops the node).
     pub fn apply_committed(
         &self,
         entries: &[Committed<'_>],
-    ) -> Result<Vec<EntryResult>, StoreError> {
+    ) -> Result<Vec<Vec<EventOutcome>>, StoreError> {
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
+        let mut batch = self.db.batch();
+        let mut applier =
+            Applier::open(self.db.snapshot(), &mut batch, &self.ks, &self.config.apply)?;
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
-            results.push(self.apply_one(entry)?);
+            let index = entry.log_index;
+            results.push(match entry.command {
+                Some(Command::Ingest(block)) => {
+                    let head = block
+                        .head()
+                        .map_err(|e| StoreError::Corrupt(format!("log entry {index}: {e}")))?;
+                    applier.apply_block(index, &head)?
+                }
+                Some(Command::PutSegment(def)) => {
+                    applier.apply_segment(index, SegmentChange::Put(def))?;
+                    Vec::new()
+                }
+                Some(Command::DeleteSegment { id }) => {
+                    applier.apply_segment(index, SegmentChange::Delete(id))?;
+                    Vec::new()
+                }
+                None => {
+                    applier.advance(index)?;
+                    Vec::new()
+                }
+            });
         }
+        let clock = applier.finish();
+        batch.insert(&self.ks.meta, META_RAFT_STATE, last.raft_state.as_slice());
+        batch.commit()?;
+        self.advance_horizon(clock);
         Ok(results)
-    }
-
-    fn apply_one(&self, entry: &Committed<'_>) -> Result<EntryResult, StoreError> {
-        let attempt = self.write_entry(entry, true);
-        match attempt {
-            Ok(outcomes) => Ok(Ok(outcomes)),
-            Err(StoreError::Corrupt(why)) => {
-                // The transaction was dropped, so nothing of the entry was written. Skip it
-                // (every replica fails the same check on the same entry) and say why.
-                tracing::error!(index = entry.index, %why, "a committed entry was refused by a consistency check");
-                self.write_entry(entry, false)?;
-                Ok(Err(why))
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    fn write_entry(
-        &self,
-        entry: &Committed<'_>,
-        with_data: bool,
-    ) -> Result<Vec<EventOutcome>, StoreError> {
-        let mut tx = self.db.write_tx();
-        let mut applier = Applier::open(&mut tx, &self.ks, &self.config.apply)?;
-        let outcomes = match entry.command {
-            Some(Command::Ingest(batch)) if with_data => applier.apply(entry.index, batch)?,
-            Some(Command::PutSegment(def)) if with_data => {
-                applier.apply_segment(entry.index, SegmentChange::Put(def))?;
-                Vec::new()
-            }
-            Some(Command::DeleteSegment { id }) if with_data => {
-                applier.apply_segment(entry.index, SegmentChange::Delete(id))?;
-                Vec::new()
-            }
-            _ => {
-                applier.advance(entry.index)?;
-                Vec::new()
-            }
-        };
-        applier.finish()?;
-        tx.insert(&self.ks.meta, META_RAFT_STATE, entry.raft_state.as_slice());
-        tx.commit()?;
-        Ok(outcomes)
     }
 
     /// The applied-state blob of the last applied entry, if any.
     pub fn raft_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .db
-            .read_tx()
+            .snapshot()
             .get(&self.ks.meta, META_RAFT_STATE)?
             .map(|bytes| bytes.to_vec()))
     }
@@ -137,19 +128,29 @@ impl Store {
         Ok(())
     }
 
-    /// Streams every state keyspace of one consistent snapshot to `out`. Returns the
-    /// applied-state blob of that snapshot and the number of records.
-    pub fn export(&self, out: &mut impl Write) -> Result<(Option<Vec<u8>>, u64), StoreError> {
-        let snapshot = self.db.read_tx();
+    /// Streams every state keyspace of one consistent snapshot to `out` (dead dedup
+    /// entries left out). Returns the applied-state blob of that snapshot, its applied
+    /// index (one past the raft index) and the number of records.
+    pub fn export(&self, out: &mut impl Write) -> Result<Exported, StoreError> {
+        let snapshot = self.db.snapshot();
         let raft_state = snapshot
             .get(&self.ks.meta, META_RAFT_STATE)?
             .map(|bytes| bytes.to_vec());
+        let applied_index = super::meta_u64(
+            &snapshot,
+            &self.ks.meta,
+            super::tables::META_APPLIED_INDEX,
+            super::tables::META,
+        )?;
         let mut writer = HashingWriter::new(out);
         writer.raw(MAGIC)?;
         let mut count = 0_u64;
-        for (id, (_, keyspace)) in self.ks.state().into_iter().enumerate() {
+        for (id, (name, keyspace)) in self.ks.state().into_iter().enumerate() {
             for guard in snapshot.iter(keyspace) {
                 let (key, value) = guard.into_inner()?;
+                if name == DEDUP && !dedup::record_alive(&value, &self.horizon)? {
+                    continue;
+                }
                 writer.write(&[RECORD, id as u8])?;
                 writer.field(&key)?;
                 writer.field(&value)?;
@@ -160,7 +161,11 @@ impl Store {
         writer.write(&count.to_le_bytes())?;
         let digest = writer.hasher.finalize();
         writer.raw(digest.as_bytes())?;
-        Ok((raft_state, count))
+        Ok(Exported {
+            raft_state,
+            applied_index,
+            records: count,
+        })
     }
 
     /// Checks a whole snapshot stream — the store's part and every section: magic,
@@ -199,50 +204,48 @@ impl Store {
     /// must have passed [`Store::verify_snapshot`]), then fsyncs. `input` is left where a
     /// [`SectionReader`] reads on.
     pub fn import(&self, input: &mut impl Read) -> Result<u64, StoreError> {
-        self.clear_state()?;
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
+        for (_, keyspace) in self.ks.state() {
+            keyspace.clear()?;
+        }
+        self.blocks.clear();
         let keyspaces = self.ks.state();
         let mut reader = SnapshotReader::new(input)?;
-        let mut tx = self.db.write_tx();
-        let mut in_tx = 0;
+        let mut batch = self.db.batch();
+        let mut in_batch = 0;
         while let Some((id, key, value)) = reader.next_record()? {
             let (_, keyspace) = keyspaces
                 .get(usize::from(id))
                 .ok_or_else(|| StoreError::Corrupt(format!("snapshot names keyspace {id}")))?;
-            tx.insert(keyspace, key, value);
-            in_tx += 1;
-            if in_tx == IMPORT_TX_RECORDS {
-                tx.commit()?;
-                tx = self.db.write_tx();
-                in_tx = 0;
+            batch.insert(keyspace, key, value);
+            in_batch += 1;
+            if in_batch == IMPORT_BATCH_RECORDS {
+                batch.commit()?;
+                batch = self.db.batch();
+                in_batch = 0;
             }
         }
-        tx.commit()?;
+        batch.commit()?;
         let count = reader.finish()?;
         self.persist()?;
+        let clock = self.reader().clock_ms()?;
+        self.advance_horizon(clock);
         Ok(count)
     }
+}
 
-    fn clear_state(&self) -> Result<(), StoreError> {
-        for (_, keyspace) in self.ks.state() {
-            loop {
-                let snapshot = self.db.read_tx();
-                let keys: Vec<_> = snapshot
-                    .iter(keyspace)
-                    .take(IMPORT_TX_RECORDS)
-                    .map(|guard| guard.key())
-                    .collect::<Result<_, _>>()?;
-                if keys.is_empty() {
-                    break;
-                }
-                let mut tx = self.db.write_tx();
-                for key in keys {
-                    tx.remove(keyspace, key);
-                }
-                tx.commit()?;
-            }
-        }
-        Ok(())
-    }
+/// What [`Store::export`] wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The applied-state blob of the exported state.
+    pub raft_state: Option<Vec<u8>>,
+    /// One past the raft index of the last entry the exported state reflects (0 = none).
+    pub applied_index: u64,
+    /// Records written.
+    pub records: u64,
 }
 
 /// Writes through, hashing every byte after the magic.
@@ -295,6 +298,11 @@ impl<'r, R: Read> SnapshotReader<'r, R> {
     fn new(input: &'r mut R) -> Result<Self, StoreError> {
         let mut magic = [0_u8; 16];
         input.read_exact(&mut magic).map_err(snapshot_io)?;
+        if &magic == MAGIC_V1 {
+            return Err(StoreError::Corrupt(
+                "snapshot format 1 (written before the log became the event store); this build reads format 2: let the leader build a new snapshot".into(),
+            ));
+        }
         if &magic != MAGIC {
             return Err(StoreError::Corrupt(
                 "not a Tandem snapshot (bad magic)".into(),
@@ -479,7 +487,7 @@ pub struct SectionReader<'r, R: Read> {
     open: Option<(blake3::Hasher, u64)>,
     /// Sections opened so far.
     sections: u32,
-    /// Whether the end (marker or, in an old snapshot, end of stream) was read.
+    /// Whether the end marker was read.
     ended: bool,
 }
 
@@ -504,14 +512,9 @@ impl<'r, R: Read> SectionReader<'r, R> {
             return Ok(None);
         }
         let Some(tag) = self.tag_or_end()? else {
-            if self.sections > 0 {
-                return Err(StoreError::Corrupt(
-                    "snapshot truncated: its sections have no end marker".into(),
-                ));
-            }
-            // Written before snapshots carried sections.
-            self.ended = true;
-            return Ok(None);
+            return Err(StoreError::Corrupt(
+                "snapshot truncated: its sections have no end marker".into(),
+            ));
         };
         match tag {
             SECTION => {
@@ -537,11 +540,8 @@ impl<'r, R: Read> SectionReader<'r, R> {
                         self.sections
                     )));
                 }
-                if self.tag_or_end()?.is_some() {
-                    return Err(StoreError::Corrupt(
-                        "bytes after the snapshot's end marker".into(),
-                    ));
-                }
+                // What follows the end marker (a snapshot's log part) is not ours: never
+                // read past it.
                 self.ended = true;
                 Ok(None)
             }

@@ -19,10 +19,10 @@ use crate::model::identity::Identity;
 
 /// State counters and positions (see the `META_*` keys) → u64.
 pub const META: &str = "meta";
-/// Event sequence number → postcard [`StoredEvent`].
-pub const EVENTS: &str = "events";
-/// (profile id, event seq) → event name, `0xFF`, event timestamp (8 bytes big-endian); the
-/// per-profile event index, newest = highest seq. See [`index_value`].
+/// (profile id *when the event was applied*, event seq) → event name, `0xFF`, event
+/// timestamp (8 bytes big-endian); the per-profile event index. See [`index_value`].
+/// Entries are never moved: a merged profile's events stay under its old id, and reads
+/// of a profile visit its id and every id in its `merged_ids`.
 pub const PROFILE_EVENTS: &str = "profile_events";
 /// Identity key (`kind:value`) → owning profile id.
 pub const IDENTITIES: &str = "identities";
@@ -30,44 +30,67 @@ pub const IDENTITIES: &str = "identities";
 pub const PROFILES: &str = "profiles";
 /// Merged-away profile id → the profile it was merged into.
 pub const REDIRECTS: &str = "redirects";
-/// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile.
+/// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile (like
+/// the event index, never moved by a merge).
 pub const MERGES: &str = "merges";
-/// source 0x00 messageId → seq of the event that used it; the idempotency index.
+/// 16-byte [`dedup_hash`] of (source, messageId) → state clock when stored (i64
+/// big-endian) ++ the event's seq (u64 big-endian): the idempotency index. An entry older
+/// than the dedup window is dead: reads ignore it and compaction drops it (see
+/// `super::dedup`), so it needs no second, expiry-ordered keyspace.
 pub const DEDUP: &str = "dedup";
-/// Event seq → postcard [`DedupExpiry`]; dedup entries in expiry order.
-pub const DEDUP_EXPIRY: &str = "dedup_expiry";
-/// Feed seq → postcard [`FeedRecord`]: the ordered change feed services consume.
+/// First feed seq of a log entry → postcard [`FeedEntry`]: the ordered change feed
+/// services consume, one record per log entry.
 pub const FEED: &str = "feed";
 /// Segment id → postcard [`crate::model::command::SegmentDef`].
 pub const SEGMENT_DEFS: &str = "segment_defs";
 
 /// The state keyspaces, in the order the state hash covers them.
-pub const STATE_KEYSPACES: [&str; 11] = [
+pub const STATE_KEYSPACES: [&str; 9] = [
     META,
-    EVENTS,
     PROFILE_EVENTS,
     IDENTITIES,
     PROFILES,
     REDIRECTS,
     MERGES,
     DEDUP,
-    DEDUP_EXPIRY,
     FEED,
     SEGMENT_DEFS,
 ];
 
-/// `META` key: index of the last log entry applied to the state.
+/// `META` key: index of the last log entry applied to the state, plus one (0 = none).
 pub const META_APPLIED_INDEX: &str = "applied_index";
 /// `META` key: the state clock, the largest batch time applied (ms since the epoch).
 pub const META_CLOCK_MS: &str = "clock_ms";
-/// `META` key: the next event sequence number.
-pub const META_NEXT_SEQ: &str = "next_seq";
 /// `META` key: the next profile id.
 pub const META_NEXT_PROFILE: &str = "next_profile";
 /// `META` key: the next merge record sequence number.
 pub const META_NEXT_MERGE: &str = "next_merge";
 /// `META` key: the next feed sequence number.
 pub const META_NEXT_FEED: &str = "next_feed";
+/// `META` key: events ever stored.
+pub const META_EVENTS_STORED: &str = "events_stored";
+/// `META` key: events removed by retention.
+pub const META_EVENTS_EXPIRED: &str = "events_expired";
+/// `META` key: the key of the last feed entry removed by retention (0 = none).
+pub const META_FEED_TAIL: &str = "feed_tail";
+
+/// Bits of an event seq that hold its position in its log entry's block: an event's seq
+/// is `log index << SEQ_ORDINAL_BITS | position`, unique, increasing in log order, and
+/// enough to find the event's body in the log.
+pub const SEQ_ORDINAL_BITS: u32 = 16;
+
+/// The seq of the event at `ordinal` in the block of log entry `log_index`.
+pub fn event_seq(log_index: u64, ordinal: usize) -> u64 {
+    (log_index << SEQ_ORDINAL_BITS) | ordinal as u64
+}
+
+/// The log index and position in its block of the event with this seq.
+pub fn seq_position(seq: u64) -> (u64, usize) {
+    (
+        seq >> SEQ_ORDINAL_BITS,
+        (seq & ((1 << SEQ_ORDINAL_BITS) - 1)) as usize,
+    )
+}
 
 /// A [`PROFILE_EVENTS`] value: the name, then `0xFF` (never in UTF-8) and the timestamp,
 /// so event conditions can count a profile's events by name and time from the index alone.
@@ -130,16 +153,41 @@ pub fn read_pair(bytes: &[u8], keyspace: &'static str) -> Result<(u64, u64), sup
     ))
 }
 
-/// The dedup key of a (source, messageId) pair.
-pub fn dedup_key(source: &str, message_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(source.len() + 1 + message_id.len());
-    key.extend_from_slice(source.as_bytes());
-    key.push(0);
-    key.extend_from_slice(message_id.as_bytes());
+/// The dedup key of a (source, messageId) pair: 16 bytes of blake3 over
+/// `source 0x00 messageId` (source names cannot contain 0x00). A keyed-free cryptographic
+/// hash, so nobody can make two messageIds collide on purpose.
+pub fn dedup_hash(source: &str, message_id: &str) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(source.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(message_id.as_bytes());
+    let mut key = [0_u8; 16];
+    key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
     key
 }
 
-/// An event as stored, with what the events API and retention need.
+/// A [`DEDUP`] value: when the entry was made and the event's seq.
+pub fn dedup_value(stored_at_ms: i64, seq: u64) -> [u8; 16] {
+    let mut value = [0_u8; 16];
+    value[..8].copy_from_slice(&stored_at_ms.to_be_bytes());
+    value[8..].copy_from_slice(&seq.to_be_bytes());
+    value
+}
+
+/// Decodes a [`DEDUP`] value into (stored at, seq).
+pub fn read_dedup_value(bytes: &[u8]) -> Result<(i64, u64), super::StoreError> {
+    if bytes.len() != 16 {
+        return Err(super::StoreError::Corrupt(format!(
+            "{DEDUP}: expected a 16-byte value, found {}",
+            bytes.len()
+        )));
+    }
+    let mut at = [0_u8; 8];
+    at.copy_from_slice(&bytes[..8]);
+    Ok((i64::from_be_bytes(at), read_u64(&bytes[8..], DEDUP)?))
+}
+
+/// An event as read back from the log, with what the events API and services need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// The profile the event landed on when applied (follow [`REDIRECTS`] for its owner now).
@@ -150,7 +198,7 @@ pub struct StoredEvent {
     pub name: String,
     /// Corrected event time, ms since the epoch.
     pub timestamp_ms: i64,
-    /// State clock when stored; retention counts from it.
+    /// When its log entry was proposed (the entry's batch time), ms since the epoch.
     pub stored_at_ms: i64,
     /// Source name.
     pub source: String,
@@ -158,17 +206,6 @@ pub struct StoredEvent {
     pub message_id: String,
     /// The normalised event, JSON text.
     pub body_json: String,
-}
-
-/// A dedup entry's expiry record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DedupExpiry {
-    /// State clock when the entry was made.
-    pub stored_at_ms: i64,
-    /// Source name.
-    pub source: String,
-    /// The messageId.
-    pub message_id: String,
 }
 
 /// One entry of a profile's merge audit trail.
@@ -219,13 +256,13 @@ pub fn decode<'a, T: Deserialize<'a>>(
     postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt(format!("{table}: {e}")))
 }
 
-/// One entry of the change feed: what changed, in apply order. Services consume it from
-/// their own cursor; event bodies are read from [`EVENTS`] by seq.
+/// One record of the change feed: what changed, in apply order. Services consume it from
+/// their own cursor; event bodies are read from the log by seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FeedRecord {
     /// An event was stored on a profile.
     Event {
-        /// The event's seq in [`EVENTS`].
+        /// The event's seq (see [`event_seq`]).
         seq: u64,
         /// The profile it landed on.
         profile: u64,
@@ -244,11 +281,14 @@ pub enum FeedRecord {
     },
 }
 
-/// A feed entry with the state clock when it was appended (for retention).
+/// The feed records of one log entry, with the state clock when it was applied (for
+/// retention). Record `i` has feed seq `key + i`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEntry {
-    /// State clock at append, ms since the epoch.
+    /// State clock at apply, ms since the epoch.
     pub at_ms: i64,
-    /// What changed.
-    pub record: FeedRecord,
+    /// The log entry (its raft index) the records came from.
+    pub log_index: u64,
+    /// What changed, in apply order.
+    pub records: Vec<FeedRecord>,
 }

@@ -1,0 +1,116 @@
+//! The data directory's format version: a data directory written by another format is
+//! refused at start with what to do, never misread.
+//!
+//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 2 keeps the event
+//! bodies in the log (`log/`) and the state without them (`store/`). Version 1 (before it)
+//! had no `FORMAT` file, a fjall Raft log in `raft-log/` and event bodies in the state.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// The format this build reads and writes.
+pub const DATA_FORMAT: u32 = 2;
+/// The version file's name.
+const FILE: &str = "FORMAT";
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// It was written by a build with another on-disk format.
+    #[error("{0}")]
+    Mismatch(String),
+    /// It could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Checks `dir`'s format, or stamps an empty (new) directory with this build's.
+pub fn check_or_stamp(dir: &Path) -> Result<(), FormatError> {
+    let path = dir.join(FILE);
+    let io = |source| FormatError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let version = text
+                .trim()
+                .strip_prefix("tandem-data ")
+                .and_then(|v| v.parse::<u32>().ok());
+            match version {
+                Some(DATA_FORMAT) => Ok(()),
+                Some(other) => Err(FormatError::Mismatch(format!(
+                    "data directory {} is in format {other}; this build of Tandem reads format \
+                     {DATA_FORMAT}. Run the Tandem version that wrote it, or start this one with \
+                     an empty --data-dir and restore or re-ingest the data",
+                    dir.display()
+                ))),
+                None => Err(FormatError::Mismatch(format!(
+                    "{} does not name a data format ({:?}); it should read `tandem-data \
+                     {DATA_FORMAT}`",
+                    path.display(),
+                    text.trim()
+                ))),
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("raft-log").exists() || dir.join("store").exists() {
+                return Err(FormatError::Mismatch(format!(
+                    "data directory {} was written by an older Tandem (format 1: event bodies \
+                     in the state, the Raft log in raft-log/); this build keeps events in the \
+                     log (format {DATA_FORMAT}) and cannot read it. Start with an empty \
+                     --data-dir (in a cluster: add it as a new node, which receives the data \
+                     from the leader), or re-ingest the events",
+                    dir.display()
+                )));
+            }
+            let temp = dir.join("FORMAT.tmp");
+            let mut file = fs::File::create(&temp).map_err(io)?;
+            writeln!(file, "tandem-data {DATA_FORMAT}").map_err(io)?;
+            file.sync_all().map_err(io)?;
+            fs::rename(&temp, &path).map_err(io)?;
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_stamped_and_then_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        check_or_stamp(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(FILE)).unwrap(),
+            format!("tandem-data {DATA_FORMAT}\n")
+        );
+        check_or_stamp(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn other_formats_are_refused_with_what_to_do() {
+        let old = tempfile::tempdir().unwrap();
+        fs::create_dir(old.path().join("raft-log")).unwrap();
+        let error = check_or_stamp(old.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("format 1") && error.contains("empty --data-dir"),
+            "{error}"
+        );
+
+        let newer = tempfile::tempdir().unwrap();
+        fs::write(newer.path().join(FILE), "tandem-data 9\n").unwrap();
+        let error = check_or_stamp(newer.path()).unwrap_err().to_string();
+        assert!(error.contains("format 9"), "{error}");
+
+        let garbage = tempfile::tempdir().unwrap();
+        fs::write(garbage.path().join(FILE), "hello").unwrap();
+        assert!(check_or_stamp(garbage.path()).is_err());
+    }
+}

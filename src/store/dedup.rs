@@ -1,0 +1,147 @@
+//! messageId dedup: compact hashed keys, checked by the leader before it proposes, expired
+//! by time without a second keyspace.
+//!
+//! - **Where it is checked.** Only the leader looks events up, before it proposes them
+//!   (`crate::node`), so a duplicate never enters the log and followers never consult
+//!   the index: applying just records each stored event's key ([`super::tables::DEDUP`]).
+//!   Every replica keeps the index, so a new leader has it after a failover; it answers
+//!   nothing before it has applied every entry of earlier terms.
+//! - **Keys.** 16 bytes of blake3 over source and messageId ([`dedup_hash`]); the value is
+//!   the state clock when stored and the event's seq.
+//! - **Expiry.** An entry older than the dedup window (by the state clock, which every
+//!   replica advances identically) is dead: [`Screen`] ignores it, the state hash and
+//!   snapshots skip it, and compaction drops it ([`ExpiryFilter`]). The filter reads the
+//!   horizon from an atomic the store advances after each apply; the clock never goes
+//!   back, so an entry dead once stays dead, and dropping it whenever compaction runs
+//!   changes nothing anyone can observe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use fjall::Readable;
+use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
+
+use super::tables::{DEDUP, dedup_hash, read_dedup_value};
+use super::{Store, StoreError};
+
+/// The dedup horizon: entries stored before it are dead. Shared by the store and its
+/// compaction filter.
+#[derive(Debug, Clone, Default)]
+pub struct Horizon(Arc<AtomicI64>);
+
+impl Horizon {
+    /// Entries stored before this time (ms) are dead.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Moves the horizon forward (never back).
+    pub fn advance(&self, to_ms: i64) {
+        self.0.fetch_max(to_ms, Ordering::AcqRel);
+    }
+
+    /// Whether an entry stored at `stored_at_ms` is still alive.
+    pub fn alive(&self, stored_at_ms: i64) -> bool {
+        stored_at_ms >= self.get()
+    }
+}
+
+/// The compaction filter factory for [`DEDUP`].
+pub struct ExpiryFactory {
+    /// Shared with the store.
+    pub horizon: Horizon,
+}
+
+impl Factory for ExpiryFactory {
+    fn name(&self) -> &str {
+        "tandem-dedup-expiry"
+    }
+
+    fn make_filter(&self, _ctx: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(ExpiryFilter {
+            horizon_ms: self.horizon.get(),
+        })
+    }
+}
+
+/// Drops dedup entries stored before the horizon taken when the compaction started.
+pub struct ExpiryFilter {
+    horizon_ms: i64,
+}
+
+impl CompactionFilter for ExpiryFilter {
+    fn filter_item(
+        &mut self,
+        item: ItemAccessor<'_>,
+        _ctx: &Context,
+    ) -> fjall::compaction::filter::CompactionFilterResult {
+        let value = item.value()?;
+        // A value that does not decode is left for the invariant checks to report.
+        Ok(match read_dedup_value(&value) {
+            Ok((stored_at_ms, _)) if stored_at_ms < self.horizon_ms => Verdict::Remove,
+            _ => Verdict::Keep,
+        })
+    }
+}
+
+/// What the leader decided about one event of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen: propose it.
+    New,
+    /// Already stored with this seq.
+    Stored(u64),
+    /// Equal to the new event at this position earlier in the same group.
+    Repeat(usize),
+}
+
+/// Screens events for duplicates against the applied state.
+pub struct Screen<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Screen<'a> {
+    /// Screens against `store`'s applied state.
+    pub fn new(store: &'a Store) -> Screen<'a> {
+        Screen { store }
+    }
+
+    /// For each `(source, messageId)`, whether it is new, stored (within the window), or a
+    /// repeat of an earlier one in the same list.
+    pub fn check<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k str, &'k str)>,
+    ) -> Result<Vec<Seen>, StoreError> {
+        let snapshot = self.store.db.snapshot();
+        let horizon = &self.store.horizon;
+        let mut seen: HashMap<[u8; 16], usize> = HashMap::new();
+        let mut verdicts = Vec::new();
+        for (position, (source, message_id)) in keys.into_iter().enumerate() {
+            let hash = dedup_hash(source, message_id);
+            if let Some(&first) = seen.get(&hash) {
+                verdicts.push(Seen::Repeat(first));
+                continue;
+            }
+            seen.insert(hash, position);
+            let stored = match snapshot.get(&self.store.ks.dedup, hash)? {
+                Some(value) => {
+                    let (stored_at_ms, seq) = read_dedup_value(&value)?;
+                    horizon.alive(stored_at_ms).then_some(seq)
+                }
+                None => None,
+            };
+            verdicts.push(stored.map_or(Seen::New, Seen::Stored));
+        }
+        Ok(verdicts)
+    }
+}
+
+/// Whether a raw [`DEDUP`] record is alive at `horizon` (for the state hash and exports).
+pub(crate) fn record_alive(value: &[u8], horizon: &Horizon) -> Result<bool, StoreError> {
+    let (stored_at_ms, _) = read_dedup_value(value)?;
+    Ok(horizon.alive(stored_at_ms))
+}
+
+/// The keyspace name the filter applies to.
+pub(crate) const KEYSPACE: &str = DEDUP;

@@ -1,0 +1,92 @@
+//! Event bodies, read back from the log where they live.
+//!
+//! An event's seq names its log entry and its position in that entry's block
+//! ([`super::tables::seq_position`]). Reading one decodes the whole block, so decoded
+//! blocks are kept in a bounded cache shared by every reader: a page of a profile's events
+//! and the three services reading the same fresh entries each decode a block once.
+
+use std::sync::Arc;
+
+use quick_cache::Weighter;
+
+use super::tables::{StoredEvent, seq_position};
+use super::{Store, StoreError, entry};
+use crate::model::block::Block;
+use crate::model::command::Command;
+
+/// Decoded blocks by log index, bounded by their approximate size.
+pub struct BlockCache {
+    cache: quick_cache::sync::Cache<u64, Arc<Block>, BlockWeight>,
+}
+
+#[derive(Clone)]
+struct BlockWeight;
+
+impl Weighter<u64, Arc<Block>> for BlockWeight {
+    fn weight(&self, _index: &u64, block: &Arc<Block>) -> u64 {
+        block.heap_bytes().max(1) as u64
+    }
+}
+
+impl BlockCache {
+    /// A cache of at most about `bytes` of decoded blocks.
+    pub fn new(bytes: usize) -> BlockCache {
+        BlockCache {
+            cache: quick_cache::sync::Cache::with_weighter(
+                (bytes / (64 << 10)).max(16),
+                bytes as u64,
+                BlockWeight,
+            ),
+        }
+    }
+
+    /// Forgets every block (the log was replaced).
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+}
+
+impl Store {
+    /// The decoded block of log entry `log_index`, or `None` if that entry is not in the
+    /// log (retention removed it, or it is not an ingest entry).
+    pub fn block(&self, log_index: u64) -> Result<Option<Arc<Block>>, StoreError> {
+        if let Some(block) = self.blocks.cache.get(&log_index) {
+            return Ok(Some(block));
+        }
+        let Some(record) = self.log.read(log_index)? else {
+            return Ok(None);
+        };
+        let corrupt = |why: String| StoreError::Corrupt(format!("log entry {log_index}: {why}"));
+        let Some(Command::Ingest(encoded)) = entry::command(&record).map_err(corrupt)? else {
+            return Ok(None);
+        };
+        let block = Arc::new(encoded.decode().map_err(|e| corrupt(e.to_string()))?);
+        self.blocks.cache.insert(log_index, Arc::clone(&block));
+        Ok(Some(block))
+    }
+
+    /// The event with this seq, as landed on `profile_id`; `None` if its entry is gone.
+    pub fn event(&self, seq: u64, profile_id: u64) -> Result<Option<StoredEvent>, StoreError> {
+        let (log_index, ordinal) = seq_position(seq);
+        let Some(block) = self.block(log_index)? else {
+            return Ok(None);
+        };
+        Ok(stored_event(&block, ordinal, profile_id))
+    }
+}
+
+/// Event `ordinal` of `block`, as landed on `profile_id`.
+pub fn stored_event(block: &Block, ordinal: usize, profile_id: u64) -> Option<StoredEvent> {
+    let meta = block.head.events.get(ordinal)?;
+    let body = block.body(ordinal)?;
+    Some(StoredEvent {
+        profile_id,
+        kind: meta.kind,
+        name: meta.name.clone(),
+        timestamp_ms: meta.timestamp_ms,
+        stored_at_ms: block.head.time_ms,
+        source: meta.source.clone(),
+        message_id: meta.message_id.clone(),
+        body_json: body.to_owned(),
+    })
+}
