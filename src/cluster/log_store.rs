@@ -40,6 +40,12 @@ const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 /// The committed id is advisory: write it at most this often.
 const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_millis(100);
+/// Most recent entries kept decoded in memory: replication to followers and the state
+/// machine read entries right after they were appended, and serving them from memory
+/// saves reading and decoding them again (and keeps the leader's decoded block heads).
+const RECENT_ENTRIES_MAX: usize = 1024;
+/// Most bytes (encoded) of recent entries kept in memory.
+const RECENT_BYTES_MAX: usize = 64 << 20;
 
 /// The log store. Cheap to clone: every clone (and every reader) shares the same state.
 #[derive(Clone)]
@@ -50,6 +56,70 @@ pub struct LogStore {
     /// The purged index plus one (0 = nothing purged): openraft never gets entries below
     /// it, though the files keep them for the event store.
     readable_from: Arc<std::sync::atomic::AtomicU64>,
+    /// The latest appended entries, decoded.
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Consecutive entries ending at the log's last, as appended, with their encoded sizes.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+    /// The log's generation they were appended under (see [`Log::generation`]).
+    generation: u64,
+}
+
+impl Recent {
+    /// The entries in `[from, to]` the log holds, if the cache can tell: it ends at the
+    /// log's last entry, so it can whenever `from` is at or after its first.
+    fn range(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let skip = usize::try_from(from.checked_sub(first)?).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take_while(|(entry, _)| entry.log_id.index <= to)
+                .map(|(entry, _)| entry.clone())
+                .collect(),
+        )
+    }
+
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            self.clear();
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.entries.len() > RECENT_ENTRIES_MAX || self.bytes > RECENT_BYTES_MAX {
+            match self.entries.pop_front() {
+                Some((_, size)) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries at `index` and above.
+    fn truncate_from(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(entry, _)| entry.log_id.index >= index)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
 }
 
 /// The last committed id openraft told us, and when it was last written out.
@@ -127,7 +197,12 @@ impl LogStore {
             None => None,
         };
         let readable_from = purged_index(&log)?.map_or(0, |index| index + 1);
+        let recent = Recent {
+            generation: log.generation(),
+            ..Recent::default()
+        };
         Ok(LogStore {
+            recent: Arc::new(Mutex::new(recent)),
             readable_from: Arc::new(std::sync::atomic::AtomicU64::new(readable_from)),
             log,
             flusher,
@@ -198,6 +273,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         if from > to {
             return Ok(out);
+        }
+        {
+            let mut recent = self.recent.lock().map_err(io)?;
+            if recent.generation != self.log.generation() {
+                // The log was rewritten underneath (a snapshot install replaced it).
+                recent.clear();
+                recent.generation = self.log.generation();
+            }
+            if let Some(entries) = recent.range(from, to) {
+                return Ok(entries);
+            }
         }
         let mut failure = None;
         self.log
@@ -287,14 +373,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut records = Vec::new();
+        let mut appended = Vec::new();
         for entry in entries {
-            records.push((entry.log_id.index, record_of(&entry)?));
+            let record = record_of(&entry)?;
+            records.push((entry.log_id.index, record));
+            appended.push(entry);
         }
         let slices: Vec<(u64, &[u8])> = records
             .iter()
             .map(|(index, record)| (*index, record.as_slice()))
             .collect();
-        self.log.append(&slices).map_err(io)?;
+        let mut recent = self.recent.lock().map_err(io)?;
+        if let Err(error) = self.log.append(&slices) {
+            recent.clear();
+            return Err(io(error));
+        }
+        if recent.generation != self.log.generation() {
+            recent.clear();
+            recent.generation = self.log.generation();
+        }
+        for (entry, (_, record)) in appended.into_iter().zip(&records) {
+            recent.push(entry, record.len());
+        }
+        drop(recent);
         // Readable now; durable once the flusher's fsync returns.
         self.flusher
             .send(callback)
@@ -303,7 +404,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.log.truncate_from(from).map_err(io)
+        let mut recent = self.recent.lock().map_err(io)?;
+        let truncated = self.log.truncate_from(from);
+        recent.truncate_from(from);
+        recent.generation = self.log.generation();
+        truncated.map_err(io)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {

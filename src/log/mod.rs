@@ -288,6 +288,13 @@ impl Log {
         self.inner.read_state().last_index()
     }
 
+    /// A number that changes whenever records already written are rewritten or removed
+    /// (truncation, install) — never on appends. A cache of records is valid while it
+    /// holds the number it was filled under.
+    pub fn generation(&self) -> u64 {
+        self.inner.read_state().generation
+    }
+
     /// Makes durable everything appended before this call: one `fdatasync` of the active
     /// segment (earlier segments were fsync'd when rolled). Holds no lock while it syncs,
     /// so appends continue meanwhile; concurrent calls each sync. After a failed fsync the

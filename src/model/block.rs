@@ -24,6 +24,7 @@
 //! allocates, so a damaged entry is an error, never a panic or an unbounded allocation.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -107,19 +108,33 @@ pub struct Head {
     body_ends: Vec<u32>,
 }
 
-/// A block as bytes: what the log carries.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedBlock(Vec<u8>);
+/// A block as bytes: what the log carries. Clones share the bytes and, once decoded by
+/// any of them, the head (the leader's copy has it from encoding).
+#[derive(Clone)]
+pub struct EncodedBlock(Arc<Shared>);
+
+struct Shared {
+    bytes: Vec<u8>,
+    head: OnceLock<Arc<Head>>,
+}
+
+impl PartialEq for EncodedBlock {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.bytes == other.0.bytes
+    }
+}
+
+impl Eq for EncodedBlock {}
 
 impl fmt::Debug for EncodedBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EncodedBlock({} bytes)", self.0.len())
+        write!(f, "EncodedBlock({} bytes)", self.0.bytes.len())
     }
 }
 
 impl Serialize for EncodedBlock {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(&self.0.bytes)
     }
 }
 
@@ -132,13 +147,13 @@ impl<'de> Deserialize<'de> for EncodedBlock {
                 f.write_str("an encoded block (bytes)")
             }
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<EncodedBlock, E> {
-                Ok(EncodedBlock(bytes.to_vec()))
+                Ok(EncodedBlock::from_bytes(bytes.to_vec()))
             }
             fn visit_byte_buf<E: serde::de::Error>(
                 self,
                 bytes: Vec<u8>,
             ) -> Result<EncodedBlock, E> {
-                Ok(EncodedBlock(bytes))
+                Ok(EncodedBlock::from_bytes(bytes))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
@@ -148,7 +163,7 @@ impl<'de> Deserialize<'de> for EncodedBlock {
                 while let Some(byte) = seq.next_element()? {
                     bytes.push(byte);
                 }
-                Ok(EncodedBlock(bytes))
+                Ok(EncodedBlock::from_bytes(bytes))
             }
         }
         deserializer.deserialize_byte_buf(Visitor)
@@ -184,40 +199,45 @@ impl EncodedBlock {
             head.body_ends.push(bodies.len() as u32);
             head.events.push(meta);
         }
-        let head = postcard::to_stdvec(&head)
+        let encoded_head = postcard::to_stdvec(&head)
             .map_err(|e| BlockError::TooLarge(format!("block head does not encode: {e}")))?;
-        let head = compress(&head)?;
+        let encoded_head = compress(&encoded_head)?;
         let bodies = compress(&bodies)?;
-        let mut out = Vec::with_capacity(5 + head.len() + bodies.len());
+        let mut out = Vec::with_capacity(5 + encoded_head.len() + bodies.len());
         out.push(FORMAT_VERSION);
-        out.extend_from_slice(&(head.len() as u32).to_le_bytes());
-        out.extend_from_slice(&head);
+        out.extend_from_slice(&(encoded_head.len() as u32).to_le_bytes());
+        out.extend_from_slice(&encoded_head);
         out.extend_from_slice(&bodies);
-        Ok(EncodedBlock(out))
+        let block = EncodedBlock::from_bytes(out);
+        let _ = block.0.head.set(Arc::new(head));
+        Ok(block)
     }
 
     /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 
     /// Wraps bytes read from the log (checked when decoded).
     pub fn from_bytes(bytes: Vec<u8>) -> EncodedBlock {
-        EncodedBlock(bytes)
+        EncodedBlock(Arc::new(Shared {
+            bytes,
+            head: OnceLock::new(),
+        }))
     }
 
     /// Encoded size, bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.bytes.len()
     }
 
     /// Whether the block has no bytes at all (never true of an encoded block).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.bytes.is_empty()
     }
 
     fn split(&self) -> Result<(&[u8], &[u8]), BlockError> {
-        let bytes = &self.0;
+        let bytes = &self.0.bytes;
         if bytes.len() < 5 {
             return Err(BlockError::Corrupt(format!("{} bytes", bytes.len())));
         }
@@ -238,8 +258,17 @@ impl EncodedBlock {
         Ok(rest.split_at(head_len))
     }
 
-    /// Decodes the head: what applying needs.
-    pub fn head(&self) -> Result<Head, BlockError> {
+    /// The head: what applying needs (decoded once, then shared by every clone).
+    pub fn head(&self) -> Result<Arc<Head>, BlockError> {
+        if let Some(head) = self.0.head.get() {
+            return Ok(Arc::clone(head));
+        }
+        let head = Arc::new(self.decode_head()?);
+        let _ = self.0.head.set(Arc::clone(&head));
+        Ok(head)
+    }
+
+    fn decode_head(&self) -> Result<Head, BlockError> {
         let (head, _) = self.split()?;
         let head = decompress(head, HEAD_BYTES_MAX)?;
         let head: Head = postcard::from_bytes(&head)
@@ -280,7 +309,7 @@ impl EncodedBlock {
 #[derive(Debug, Clone)]
 pub struct Block {
     /// Time and event metadata.
-    pub head: Head,
+    pub head: Arc<Head>,
     /// Every body, concatenated; valid UTF-8 (checked when decoded).
     bodies: Vec<u8>,
 }

@@ -402,6 +402,7 @@ fn spawn_worker(shared: &Arc<Shared>) {
     let spawned = std::thread::Builder::new()
         .name(format!("tandem-svc-{}", shared.name))
         .spawn(move || {
+            lower_priority(worker.name);
             catch_unwind(AssertUnwindSafe(|| run(&worker, generation)))
                 .unwrap_or_else(|panic| Err(panic_message(&panic)))
         });
@@ -412,6 +413,26 @@ fn spawn_worker(shared: &Arc<Shared>) {
             state.degraded = Some(format!("cannot start a worker thread: {error}"));
             state.restart_at = Some(Instant::now() + state.backoff);
         }
+    }
+}
+
+/// Nice value of service worker threads. Ingestion and reads run at the default (0); a
+/// service at 10 gets about a tenth of a contended core, so under saturating ingest the
+/// services lag (and say so) instead of taking CPU from acknowledgements, and catch up as
+/// soon as there is room.
+pub const SERVICE_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`SERVICE_NICE`] (Linux: a nice
+/// value is per thread). A failure only costs priority, so it is logged, not fatal.
+fn lower_priority(name: &str) {
+    // SAFETY: gettid and setpriority take and return plain integers; PRIO_PROCESS with a
+    // thread id changes only that thread.
+    let outcome = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SERVICE_NICE)
+    };
+    if outcome != 0 {
+        tracing::warn!(service = name, error = %std::io::Error::last_os_error(), "could not lower the service thread's priority");
     }
 }
 

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
 
+use super::hot::{Changes, HotCache};
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
 use crate::model::block::{EventMeta, Head};
@@ -75,6 +76,9 @@ pub struct Applier<'a> {
     snapshot: Snapshot,
     batch: &'a mut WriteBatch,
     ks: &'a Keyspaces,
+    /// Committed owners and profiles, consulted before the snapshot and taught what the
+    /// snapshot answered (it is the latest committed state: appliers run one at a time).
+    hot: &'a HotCache,
     /// Profiles read or changed in this batch; `None` = merged away.
     profiles: BTreeMap<u64, Option<Profile>>,
     /// Identities (by key) pointed at a profile in this batch.
@@ -89,6 +93,7 @@ impl<'a> Applier<'a> {
         snapshot: Snapshot,
         batch: &'a mut WriteBatch,
         ks: &'a Keyspaces,
+        hot: &'a HotCache,
         settings: &'a ApplySettings,
     ) -> Result<Applier<'a>, StoreError> {
         let read = |key: &str| meta_u64(&snapshot, &ks.meta, key, META);
@@ -106,6 +111,7 @@ impl<'a> Applier<'a> {
             snapshot,
             batch,
             ks,
+            hot,
             profiles: BTreeMap::new(),
             identities: HashMap::new(),
             counters,
@@ -162,15 +168,25 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Writes touched profiles and the counters into the batch; returns the state clock.
-    pub fn finish(self) -> i64 {
+    /// Writes touched profiles and the counters into the batch; returns the state clock
+    /// and what the batch changed, for [`HotCache::remember`] once it is committed.
+    pub fn finish(self) -> (i64, Changes) {
         let ks = self.ks;
+        let mut changes = Changes {
+            identities: self.identities.into_iter().collect(),
+            profiles: Vec::with_capacity(self.profiles.len()),
+        };
         for (id, profile) in self.profiles {
             match profile {
-                Some(profile) => self
-                    .batch
-                    .insert(&ks.profiles, u64_bytes(id), encode(&profile)),
-                None => self.batch.remove(&ks.profiles, u64_bytes(id)),
+                Some(profile) => {
+                    self.batch
+                        .insert(&ks.profiles, u64_bytes(id), encode(&profile));
+                    changes.profiles.push((id, Some(profile)));
+                }
+                None => {
+                    self.batch.remove(&ks.profiles, u64_bytes(id));
+                    changes.profiles.push((id, None));
+                }
             }
         }
         let c = self.counters;
@@ -186,7 +202,7 @@ impl<'a> Applier<'a> {
         ] {
             self.batch.insert(&ks.meta, key, u64_bytes(value));
         }
-        c.clock_ms
+        (c.clock_ms, changes)
     }
 
     fn apply_event(
@@ -224,8 +240,15 @@ impl<'a> Applier<'a> {
         if let Some(&owner) = self.identities.get(&key) {
             return Ok(Some(owner));
         }
-        match self.snapshot.get(&self.ks.identities, key)? {
-            Some(bytes) => read_u64(&bytes, IDENTITIES).map(Some),
+        if let Some(owner) = self.hot.owner(&key) {
+            return Ok(Some(owner));
+        }
+        match self.snapshot.get(&self.ks.identities, key.as_str())? {
+            Some(bytes) => {
+                let owner = read_u64(&bytes, IDENTITIES)?;
+                self.hot.learn_owner(key, owner);
+                Ok(Some(owner))
+            }
             None => Ok(None),
         }
     }
@@ -411,6 +434,9 @@ impl<'a> Applier<'a> {
     }
 
     fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
+        if let Some(profile) = self.hot.take_profile(id) {
+            return Ok(profile);
+        }
         let bytes = self
             .snapshot
             .get(&self.ks.profiles, u64_bytes(id))?

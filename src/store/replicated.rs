@@ -80,8 +80,13 @@ impl Store {
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
         let mut batch = self.db.batch();
-        let mut applier =
-            Applier::open(self.db.snapshot(), &mut batch, &self.ks, &self.config.apply)?;
+        let mut applier = Applier::open(
+            self.db.snapshot(),
+            &mut batch,
+            &self.ks,
+            &self.hot,
+            &self.config.apply,
+        )?;
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.log_index;
@@ -106,9 +111,13 @@ impl Store {
                 }
             });
         }
-        let clock = applier.finish();
+        let (clock, changes) = applier.finish();
         batch.insert(&self.ks.meta, META_RAFT_STATE, last.raft_state.as_slice());
-        batch.commit()?;
+        if let Err(error) = batch.commit() {
+            self.hot.clear();
+            return Err(error.into());
+        }
+        self.hot.remember(changes);
         self.advance_horizon(clock);
         Ok(results)
     }
@@ -208,10 +217,11 @@ impl Store {
             .writer
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
+        self.hot.clear();
+        self.blocks.clear();
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
-        self.blocks.clear();
         let keyspaces = self.ks.state();
         let mut reader = SnapshotReader::new(input)?;
         let mut batch = self.db.batch();
