@@ -189,10 +189,7 @@ fn run_service(
     offline: &Recommender,
 ) -> Result<String, String> {
     let db = ServiceDb::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let feed: Vec<FeedItem> = (1..)
-        .zip(events)
-        .map(|(n, e)| e.to_feed_item(n, "bench"))
-        .collect();
+    let feed: Vec<FeedItem> = (1..).zip(events).map(|(n, e)| e.to_feed_item(n)).collect();
     let mut service = Recommendations::new(ModelConfig::default());
     let started = Instant::now();
     let mut batches = 0;

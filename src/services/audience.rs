@@ -659,7 +659,7 @@ impl Service for Segments {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
                     let mut traits = load_traits(db, writes, *profile)?;
-                    let event = ServiceEvent::from_stored(*seq, *profile, stored);
+                    let event = ServiceEvent::from_feed(*seq, *profile, stored);
                     if !touched.contains_key(profile) {
                         // A profile new to the service is evaluated against everything:
                         // rules such as `orders_count == 0` hold before any input changes.

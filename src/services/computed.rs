@@ -65,10 +65,7 @@ impl Service for ComputedTraits {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
                     let mut traits = load(db, writes, *profile)?;
-                    traits.observe(
-                        &self.defs,
-                        &ServiceEvent::from_stored(*seq, *profile, stored),
-                    );
+                    traits.observe(&self.defs, &ServiceEvent::from_feed(*seq, *profile, stored));
                     store(writes, *profile, &traits)?;
                 }
                 (FeedRecord::Merged { into, from }, _) => {

@@ -1,5 +1,7 @@
 //! The event as services see it: a committed, stored event with its profile.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::model::event::MessageType;
@@ -17,47 +19,43 @@ pub struct ServiceEvent {
     pub name: String,
     /// Corrected event time, ms since the epoch.
     pub timestamp_ms: i64,
-    /// The normalised Segment event (`properties`, `traits`, `context`, …).
-    pub body: Value,
+    /// The normalised Segment event (`properties`, `traits`, `context`, …), parsed once
+    /// per node and shared by every service.
+    pub body: Arc<Value>,
 }
 
 impl ServiceEvent {
-    /// The event of a feed entry, on `profile_id`. A body that does not parse (it was
-    /// produced by validation, so only corruption could do that) becomes `null`.
-    pub fn from_stored(
+    /// The event of a feed entry, on `profile_id`.
+    pub fn from_feed(
         seq: u64,
         profile_id: u64,
-        stored: &crate::store::tables::StoredEvent,
+        event: &crate::store::read::FeedEvent,
     ) -> ServiceEvent {
         ServiceEvent {
             seq,
             profile_id,
-            kind: stored.kind,
-            name: stored.name.clone(),
-            timestamp_ms: stored.timestamp_ms,
-            body: serde_json::from_str(&stored.body_json).unwrap_or(Value::Null),
+            kind: event.kind,
+            name: event.name.clone(),
+            timestamp_ms: event.timestamp_ms,
+            body: Arc::clone(&event.body),
         }
     }
 
     /// The feed entry at `feed_seq` carrying this event, as the store would hand it to a
-    /// service (the inverse of [`ServiceEvent::from_stored`]; for benchmarks and tests that
-    /// drive a service without a store). `source` names where it came from.
-    pub fn to_feed_item(&self, feed_seq: u64, source: &str) -> crate::store::read::FeedItem {
+    /// service (the inverse of [`ServiceEvent::from_feed`]; for benchmarks and tests that
+    /// drive a service without a store).
+    pub fn to_feed_item(&self, feed_seq: u64) -> crate::store::read::FeedItem {
         crate::store::read::FeedItem {
             feed_seq,
             record: crate::store::tables::FeedRecord::Event {
                 seq: self.seq,
                 profile: self.profile_id,
             },
-            event: Some(crate::store::tables::StoredEvent {
-                profile_id: self.profile_id,
+            event: Some(crate::store::read::FeedEvent {
                 kind: self.kind,
                 name: self.name.clone(),
                 timestamp_ms: self.timestamp_ms,
-                stored_at_ms: self.timestamp_ms,
-                source: source.to_owned(),
-                message_id: format!("{source}-{}", self.seq),
-                body_json: self.body.to_string(),
+                body: Arc::clone(&self.body),
             }),
         }
     }

@@ -138,7 +138,7 @@ impl Recommendations {
         for item in items {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
-                    let event = ServiceEvent::from_stored(*seq, *profile, stored);
+                    let event = ServiceEvent::from_feed(*seq, *profile, stored);
                     if signal::of(&event).is_none() {
                         continue;
                     }
@@ -382,7 +382,7 @@ mod tests {
     }
 
     fn item(feed_seq: u64, event: &ServiceEvent) -> FeedItem {
-        event.to_feed_item(feed_seq, "test")
+        event.to_feed_item(feed_seq)
     }
 
     fn items(events: &[ServiceEvent]) -> Vec<FeedItem> {
@@ -396,7 +396,7 @@ mod tests {
             kind: MessageType::Track,
             name: name.into(),
             timestamp_ms: T0 + seq as i64 * 1_000,
-            body: json!({ "properties": properties }),
+            body: std::sync::Arc::new(json!({ "properties": properties })),
         }
     }
 
@@ -554,7 +554,7 @@ mod tests {
             kind: MessageType::Identify,
             name: String::new(),
             timestamp_ms: T0,
-            body: json!({"traits": {"email": "ada@example.com"}}),
+            body: std::sync::Arc::new(json!({"traits": {"email": "ada@example.com"}})),
         };
         let quiet = track(2, 1, "Signed Up", json!({}));
         let mut writes = Writes::default();

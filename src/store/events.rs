@@ -3,28 +3,63 @@
 //! An event's seq names its log entry and its position in that entry's block
 //! ([`super::tables::seq_position`]). Reading one decodes the whole block, so decoded
 //! blocks are kept in a bounded cache shared by every reader: a page of a profile's events
-//! and the three services reading the same fresh entries each decode a block once.
+//! and the three services reading the same fresh entries each decode a block once. The
+//! services want each body as a JSON tree: a cached block parses its bodies at most once
+//! too ([`CachedBlock::parsed`]), whichever service asks first.
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use quick_cache::Weighter;
+use serde_json::Value;
 
 use super::tables::{StoredEvent, seq_position};
 use super::{Store, StoreError, entry};
 use crate::model::block::Block;
 use crate::model::command::Command;
 
+/// A decoded block, and its bodies parsed into JSON trees once someone asked.
+pub struct CachedBlock {
+    /// The block.
+    pub block: Block,
+    parsed: OnceLock<Vec<Arc<Value>>>,
+}
+
+impl CachedBlock {
+    /// Every event's body as a JSON tree, parsed on first use and shared after. A body
+    /// that does not parse (validation produced it, so only corruption could) is `null`.
+    pub fn parsed(&self) -> &[Arc<Value>] {
+        self.parsed.get_or_init(|| {
+            (0..self.block.len())
+                .map(|i| {
+                    let body = self.block.body(i).unwrap_or("null");
+                    Arc::new(serde_json::from_str(body).unwrap_or(Value::Null))
+                })
+                .collect()
+        })
+    }
+}
+
+impl std::ops::Deref for CachedBlock {
+    type Target = Block;
+    fn deref(&self) -> &Block {
+        &self.block
+    }
+}
+
 /// Decoded blocks by log index, bounded by their approximate size.
 pub struct BlockCache {
-    cache: quick_cache::sync::Cache<u64, Arc<Block>, BlockWeight>,
+    cache: quick_cache::sync::Cache<u64, Arc<CachedBlock>, BlockWeight>,
 }
 
 #[derive(Clone)]
 struct BlockWeight;
 
-impl Weighter<u64, Arc<Block>> for BlockWeight {
-    fn weight(&self, _index: &u64, block: &Arc<Block>) -> u64 {
-        block.heap_bytes().max(1) as u64
+impl Weighter<u64, Arc<CachedBlock>> for BlockWeight {
+    fn weight(&self, _index: &u64, block: &Arc<CachedBlock>) -> u64 {
+        // Parsed trees take a few times the text; count them in up front.
+        (block.heap_bytes() * 4).max(1) as u64
     }
 }
 
@@ -49,7 +84,7 @@ impl BlockCache {
 impl Store {
     /// The decoded block of log entry `log_index`, or `None` if that entry is not in the
     /// log (retention removed it, or it is not an ingest entry).
-    pub fn block(&self, log_index: u64) -> Result<Option<Arc<Block>>, StoreError> {
+    pub fn block(&self, log_index: u64) -> Result<Option<Arc<CachedBlock>>, StoreError> {
         if let Some(block) = self.blocks.cache.get(&log_index) {
             return Ok(Some(block));
         }
@@ -60,7 +95,10 @@ impl Store {
         let Some(Command::Ingest(encoded)) = entry::command(&record).map_err(corrupt)? else {
             return Ok(None);
         };
-        let block = Arc::new(encoded.decode().map_err(|e| corrupt(e.to_string()))?);
+        let block = Arc::new(CachedBlock {
+            block: encoded.decode().map_err(|e| corrupt(e.to_string()))?,
+            parsed: OnceLock::new(),
+        });
         self.blocks.cache.insert(log_index, Arc::clone(&block));
         Ok(Some(block))
     }

@@ -385,7 +385,21 @@ pub struct FeedItem {
     /// What changed.
     pub record: FeedRecord,
     /// For [`FeedRecord::Event`]: the event (`None` if retention removed it).
-    pub event: Option<StoredEvent>,
+    pub event: Option<FeedEvent>,
+}
+
+/// An event as the change feed hands it to services: its body already parsed, once per
+/// node, and shared by every service that reads it.
+#[derive(Debug, Clone)]
+pub struct FeedEvent {
+    /// Message type.
+    pub kind: crate::model::event::MessageType,
+    /// Track `event` or page/screen `name`; empty otherwise.
+    pub name: String,
+    /// Corrected event time, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// The normalised Segment event.
+    pub body: std::sync::Arc<serde_json::Value>,
 }
 
 impl Reader<'_> {
@@ -426,8 +440,17 @@ impl Reader<'_> {
                     break;
                 }
                 let event = match (&record, &block) {
-                    (FeedRecord::Event { seq, profile }, Some(block)) => {
-                        super::events::stored_event(block, seq_position(*seq).1, *profile)
+                    (FeedRecord::Event { seq, .. }, Some(block)) => {
+                        let ordinal = seq_position(*seq).1;
+                        match (block.head.events.get(ordinal), block.parsed().get(ordinal)) {
+                            (Some(meta), Some(body)) => Some(FeedEvent {
+                                kind: meta.kind,
+                                name: meta.name.clone(),
+                                timestamp_ms: meta.timestamp_ms,
+                                body: std::sync::Arc::clone(body),
+                            }),
+                            _ => None,
+                        }
                     }
                     _ => None,
                 };

@@ -112,7 +112,7 @@ mod tests {
             kind: MessageType::Track,
             name: name.into(),
             timestamp_ms: 0,
-            body: json!({ "properties": properties }),
+            body: std::sync::Arc::new(json!({ "properties": properties })),
         }
     }
 

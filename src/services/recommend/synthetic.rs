@@ -66,7 +66,7 @@ pub fn events(seed: u64, total: u64, end_ms: i64) -> Vec<ServiceEvent> {
             kind: event.kind,
             name: event.name,
             timestamp_ms: event.timestamp_ms,
-            body: event.body,
+            body: std::sync::Arc::new(event.body),
         })
         .collect()
 }

@@ -28,7 +28,9 @@ pub fn track(seq: u64, name: &str, timestamp_ms: i64, properties: Value) -> Serv
         kind: MessageType::Track,
         name: name.to_owned(),
         timestamp_ms,
-        body: json!({"type": "track", "event": name, "properties": properties}),
+        body: std::sync::Arc::new(
+            json!({"type": "track", "event": name, "properties": properties}),
+        ),
     }
 }
 
@@ -40,7 +42,7 @@ pub fn page(seq: u64, name: &str, timestamp_ms: i64) -> ServiceEvent {
         kind: MessageType::Page,
         name: name.to_owned(),
         timestamp_ms,
-        body: json!({"type": "page", "name": name, "properties": {}}),
+        body: std::sync::Arc::new(json!({"type": "page", "name": name, "properties": {}})),
     }
 }
 
