@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::node::SubmitError;
+use crate::node::reads::{APPLY_WAIT_MAX, ReadError};
 use crate::store::StoreError;
 
 /// Seconds a client should wait before retrying after 429/503.
@@ -119,6 +120,35 @@ impl From<SubmitError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
                 format!("the node cannot write: {message}"),
+            ),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::NoLeader(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                format!(
+                    "the read could not be confirmed with a leader ({message}); retry, or read \
+                     with consistency=local"
+                ),
+            ),
+            ReadError::NotCaughtUp { index, applied, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_caught_up",
+                format!(
+                    "this node has applied up to index {} and did not reach index {index} within \
+                     {APPLY_WAIT_MAX:?}; retry, or read from another node",
+                    applied.map_or_else(|| "none".to_owned(), |i| i.to_string())
+                ),
+            ),
+            ReadError::Stopped(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("the node cannot serve reads: {message}"),
             ),
         }
     }

@@ -22,7 +22,9 @@
 
 mod format;
 pub mod housekeeping;
+mod peer;
 mod proposer;
+pub mod reads;
 mod start;
 
 use std::sync::Arc;
@@ -229,12 +231,31 @@ impl Node {
         proposer::execute(&self.cluster, &self.http, command, forwarded).await
     }
 
-    /// Returns once this node's state reflects every write committed before the call, so a
-    /// read that follows is linearizable. The leader confirms its leadership with a quorum
-    /// (read index); a follower asks the leader for that index and waits until it has
-    /// applied up to it.
-    pub async fn linearize(&self) -> Result<(), SubmitError> {
-        proposer::linearize(&self.cluster, &self.http).await
+    /// Returns once this node's state is as fresh as `requirement` asks, so a read that
+    /// follows has that mode's guarantee (see [`reads`]): waits for this node to apply the
+    /// `after` position, then for a linearizable or lease read confirms a read index with
+    /// whoever leads (following leadership through an election, bounded) and waits to
+    /// apply up to it.
+    pub async fn prepare_read(
+        &self,
+        requirement: reads::ReadRequirement,
+    ) -> Result<(), reads::ReadError> {
+        reads::prepare(&self.cluster, &self.http, requirement).await
+    }
+
+    /// [`Node::prepare_read`] for a linearizable read.
+    pub async fn linearize(&self) -> Result<(), reads::ReadError> {
+        self.prepare_read(reads::ReadRequirement {
+            consistency: reads::Consistency::Linearizable,
+            after: None,
+        })
+        .await
+    }
+
+    /// As leader, a read index a follower may serve a lease read at: confirmed by this
+    /// node's leader lease, or by a quorum round when the lease has lapsed.
+    pub async fn lease_read_index(&self) -> Result<u64, reads::ReadError> {
+        reads::read_index_here(&self.cluster.raft, true).await
     }
 
     /// Stops admitting new work.

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::peer::Peer;
 use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
-use crate::cluster::network::FROM_HEADER;
 use crate::cluster::{Command, CommandResult, Raft};
 use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
@@ -427,133 +427,6 @@ pub(super) async fn execute(
             )),
             None => Err(SubmitError::Storage(error.to_string())),
         },
-    }
-}
-
-/// Longest a linearizable read waits for the leader's read index and for this node to
-/// apply up to it.
-const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Read-index requests tried before giving up, following leadership as it moves.
-const READ_INDEX_ATTEMPTS_MAX: usize = 3;
-
-/// See [`super::Node::linearize`].
-pub(super) async fn linearize(
-    cluster: &super::Cluster,
-    http: &reqwest::Client,
-) -> Result<(), SubmitError> {
-    let raft = &cluster.raft;
-    let mut last_error = SubmitError::NoLeader("an election is under way; retry".into());
-    for attempt in 0..READ_INDEX_ATTEMPTS_MAX {
-        if attempt > 0 {
-            // Leadership may have just moved: give this node's view a moment to catch up.
-            tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
-        }
-        let leader = raft.metrics().borrow_watched().current_leader;
-        if leader == Some(cluster.id) {
-            return raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                .await
-                .map(|_| ())
-                .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")));
-        }
-        let Some(leader) = leader else { continue };
-        match read_index_from(cluster, http, leader).await {
-            Ok(index) => {
-                return raft
-                    .wait(Some(READ_INDEX_TIMEOUT))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        SubmitError::NoLeader(format!(
-                            "not caught up to the read index {index}: {e}"
-                        ))
-                    });
-            }
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
-}
-
-/// Asks `leader` for a read index.
-async fn read_index_from(
-    cluster: &super::Cluster,
-    http: &reqwest::Client,
-    leader: u64,
-) -> Result<u64, SubmitError> {
-    let peer = Peer {
-        raft: &cluster.raft,
-        http,
-        cluster_key: &cluster.cluster_key,
-        self_id: cluster.id,
-    };
-    let index: Result<u64, String> = peer
-        .call(
-            leader,
-            "/internal/read-index",
-            Vec::new(),
-            READ_INDEX_TIMEOUT,
-        )
-        .await?;
-    index.map_err(|e| SubmitError::NoLeader(format!("leader {leader} refused a read index: {e}")))
-}
-
-fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
-    metrics
-        .membership_config
-        .membership()
-        .get_node(&leader)
-        .map(|member| member.url.trim_end_matches('/').to_owned())
-        .ok_or_else(|| SubmitError::NoLeader(format!("leader {leader} has no known address")))
-}
-
-/// What calling the leader's internal endpoints needs.
-struct Peer<'a> {
-    raft: &'a Raft,
-    http: &'a reqwest::Client,
-    cluster_key: &'a str,
-    self_id: u64,
-}
-
-impl Peer<'_> {
-    /// POSTs `body` to `path` on `leader` and decodes its postcard reply. Transport errors
-    /// and plain-text refusals (partitioned, wrong cluster key) become `NoLeader`.
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        leader: u64,
-        path: &str,
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<T, SubmitError> {
-        let url = leader_url(self.raft, leader)?;
-        let unreachable =
-            |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
-        let response = self
-            .http
-            .post(format!("{url}{path}"))
-            .bearer_auth(self.cluster_key)
-            .header(FROM_HEADER, self.self_id)
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if !status.is_success() {
-            return Err(unreachable(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
-        }
-        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))
     }
 }
 

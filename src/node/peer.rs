@@ -1,0 +1,77 @@
+//! Calling another node's internal endpoints: where the leader is reachable, and one
+//! postcard request and reply. Shared by the write path (forwarded proposals and
+//! commands) and the read path (read indexes).
+//!
+//! Every failure to get an answer — no address, a transport error, a plain-text refusal
+//! (partitioned, wrong cluster key), an undecodable reply — is [`SubmitError::NoLeader`]:
+//! the caller may retry once leadership settles, and nothing was done on its behalf.
+
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+
+use super::SubmitError;
+use crate::cluster::Raft;
+use crate::cluster::network::FROM_HEADER;
+
+/// The base URL of `leader` from this node's view of the membership.
+pub(super) fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|member| member.url.trim_end_matches('/').to_owned())
+        .ok_or_else(|| SubmitError::NoLeader(format!("leader {leader} has no known address")))
+}
+
+/// What calling the leader's internal endpoints needs.
+pub(super) struct Peer<'a> {
+    /// This node's Raft, for the membership (peer addresses).
+    pub raft: &'a Raft,
+    /// The client internal requests go through.
+    pub http: &'a reqwest::Client,
+    /// The shared secret internal endpoints require.
+    pub cluster_key: &'a str,
+    /// This node's id, sent so the receiver can apply fault injection.
+    pub self_id: u64,
+}
+
+impl Peer<'_> {
+    /// POSTs `body` to `path` on `leader` and decodes its postcard reply. Transport errors
+    /// and plain-text refusals (partitioned, wrong cluster key) become `NoLeader`.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, SubmitError> {
+        let url = leader_url(self.raft, leader)?;
+        let unreachable =
+            |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
+        let response = self
+            .http
+            .post(format!("{url}{path}"))
+            .bearer_auth(self.cluster_key)
+            .header(FROM_HEADER, self.self_id)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !status.is_success() {
+            return Err(unreachable(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))
+    }
+}

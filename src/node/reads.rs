@@ -1,0 +1,270 @@
+//! Read consistency: what a read waits for before it runs on this node's applied state.
+//!
+//! | mode | waits for | guarantee |
+//! |---|---|---|
+//! | `linearizable` (default) | the leader confirms it still leads with a quorum round (a read index), then this node applies up to the leader's commit index | sees every write acknowledged anywhere before the read began |
+//! | `lease` | the same, but the leader confirms by its lease (a quorum acknowledged it within the last election timeout) instead of a round; falls back to a round when the lease has lapsed | linearizable as long as no node's clock runs faster than another's by more than the lease's margin |
+//! | `local` | nothing | this node's applied state; may lag the leader |
+//! | `after = N` (with any mode) | this node has applied log index `N` | sees the write whose reply carried position `N` and every write committed before it: read-your-writes with no leader round |
+//!
+//! **Riding out elections.** A linearizable or lease read that finds no leader, a leader
+//! that cannot confirm itself, or a leader that does not answer, waits for leadership to
+//! move and tries again, for at most [`LEADER_WAIT_MAX`]; only then does it fail with
+//! [`ReadError::NoLeader`]. A request to the leader is abandoned as soon as this node
+//! sees another leader, so a killed or silent leader costs a read one election, not a
+//! timeout.
+//!
+//! Invariant: a read index is only ever obtained from the node that currently leads (in
+//! this node's view), and a read runs only once this node has applied up to it.
+
+use std::time::{Duration, Instant};
+
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
+
+use super::Cluster;
+use super::peer::Peer;
+use crate::cluster::Raft;
+
+/// Longest a linearizable or lease read waits for a leader that can confirm itself.
+pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Longest a read waits for this node to apply up to the index it needs (a read index,
+/// or the `after` position).
+pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(5);
+/// First pause between attempts while leadership settles; doubles up to
+/// [`RETRY_PAUSE_MAX`]. A change of leader ends a pause early.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
+/// Longest pause between attempts.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// Shortest time given to one read-index request to the leader.
+const PEER_CALL_MIN: Duration = Duration::from_millis(200);
+
+/// Where a follower asks the leader for a read index confirmed by a quorum round.
+pub const READ_INDEX_PATH: &str = "/internal/read-index";
+/// Where a follower asks the leader for a read index confirmed by the leader's lease.
+pub const LEASE_READ_INDEX_PATH: &str = "/internal/lease-read-index";
+
+/// How fresh a read must be (see the module doc for each mode's guarantee).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed by a quorum round at the leader.
+    Linearizable,
+    /// Confirmed by the leader's lease.
+    Lease,
+    /// This node's applied state as it is.
+    Local,
+}
+
+impl Consistency {
+    /// The mode's name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Local => "local",
+        }
+    }
+}
+
+/// What a read waits for before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequirement {
+    /// How the read is ordered against other nodes' writes.
+    pub consistency: Consistency,
+    /// A log index this node must have applied first (a write reply's position).
+    pub after: Option<u64>,
+}
+
+/// Why a read could not be made as fresh as asked. Every variant is retryable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No leader confirmed itself within [`LEADER_WAIT_MAX`].
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// This node did not apply up to `index` within [`APPLY_WAIT_MAX`].
+    #[error(
+        "this node has applied up to {applied:?}, not yet index {index}, after waiting {waited:?}"
+    )]
+    NotCaughtUp {
+        /// The index the read needed.
+        index: u64,
+        /// What this node had applied when it gave up.
+        applied: Option<u64>,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Raft has stopped on this node (shutting down, or a fatal error).
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+impl From<super::SubmitError> for ReadError {
+    /// Calls to the leader fail only with `NoLeader`; anything else is reported the same
+    /// way, since the read was not confirmed and a retry may succeed.
+    fn from(error: super::SubmitError) -> Self {
+        match error {
+            super::SubmitError::NoLeader(why) => ReadError::NoLeader(why),
+            other => ReadError::NoLeader(other.to_string()),
+        }
+    }
+}
+
+/// See [`super::Node::prepare_read`].
+pub(super) async fn prepare(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    requirement: ReadRequirement,
+) -> Result<(), ReadError> {
+    if let Some(index) = requirement.after {
+        wait_applied(&cluster.raft, index).await?;
+    }
+    match requirement.consistency {
+        Consistency::Local => Ok(()),
+        Consistency::Linearizable => linearize(cluster, http, false).await,
+        Consistency::Lease => linearize(cluster, http, true).await,
+    }
+}
+
+/// Obtains a read index from whoever leads, following leadership for at most
+/// [`LEADER_WAIT_MAX`], then waits until this node has applied up to it.
+async fn linearize(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    lease: bool,
+) -> Result<(), ReadError> {
+    let raft = &cluster.raft;
+    let deadline = Instant::now() + LEADER_WAIT_MAX;
+    let mut pause = RETRY_PAUSE_MIN;
+    loop {
+        let leader = raft.metrics().borrow_watched().current_leader;
+        let attempt = match leader {
+            Some(id) if id == cluster.id => read_index_here(raft, lease).await,
+            Some(id) => read_index_from(cluster, http, id, lease, deadline).await,
+            None => Err(ReadError::NoLeader(
+                "no leader known: an election is under way".into(),
+            )),
+        };
+        let error = match attempt {
+            Ok(index) => return wait_applied(raft, index).await,
+            Err(stopped @ ReadError::Stopped(_)) => return Err(stopped),
+            Err(error) => error,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(match error {
+                ReadError::NoLeader(why) => {
+                    ReadError::NoLeader(format!("{why} (still so after {LEADER_WAIT_MAX:?})"))
+                }
+                other => other,
+            });
+        }
+        leadership_moves(raft, leader, (now + pause).min(deadline)).await;
+        pause = (pause * 2).min(RETRY_PAUSE_MAX);
+    }
+}
+
+/// This node's read index as leader: confirmed by its lease when `lease` and the lease
+/// holds, else by a quorum round.
+pub(super) async fn read_index_here(raft: &Raft, lease: bool) -> Result<u64, ReadError> {
+    if lease {
+        match raft.get_read_log_id(ReadPolicy::LeaseRead).await {
+            Ok((read, _)) => return Ok(read.index()),
+            // The lease lapsed (no quorum acknowledgement within the election timeout,
+            // e.g. a busy core delayed heartbeats): confirm with a round instead.
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
+            Err(error) => return Err(classify(error)),
+        }
+    }
+    raft.get_read_log_id(ReadPolicy::ReadIndex)
+        .await
+        .map(|(read, _)| read.index())
+        .map_err(classify)
+}
+
+fn classify(
+    error: RaftError<crate::cluster::TypeConfig, LinearizableReadError<crate::cluster::TypeConfig>>,
+) -> ReadError {
+    match error {
+        RaftError::Fatal(fatal) => ReadError::Stopped(fatal.to_string()),
+        RaftError::APIError(error) => {
+            ReadError::NoLeader(format!("this node cannot confirm its leadership: {error}"))
+        }
+    }
+}
+
+/// Asks `leader` for a read index; gives up as soon as this node sees another leader.
+async fn read_index_from(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    leader: u64,
+    lease: bool,
+    deadline: Instant,
+) -> Result<u64, ReadError> {
+    let peer = Peer {
+        raft: &cluster.raft,
+        http,
+        cluster_key: &cluster.cluster_key,
+        self_id: cluster.id,
+    };
+    let path = if lease {
+        LEASE_READ_INDEX_PATH
+    } else {
+        READ_INDEX_PATH
+    };
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(PEER_CALL_MIN);
+    let call = peer.call::<Result<u64, String>>(leader, path, Vec::new(), timeout);
+    let waiter = cluster.raft.wait(None);
+    let moved = waiter.metrics(|m| m.current_leader != Some(leader), "leadership moves");
+    tokio::select! {
+        reply = call => reply?.map_err(|why| {
+            ReadError::NoLeader(format!("leader {leader} refused a read index: {why}"))
+        }),
+        _ = moved => Err(ReadError::NoLeader(format!(
+            "leadership moved away from node {leader} while asking it for a read index"
+        ))),
+    }
+}
+
+/// Returns once this node's view of the leader differs from `leader`, or at `until`.
+async fn leadership_moves(raft: &Raft, leader: Option<u64>, until: Instant) {
+    let wait = until.saturating_duration_since(Instant::now());
+    // A timeout is the expected way out when leadership stays put.
+    let _ = raft
+        .wait(Some(wait))
+        .metrics(|m| m.current_leader != leader, "leadership moves")
+        .await;
+}
+
+/// Returns once this node has applied log index `index`, or fails after
+/// [`APPLY_WAIT_MAX`].
+async fn wait_applied(raft: &Raft, index: u64) -> Result<(), ReadError> {
+    let applied = || {
+        raft.metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|id| id.index)
+    };
+    if applied().is_some_and(|applied| applied >= index) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    match raft
+        .wait(Some(APPLY_WAIT_MAX))
+        .applied_index_at_least(Some(index), "a read's index applied")
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(openraft::metrics::WaitError::ShuttingDown) => {
+            Err(ReadError::Stopped("raft is shutting down".into()))
+        }
+        Err(openraft::metrics::WaitError::Timeout(..)) => Err(ReadError::NotCaughtUp {
+            index,
+            applied: applied(),
+            waited: started.elapsed(),
+        }),
+    }
+}
