@@ -13,6 +13,7 @@ use std::time::Duration;
 use openraft::entry::RaftEntry;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use serde_json::{Value, json};
+use tandem::cluster::derived::DerivedState;
 use tandem::cluster::log_store::record_of;
 use tandem::cluster::snapshot::{SnapshotFile, Snapshots, pack, unpack};
 use tandem::cluster::state_machine::StateMachine;
@@ -109,7 +110,7 @@ impl TestNode {
             .collect();
         let supervisor = Supervisor::start(Arc::clone(&self.store), services);
         self.machine
-            .attach_services(Arc::clone(&supervisor))
+            .attach_services(Arc::clone(&supervisor) as Arc<dyn DerivedState>)
             .await
             .expect("attach services");
         self.supervisor = Some(supervisor);

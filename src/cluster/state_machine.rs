@@ -9,13 +9,13 @@
 //! - a snapshot is a directory ([`super::snapshot`]): the state streamed from one
 //!   consistent store snapshot ([`Store::export`]) followed by one section per CDP service
 //!   — its cursor and derived state, each from one consistent view of its own database,
-//!   taken just before the store's ([`Supervisor::export_state`]) — and the log segments
+//!   taken just before the store's ([`DerivedState::export`]) — and the log segments
 //!   up to the snapshot's index, hard-linked ([`crate::log::Log::checkpoint_to`]). Building
 //!   one first fsyncs the state, since openraft may purge the log it covers. Installing
 //!   verifies the whole state file (every checksum), marks it current (so a crash
 //!   mid-install re-installs it at start-up) and its services pending, replaces the state,
 //!   then the log (unless this node's log already holds the snapshot's last entry), then
-//!   each service's state ([`Supervisor::import_state`]), then clears the pending mark.
+//!   each service's state ([`DerivedState::import`]), then clears the pending mark.
 //!
 //! The services start after Raft (which may install a snapshot while it starts), so the
 //! state machine reaches them through a slot that the node fills once they run
@@ -27,7 +27,7 @@
 //! head `h` and a service's section at its own cursor `c`. The feed is a deterministic
 //! function of the log, so the state at `c` is one this replica's service reaches by
 //! itself once its feed reaches `c`, whether `c` is behind `h` or ahead of it; from there
-//! it follows the feed as usual (see [`crate::services::supervisor`]). Taking the
+//! it follows the feed as usual (see `crate::services::supervisor`). Taking the
 //! services' views first makes `c <= h`, the regime a running node is always in. A
 //! snapshot without sections (built before the services ran) leaves the services as they
 //! are: they catch up from the feed.
@@ -42,12 +42,11 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 
+use super::derived::DerivedState;
 use super::log_store::log_id_at;
 use super::snapshot::{SnapshotFile, Snapshots};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use super::{CommandResult, TypeConfig};
-use crate::services::db::ServiceError;
-use crate::services::supervisor::Supervisor;
 use crate::store::replicated::{Committed, SectionReader, SectionWriter};
 use crate::store::{Store, StoreError};
 
@@ -65,8 +64,8 @@ pub struct StateMachine {
     snapshots: Snapshots,
     /// The applied state after the last apply (loaded from the store on first use).
     applied: Arc<Mutex<Option<AppliedState>>>,
-    /// The CDP services, once they run.
-    services: Arc<OnceLock<Arc<Supervisor>>>,
+    /// The CDP services' derived state, once they run.
+    services: Arc<OnceLock<Arc<dyn DerivedState>>>,
     /// Held while importing services' state, so an install and an attach never import at
     /// once.
     services_import: Arc<Mutex<()>>,
@@ -101,7 +100,7 @@ impl StateMachine {
     /// Gives snapshots access to the running services (once; a second call is ignored),
     /// then imports the services' state of a snapshot installed before they ran or whose
     /// import a crash interrupted, if any.
-    pub async fn attach_services(&self, supervisor: Arc<Supervisor>) -> io::Result<()> {
+    pub async fn attach_services(&self, supervisor: Arc<dyn DerivedState>) -> io::Result<()> {
         if self.services.set(Arc::clone(&supervisor)).is_err() {
             tracing::warn!("services were already attached to the state machine");
             return Ok(());
@@ -110,7 +109,7 @@ impl StateMachine {
         blocking(move || {
             let _guard = import_lock.lock().map_err(io)?;
             match snapshots.services_pending()? {
-                Some(file) => import_pending(&supervisor, &snapshots, &file),
+                Some(file) => import_pending(supervisor.as_ref(), &snapshots, &file),
                 None => Ok(()),
             }
         })
@@ -228,7 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");
                 return Ok(());
             };
-            import_sections(supervisor, &mut input)?;
+            import_sections(supervisor.as_ref(), &mut input)?;
             snapshots.clear_services_pending()
         })
         .await?;
@@ -261,7 +260,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let mut out = BufWriter::new(File::create(file.state_path())?);
             // The services' views first: each cursor is then at or behind the store's
             // feed head, as it always is on a running node.
-            let services = services.map(|supervisor| supervisor.export_state());
+            let services = services.map(|supervisor| supervisor.export());
             let exported = store.export(&mut out).map_err(store_io)?;
             let mut sections = SectionWriter::new(&mut out);
             if let Some(services) = &services {
@@ -350,18 +349,11 @@ fn install_log(store: &Store, file: &SnapshotFile, meta: &SnapshotMeta) -> io::R
 /// Imports every service section from `input` (positioned after the store's part of a
 /// verified snapshot) into `supervisor`'s services. A section of a service this node does
 /// not run is read past; a service without a section keeps its state.
-fn import_sections(supervisor: &Supervisor, input: &mut impl Read) -> io::Result<()> {
+fn import_sections(supervisor: &dyn DerivedState, input: &mut impl Read) -> io::Result<()> {
     let mut sections = SectionReader::new(input);
     while let Some((name, cursor)) = sections.next_section().map_err(store_io)? {
-        let records = std::iter::from_fn(|| {
-            sections
-                .next_record()
-                .map_err(ServiceError::State)
-                .transpose()
-        });
-        supervisor
-            .import_state(&name, cursor, records)
-            .map_err(io)?;
+        let mut records = std::iter::from_fn(|| sections.next_record().transpose());
+        supervisor.import(&name, cursor, &mut records).map_err(io)?;
     }
     Ok(())
 }
@@ -369,7 +361,7 @@ fn import_sections(supervisor: &Supervisor, input: &mut impl Read) -> io::Result
 /// Imports the services' state of `file`, a snapshot installed earlier (its store part
 /// already imported), and clears the pending mark.
 fn import_pending(
-    supervisor: &Supervisor,
+    supervisor: &dyn DerivedState,
     snapshots: &Snapshots,
     file: &SnapshotFile,
 ) -> io::Result<()> {
@@ -382,7 +374,7 @@ fn import_pending(
             tracing::error!(path = %file.path.display(), "the snapshot holding the services' pending state is gone; they rebuild from the feed");
             for name in supervisor.names() {
                 supervisor
-                    .import_state(name, 0, std::iter::empty())
+                    .import(name, 0, &mut std::iter::empty())
                     .map_err(io)?;
             }
             return snapshots.clear_services_pending();

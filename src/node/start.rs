@@ -154,7 +154,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     // From here snapshots carry the services' state; a snapshot installed while Raft
     // started (or an import a crash cut short) has its services' state imported now.
     services_slot
-        .attach_services(Arc::clone(&services))
+        .attach_services(Arc::clone(&services) as Arc<dyn crate::cluster::derived::DerivedState>)
         .await
         .map_err(|e| NodeError::Raft(format!("importing the services' snapshot state: {e}")))?;
 

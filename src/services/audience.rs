@@ -650,7 +650,7 @@ impl Service for Segments {
         writes: &mut Writes,
     ) -> Result<(), ServiceError> {
         self.ensure_loaded(db)?;
-        let now_ms = crate::node::now_ms();
+        let now_ms = crate::clock::now_ms();
         // Per touched profile: what changed (`None`: a merge or a new profile — evaluate
         // everything).
         let mut touched: BTreeMap<u64, Option<Touch>> = BTreeMap::new();

@@ -344,6 +344,42 @@ impl Supervisor {
     }
 }
 
+impl crate::cluster::derived::DerivedState for Supervisor {
+    fn export(&self) -> Box<dyn crate::cluster::derived::DerivedExport> {
+        Box::new(self.export_state())
+    }
+
+    fn import(
+        &self,
+        name: &str,
+        cursor: u64,
+        records: &mut dyn Iterator<Item = Result<KeyValue, crate::store::StoreError>>,
+    ) -> Result<(), String> {
+        self.import_state(
+            name,
+            cursor,
+            records.map(|r| r.map_err(ServiceError::State)),
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        Supervisor::names(self)
+    }
+}
+
+impl crate::cluster::derived::DerivedExport for ServicesExport {
+    fn write(
+        &self,
+        out: &mut SectionWriter<'_, std::io::BufWriter<std::fs::File>>,
+    ) -> Result<(), String> {
+        ServicesExport::write(self, out)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Every service's state as of one instant ([`Supervisor::export_state`]).
 pub struct ServicesExport {
     views: Vec<(&'static str, ExportView)>,
@@ -560,7 +596,7 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
             mark_busy(shared);
             let mut writes = Writes::default();
             tick_pending = service
-                .tick(&shared.db, &reader, &mut writes, crate::node::now_ms())
+                .tick(&shared.db, &reader, &mut writes, crate::clock::now_ms())
                 .map_err(|e| e.to_string())?;
             if !writes.is_empty() && !commit(shared, generation, writes, cursor)? {
                 return Ok(());
