@@ -2,7 +2,9 @@
 //! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch` (also `/v1/import`).
 //!
 //! Reply shape (documented in `docs/api.md`): `200 {"success": true, "accepted": n,
-//! "duplicates": d, "rejected": [...]}` only after every accepted event is durable.
+//! "duplicates": d, "rejected": [...], "position": {"index": i}}` only after every accepted
+//! event is durable. `position.index` is the log index the request's events are committed
+//! at (for a duplicate, its first copy's); a read with `?after=i` on any node sees them.
 //! Segment answers 200 and silently drops invalid batch items; we accept the valid ones
 //! and list each rejected item with its index, messageId, code and message. A client that
 //! only looks at the status code keeps working; one that reads the body learns what was
@@ -22,6 +24,7 @@ use super::error::ApiError;
 use crate::model::event::{Event, EventOutcome, MessageType};
 use crate::model::validate::{Envelope, Rejection, normalize};
 use crate::node::now_ms;
+use crate::store::tables::seq_position;
 
 /// A rejected batch item, as reported to the client.
 struct Rejected {
@@ -225,8 +228,21 @@ fn reply(outcomes: &[EventOutcome], rejected: &[Rejected]) -> Response {
         "accepted": outcomes.len() - duplicates,
         "duplicates": duplicates,
         "rejected": rejected.iter().map(Rejected::to_json).collect::<Vec<_>>(),
+        "position": {"index": position(outcomes)},
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The highest log index among the outcomes' events: once a node has applied it, it holds
+/// every one of them (a duplicate's seq is its stored first copy's).
+fn position(outcomes: &[EventOutcome]) -> Option<u64> {
+    outcomes
+        .iter()
+        .map(|outcome| {
+            let (EventOutcome::Stored { seq, .. } | EventOutcome::Duplicate { seq }) = outcome;
+            seq_position(*seq).0
+        })
+        .max()
 }
 
 fn refuse_if_shutting_down(state: &AppState) -> Result<(), ApiError> {
@@ -245,4 +261,29 @@ fn invalid_json(error: serde_json::Error) -> ApiError {
 
 fn new_message_id() -> String {
     format!("tandem-{}", uuid::Uuid::new_v4())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_is_the_highest_log_index_of_the_outcomes() {
+        let at = |index: u64, ordinal: u64| (index << 16) | ordinal;
+        let outcomes = [
+            EventOutcome::Stored {
+                seq: at(9, 4),
+                profile_id: 1,
+            },
+            // A duplicate of an event stored at a later index than this request's.
+            EventOutcome::Duplicate { seq: at(12, 0) },
+            EventOutcome::Stored {
+                seq: at(9, 5),
+                profile_id: 2,
+            },
+        ];
+        assert_eq!(position(&outcomes), Some(12));
+        assert_eq!(position(&outcomes[..1]), Some(9));
+        assert_eq!(position(&[]), None);
+    }
 }

@@ -2,15 +2,18 @@
 //!
 //! Every reply is JSON. Every error is `{"code", "message"}` with a stable code (see
 //! [`error`]). Handlers never panic on input and never block the async workers on disk:
-//! writes go through the [`crate::node`] pipeline, reads run in blocking threads on a
-//! store snapshot, with at most [`READS_INFLIGHT_MAX`] at a time.
+//! writes go through the [`crate::node`] pipeline; reads wait for the freshness the client
+//! asked for ([`consistency`]), then run on a store snapshot in the read pool's own
+//! threads ([`read_pool`]), which nothing else uses.
 
 pub mod auth;
 pub mod body;
 pub mod cluster;
+pub mod consistency;
 pub mod error;
 pub mod ingest;
 pub mod profiles;
+pub mod read_pool;
 pub mod recommendations;
 pub mod segments;
 pub mod services;
@@ -25,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::model::event::MessageType;
@@ -34,9 +36,6 @@ use crate::node::Node;
 use crate::store::read::Reader;
 use auth::{Access, Keys};
 use error::ApiError;
-
-/// Most profile/admin reads running at once; more are answered 429.
-pub const READS_INFLIGHT_MAX: usize = 256;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -49,47 +48,51 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Junk identity values.
     pub blocklist: Arc<Blocklist>,
-    reads: Arc<Semaphore>,
+    /// The threads every store read runs on.
+    reads: Arc<read_pool::ReadPool>,
 }
 
 impl AppState {
-    /// State for a node running with `config`.
-    pub fn new(node: Arc<Node>, config: Arc<Config>) -> AppState {
-        AppState {
+    /// State for a node running with `config`; starts the read threads.
+    pub fn new(node: Arc<Node>, config: Arc<Config>) -> std::io::Result<AppState> {
+        let reads =
+            read_pool::ReadPool::start(read_pool::default_threads(), read_pool::READ_QUEUE_MAX)?;
+        Ok(AppState {
             keys: Arc::new(Keys::from_config(&config)),
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
-            reads: Arc::new(Semaphore::new(READS_INFLIGHT_MAX)),
+            reads: Arc::new(reads),
             node,
             config,
-        }
+        })
     }
 
-    /// Runs `query` on a fresh store snapshot in a blocking thread.
+    /// Runs `query` on a fresh store snapshot in the read pool. A full queue is answered
+    /// 429 `read_overloaded` at once.
     pub async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Reader) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let Ok(permit) = Arc::clone(&self.reads).try_acquire_owned() else {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
-                format!("more than {READS_INFLIGHT_MAX} reads in flight; retry shortly"),
-            ));
-        };
         let store = Arc::clone(self.node.store());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let reader = store.reader();
-            query(&reader)
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
+        let outcome = self
+            .reads
+            .run(move || {
+                let reader = store.reader();
+                query(&reader)
+            })
+            .await;
+        match outcome {
+            Ok(result) => result,
+            Err(full @ read_pool::PoolError::Full { .. }) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "read_overloaded",
+                format!("{full}; retry shortly"),
+            )),
+            Err(failed @ read_pool::PoolError::Failed) => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                format!("the read failed: {e}"),
-            )
-        })?
+                failed.to_string(),
+            )),
+        }
     }
 }
 
@@ -146,6 +149,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))
+        .route(
+            crate::node::reads::LEASE_READ_INDEX_PATH,
+            post(consistency::lease_read_index),
+        )
         .merge(crate::cluster::server::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -2,7 +2,8 @@
 //!
 //! Any identity of a profile finds it: after a merge, the anonymous id, the email and the
 //! user id all answer with the same profile. Reads need a read key or the admin key.
-//! Reads run on a store snapshot in a blocking thread, never on the async workers.
+//! Each read first waits for the freshness asked for (`?consistency=`, `?after=`, see
+//! [`super::consistency`]), then runs on a store snapshot in the read pool.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -13,49 +14,33 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::auth::Access;
+use super::consistency::{read_json, requirement};
 use super::error::ApiError;
 use crate::model::identity::Identity;
 use crate::model::profile::Profile;
 use crate::model::validate::format_ms;
+use crate::node::reads::ReadRequirement;
 use crate::store::read::{PAGE_LIMIT_MAX, Reader};
 use crate::store::tables::{MergeAction, MergeRecord, StoredEvent};
 
 /// Default page size of the listing endpoints.
 const PAGE_LIMIT_DEFAULT: usize = 100;
 
-/// `?limit=&before=&event=`
+/// `?limit=&before=&event=&consistency=&after=`
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
     limit: Option<usize>,
     before: Option<u64>,
     event: Option<String>,
     consistency: Option<String>,
+    after: Option<String>,
 }
 
-/// `?consistency=`
+/// `?consistency=&after=`
 #[derive(Debug, Deserialize)]
 pub struct ReadQuery {
     consistency: Option<String>,
-}
-
-/// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Consistency {
-    /// Reflects every write acknowledged before the read started (the default).
-    Linearizable,
-    /// Whatever this node has applied; may lag the leader (the reply says by how much).
-    Local,
-}
-
-pub(crate) fn consistency(text: Option<&str>) -> Result<Consistency, ApiError> {
-    match text {
-        None | Some("linearizable") => Ok(Consistency::Linearizable),
-        Some("local") => Ok(Consistency::Local),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("consistency={other:?}: use linearizable (default) or local"),
-        )),
-    }
+    after: Option<String>,
 }
 
 impl PageQuery {
@@ -79,7 +64,11 @@ pub async fn get(
     query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let read = consistency(query.consistency.as_deref())?;
+    let read = requirement(
+        query.consistency.as_deref(),
+        query.after.as_deref(),
+        &headers,
+    )?;
     let priority = state.config.identity.priority.clone();
     let services = std::sync::Arc::clone(state.node.services());
     let defs = std::sync::Arc::clone(state.node.trait_defs());
@@ -100,7 +89,11 @@ pub async fn events(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, limit) = page_query(query)?;
-    let read = consistency(query.consistency.as_deref())?;
+    let read = requirement(
+        query.consistency.as_deref(),
+        query.after.as_deref(),
+        &headers,
+    )?;
     with_profile(&state, &headers, &id, read, move |reader, profile| {
         let page = reader.events(&profile, query.before, limit, query.event.as_deref())?;
         let events: Vec<Value> = page
@@ -121,7 +114,11 @@ pub async fn merges(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (query, limit) = page_query(query)?;
-    let read = consistency(query.consistency.as_deref())?;
+    let read = requirement(
+        query.consistency.as_deref(),
+        query.after.as_deref(),
+        &headers,
+    )?;
     with_profile(&state, &headers, &id, read, move |reader, profile| {
         let page = reader.merges(&profile, query.before, limit)?;
         let merges: Vec<Value> = page
@@ -134,32 +131,25 @@ pub async fn merges(
     .await
 }
 
-/// Checks the key, parses `id`, waits for the requested consistency, finds the profile on
+/// Checks the key, parses `id`, waits for the requested freshness, finds the profile on
 /// a fresh snapshot and answers with what `view` makes of it, plus a `read` object saying
 /// how fresh the answer is.
 pub(crate) async fn with_profile(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-    read: Consistency,
+    read: ReadRequirement,
     view: impl FnOnce(&Reader, Profile) -> Result<Value, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    use openraft::async_runtime::WatchReceiver;
     state.keys.require(headers, Access::Read)?;
     let identity = parse_identity(state, id)?;
-    if read == Consistency::Linearizable {
-        state.node.linearize().await?;
-    }
-    let metrics = state.node.raft().metrics().borrow_watched().clone();
+    state.node.prepare_read(read).await?;
+    // Taken before the snapshot, so the snapshot is at least this fresh.
+    let freshness = read_json(state, read);
     let mut body = state
         .read(move |reader| view(reader, find(reader, &identity)?))
         .await?;
-    body["read"] = serde_json::json!({
-        "consistency": if read == Consistency::Local { "local" } else { "linearizable" },
-        "node_id": metrics.id,
-        "applied_index": metrics.last_applied.map(|id| id.index),
-        "lag_entries": crate::api::lag_entries(&metrics),
-    });
+    body["read"] = freshness;
     Ok(axum::Json(body).into_response())
 }
 

@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Access;
+use super::consistency::requirement;
 use super::error::ApiError;
-use super::profiles::{consistency, parse_identity, service_marker, with_profile};
+use super::profiles::{parse_identity, service_marker, with_profile};
 use crate::services::recommend::LIMIT_MAX;
 use crate::services::recommendations::{self, NAME};
 use crate::services::supervisor::Supervisor;
@@ -27,11 +28,12 @@ use crate::services::supervisor::Supervisor;
 /// Recommendations returned when the request names no `limit`.
 pub const LIMIT_DEFAULT: usize = 10;
 
-/// `?limit=&consistency=`
+/// `?limit=&consistency=&after=`
 #[derive(Debug, Deserialize)]
 pub struct RecommendQuery {
     limit: Option<usize>,
     consistency: Option<String>,
+    after: Option<String>,
 }
 
 /// `GET /v1/profiles/{id}/recommendations`
@@ -45,7 +47,11 @@ pub async fn get(
     state.keys.require(&headers, Access::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = limit(query.limit)?;
-    let read = consistency(query.consistency.as_deref())?;
+    let read = requirement(
+        query.consistency.as_deref(),
+        query.after.as_deref(),
+        &headers,
+    )?;
     parse_identity(&state, &id)?;
     let services = std::sync::Arc::clone(state.node.services());
     require_healthy(&services)?;

@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Access;
+use super::consistency::requirement;
 use super::error::ApiError;
-use super::profiles::{consistency, service_marker, with_profile};
+use super::profiles::{service_marker, with_profile};
 use crate::cluster::Command;
 use crate::model::command::SegmentDef;
 use crate::services::audience::{self, SEGMENTS_MAX, SegmentRecord};
@@ -362,7 +363,9 @@ pub async fn members(
     state.keys.require(&headers, Access::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = limit(&query)?;
-    consistency(query.consistency.as_deref())?;
+    // Membership is read from the segments service after a linearizable barrier on the
+    // definitions; the parameter is only checked (`after` here is the paging cursor).
+    requirement(query.consistency.as_deref(), None, &HeaderMap::new())?;
     let defs = current_defs(&state).await?;
     find(&defs, &id)?;
     let db = service_db(state.node.services())?;
@@ -411,6 +414,7 @@ pub async fn transitions(
 #[derive(Debug, Deserialize)]
 pub struct ProfileQuery {
     consistency: Option<String>,
+    after: Option<String>,
 }
 
 /// `GET /v1/profiles/{type}:{value}/segments`
@@ -421,7 +425,11 @@ pub async fn of_profile(
     query: Result<Query<ProfileQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let read = consistency(query.consistency.as_deref())?;
+    let read = requirement(
+        query.consistency.as_deref(),
+        query.after.as_deref(),
+        &headers,
+    )?;
     let services = std::sync::Arc::clone(state.node.services());
     with_profile(&state, &headers, &id, read, move |_, profile| {
         let db = service_db(&services)?;

@@ -31,6 +31,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server error: {0}")]
     Serve(std::io::Error),
+    /// The read threads could not be started.
+    #[error("cannot start the read threads: {0}")]
+    ReadThreads(std::io::Error),
 }
 
 /// A node whose storage and Raft are running and whose socket is bound, not yet serving.
@@ -56,8 +59,9 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         config.cluster.advertise_url.clone()
     };
     let node = crate::node::start(&config, advertise).await?;
+    let state = AppState::new(node, Arc::new(config)).map_err(ServeError::ReadThreads)?;
     Ok(Prepared {
-        state: AppState::new(node, Arc::new(config)),
+        state,
         listener,
         addr,
     })

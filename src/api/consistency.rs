@@ -1,0 +1,204 @@
+//! How a client asks for a read's freshness, and how the reply says what it got.
+//!
+//! - `?consistency=linearizable|lease|local` picks the mode (see [`crate::node::reads`]
+//!   for each one's guarantee). Without it the read is `linearizable` — unless the client
+//!   gave a position, see next.
+//! - `?after=N` or the header `Tandem-After: N` (both: the larger) makes the node wait,
+//!   bounded, until it has applied log index `N` — the `position.index` of a write reply —
+//!   so the read sees that write (read-your-writes) without a leader round. Given without
+//!   `consistency`, the read is otherwise `local`.
+//!
+//! Every reply of a profile read carries a `read` object: the mode, the position waited
+//! for, and the node and index it was served at ([`read_json`]).
+//!
+//! Also here: `POST /internal/lease-read-index`, where a follower asks the leader for a
+//! read index confirmed by the leader's lease (`/internal/read-index` confirms with a
+//! quorum round).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use openraft::async_runtime::WatchReceiver;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::cluster::network::FROM_HEADER;
+use crate::node::reads::{Consistency, ReadRequirement};
+
+/// The header a client may pass its last write's position in.
+pub const AFTER_HEADER: &str = "tandem-after";
+
+/// The requirement a read's `consistency` and `after` parameters and `Tandem-After`
+/// header ask for. Unknown modes and positions that are not integers are 400
+/// `invalid_query`, naming the parameter and what it accepts.
+pub fn requirement(
+    consistency: Option<&str>,
+    after: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<ReadRequirement, ApiError> {
+    let from_query = after.map(|text| position("after", text)).transpose()?;
+    let from_header = match headers.get(AFTER_HEADER) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "the Tandem-After header is not text; send the position.index of a write reply",
+                )
+            })?;
+            Some(position("Tandem-After", text)?)
+        }
+    };
+    let after = from_query.max(from_header);
+    let consistency = match consistency {
+        None if after.is_some() => Consistency::Local,
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("lease") => Consistency::Lease,
+        Some("local") => Consistency::Local,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("consistency={other:?}: use linearizable (default), lease or local"),
+            ));
+        }
+    };
+    Ok(ReadRequirement { consistency, after })
+}
+
+fn position(name: &str, text: &str) -> Result<u64, ApiError> {
+    text.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "{name}={text:?} is not a log position: send the position.index of a write \
+                 reply (a non-negative integer)"
+            ),
+        )
+    })
+}
+
+/// The `read` object of a reply: how fresh it is and where it was served.
+pub fn read_json(state: &AppState, requirement: ReadRequirement) -> Value {
+    let metrics = state.node.raft().metrics().borrow_watched().clone();
+    json!({
+        "consistency": requirement.consistency.name(),
+        "after": requirement.after,
+        "node_id": metrics.id,
+        "applied_index": metrics.last_applied.map(|id| id.index),
+        "lag_entries": super::lag_entries(&metrics),
+    })
+}
+
+/// `POST /internal/lease-read-index` (peer request, cluster key): this node's read index
+/// as leader, confirmed by its lease. Replies postcard `Result<u64, String>`, like
+/// `/internal/read-index`.
+pub async fn lease_read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = admit_peer(&state, &headers) {
+        return refusal.into_response();
+    }
+    let result = state
+        .node
+        .lease_read_index()
+        .await
+        .map_err(|e| e.to_string());
+    match postcard::to_stdvec(&result) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The checks every internal endpoint makes: the cluster key, the sender's id, and fault
+/// injection (a partitioned peer is refused with 503). Mirrors the Raft RPC endpoints'.
+fn admit_peer(state: &AppState, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
+    let cluster = state.node.cluster();
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(cluster.cluster_key()) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster key".into(),
+        ));
+    }
+    let from = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or((StatusCode::BAD_REQUEST, format!("missing {FROM_HEADER}")))?;
+    if cluster.faults().is_blocked(from) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {from} is partitioned from this node by fault injection"),
+        ));
+    }
+    Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn parse(
+        consistency: Option<&str>,
+        after: Option<&str>,
+        header: Option<&str>,
+    ) -> Result<ReadRequirement, ApiError> {
+        let mut headers = HeaderMap::new();
+        if let Some(header) = header {
+            headers.insert(AFTER_HEADER, HeaderValue::from_str(header).expect("header"));
+        }
+        requirement(consistency, after, &headers)
+    }
+
+    fn wants(consistency: Consistency, after: Option<u64>) -> ReadRequirement {
+        ReadRequirement { consistency, after }
+    }
+
+    #[test]
+    fn modes_and_positions_parse() {
+        use Consistency::*;
+        let cases = [
+            ((None, None, None), wants(Linearizable, None)),
+            (
+                (Some("linearizable"), None, None),
+                wants(Linearizable, None),
+            ),
+            ((Some("lease"), None, None), wants(Lease, None)),
+            ((Some("local"), None, None), wants(Local, None)),
+            // A position alone is a read-your-writes read: local once caught up.
+            ((None, Some("42"), None), wants(Local, Some(42))),
+            ((None, None, Some("42")), wants(Local, Some(42))),
+            ((None, Some("7"), Some("42")), wants(Local, Some(42))),
+            ((Some("lease"), Some("9"), None), wants(Lease, Some(9))),
+            (
+                (Some("linearizable"), Some("9"), None),
+                wants(Linearizable, Some(9)),
+            ),
+        ];
+        for ((consistency, after, header), expected) in cases {
+            let got = parse(consistency, after, header).expect("valid");
+            assert_eq!(got, expected, "{consistency:?} {after:?} {header:?}");
+        }
+    }
+
+    #[test]
+    fn bad_modes_and_positions_name_the_problem() {
+        let cases = [
+            ((Some("strong"), None, None), "consistency=\"strong\""),
+            ((None, Some("-1"), None), "after=\"-1\""),
+            ((None, Some("abc"), None), "after=\"abc\""),
+            ((None, None, Some("x")), "Tandem-After=\"x\""),
+        ];
+        for ((consistency, after, header), named) in cases {
+            let error = parse(consistency, after, header).expect_err("invalid");
+            assert_eq!(
+                (error.status, error.code),
+                (StatusCode::BAD_REQUEST, "invalid_query")
+            );
+            assert!(error.message.contains(named), "{}", error.message);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Read modes against real node processes: write replies carry their log position and a
+//! read after it sees the write on any node; lease reads on the leader and followers;
+//! bad modes and positions are named; and reads wait out a leader's death instead of
+//! failing while the cluster elects a new one.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::cluster::TestCluster;
+use support::{ADMIN_KEY, NodeProcess, Reply, client, get, post, send};
+
+const ELECTION: Duration = Duration::from_secs(20);
+
+/// GETs `path` on `url` with the admin key and a `Tandem-After` header.
+async fn get_after_header(url: &str, path: &str, after: u64) -> Reply {
+    send(
+        client()
+            .get(format!("{url}{path}"))
+            .bearer_auth(ADMIN_KEY)
+            .header("Tandem-After", after.to_string()),
+    )
+    .await
+}
+
+/// The `position.index` of a successful write reply.
+fn position(reply: &Reply) -> u64 {
+    assert_eq!(reply.status, 200, "write: {}", reply.body);
+    reply.body["position"]["index"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a write reply carries position.index: {}", reply.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_write_position_sees_it_on_every_node_and_lease_reads_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let leader = cluster.leader(ELECTION).await;
+    let followers: Vec<u64> = cluster
+        .urls
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+
+    // Each write goes to one node and is read at once on another with ?after= (or the
+    // header): the read sees that very write, though followers apply after the leader.
+    let mut last = 0;
+    for round in 0..20_u64 {
+        let writer = if round % 2 == 0 { leader } else { followers[0] };
+        let reader = if round % 2 == 0 {
+            followers[(round as usize / 2) % 2]
+        } else {
+            followers[1]
+        };
+        let write = post(
+            &cluster.urls[&writer],
+            "/v1/identify",
+            &json!({"userId": "ryw", "traits": {"round": round}, "messageId": format!("ryw-{round}")}),
+        )
+        .await;
+        let at = position(&write);
+        assert!(at >= last, "positions only grow: {at} after {last}");
+        last = at;
+        let read = if round % 3 == 0 {
+            get_after_header(&cluster.urls[&reader], "/v1/profiles/user_id:ryw", at).await
+        } else {
+            get(
+                &cluster.urls[&reader],
+                &format!("/v1/profiles/user_id:ryw?after={at}"),
+            )
+            .await
+        };
+        assert_eq!(
+            read.status, 200,
+            "round {round} on node {reader}: {}",
+            read.body
+        );
+        assert_eq!(
+            read.body["traits"]["round"], round,
+            "round {round}: node {reader} read after position {at} sees the write: {}",
+            read.body
+        );
+        assert_eq!(read.body["read"]["after"], at);
+        assert_eq!(read.body["read"]["consistency"], "local");
+        assert!(read.body["read"]["applied_index"].as_u64() >= Some(at));
+    }
+
+    // A duplicate's reply carries the position of the stored first copy.
+    let again = post(
+        &cluster.urls[&followers[1]],
+        "/v1/identify",
+        &json!({"userId": "ryw", "traits": {"round": 19}, "messageId": "ryw-19"}),
+    )
+    .await;
+    assert_eq!(again.body["duplicates"], 1, "{}", again.body);
+    assert_eq!(position(&again), last);
+
+    // Lease reads, on the leader and on followers, see the last write too.
+    for (id, url) in &cluster.urls {
+        for path in [
+            "/v1/profiles/user_id:ryw?consistency=lease",
+            "/v1/profiles/user_id:ryw/events?consistency=lease&limit=1",
+        ] {
+            let read = get(url, path).await;
+            assert_eq!(read.status, 200, "node {id} {path}: {}", read.body);
+            assert_eq!(read.body["read"]["consistency"], "lease", "node {id}");
+            assert!(
+                read.body["read"]["applied_index"].as_u64() >= Some(last),
+                "node {id}: a lease read reflects every acknowledged write: {}",
+                read.body
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_read_modes_and_positions_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[]);
+    let write = post(
+        &node.url,
+        "/v1/track",
+        &json!({"userId": "solo", "event": "E", "messageId": "solo-1"}),
+    )
+    .await;
+    let at = position(&write);
+    for path in [
+        "/v1/profiles/user_id:solo?consistency=lease",
+        "/v1/profiles/user_id:solo?consistency=linearizable",
+        "/v1/profiles/user_id:solo?consistency=local",
+    ] {
+        let read = get(&node.url, path).await;
+        assert_eq!(read.status, 200, "{path}: {}", read.body);
+    }
+    let read = get(&node.url, &format!("/v1/profiles/user_id:solo?after={at}")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+
+    let cases = [
+        (
+            "/v1/profiles/user_id:solo?consistency=strong",
+            "consistency",
+        ),
+        ("/v1/profiles/user_id:solo?after=abc", "after"),
+        ("/v1/profiles/user_id:solo/events?after=-3", "after"),
+        (
+            "/v1/profiles/user_id:solo/merges?consistency=",
+            "consistency",
+        ),
+    ];
+    for (path, named) in cases {
+        let reply = get(&node.url, path).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert_eq!(reply.code(), "invalid_query", "{path}");
+        let message = reply.body["message"].as_str().unwrap_or("");
+        assert!(message.contains(named), "{path}: {message}");
+    }
+    let reply = get_after_header(&node.url, "/v1/profiles/user_id:solo", 0).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = send(
+        client()
+            .get(format!("{}/v1/profiles/user_id:solo", node.url))
+            .bearer_auth(ADMIN_KEY)
+            .header("Tandem-After", "soon"),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Tandem-After")),
+        "{}",
+        reply.body
+    );
+}
+
+/// One read of the election test.
+#[derive(Debug, Clone)]
+struct Sample {
+    node: u64,
+    mode: &'static str,
+    started: Instant,
+    latency: Duration,
+    status: u16,
+    code: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_out_a_leader_kill_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let write = post(
+        &cluster.urls[&1],
+        "/v1/track",
+        &json!({"userId": "steady", "event": "E", "messageId": "steady-1"}),
+    )
+    .await;
+    position(&write);
+    let leader = cluster.leader(ELECTION).await;
+
+    // Two readers per surviving node, one per mode, reading back to back.
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for (&node, url) in cluster.urls.iter().filter(|(id, _)| **id != leader) {
+        for mode in ["linearizable", "lease"] {
+            let (url, samples, stop) = (url.clone(), Arc::clone(&samples), Arc::clone(&stop));
+            readers.push(tokio::spawn(async move {
+                let http = client();
+                let path = format!("{url}/v1/profiles/user_id:steady?consistency={mode}");
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let reply = http.get(&path).bearer_auth(ADMIN_KEY).send().await;
+                    let (status, code) = match reply {
+                        Ok(reply) => {
+                            let status = reply.status().as_u16();
+                            let body: serde_json::Value = reply.json().await.unwrap_or_default();
+                            (status, body["code"].as_str().unwrap_or("").to_owned())
+                        }
+                        Err(error) => (0, error.to_string()),
+                    };
+                    let sample = Sample {
+                        node,
+                        mode,
+                        started,
+                        latency: started.elapsed(),
+                        status,
+                        code,
+                    };
+                    samples.lock().expect("samples").push(sample);
+                }
+            }));
+        }
+    }
+    let successes_since = |since: Instant| {
+        samples
+            .lock()
+            .expect("samples")
+            .iter()
+            .filter(|s| s.started >= since && s.status == 200)
+            .count()
+    };
+    let began = Instant::now();
+    cluster
+        .wait("reads before the kill", ELECTION, |_| {
+            let enough = successes_since(began) >= 20;
+            async move { enough.then_some(()) }
+        })
+        .await;
+
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    let new_leader = cluster.leader(ELECTION).await;
+    let elected_at = Instant::now();
+    assert_ne!(new_leader, leader);
+    cluster
+        .wait("reads after the election", ELECTION, |_| {
+            let enough = successes_since(elected_at) >= 40;
+            async move { enough.then_some(()) }
+        })
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+
+    let samples = samples.lock().expect("samples").clone();
+    // Every read that was still running when the leader died, or began later.
+    let after_kill: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.started + s.latency >= killed_at)
+        .collect();
+    let failed: Vec<&&Sample> = after_kill.iter().filter(|s| s.status != 200).collect();
+    let during: Vec<&&Sample> = after_kill
+        .iter()
+        .filter(|s| s.started < elected_at)
+        .collect();
+    let waited_and_succeeded = during.iter().filter(|s| s.status == 200).count();
+    let slowest = after_kill
+        .iter()
+        .map(|s| s.latency)
+        .max()
+        .unwrap_or_default();
+    let report = format!(
+        "leader {leader} killed, node {new_leader} known as leader after {:?}; {} reads since \
+         the kill, {} in flight during the election ({waited_and_succeeded} of them succeeded), \
+         {} failed, slowest {slowest:?}; failures: {:#?}",
+        elected_at - killed_at,
+        after_kill.len(),
+        during.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|s| format!(
+                "node {} {} started {:?} after the kill: {} {} after {:?}",
+                s.node,
+                s.mode,
+                s.started.saturating_duration_since(killed_at),
+                s.status,
+                s.code,
+                s.latency
+            ))
+            .collect::<Vec<_>>()
+    );
+    println!("{report}");
+    // Reads that began while there was no usable leader waited for the new one.
+    assert!(waited_and_succeeded >= 1, "{report}");
+    // Most reads succeed; a failure is the bounded wait running out (a slow election on
+    // a busy machine), never a fast failure.
+    assert!(failed.len() * 10 <= after_kill.len(), "{report}");
+    for sample in &failed {
+        assert!(
+            sample.latency >= Duration::from_secs(2),
+            "a read failed fast instead of waiting for the new leader: {sample:?}\n{report}"
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(12),
+        "reads are bounded: {report}"
+    );
+}
