@@ -122,6 +122,14 @@ pub struct ReadBenchArgs {
     /// Readers in parallel.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// The read mode to ask for (`?consistency=`); the node's default (linearizable) if
+    /// not given.
+    #[arg(long, value_parser = ["linearizable", "lease", "local"])]
+    pub consistency: Option<String>,
+    /// A log position every read must reflect (`?after=`), e.g. a write reply's
+    /// `position.index`.
+    #[arg(long)]
+    pub after: Option<u64>,
 }
 
 /// Runs `tandem read-bench`.
@@ -132,6 +140,8 @@ pub async fn run_read_bench(args: ReadBenchArgs) -> i32 {
         acked: args.acked,
         duration: std::time::Duration::from_secs(args.seconds),
         concurrency: args.concurrency,
+        consistency: args.consistency,
+        after: args.after,
     };
     match load::readbench::run(&options).await {
         Ok(report) => {

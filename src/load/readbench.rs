@@ -2,8 +2,9 @@
 //!
 //! It samples identities from an acknowledged-events file (written by `tandem load
 //! --acked`), then `concurrency` readers fetch random profiles with
-//! `GET /v1/profiles/{identity}` back to back for `duration`, and reports the latency
-//! distribution. Run it while a `tandem load` ingests to measure reads during ingestion.
+//! `GET /v1/profiles/{identity}` back to back for `duration` (in the read mode asked for
+//! with `--consistency` and `--after`), and reports the latency distribution. Run it
+//! while a `tandem load` ingests to measure reads during ingestion.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub struct ReadBenchOptions {
     pub duration: Duration,
     /// Readers in parallel.
     pub concurrency: usize,
+    /// The read mode asked for (`?consistency=`), or the node's default.
+    pub consistency: Option<String>,
+    /// A log position every read must reflect (`?after=`).
+    pub after: Option<u64>,
 }
 
 /// What a read benchmark measured.
@@ -64,6 +69,7 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
     }
     let http = client::http_client()?;
     let auth = client::bearer_auth(&opts.key);
+    let query = Arc::new(read_query(opts));
     let shared = Arc::new(Mutex::new(ReadBenchReport {
         identities: identities.len(),
         ok: 0,
@@ -79,12 +85,13 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
     for reader in 0..opts.concurrency.max(1) {
         let (http, auth, base) = (http.clone(), auth.clone(), base.clone());
         let (identities, shared) = (Arc::clone(&identities), Arc::clone(&shared));
+        let query = Arc::clone(&query);
         readers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(reader as u64);
             while Instant::now() < deadline {
                 let identity = &identities[rng.random_range(0..identities.len())];
                 let url = format!(
-                    "{base}/v1/profiles/{}",
+                    "{base}/v1/profiles/{}{query}",
                     client::encode_path_segment(identity)
                 );
                 let sent = Instant::now();
@@ -122,6 +129,22 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
         .unwrap_or_else(|p| p.into_inner());
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The query string of every read: `?consistency=&after=` as asked, or empty.
+fn read_query(opts: &ReadBenchOptions) -> String {
+    let mut pairs = Vec::new();
+    if let Some(mode) = &opts.consistency {
+        pairs.push(format!("consistency={mode}"));
+    }
+    if let Some(after) = opts.after {
+        pairs.push(format!("after={after}"));
+    }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    }
 }
 
 /// A uniform sample (reservoir) of distinct identities from the acked file.
