@@ -39,6 +39,14 @@ pub struct LoadArgs {
     /// 4 GiB of prepared requests, about 8 million events).
     #[arg(long)]
     pub replay: bool,
+    /// Report the CPU time and peak memory of this process during the run (a node's pid;
+    /// repeat for several). Linux only.
+    #[arg(long = "watch-pid")]
+    pub watch_pids: Vec<u32>,
+    /// Report bytes written to this disk during the run (a name in /proc/diskstats, e.g.
+    /// vda). Counts every process's writes.
+    #[arg(long)]
+    pub disk: Option<String>,
 }
 
 /// `tandem verify`
@@ -74,6 +82,8 @@ pub async fn run_load(args: LoadArgs) -> i32 {
         seed: args.seed,
         progress: !args.quiet,
         replay: args.replay,
+        watch_pids: args.watch_pids,
+        disk: args.disk,
     };
     match load::run(&options).await {
         Ok(summary) => {

@@ -24,6 +24,7 @@ pub mod catalogue;
 pub mod client;
 pub mod counts;
 pub mod events;
+pub mod host;
 pub mod journey;
 pub mod readbench;
 pub mod replay;

@@ -30,6 +30,7 @@ use super::batch::{
 };
 use super::catalogue::mix;
 use super::client;
+use super::host::HostProbe;
 use super::replay::{self, REPLAY_BYTES_MAX, ReadyBatch, ReplayCost};
 use super::reply::{self, BatchTally};
 use super::summary::{Latency, LoadSummary};
@@ -70,6 +71,10 @@ pub struct LoadOptions {
     /// Build every request body before the timed run, then only send bytes
     /// ([`super::replay`]); refused if they would take more than [`REPLAY_BYTES_MAX`].
     pub replay: bool,
+    /// Processes (the nodes) whose CPU time and peak memory the summary reports.
+    pub watch_pids: Vec<u32>,
+    /// A disk (name in `/proc/diskstats`) whose bytes written the summary reports.
+    pub disk: Option<String>,
 }
 
 impl LoadOptions {
@@ -91,6 +96,8 @@ impl LoadOptions {
             seed: 0,
             progress: false,
             replay: false,
+            watch_pids: Vec::new(),
+            disk: None,
         }
     }
 
@@ -141,6 +148,8 @@ impl fmt::Debug for LoadOptions {
             .field("seed", &self.seed)
             .field("progress", &self.progress)
             .field("replay", &self.replay)
+            .field("watch_pids", &self.watch_pids)
+            .field("disk", &self.disk)
             .finish()
     }
 }
@@ -167,6 +176,11 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
         (Requests::Live(Box::new(batcher)), None)
     };
     let mut totals = Totals::new(opts, replay)?;
+    let probe = if opts.watch_pids.is_empty() && opts.disk.is_none() {
+        None
+    } else {
+        Some(HostProbe::start(&opts.watch_pids, opts.disk.as_deref())?)
+    };
     let started = Instant::now();
     let mut pacer = opts.rate.map(|rate| Pacer::new(rate, Instant::now()));
     let mut in_flight = JoinSet::new();
@@ -200,7 +214,10 @@ pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
             "acked file holds exactly the acknowledged events"
         );
     }
-    Ok(totals.finish(started.elapsed()))
+    let elapsed = started.elapsed();
+    let mut summary = totals.finish(elapsed);
+    summary.host = probe.map(HostProbe::finish);
+    Ok(summary)
 }
 
 /// Builds every request of the run on a blocking thread (seconds of CPU for millions of

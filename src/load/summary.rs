@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::host::HostCost;
 use super::replay::ReplayCost;
 
 /// Request latencies, in milliseconds.
@@ -73,6 +74,8 @@ pub struct LoadSummary {
     /// What building the requests cost, if they were built before the run (`--replay`);
     /// `None` for a live run, which generated them while sending.
     pub replay: Option<ReplayCost>,
+    /// What the watched processes and disk used during the run (`--watch-pid`, `--disk`).
+    pub host: Option<HostCost>,
 }
 
 impl LoadSummary {
@@ -139,6 +142,44 @@ impl fmt::Display for LoadSummary {
                 ),
             )?,
             None => row(f, "latency", format_args!("no successful requests"))?,
+        }
+        if let Some(host) = &self.host {
+            let events = self.acknowledged.max(1) as f64;
+            for process in &host.processes {
+                row(
+                    f,
+                    &format!("pid {}", process.pid),
+                    format_args!(
+                        "cpu {:.1} s ({:.1} us/event), rss peak {:.0} MiB, end {:.0} MiB",
+                        process.cpu_seconds,
+                        process.cpu_seconds * 1e6 / events,
+                        process.rss_peak_bytes as f64 / (1 << 20) as f64,
+                        process.rss_end_bytes as f64 / (1 << 20) as f64
+                    ),
+                )?;
+            }
+            if host.processes.len() > 1 {
+                row(
+                    f,
+                    "watched cpu",
+                    format_args!(
+                        "{:.1} s ({:.1} us/event)",
+                        host.cpu_seconds(),
+                        host.cpu_seconds() * 1e6 / events
+                    ),
+                )?;
+            }
+            if let (Some(bytes), Some(disk)) = (host.disk_written_bytes, &host.disk) {
+                row(
+                    f,
+                    "disk written",
+                    format_args!(
+                        "{:.1} MiB on {disk} ({:.0} bytes/event, by every process)",
+                        bytes as f64 / (1 << 20) as f64,
+                        bytes as f64 / events
+                    ),
+                )?;
+            }
         }
         if let Some(error) = &self.first_error {
             row(f, "first error", format_args!("{error}"))?;
