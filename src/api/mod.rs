@@ -73,14 +73,16 @@ impl AppState {
         query: impl FnOnce(&Reader) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let store = Arc::clone(self.node.store());
-        let outcome = self
-            .reads
-            .run(move || {
-                let reader = store.reader();
-                query(&reader)
-            })
-            .await;
-        match outcome {
+        self.run_read(move || query(&store.reader())).await
+    }
+
+    /// Runs `read` (a read of a service's own database, say) in the read pool, like
+    /// [`AppState::read`] without a store snapshot.
+    pub async fn run_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        match self.reads.run(read).await {
             Ok(result) => result,
             Err(full @ read_pool::PoolError::Full { .. }) => Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

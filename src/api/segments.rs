@@ -14,6 +14,8 @@
 //! Membership reads are served even while the segments service is degraded: the last good
 //! result, marked `"stale": true` in `status` (see `docs/api.md`).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -213,28 +215,34 @@ fn segment_json(def: &SegmentDef, record: Option<&SegmentRecord>, total_profiles
     })
 }
 
-/// The definitions with the service's view of each.
-fn describe(state: &AppState, defs: &[&SegmentDef]) -> Result<Vec<Value>, ApiError> {
-    let db = service_db(state.node.services())?;
-    let total = state.node.store().reader().counts().profiles_approx;
-    defs.iter()
-        .map(|def| {
-            let record = audience::record(db, &def.id).map_err(service_error)?;
-            Ok(segment_json(def, record.as_ref(), total))
+/// The definitions with the service's view of each (read in the read pool).
+async fn describe(state: &AppState, defs: Vec<SegmentDef>) -> Result<Vec<Value>, ApiError> {
+    let services = Arc::clone(state.node.services());
+    state
+        .read(move |reader| {
+            let db = service_db(&services)?;
+            let total = reader.counts().profiles_approx;
+            defs.iter()
+                .map(|def| {
+                    let record = audience::record(db, &def.id).map_err(service_error)?;
+                    Ok(segment_json(def, record.as_ref(), total))
+                })
+                .collect()
         })
-        .collect()
+        .await
 }
 
 /// One definition with the service's view of it.
-fn describe_one(state: &AppState, def: &SegmentDef) -> Result<Value, ApiError> {
-    Ok(describe(state, &[def])?.remove(0))
+async fn describe_one(state: &AppState, def: &SegmentDef) -> Result<Value, ApiError> {
+    let mut described = describe(state, vec![def.clone()]).await?;
+    Ok(described.remove(0))
 }
 
 /// `GET /v1/segments`
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Read)?;
     let defs = current_defs(&state).await?;
-    let items = describe(&state, &defs.iter().collect::<Vec<_>>())?;
+    let items = describe(&state, defs).await?;
     let status = service_marker(state.node.services(), audience::NAME);
     Ok(Json(json!({"segments": items, "status": status})).into_response())
 }
@@ -248,7 +256,7 @@ pub async fn get(
     state.keys.require(&headers, Access::Read)?;
     let defs = current_defs(&state).await?;
     let def = find(&defs, &id)?;
-    let mut body = describe_one(&state, def)?;
+    let mut body = describe_one(&state, def).await?;
     body["status_of_service"] = service_marker(state.node.services(), audience::NAME);
     Ok(Json(body).into_response())
 }
@@ -289,7 +297,7 @@ pub async fn create(
         .node
         .execute(Command::PutSegment(def.clone()), false)
         .await?;
-    let body = describe_one(&state, &def)?;
+    let body = describe_one(&state, &def).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -315,7 +323,7 @@ pub async fn replace(
         .node
         .execute(Command::PutSegment(def.clone()), false)
         .await?;
-    let body = describe_one(&state, &def)?;
+    let body = describe_one(&state, &def).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -368,9 +376,17 @@ pub async fn members(
     requirement(query.consistency.as_deref(), None, &HeaderMap::new())?;
     let defs = current_defs(&state).await?;
     find(&defs, &id)?;
-    let db = service_db(state.node.services())?;
-    let record = audience::record(db, &id).map_err(service_error)?;
-    let page = audience::members(db, &id, query.after, limit).map_err(service_error)?;
+    let services = Arc::clone(state.node.services());
+    let segment = id.clone();
+    let (record, page) = state
+        .run_read(move || {
+            let db = service_db(&services)?;
+            let record = audience::record(db, &segment).map_err(service_error)?;
+            let page =
+                audience::members(db, &segment, query.after, limit).map_err(service_error)?;
+            Ok((record, page))
+        })
+        .await?;
     let next_after = if page.len() == limit {
         page.last().map(|(profile, _)| *profile)
     } else {
@@ -399,8 +415,13 @@ pub async fn transitions(
     state.keys.require(&headers, Access::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = limit(&query)?;
-    let db = service_db(state.node.services())?;
-    let page = audience::transitions(db, query.after.unwrap_or(0), limit).map_err(service_error)?;
+    let services = Arc::clone(state.node.services());
+    let page = state
+        .run_read(move || {
+            let db = service_db(&services)?;
+            audience::transitions(db, query.after.unwrap_or(0), limit).map_err(service_error)
+        })
+        .await?;
     let next_after = page.last().map(|t| t.seq);
     Ok(Json(json!({
         "transitions": page,
