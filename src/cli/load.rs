@@ -140,6 +140,10 @@ pub struct ReadBenchArgs {
     /// `position.index`.
     #[arg(long)]
     pub after: Option<u64>,
+    /// Reads per second in all (spread over the readers); default: each reader reads back
+    /// to back.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// Runs `tandem read-bench`.
@@ -152,6 +156,7 @@ pub async fn run_read_bench(args: ReadBenchArgs) -> i32 {
         concurrency: args.concurrency,
         consistency: args.consistency,
         after: args.after,
+        rate: args.rate,
     };
     match load::readbench::run(&options).await {
         Ok(report) => {

@@ -2,8 +2,9 @@
 //!
 //! It samples identities from an acknowledged-events file (written by `tandem load
 //! --acked`), then `concurrency` readers fetch random profiles with
-//! `GET /v1/profiles/{identity}` back to back for `duration` (in the read mode asked for
-//! with `--consistency` and `--after`), and reports the latency distribution. Run it
+//! `GET /v1/profiles/{identity}` back to back (or at `--rate` reads per second in all) for
+//! `duration`, in the read mode asked for with `--consistency` and `--after`, and reports
+//! the latency distribution. Run it
 //! while a `tandem load` ingests to measure reads during ingestion.
 
 use std::fmt;
@@ -38,6 +39,8 @@ pub struct ReadBenchOptions {
     pub consistency: Option<String>,
     /// A log position every read must reflect (`?after=`).
     pub after: Option<u64>,
+    /// Reads per second in all, spread evenly over the readers; `None`: back to back.
+    pub rate: Option<f64>,
 }
 
 /// What a read benchmark measured.
@@ -82,13 +85,27 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut readers = Vec::new();
-    for reader in 0..opts.concurrency.max(1) {
+    let concurrency = opts.concurrency.max(1);
+    // Each reader's pace, when a rate is asked for.
+    let interval = opts
+        .rate
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    for reader in 0..concurrency {
         let (http, auth, base) = (http.clone(), auth.clone(), base.clone());
         let (identities, shared) = (Arc::clone(&identities), Arc::clone(&shared));
         let query = Arc::clone(&query);
         readers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(reader as u64);
+            // Readers start spread over one interval so their reads do not bunch up.
+            let mut next =
+                interval.map(|i| started + i.mul_f64(reader as f64 / concurrency as f64));
             while Instant::now() < deadline {
+                if let (Some(at), Some(interval)) = (next.as_mut(), interval) {
+                    tokio::time::sleep_until((*at).into()).await;
+                    // A reader that fell behind does not burst to catch up.
+                    *at = (*at + interval).max(Instant::now());
+                }
                 let identity = &identities[rng.random_range(0..identities.len())];
                 let url = format!(
                     "{base}/v1/profiles/{}{query}",
