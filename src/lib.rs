@@ -1,19 +1,27 @@
 //! Tandem: a customer data platform that stays up.
 //!
-//! The crate is layered bottom-up; each layer only uses the ones above it in this list:
-//! - [`model`]: events, identities, profiles, identity resolution — pure rules, no I/O;
-//! - [`store`]: the embedded fjall store — the log of committed batches and the state
-//!   machine that derives profiles from it;
+//! The crate is layered bottom-up; each layer only uses the ones above it in this list
+//! (`docs/architecture.md` is the guided tour, in the same order):
+//! - [`clock`]: the wall clock, read at the edges and passed down;
+//! - [`model`]: events, blocks, identities, profiles, identity resolution — pure rules, no
+//!   I/O;
+//! - [`log`]: the segmented append-only log — the Raft log and the event store at once;
+//! - [`store`]: the state derived from the log (fjall) and the deterministic state machine,
+//!   the dedup index, event bodies read back from the log;
 //! - [`cluster`]: openraft adapters — log store, state machine, snapshots, peer network;
-//! - [`node`]: a running node — its Raft member and the write pipeline (admission, group
-//!   commit, forwarding to the leader) between the API and the replicated log;
-//! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin);
-//! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer);
+//! - [`load`]: the synthetic workload generator, the acknowledged-event checker and the
+//!   read benchmark (its workload also feeds the services' benchmarks and tests);
+//! - [`services`]: the CDP services (computed traits, segments, recommendations), each a
+//!   supervised consumer of the change feed; they give snapshots their state through
+//!   [`cluster::derived::DerivedState`];
 //! - [`config`]: the configuration file, environment overrides and their validation;
-//! - [`load`]: the synthetic workload generator and the acknowledged-event checker;
+//! - [`node`]: a running node — its Raft member, the write pipeline (admission, duplicate
+//!   screening, group commit, forwarding to the leader), read consistency, log upkeep;
+//! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin) and
+//!   the receiving side of peer RPCs;
+//! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer;
+//!   uses nothing else of the crate);
 //! - [`cli`]: the `tandem` command line.
-//!
-//! `docs/architecture.md` is the guided tour.
 
 pub mod api;
 pub mod cli;

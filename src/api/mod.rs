@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod consistency;
 pub mod error;
 pub mod ingest;
+pub mod peer;
 pub mod profiles;
 pub mod read_pool;
 pub mod recommendations;
@@ -155,7 +156,7 @@ pub fn router(state: AppState) -> Router {
             crate::node::reads::LEASE_READ_INDEX_PATH,
             post(consistency::lease_read_index),
         )
-        .merge(crate::cluster::server::routes())
+        .merge(peer::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

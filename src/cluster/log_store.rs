@@ -43,9 +43,12 @@ const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most recent entries kept decoded in memory: replication to followers and the state
 /// machine read entries right after they were appended, and serving them from memory
 /// saves reading and decoding them again (and keeps the leader's decoded block heads).
-const RECENT_ENTRIES_MAX: usize = 1024;
-/// Most bytes (encoded) of recent entries kept in memory.
+const RECENT_ENTRIES_MAX: usize = 256;
+/// Most memory, estimated, of the recent entries kept.
 const RECENT_BYTES_MAX: usize = 64 << 20;
+/// An entry in memory holds its encoded bytes and, once decoded, its block's head (every
+/// event's metadata as owned strings): about this many times the encoded size.
+const RECENT_BYTES_PER_ENCODED: usize = 4;
 
 /// The log store. Cheap to clone: every clone (and every reader) shares the same state.
 #[derive(Clone)]
@@ -393,7 +396,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             recent.generation = self.log.generation();
         }
         for (entry, (_, record)) in appended.into_iter().zip(&records) {
-            recent.push(entry, record.len());
+            recent.push(entry, record.len() * RECENT_BYTES_PER_ENCODED);
         }
         drop(recent);
         // Readable now; durable once the flusher's fsync returns.

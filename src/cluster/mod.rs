@@ -14,8 +14,10 @@
 //!   a state checkpoint plus hard links to the log's segments, never the whole state in
 //!   memory;
 //! - [`network`]: `RaftNetworkV2` over HTTP/2 with postcard bodies, with a fault-injection
-//!   switch that drops traffic to chosen peers (partition tests);
-//! - [`server`]: the receiving side of those RPCs.
+//!   switch that drops traffic to chosen peers (partition tests); the receiving side of
+//!   those RPCs is `crate::api::peer` (it needs the running node);
+//! - [`derived`]: what snapshots need of the node's derived state (implemented by the
+//!   services).
 //!
 //! Why openraft 0.10 (pinned `=0.10.0-alpha.37`) and not 0.9: see `docs/architecture.md`.
 
@@ -23,7 +25,6 @@ pub mod derived;
 pub mod log_store;
 pub mod membership;
 pub mod network;
-pub mod server;
 pub mod snapshot;
 pub mod state_machine;
 #[cfg(test)]

@@ -11,7 +11,11 @@
 //! - `/internal/command`: an administrative command (segment definitions) from a follower.
 //!
 //! Requests from a peer blocked by fault injection are refused with 503, completing the
-//! symmetric partition that [`super::network::Faults`] starts on the sending side.
+//! symmetric partition that [`crate::cluster::network::Faults`] starts on the sending side.
+//!
+//! These handlers live in the API layer, not beside the openraft adapters in `cluster/`,
+//! because they need the running node (its Raft handle, its write pipeline, its snapshot
+//! directory): the cluster layer below stays free of HTTP servers and of the node.
 
 use std::sync::Arc;
 
@@ -25,10 +29,10 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use super::network::{FROM_HEADER, SNAPSHOT_HEADER};
-use super::snapshot::SnapshotFile;
-use super::types::{Snapshot, SnapshotMeta, Vote};
-use crate::api::AppState;
+use super::AppState;
+use crate::cluster::network::{FROM_HEADER, SNAPSHOT_HEADER};
+use crate::cluster::snapshot::SnapshotFile;
+use crate::cluster::types::{Snapshot, SnapshotMeta, Vote};
 use crate::model::event::Event;
 
 /// Largest Raft append or forwarded proposal accepted, bytes.
@@ -185,9 +189,11 @@ async fn receive_file(state: &AppState, body: Body) -> Result<SnapshotFile, Refu
         file.flush().await?;
         drop(file);
         let unpacking = snapshot.clone();
-        tokio::task::spawn_blocking(move || super::snapshot::unpack_received(&unpacking, &packed))
-            .await
-            .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || {
+            crate::cluster::snapshot::unpack_received(&unpacking, &packed)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
     .await;
     if let Err(error) = outcome {
