@@ -10,20 +10,13 @@
 //!
 //! Every reply of a profile read carries a `read` object: the mode, the position waited
 //! for, and the node and index it was served at ([`read_json`]).
-//!
-//! Also here: `POST /internal/lease-read-index`, where a follower asks the leader for a
-//! read index confirmed by the leader's lease (`/internal/read-index` confirms with a
-//! quorum round).
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
 use openraft::async_runtime::WatchReceiver;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cluster::network::FROM_HEADER;
 use crate::node::reads::{Consistency, ReadRequirement};
 
 /// The header a client may pass its last write's position in.
@@ -90,56 +83,10 @@ pub fn read_json(state: &AppState, requirement: ReadRequirement) -> Value {
     })
 }
 
-/// `POST /internal/lease-read-index` (peer request, cluster key): this node's read index
-/// as leader, confirmed by its lease. Replies postcard `Result<u64, String>`, like
-/// `/internal/read-index`.
-pub async fn lease_read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = admit_peer(&state, &headers) {
-        return refusal.into_response();
-    }
-    let result = state
-        .node
-        .lease_read_index()
-        .await
-        .map_err(|e| e.to_string());
-    match postcard::to_stdvec(&result) {
-        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// The checks every internal endpoint makes: the cluster key, the sender's id, and fault
-/// injection (a partitioned peer is refused with 503). Mirrors the Raft RPC endpoints'.
-fn admit_peer(state: &AppState, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
-    let cluster = state.node.cluster();
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(cluster.cluster_key()) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "wrong or missing cluster key".into(),
-        ));
-    }
-    let from = headers
-        .get(FROM_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or((StatusCode::BAD_REQUEST, format!("missing {FROM_HEADER}")))?;
-    if cluster.faults().is_blocked(from) {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("node {from} is partitioned from this node by fault injection"),
-        ));
-    }
-    Ok(from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, StatusCode};
 
     fn parse(
         consistency: Option<&str>,

@@ -152,10 +152,6 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))
-        .route(
-            crate::node::reads::LEASE_READ_INDEX_PATH,
-            post(consistency::lease_read_index),
-        )
         .merge(peer::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

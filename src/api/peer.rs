@@ -8,7 +8,10 @@
 //!   installed;
 //! - `/internal/propose`: validated events from a follower, proposed here (the leader) and
 //!   answered with their outcomes;
-//! - `/internal/command`: an administrative command (segment definitions) from a follower.
+//! - `/internal/command`: an administrative command (segment definitions) from a follower;
+//! - `/internal/read-index`, `/internal/lease-read-index`: this node's read index as
+//!   leader, confirmed by a quorum round or by its leader lease (see
+//!   [`crate::node::reads`]).
 //!
 //! Requests from a peer blocked by fault injection are refused with 503, completing the
 //! symmetric partition that [`crate::cluster::network::Faults`] starts on the sending side.
@@ -34,6 +37,7 @@ use crate::cluster::network::{FROM_HEADER, SNAPSHOT_HEADER};
 use crate::cluster::snapshot::SnapshotFile;
 use crate::cluster::types::{Snapshot, SnapshotMeta, Vote};
 use crate::model::event::Event;
+use crate::node::reads;
 
 /// Largest Raft append or forwarded proposal accepted, bytes.
 pub const RPC_BYTES_MAX: usize = 512 << 20;
@@ -46,7 +50,8 @@ pub fn routes() -> Router<AppState> {
         .route("/internal/raft/pre-vote", post(pre_vote))
         .route("/internal/raft/snapshot", post(snapshot))
         .route("/internal/propose", post(propose))
-        .route("/internal/read-index", post(read_index))
+        .route(reads::READ_INDEX_PATH, post(read_index))
+        .route(reads::LEASE_READ_INDEX_PATH, post(lease_read_index))
         .route("/internal/command", post(command))
 }
 
@@ -237,6 +242,21 @@ async fn read_index(State(state): State<AppState>, headers: HeaderMap) -> Respon
             .get_read_log_id(openraft::ReadPolicy::ReadIndex)
             .await
             .map(|(read, _)| read.index())
+            .map_err(|e| e.to_string());
+        Ok::<_, Refusal>(reply(result))
+    };
+    handled.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A follower asks the leader for a read index for a lease read: confirmed by the
+/// leader's lease, or by a quorum round when the lease has lapsed.
+async fn lease_read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let handled = async {
+        admit(&state, &headers)?;
+        let result = state
+            .node
+            .lease_read_index()
+            .await
             .map_err(|e| e.to_string());
         Ok::<_, Refusal>(reply(result))
     };
