@@ -37,10 +37,10 @@ pub struct UpArgs {
     #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3")]
     pub regions: Vec<String>,
     /// Write key of the demo source.
-    #[arg(long, default_value = "demo-write-key")]
+    #[arg(long, default_value = "demo-write-key-not-secret")]
     pub write_key: String,
     /// Admin key (also reads profiles).
-    #[arg(long, default_value = "demo-admin-key")]
+    #[arg(long, default_value = "demo-admin-key-not-secret")]
     pub admin_key: String,
     /// Start without the demo workload.
     #[arg(long)]
