@@ -153,6 +153,20 @@ fn reload_keys(keys: &Keys, running: &Config, loaded: Result<Config, ConfigError
     }
 }
 
+/// Completes on SIGHUP (never where there is none). `tandem up` stops on it: its nodes
+/// catch SIGHUP to reload keys, so a closed terminal would otherwise leave them running.
+pub async fn hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+            hangups.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -158,13 +158,17 @@ fn node_specs(args: &UpArgs, key: &str) -> Vec<NodeSpec> {
         .collect()
 }
 
-/// Waits for Ctrl-C or SIGTERM, reporting any node that exits on its own meanwhile.
+/// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal), reporting any node that exits
+/// on its own meanwhile.
 async fn supervise(mut nodes: Vec<ChildNode>) -> Vec<ChildNode> {
     let termination = super::node::termination();
     tokio::pin!(termination);
+    let hangup = super::node::hangup();
+    tokio::pin!(hangup);
     loop {
         tokio::select! {
             _ = &mut termination => return nodes,
+            _ = &mut hangup => return nodes,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 for node in &mut nodes {
                     if let Some(status) = node.exited() {
