@@ -266,16 +266,21 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
 
     let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
     // Snapshots are built by time here (every second while writes arrive); the leader
-    // purges its log behind the first one.
+    // purges its log behind each. Wait for one that covers the writes so far: the first
+    // snapshot may be from before any write (services' cursor 0), and a fast cluster acks
+    // 600 events before the next one is built.
+    let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
+    let written = status["applied_index"].as_u64().expect("applied_index");
     cluster
         .wait(
-            "the leader purged its log behind a snapshot",
+            "the leader purged its log behind a snapshot of the writes",
             Duration::from_secs(30),
             |_| {
                 let url = leader_url.clone();
                 async move {
                     let (_, status) = admin_get(&url, "/v1/admin/status").await;
-                    status["raft"]["purged"].is_u64().then_some(())
+                    let snapshot = status["raft"]["snapshot"].as_u64()?;
+                    (status["raft"]["purged"].is_u64() && snapshot >= written).then_some(())
                 }
             },
         )
