@@ -6,7 +6,7 @@
 //! asked for ([`consistency`]), then run on a store snapshot in the read pool's own
 //! threads ([`read_pool`]), which nothing else uses.
 //!
-//! Connections are accepted and timed by [`serve`] and [`watchdog`] (header, body and
+//! Connections are accepted and timed by [`mod@serve`] and [`watchdog`] (header, body and
 //! idle limits, a connection cap); keys are checked by [`auth`] before any body is read;
 //! ingestion is held to per-source [`quota`]s.
 
