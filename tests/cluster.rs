@@ -367,3 +367,95 @@ async fn traits_status(url: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_else(|| panic!("no traits service in {body}"))
 }
+
+/// The places in a snapshot install where a crash must leave a node that recovers by
+/// itself (see `src/crash.rs`).
+const INSTALL_CRASH_POINTS: [&str; 5] = [
+    "snapshot-install:marked",
+    "snapshot-install:store-cleared",
+    "snapshot-install:store-partial",
+    "snapshot-install:store-imported",
+    "snapshot-install:log-installed",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
+    let seed = std::env::var("TANDEM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let point = INSTALL_CRASH_POINTS[(seed % INSTALL_CRASH_POINTS.len() as u64) as usize];
+    println!("seed {seed}: crash at {point} (replay with TANDEM_TEST_SEED={seed})");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = TestCluster::start_with_env(
+        dir.path(),
+        &["r1", "r2", "r3"],
+        &[
+            ("TANDEM_CLUSTER__SNAPSHOT_INTERVAL_SECS", "1"),
+            ("TANDEM_CLUSTER__LOG_KEEP_AFTER_SNAPSHOT", "0"),
+        ],
+    )
+    .await;
+    let urls: Vec<String> = cluster.urls.values().cloned().collect();
+    let writers = Writers::start(urls, 3, "crash-install");
+    // Enough events (each ~2 records: its profile index entry and its dedup key) that the
+    // snapshot's state spans more than one import batch of 10,000 records, so a crash
+    // "partway" lands between two of them.
+    wait_more_acked(&writers, &cluster, 6_000).await;
+    let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
+    cluster
+        .wait(
+            "the leader purged its log behind a snapshot",
+            Duration::from_secs(30),
+            |_| {
+                let url = leader_url.clone();
+                async move {
+                    let (_, status) = admin_get(&url, "/v1/admin/status").await;
+                    status["raft"]["purged"].is_u64().then_some(())
+                }
+            },
+        )
+        .await;
+
+    let new_url = cluster.spawn_joining_with_env(4, "r3", &[("TANDEM_CRASH_AT", point)]);
+    let (code, body) = admin_post(
+        &leader_url,
+        "/v1/admin/cluster/learners",
+        &serde_json::json!({"node_id": 4, "url": new_url, "region": "r3"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.has_exited(4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: node 4 did not crash at {point}; stderr:\n{}",
+            cluster.stderr(4)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .stderr(4)
+            .contains(&format!("crashing at crash point {point}")),
+        "seed {seed}: node 4 died, but not at {point}:\n{}",
+        cluster.stderr(4)
+    );
+
+    // Restarted without the crash point: it completes the install and catches up.
+    cluster.restart(4).await;
+    assert!(
+        cluster
+            .stderr(4)
+            .contains("snapshot install was interrupted"),
+        "seed {seed}: node 4 noticed the interrupted install:\n{}",
+        cluster.stderr(4)
+    );
+    let acked = writers.stop().await;
+    cluster.converged_hash(CONVERGE).await;
+    check_all(&cluster, &acked).await;
+}

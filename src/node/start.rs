@@ -128,6 +128,15 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     let network = Network::new(id, &cluster_key, Arc::clone(&faults))
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    {
+        let machine = state_machine.clone();
+        tokio::task::spawn_blocking(move || machine.finish_interrupted_install())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map_err(|e| {
+                NodeError::Raft(format!("completing an interrupted snapshot install: {e}"))
+            })?;
+    }
     // Raft owns the state machine; this handle shares it, to attach the services later.
     let services_slot = state_machine.clone();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)

@@ -126,6 +126,14 @@ impl NodeProcess {
         }
     }
 
+    /// Whether the process has exited (it crashed, or was told to stop).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
