@@ -311,7 +311,14 @@ impl Log {
         if self.inner.synced_appends.load(Ordering::Acquire) >= appends {
             return Ok(());
         }
-        if let Err(e) = file.file.sync_data() {
+        let synced = if crate::crash::fails("log-fsync") {
+            Err(std::io::Error::other(
+                "injected fsync failure (TANDEM_FAIL_AT)",
+            ))
+        } else {
+            file.file.sync_data()
+        };
+        if let Err(e) = synced {
             return Err(self.inner.fail(LogError::io(&file.path, e)));
         }
         self.inner
