@@ -414,7 +414,12 @@ pub(super) async fn execute(
             self_id: cluster.id,
         };
         return peer
-            .call::<Result<(), SubmitError>>(leader, "/internal/command", body, FORWARD_TIMEOUT)
+            .call_write::<Result<(), SubmitError>>(
+                leader,
+                "/internal/command",
+                body,
+                FORWARD_TIMEOUT,
+            )
             .await?;
     }
     match raft.client_write(command).await {
@@ -448,7 +453,7 @@ async fn forward(
         cluster_key: &context.cluster_key,
         self_id: context.self_id,
     };
-    peer.call::<Result<Vec<EventOutcome>, SubmitError>>(
+    peer.call_write::<Result<Vec<EventOutcome>, SubmitError>>(
         leader,
         "/internal/propose",
         body,
