@@ -266,16 +266,20 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
 
     let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
     // Snapshots are built by time here (every second while writes arrive); the leader
-    // purges its log behind the first one.
+    // purges its log behind each. Wait for one taken after the writes above, so the
+    // newcomer's snapshot carries events and the services' state, not just the bootstrap.
+    let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
+    let written = status["applied_index"].as_u64().expect("applied index");
     cluster
         .wait(
-            "the leader purged its log behind a snapshot",
+            "the leader purged its log behind a snapshot of the writes",
             Duration::from_secs(30),
             |_| {
                 let url = leader_url.clone();
                 async move {
                     let (_, status) = admin_get(&url, "/v1/admin/status").await;
-                    status["raft"]["purged"].is_u64().then_some(())
+                    let purged = status["raft"]["purged"].as_u64()?;
+                    (purged >= written).then_some(())
                 }
             },
         )
@@ -407,15 +411,20 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     // "partway" lands between two of them.
     wait_more_acked(&writers, &cluster, 6_000).await;
     let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
+    // A snapshot taken after those writes (not the bootstrap one), so the newcomer must
+    // install their state.
+    let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
+    let written = status["applied_index"].as_u64().expect("applied index");
     cluster
         .wait(
-            "the leader purged its log behind a snapshot",
+            "the leader purged its log behind a snapshot of the writes",
             Duration::from_secs(30),
             |_| {
                 let url = leader_url.clone();
                 async move {
                     let (_, status) = admin_get(&url, "/v1/admin/status").await;
-                    status["raft"]["purged"].is_u64().then_some(())
+                    let purged = status["raft"]["purged"].as_u64()?;
+                    (purged >= written).then_some(())
                 }
             },
         )

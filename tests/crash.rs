@@ -261,3 +261,46 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_acknowledged_record_stops_the_node_at_start_instead_of_being_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut node = NodeProcess::start(&data, &[]);
+    for n in 0..20 {
+        let reply = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": "bitrot", "event": "E", "messageId": format!("rot-{n}"),
+                    "properties": {"note": "x".repeat(300)}}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(node.terminate(), Some(0), "clean stop");
+
+    // One flipped byte a third of the way into the active log segment: inside a record
+    // that was acknowledged, with intact records after it.
+    let segment = std::fs::read_dir(data.join("log"))
+        .expect("log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (code, stderr) = run_node_expecting_exit(dir.path(), &data, &[], Duration::from_secs(30));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the node must refuse to start on a damaged acknowledged record (exit {code:?}):\n{stderr}"
+    );
+    assert!(stderr.contains("disk damage"), "it says why:\n{stderr}");
+    assert_eq!(
+        std::fs::read(&segment).expect("read segment").len(),
+        bytes.len(),
+        "nothing was cut"
+    );
+}

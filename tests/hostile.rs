@@ -235,44 +235,6 @@ async fn peer_routes_refuse_outsiders_and_ingest_commands() {
     assert_small_write_succeeds(&node.url, "after-peer-routes").await;
 }
 
-/// Runs `tandem node` with `env` and returns its exit code and stderr, killing it if it
-/// is still running after `deadline` (then the code is `None`).
-fn run_node_expecting_exit(
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-    deadline: Duration,
-) -> (Option<i32>, String) {
-    let stderr_path = dir.join("stderr.log");
-    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut command = std::process::Command::new(support::binary());
-    command
-        .args(["node", "--listen", "127.0.0.1:0", "--write-key", WRITE_KEY])
-        .args(["--admin-key", ADMIN_KEY, "--data-dir"])
-        .arg(dir.join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("spawn");
-    let end = Instant::now() + deadline;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        code,
-        std::fs::read_to_string(stderr_path).unwrap_or_default(),
-    )
-}
-
 #[test]
 fn a_cluster_key_file_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt;
@@ -283,7 +245,12 @@ fn a_cluster_key_file_others_can_read_is_refused() {
     let key_path = key_file.display().to_string();
 
     let env = [("TANDEM_CLUSTER__CLUSTER_KEY_FILE", key_path.as_str())];
-    let (code, stderr) = run_node_expecting_exit(dir.path(), &env, Duration::from_secs(30));
+    let (code, stderr) = support::run_node_expecting_exit(
+        dir.path(),
+        &dir.path().join("data"),
+        &env,
+        Duration::from_secs(30),
+    );
     assert!(
         code.is_some_and(|c| c != 0),
         "the node must refuse to start (exit {code:?}); stderr:\n{stderr}"

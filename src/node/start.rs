@@ -64,8 +64,15 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     format::check_or_stamp(&dir)?;
     let log_dir = dir.join("log");
     let log = {
+        let intact_through = if log_dir.exists() {
+            crate::cluster::log_store::committed_index_in(&log_dir)
+                .map_err(data_dir_error(&log_dir))?
+        } else {
+            None
+        };
         let options = LogOptions {
             segment_bytes_max: config.storage.segment_mb << 20,
+            intact_through,
             ..LogOptions::new(log_dir.clone())
         };
         tokio::task::spawn_blocking(move || Log::open(options))
