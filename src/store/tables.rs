@@ -32,7 +32,8 @@ pub const PROFILES: &str = "profiles";
 /// Merged-away profile id → the profile it was merged into.
 pub const REDIRECTS: &str = "redirects";
 /// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile (like
-/// the event index, never moved by a merge).
+/// the event index, never moved by a merge), at most `identity.max_audit_records` per
+/// profile id (see [`crate::model::audit`]).
 pub const MERGES: &str = "merges";
 /// 16-byte [`dedup_hash`] of (source, messageId) → state clock when stored (i64
 /// big-endian) ++ the event's seq (u64 big-endian): the idempotency index. An entry older
