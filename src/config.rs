@@ -131,6 +131,13 @@ pub struct LimitsConfig {
     pub inflight_bytes_max: usize,
     /// Most events in one committed log entry (one fsync).
     pub commit_events_max: usize,
+    /// How far past its receive time an event may be dated (after clock-skew
+    /// correction), ms; later ones are rejected with `timestamp_out_of_range`.
+    pub timestamp_future_ms_max: i64,
+    /// Most one log entry may move the state clock forward, and the leader's batch times
+    /// may run ahead of the time that really passed, ms. Must be the same on every node
+    /// and below the dedup window.
+    pub clock_step_ms_max: i64,
 }
 
 /// The highest `limits.request_events_bytes_max` accepted: the events of one request are
@@ -148,6 +155,8 @@ impl Default for LimitsConfig {
             inflight_events_max: 50_000,
             inflight_bytes_max: 256 << 20,
             commit_events_max: 5_000,
+            timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
+            clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
         }
     }
 }
@@ -185,6 +194,13 @@ pub struct IdentityConfig {
     pub max_external_ids_per_type: usize,
     /// Most anonymous ids per profile.
     pub max_anonymous_ids: usize,
+    /// Most distinct external id types (`context.externalIds[].type`) per profile.
+    pub max_external_types: usize,
+    /// Most identities of all classes together per profile.
+    pub max_identities: usize,
+    /// Most merge-history (audit) records kept under one profile id; older ones are
+    /// removed and counted. A refusal is recorded once per profile, rule and other profile.
+    pub max_audit_records: usize,
     /// Identity classes, highest priority first; decides the canonical id and merge target.
     pub priority: Vec<IdClass>,
     /// Extra junk values never treated as identities (case-insensitive).
@@ -201,6 +217,9 @@ impl Default for IdentityConfig {
             max_phones: limit(IdClass::Phone),
             max_external_ids_per_type: limit(IdClass::External),
             max_anonymous_ids: limit(IdClass::AnonymousId),
+            max_external_types: rules.external_types_max,
+            max_identities: rules.identities_max,
+            max_audit_records: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
             priority: rules.priority,
             blocklist: Vec::new(),
         }
@@ -476,6 +495,20 @@ impl Config {
                 l.inflight_events_max, l.batch_events_max
             ));
         }
+        if l.timestamp_future_ms_max < 0 {
+            problem(format!(
+                "limits.timestamp_future_ms_max ({}) is negative; use 0 or more (ms)",
+                l.timestamp_future_ms_max
+            ));
+        }
+        let dedup_window_ms = self.ingest.dedup_window_hours.saturating_mul(3_600_000);
+        if l.clock_step_ms_max < 1_000 || l.clock_step_ms_max as u64 >= dedup_window_ms {
+            problem(format!(
+                "limits.clock_step_ms_max ({}) must be at least 1000 and below the dedup window \
+                 ({dedup_window_ms} ms): one log entry must never be able to expire the window",
+                l.clock_step_ms_max
+            ));
+        }
         if self.ingest.retention_days * 24 < self.ingest.dedup_window_hours {
             problem(format!(
                 "ingest.retention_days ({}) is shorter than ingest.dedup_window_hours ({} h); \
@@ -547,10 +580,21 @@ impl Config {
                 i.max_external_ids_per_type,
             ),
             ("identity.max_anonymous_ids", i.max_anonymous_ids),
+            ("identity.max_external_types", i.max_external_types),
+            ("identity.max_identities", i.max_identities),
+            ("identity.max_audit_records", i.max_audit_records),
         ] {
             if value == 0 {
                 problem(format!("{name} is 0; it must be at least 1"));
             }
+        }
+        if i.max_audit_records > crate::model::audit::AUDIT_RECORDS_CEILING {
+            problem(format!(
+                "identity.max_audit_records ({}) is above {}: the kept records' positions are \
+                 stored in the profile, which every event on it rewrites",
+                i.max_audit_records,
+                crate::model::audit::AUDIT_RECORDS_CEILING
+            ));
         }
     }
 
@@ -566,6 +610,8 @@ impl Config {
                 (IdClass::External, i.max_external_ids_per_type),
                 (IdClass::AnonymousId, i.max_anonymous_ids),
             ]),
+            external_types_max: i.max_external_types,
+            identities_max: i.max_identities,
         }
     }
 
@@ -575,6 +621,8 @@ impl Config {
             rules: self.merge_rules(),
             dedup_window_ms: (self.ingest.dedup_window_hours * 3_600_000) as i64,
             retention_ms: (self.ingest.retention_days * 86_400_000) as i64,
+            audit_records_max: self.identity.max_audit_records,
+            clock_step_ms_max: self.limits.clock_step_ms_max,
         }
     }
 }

@@ -8,6 +8,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tandem::model::identity::Blocklist;
+use tandem::model::time::{TIMESTAMP_FUTURE_DEFAULT_MS_MAX, TIMESTAMP_MIN_MS};
 use tandem::model::validate::{
     EVENT_NAME_BYTES_MAX, EXTERNAL_IDS_MAX, Envelope, MESSAGE_ID_BYTES_MAX, normalize,
 };
@@ -139,9 +140,12 @@ proptest! {
             integrations: None,
             sent_at: None,
             blocklist: &blocklist,
+            timestamp_future_ms_max: TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
         };
         if let Ok(event) = normalize(raw, &envelope, || "generated-id".to_owned()) {
             prop_assert!(!event.message_id.is_empty());
+            prop_assert!(event.timestamp_ms >= TIMESTAMP_MIN_MS);
+            prop_assert!(event.timestamp_ms <= envelope.received_at_ms + TIMESTAMP_FUTURE_DEFAULT_MS_MAX);
             prop_assert!(event.message_id.len() <= MESSAGE_ID_BYTES_MAX);
             prop_assert!(event.name.len() <= EVENT_NAME_BYTES_MAX);
             prop_assert!(!event.identities.is_empty(), "an accepted event names someone");

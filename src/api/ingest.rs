@@ -77,6 +77,7 @@ pub async fn single(
         integrations: None,
         sent_at: None,
         blocklist: &state.blocklist,
+        timestamp_future_ms_max: limits.timestamp_future_ms_max,
     };
     let event = normalize(raw, &envelope, new_message_id)
         .map_err(|rejection| ApiError::bad_request(rejection.code, rejection.message))?;
@@ -154,6 +155,7 @@ pub async fn batch(
         integrations: parsed.integrations.as_ref(),
         sent_at: parsed.sent_at.as_ref(),
         blocklist: &state.blocklist,
+        timestamp_future_ms_max: limits.timestamp_future_ms_max,
     };
     let (events, rejected) = validate_items(&parsed.batch, &envelope, limits)?;
     if events.is_empty() {
