@@ -246,13 +246,17 @@ async fn unsafe_layouts_are_refused_and_reads_are_linearizable() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Snapshot often, so the log a newcomer would need is purged and it must install a
-    // snapshot streamed from the leader.
-    let mut cluster = TestCluster::start_with_env(
-        dir.path(),
+/// A three-node cluster that snapshots every second, with writers running, whose leader has
+/// written `events` more events and purged its log behind a snapshot of them: a node added
+/// now must install that snapshot (with events and the services' state, not just the
+/// bootstrap's). Returns the cluster, the running writers and the leader's URL.
+async fn cluster_with_purged_log(
+    dir: &std::path::Path,
+    tag: &str,
+    events: usize,
+) -> (TestCluster, Writers, String) {
+    let cluster = TestCluster::start_with_env(
+        dir,
         &["r1", "r2", "r3"],
         &[
             ("TANDEM_CLUSTER__SNAPSHOT_INTERVAL_SECS", "1"),
@@ -261,13 +265,9 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
     )
     .await;
     let urls: Vec<String> = cluster.urls.values().cloned().collect();
-    let writers = Writers::start(urls, 3, "snap");
-    wait_more_acked(&writers, &cluster, 600).await;
-
+    let writers = Writers::start(urls, 3, tag);
+    wait_more_acked(&writers, &cluster, events).await;
     let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
-    // Snapshots are built by time here (every second while writes arrive); the leader
-    // purges its log behind each. Wait for one taken after the writes above, so the
-    // newcomer's snapshot carries events and the services' state, not just the bootstrap.
     let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
     let written = status["applied_index"].as_u64().expect("applied index");
     cluster
@@ -284,6 +284,15 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
             },
         )
         .await;
+    (cluster, writers, leader_url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Snapshot often, so the log a newcomer would need is purged and it must install a
+    // snapshot streamed from the leader.
+    let (mut cluster, writers, leader_url) = cluster_with_purged_log(dir.path(), "snap", 600).await;
 
     let new_url = cluster.spawn_joining(4, "r3");
     let (code, body) = admin_post(
@@ -395,41 +404,11 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     let point = INSTALL_CRASH_POINTS[(seed % INSTALL_CRASH_POINTS.len() as u64) as usize];
     println!("seed {seed}: crash at {point} (replay with TANDEM_TEST_SEED={seed})");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = TestCluster::start_with_env(
-        dir.path(),
-        &["r1", "r2", "r3"],
-        &[
-            ("TANDEM_CLUSTER__SNAPSHOT_INTERVAL_SECS", "1"),
-            ("TANDEM_CLUSTER__LOG_KEEP_AFTER_SNAPSHOT", "0"),
-        ],
-    )
-    .await;
-    let urls: Vec<String> = cluster.urls.values().cloned().collect();
-    let writers = Writers::start(urls, 3, "crash-install");
     // Enough events (each ~2 records: its profile index entry and its dedup key) that the
     // snapshot's state spans more than one import batch of 10,000 records, so a crash
     // "partway" lands between two of them.
-    wait_more_acked(&writers, &cluster, 6_000).await;
-    let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
-    // A snapshot taken after those writes (not the bootstrap one), so the newcomer must
-    // install their state.
-    let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
-    let written = status["applied_index"].as_u64().expect("applied index");
-    cluster
-        .wait(
-            "the leader purged its log behind a snapshot of the writes",
-            Duration::from_secs(30),
-            |_| {
-                let url = leader_url.clone();
-                async move {
-                    let (_, status) = admin_get(&url, "/v1/admin/status").await;
-                    let purged = status["raft"]["purged"].as_u64()?;
-                    (purged >= written).then_some(())
-                }
-            },
-        )
-        .await;
-
+    let (mut cluster, writers, leader_url) =
+        cluster_with_purged_log(dir.path(), "crash-install", 6_000).await;
     let new_url = cluster.spawn_joining_with_env(4, "r3", &[("TANDEM_CRASH_AT", point)]);
     let (code, body) = admin_post(
         &leader_url,
