@@ -157,22 +157,44 @@ pub struct LimitsConfig {
     pub event_bytes_max: usize,
     /// Largest request body after decompression, bytes (Segment: 500 KB).
     pub request_bytes_max: usize,
+    /// Most bytes of events one request may turn into once each item has the batch-level
+    /// `context` and `integrations` merged in: a small body with a large batch context
+    /// must not multiply into gigabytes.
+    pub request_events_bytes_max: usize,
     /// Most events in one /v1/batch request (Segment: 2500).
     pub batch_events_max: usize,
     /// Most events accepted but not yet committed; beyond it requests get 429.
     pub inflight_events_max: usize,
+    /// Most bytes of event bodies accepted but not yet committed; beyond it requests get 429.
+    pub inflight_bytes_max: usize,
     /// Most events in one committed log entry (one fsync).
     pub commit_events_max: usize,
+    /// How far past its receive time an event may be dated (after clock-skew
+    /// correction), ms; later ones are rejected with `timestamp_out_of_range`.
+    pub timestamp_future_ms_max: i64,
+    /// Most one log entry may move the state clock forward, and the leader's batch times
+    /// may run ahead of the time that really passed, ms. Must be the same on every node
+    /// and below the dedup window.
+    pub clock_step_ms_max: i64,
 }
+
+/// The highest `limits.request_events_bytes_max` accepted: the events of one request are
+/// committed in one log entry, and an entry must stay well inside a block's and a peer
+/// RPC's limits.
+pub const REQUEST_EVENTS_BYTES_CEILING: usize = 16 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             event_bytes_max: 32 * 1024,
             request_bytes_max: 500 * 1024,
+            request_events_bytes_max: 2 << 20,
             batch_events_max: 2500,
             inflight_events_max: 50_000,
+            inflight_bytes_max: 256 << 20,
             commit_events_max: 5_000,
+            timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
+            clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
         }
     }
 }
@@ -210,6 +232,13 @@ pub struct IdentityConfig {
     pub max_external_ids_per_type: usize,
     /// Most anonymous ids per profile.
     pub max_anonymous_ids: usize,
+    /// Most distinct external id types (`context.externalIds[].type`) per profile.
+    pub max_external_types: usize,
+    /// Most identities of all classes together per profile.
+    pub max_identities: usize,
+    /// Most merge-history (audit) records kept under one profile id; older ones are
+    /// removed and counted. A refusal is recorded once per profile, rule and other profile.
+    pub max_audit_records: usize,
     /// Identity classes, highest priority first; decides the canonical id and merge target.
     pub priority: Vec<IdClass>,
     /// Extra junk values never treated as identities (case-insensitive).
@@ -226,6 +255,9 @@ impl Default for IdentityConfig {
             max_phones: limit(IdClass::Phone),
             max_external_ids_per_type: limit(IdClass::External),
             max_anonymous_ids: limit(IdClass::AnonymousId),
+            max_external_types: rules.external_types_max,
+            max_identities: rules.identities_max,
+            max_audit_records: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
             priority: rules.priority,
             blocklist: Vec::new(),
         }
@@ -263,8 +295,13 @@ pub struct ClusterConfig {
     /// URL peers and clients reach this node at; empty = `http://<bound listen address>`.
     pub advertise_url: String,
     /// Shared secret on internal (peer) requests. Empty = a random key per start, which
-    /// is fine for a single node but lets nobody join it.
+    /// is fine for a single node but lets nobody join it. Prefer `cluster_key_file` or the
+    /// environment (`TANDEM_CLUSTER__CLUSTER_KEY`): a key in a shared config file is read
+    /// by whoever can read the file.
     pub cluster_key: String,
+    /// A file holding the cluster key (surrounding whitespace ignored); it must be
+    /// readable by its owner only (mode 0600 or 0400). Overrides `cluster_key`.
+    pub cluster_key_file: PathBuf,
     /// On first start (empty Raft log), become a one-node cluster. Set to false on nodes
     /// that will be added to an existing cluster with `tandem cluster add-node`.
     pub bootstrap: bool,
@@ -290,6 +327,7 @@ impl Default for ClusterConfig {
             region: "default".into(),
             advertise_url: String::new(),
             cluster_key: String::new(),
+            cluster_key_file: PathBuf::new(),
             bootstrap: true,
             heartbeat_ms: 30,
             election_timeout_min_ms: 120,
@@ -341,6 +379,10 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         overrides.apply(&mut config);
+        if !config.cluster.cluster_key_file.as_os_str().is_empty() {
+            config.cluster.cluster_key = read_secret_file(&config.cluster.cluster_key_file)
+                .map_err(|e| ConfigError::Load(format!("cluster.cluster_key_file: {e}")))?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -374,8 +416,13 @@ impl Config {
         let positive = [
             ("limits.event_bytes_max", l.event_bytes_max),
             ("limits.request_bytes_max", l.request_bytes_max),
+            (
+                "limits.request_events_bytes_max",
+                l.request_events_bytes_max,
+            ),
             ("limits.batch_events_max", l.batch_events_max),
             ("limits.inflight_events_max", l.inflight_events_max),
+            ("limits.inflight_bytes_max", l.inflight_bytes_max),
             ("limits.commit_events_max", l.commit_events_max),
             (
                 "ingest.dedup_window_hours",
@@ -420,11 +467,42 @@ impl Config {
                 l.event_bytes_max, l.request_bytes_max
             ));
         }
+        if l.request_events_bytes_max < l.event_bytes_max
+            || l.request_events_bytes_max > REQUEST_EVENTS_BYTES_CEILING
+        {
+            problem(format!(
+                "limits.request_events_bytes_max ({}) must lie between limits.event_bytes_max \
+                 ({}) and {REQUEST_EVENTS_BYTES_CEILING} (one request's events go into one log \
+                 entry, which peers must be able to receive)",
+                l.request_events_bytes_max, l.event_bytes_max
+            ));
+        }
+        if l.inflight_bytes_max < l.request_events_bytes_max {
+            problem(format!(
+                "limits.inflight_bytes_max ({}) is smaller than limits.request_events_bytes_max \
+                 ({}); a full request could never be admitted",
+                l.inflight_bytes_max, l.request_events_bytes_max
+            ));
+        }
         if l.inflight_events_max < l.batch_events_max {
             problem(format!(
                 "limits.inflight_events_max ({}) is smaller than limits.batch_events_max ({}); \
                  a full batch could never be admitted",
                 l.inflight_events_max, l.batch_events_max
+            ));
+        }
+        if l.timestamp_future_ms_max < 0 {
+            problem(format!(
+                "limits.timestamp_future_ms_max ({}) is negative; use 0 or more (ms)",
+                l.timestamp_future_ms_max
+            ));
+        }
+        let dedup_window_ms = self.ingest.dedup_window_hours.saturating_mul(3_600_000);
+        if l.clock_step_ms_max < 1_000 || l.clock_step_ms_max as u64 >= dedup_window_ms {
+            problem(format!(
+                "limits.clock_step_ms_max ({}) must be at least 1000 and below the dedup window \
+                 ({dedup_window_ms} ms): one log entry must never be able to expire the window",
+                l.clock_step_ms_max
             ));
         }
         if self.ingest.retention_days * 24 < self.ingest.dedup_window_hours {
@@ -498,10 +576,21 @@ impl Config {
                 i.max_external_ids_per_type,
             ),
             ("identity.max_anonymous_ids", i.max_anonymous_ids),
+            ("identity.max_external_types", i.max_external_types),
+            ("identity.max_identities", i.max_identities),
+            ("identity.max_audit_records", i.max_audit_records),
         ] {
             if value == 0 {
                 problem(format!("{name} is 0; it must be at least 1"));
             }
+        }
+        if i.max_audit_records > crate::model::audit::AUDIT_RECORDS_CEILING {
+            problem(format!(
+                "identity.max_audit_records ({}) is above {}: the kept records' positions are \
+                 stored in the profile, which every event on it rewrites",
+                i.max_audit_records,
+                crate::model::audit::AUDIT_RECORDS_CEILING
+            ));
         }
     }
 
@@ -517,6 +606,8 @@ impl Config {
                 (IdClass::External, i.max_external_ids_per_type),
                 (IdClass::AnonymousId, i.max_anonymous_ids),
             ]),
+            external_types_max: i.max_external_types,
+            identities_max: i.max_identities,
         }
     }
 
@@ -526,6 +617,8 @@ impl Config {
             rules: self.merge_rules(),
             dedup_window_ms: (self.ingest.dedup_window_hours * 3_600_000) as i64,
             retention_ms: (self.ingest.retention_days * 86_400_000) as i64,
+            audit_records_max: self.identity.max_audit_records,
+            clock_step_ms_max: self.limits.clock_step_ms_max,
         }
     }
 }
@@ -542,6 +635,32 @@ fn check_key(problem: &mut (impl FnMut(String) + ?Sized), name: &str, key: &str)
              cannot carry; use letters, digits and punctuation other than ':'"
         ));
     }
+}
+
+/// Reads a secret from a file that only its owner may read: a key file that others can
+/// read is refused, not silently used.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = metadata;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// Settings given as command-line flags; they override file and environment.
@@ -561,8 +680,8 @@ pub struct CliOverrides {
     pub region: Option<String>,
     /// `--advertise-url`
     pub advertise_url: Option<String>,
-    /// `--cluster-key`
-    pub cluster_key: Option<String>,
+    /// `--cluster-key-file`
+    pub cluster_key_file: Option<PathBuf>,
     /// `--join`: do not bootstrap.
     pub join: bool,
     /// `--enable-faults`
@@ -589,8 +708,8 @@ impl CliOverrides {
         if let Some(url) = &self.advertise_url {
             config.cluster.advertise_url = url.clone();
         }
-        if let Some(key) = &self.cluster_key {
-            config.cluster.cluster_key = key.clone();
+        if let Some(path) = &self.cluster_key_file {
+            config.cluster.cluster_key_file = path.clone();
         }
         if self.join {
             config.cluster.bootstrap = false;

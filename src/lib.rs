@@ -2,7 +2,8 @@
 //!
 //! The crate is layered bottom-up; each layer only uses the ones above it in this list
 //! (`docs/architecture.md` is the guided tour, in the same order):
-//! - [`clock`]: the wall clock, read at the edges and passed down;
+//! - [`clock`]: the wall clock, read at the edges and passed down; [`crash`]: named crash
+//!   points a test can make the process die at (nothing unless armed by the environment);
 //! - [`model`]: events, blocks, identities, profiles, identity resolution — pure rules, no
 //!   I/O;
 //! - [`log`]: the segmented append-only log — the Raft log and the event store at once;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod crash;
 pub mod gateway;
 pub mod load;
 pub mod log;

@@ -246,13 +246,17 @@ async fn unsafe_layouts_are_refused_and_reads_are_linearizable() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Snapshot often, so the log a newcomer would need is purged and it must install a
-    // snapshot streamed from the leader.
-    let mut cluster = TestCluster::start_with_env(
-        dir.path(),
+/// A three-node cluster that snapshots every second, with writers running, whose leader has
+/// written `events` more events and purged its log behind a snapshot of them: a node added
+/// now must install that snapshot (with events and the services' state, not just the
+/// bootstrap's). Returns the cluster, the running writers and the leader's URL.
+async fn cluster_with_purged_log(
+    dir: &std::path::Path,
+    tag: &str,
+    events: usize,
+) -> (TestCluster, Writers, String) {
+    let cluster = TestCluster::start_with_env(
+        dir,
         &["r1", "r2", "r3"],
         &[
             ("TANDEM_CLUSTER__SNAPSHOT_INTERVAL_SECS", "1"),
@@ -261,16 +265,11 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
     )
     .await;
     let urls: Vec<String> = cluster.urls.values().cloned().collect();
-    let writers = Writers::start(urls, 3, "snap");
-    wait_more_acked(&writers, &cluster, 600).await;
-
+    let writers = Writers::start(urls, 3, tag);
+    wait_more_acked(&writers, &cluster, events).await;
     let leader_url = cluster.urls[&cluster.leader(ELECTION).await].clone();
-    // Snapshots are built by time here (every second while writes arrive); the leader
-    // purges its log behind each. Wait for one that covers the writes so far: the first
-    // snapshot may be from before any write (services' cursor 0), and a fast cluster acks
-    // 600 events before the next one is built.
     let (_, status) = admin_get(&leader_url, "/v1/admin/status").await;
-    let written = status["applied_index"].as_u64().expect("applied_index");
+    let written = status["applied_index"].as_u64().expect("applied index");
     cluster
         .wait(
             "the leader purged its log behind a snapshot of the writes",
@@ -279,12 +278,21 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
                 let url = leader_url.clone();
                 async move {
                     let (_, status) = admin_get(&url, "/v1/admin/status").await;
-                    let snapshot = status["raft"]["snapshot"].as_u64()?;
-                    (status["raft"]["purged"].is_u64() && snapshot >= written).then_some(())
+                    let purged = status["raft"]["purged"].as_u64()?;
+                    (purged >= written).then_some(())
                 }
             },
         )
         .await;
+    (cluster, writers, leader_url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Snapshot often, so the log a newcomer would need is purged and it must install a
+    // snapshot streamed from the leader.
+    let (mut cluster, writers, leader_url) = cluster_with_purged_log(dir.path(), "snap", 600).await;
 
     let new_url = cluster.spawn_joining(4, "r3");
     let (code, body) = admin_post(
@@ -371,4 +379,71 @@ async fn traits_status(url: &str) -> serde_json::Value {
         .and_then(|all| all.iter().find(|s| s["name"] == "traits"))
         .cloned()
         .unwrap_or_else(|| panic!("no traits service in {body}"))
+}
+
+/// The places in a snapshot install where a crash must leave a node that recovers by
+/// itself (see `src/crash.rs`).
+const INSTALL_CRASH_POINTS: [&str; 5] = [
+    "snapshot-install:marked",
+    "snapshot-install:store-cleared",
+    "snapshot-install:store-partial",
+    "snapshot-install:store-imported",
+    "snapshot-install:log-installed",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
+    let seed = std::env::var("TANDEM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let point = INSTALL_CRASH_POINTS[(seed % INSTALL_CRASH_POINTS.len() as u64) as usize];
+    println!("seed {seed}: crash at {point} (replay with TANDEM_TEST_SEED={seed})");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Enough events (each ~2 records: its profile index entry and its dedup key) that the
+    // snapshot's state spans more than one import batch of 10,000 records, so a crash
+    // "partway" lands between two of them.
+    let (mut cluster, writers, leader_url) =
+        cluster_with_purged_log(dir.path(), "crash-install", 6_000).await;
+    let new_url = cluster.spawn_joining_with_env(4, "r3", &[("TANDEM_CRASH_AT", point)]);
+    let (code, body) = admin_post(
+        &leader_url,
+        "/v1/admin/cluster/learners",
+        &serde_json::json!({"node_id": 4, "url": new_url, "region": "r3"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.has_exited(4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: node 4 did not crash at {point}; stderr:\n{}",
+            cluster.stderr(4)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .stderr(4)
+            .contains(&format!("crashing at crash point {point}")),
+        "seed {seed}: node 4 died, but not at {point}:\n{}",
+        cluster.stderr(4)
+    );
+
+    // Restarted without the crash point: it completes the install and catches up.
+    cluster.restart(4).await;
+    assert!(
+        cluster
+            .stderr(4)
+            .contains("snapshot install was interrupted"),
+        "seed {seed}: node 4 noticed the interrupted install:\n{}",
+        cluster.stderr(4)
+    );
+    let acked = writers.stop().await;
+    cluster.converged_hash(CONVERGE).await;
+    check_all(&cluster, &acked).await;
 }

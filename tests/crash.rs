@@ -190,3 +190,117 @@ async fn kill_9_mid_write_loses_no_acknowledged_event() {
     );
     eprintln!("verified {total} acknowledged events across {CRASHES} kill -9 restarts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The log's 30th fsync and every later one fail, as a dying disk's would.
+    let mut node = NodeProcess::start(dir.path(), &[("TANDEM_FAIL_AT", "log-fsync@30")]);
+    let mut acked = BTreeSet::new();
+    let mut refusal = None;
+    for n in 0..500 {
+        let id = format!("fsync-{n}");
+        let reply = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": "disk-victim", "event": "E", "messageId": id}),
+        )
+        .await;
+        if reply.status == 200 {
+            acked.insert(id);
+        } else {
+            refusal = Some(reply);
+            break;
+        }
+    }
+    let refusal = refusal.expect("a write fails once fsync fails");
+    assert_eq!(refusal.status, 503, "{}", refusal.body);
+    assert!(!acked.is_empty(), "writes succeeded before the failure");
+
+    // It stays stopped and says why: no write is acknowledged after a failed fsync, and
+    // liveness fails so a supervisor restarts it.
+    for n in 0..5 {
+        let reply = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": "disk-victim", "event": "E", "messageId": format!("after-{n}")}),
+        )
+        .await;
+        assert_ne!(
+            reply.status, 200,
+            "acknowledged after a failed fsync: {}",
+            reply.body
+        );
+    }
+    let live = wait_for("liveness to fail", Duration::from_secs(10), || {
+        let url = node.url.clone();
+        async move {
+            let live = get(&url, "/health/live").await;
+            (live.status == 503).then_some(live)
+        }
+    })
+    .await;
+    assert_eq!(live.body["status"], "failed", "{}", live.body);
+    assert_eq!(get(&node.url, "/health/ready").await.status, 503);
+    assert!(
+        node.stderr().contains("fsync of the raft log failed"),
+        "the log says why:\n{}",
+        node.stderr()
+    );
+
+    // Restarted on a healthy disk: everything acknowledged is there, exactly once.
+    node.kill9();
+    let node = NodeProcess::start(dir.path(), &[]);
+    let stored = stored(&node.url, "disk-victim").await;
+    for id in &acked {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "{id} acknowledged, stored {:?}",
+            stored.get(id)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_acknowledged_record_stops_the_node_at_start_instead_of_being_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut node = NodeProcess::start(&data, &[]);
+    for n in 0..20 {
+        let reply = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": "bitrot", "event": "E", "messageId": format!("rot-{n}"),
+                    "properties": {"note": "x".repeat(300)}}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(node.terminate(), Some(0), "clean stop");
+
+    // One flipped byte a third of the way into the active log segment: inside a record
+    // that was acknowledged, with intact records after it.
+    let segment = std::fs::read_dir(data.join("log"))
+        .expect("log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let (code, stderr) = run_node_expecting_exit(dir.path(), &data, &[], Duration::from_secs(30));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the node must refuse to start on a damaged acknowledged record (exit {code:?}):\n{stderr}"
+    );
+    assert!(stderr.contains("disk damage"), "it says why:\n{stderr}");
+    assert_eq!(
+        std::fs::read(&segment).expect("read segment").len(),
+        bytes.len(),
+        "nothing was cut"
+    );
+}

@@ -880,3 +880,43 @@ async fn the_binary_refuses_unusable_flags_and_lists_every_problem() {
         assert!(stderr.contains(needle), "{needle:?} in {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_routes_are_never_forwarded() {
+    let node = Backend::start().await;
+    let gateway = Gateway::start(&[&node], |_| {}).await;
+    for path in [
+        "/internal/command",
+        "/internal/raft/snapshot",
+        "//internal/propose",
+        "/INTERNAL/raft/append",
+    ] {
+        let response = gateway
+            .http
+            .post(format!("{}{path}", gateway.url))
+            .header(header::AUTHORIZATION, "Bearer a-guessed-cluster-key")
+            .body("x")
+            .send()
+            .await
+            .expect("the gateway answers");
+        let reply = Reply::read(response).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{path}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], "not_found", "{path}: {}", reply.body);
+        assert!(
+            reply.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not served through the gateway")),
+            "{path}: the gateway itself refused, not the node: {}",
+            reply.body
+        );
+    }
+    // Client routes still pass.
+    let reply = gateway.post_batch(batch(1)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(node.batches(), 1);
+}

@@ -67,6 +67,22 @@ async fn leader_kill_behind_haproxy_loses_no_acknowledged_event() {
         "/v1/admin/ through the proxy reaches the leader: {}",
         status.body
     );
+    // The nodes' peer routes are never offered on the public address, however spelled,
+    // even to a caller holding the cluster key.
+    for path in [
+        "/internal/command",
+        "//internal/raft/append",
+        "/INTERNAL/propose",
+    ] {
+        let response = support::client()
+            .post(format!("{}{path}", haproxy.url))
+            .bearer_auth(support::cluster::CLUSTER_KEY)
+            .body("x")
+            .send()
+            .await
+            .expect("haproxy answers");
+        assert_eq!(response.status().as_u16(), 404, "{path} through HAProxy");
+    }
 
     let writers = Writers::start(vec![haproxy.url.clone()], 4, "haproxy");
     wait_more_acked(&writers, &cluster, &haproxy, ACKS_PER_PHASE).await;

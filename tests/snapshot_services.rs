@@ -78,6 +78,9 @@ impl TestNode {
                 rules: MergeRules::default(),
                 dedup_window_ms: DAY_MS,
                 retention_ms: DAY_MS,
+                audit_records_max: tandem::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+                // The scenario leaps two days in one entry to let retention cut the feed.
+                clock_step_ms_max: 3 * DAY_MS,
             },
         )
         .expect("open store");
@@ -131,6 +134,7 @@ impl TestNode {
             integrations: None,
             sent_at: None,
             blocklist: &blocklist,
+            timestamp_future_ms_max: tandem::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
         };
         let events = orders
             .map(|n| {

@@ -30,6 +30,7 @@ use super::auth::Source;
 use super::body::{read_json, read_json_keyless};
 use super::error::ApiError;
 use super::quota;
+use crate::config::LimitsConfig;
 use crate::model::event::{Event, EventOutcome, MessageType};
 use crate::model::validate::{Envelope, Rejection, normalize};
 use crate::node::now_ms;
@@ -91,9 +92,17 @@ pub async fn single(
         integrations: None,
         sent_at: None,
         blocklist: &state.blocklist,
+        timestamp_future_ms_max: limits.timestamp_future_ms_max,
     };
     let event = normalize(raw, &envelope, new_message_id)
         .map_err(|rejection| ApiError::bad_request(rejection.code, rejection.message))?;
+    if let Some(rejection) = too_large_after_merge(&event, limits.event_bytes_max) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            rejection.code,
+            rejection.message,
+        ));
+    }
     let outcomes = state.node.submit(vec![event]).await?;
     Ok(reply(&outcomes, &[]))
 }
@@ -153,6 +162,7 @@ pub async fn batch(
             "the \"batch\" array is empty",
         ));
     }
+    check_batch_fields_size(&parsed, limits.event_bytes_max)?;
     quota::charge(&source, parsed.batch.len() as u64)?;
     let envelope = Envelope {
         source: &source.name,
@@ -162,8 +172,9 @@ pub async fn batch(
         integrations: parsed.integrations.as_ref(),
         sent_at: parsed.sent_at.as_ref(),
         blocklist: &state.blocklist,
+        timestamp_future_ms_max: limits.timestamp_future_ms_max,
     };
-    let (events, rejected) = validate_items(&parsed.batch, &envelope, limits.event_bytes_max);
+    let (events, rejected) = validate_items(&parsed.batch, &envelope, limits)?;
     if events.is_empty() {
         let mut error = ApiError::bad_request(
             "no_valid_events",
@@ -196,13 +207,42 @@ async fn read_body(
     }
 }
 
+/// Refuses a batch whose shared `context` and `integrations` alone exceed the event limit:
+/// merged into every item they would make each one too large, so nothing could be
+/// accepted, and building 2,500 oversized copies only to reject them is work a hostile
+/// client should not be able to ask for.
+fn check_batch_fields_size(batch: &BatchBody<'_>, event_bytes_max: usize) -> Result<(), ApiError> {
+    let size = |map: &Option<Map<String, Value>>| {
+        map.as_ref()
+            .and_then(|m| serde_json::to_vec(m).ok())
+            .map_or(0, |bytes| bytes.len())
+    };
+    let shared = size(&batch.context) + size(&batch.integrations);
+    if shared <= event_bytes_max {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!(
+            "the batch-level context and integrations come to {shared} bytes, more than an \
+             event may hold ({event_bytes_max} bytes, limits.event_bytes_max); merged into \
+             each item they would make every event too large"
+        ),
+    ))
+}
+
+/// Validates and normalises each item. Stops with 413 as soon as the normalised events
+/// exceed `limits.request_events_bytes_max`, so the merged copies never pile up.
 fn validate_items(
     items: &[&RawValue],
     envelope: &Envelope<'_>,
-    event_bytes_max: usize,
-) -> (Vec<Event>, Vec<Rejected>) {
+    limits: &LimitsConfig,
+) -> Result<(Vec<Event>, Vec<Rejected>), ApiError> {
+    let event_bytes_max = limits.event_bytes_max;
     let mut events = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
+    let mut total_bytes = 0usize;
     for (index, item) in items.iter().enumerate() {
         let text = item.get();
         let parsed: Value = match serde_json::from_str(text) {
@@ -239,8 +279,24 @@ fn validate_items(
             });
             continue;
         }
-        match normalize(parsed, envelope, new_message_id) {
-            Ok(event) => events.push(event),
+        let normalized =
+            normalize(parsed, envelope, new_message_id).and_then(
+                |event| match too_large_after_merge(&event, event_bytes_max) {
+                    Some(rejection) => Err(rejection),
+                    None => Ok(event),
+                },
+            );
+        match normalized {
+            Ok(event) => {
+                total_bytes += event.body_json.len();
+                if total_bytes > limits.request_events_bytes_max {
+                    return Err(request_events_too_large(
+                        index + 1,
+                        limits.request_events_bytes_max,
+                    ));
+                }
+                events.push(event);
+            }
             Err(rejection) => rejected.push(Rejected {
                 index,
                 message_id,
@@ -248,7 +304,40 @@ fn validate_items(
             }),
         }
     }
-    (events, rejected)
+    Ok((events, rejected))
+}
+
+/// Bytes an event may grow by in normalisation beyond what the client sent: the fields
+/// Tandem adds (`messageId` when missing, `type`, `receivedAt`, `timestamp`,
+/// `originalTimestamp`, `sentAt`).
+const NORMALIZED_FIELDS_BYTES_MAX: usize = 512;
+
+/// An event over `event_bytes_max` once normalised: the item itself was within the limit
+/// but the batch-level `context` and `integrations` merged into it were not.
+fn too_large_after_merge(event: &Event, event_bytes_max: usize) -> Option<Rejection> {
+    let size = event.body_json.len();
+    (size > event_bytes_max + NORMALIZED_FIELDS_BYTES_MAX).then(|| Rejection {
+        code: "event_too_large",
+        message: format!(
+            "with the batch-level context and integrations merged in, the event is {size} \
+             bytes; the limit is {event_bytes_max} bytes (limits.event_bytes_max)"
+        ),
+    })
+}
+
+/// The refusal of a request whose events, with the batch-level fields merged into each,
+/// passed `limit` bytes within its first `items` items: a few kilobytes of gzip must not
+/// become gigabytes.
+fn request_events_too_large(items: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!(
+            "with the batch-level context and integrations merged into each item, the first \
+             {items} events already exceed {limit} bytes (limits.request_events_bytes_max); \
+             send a large shared context with fewer events per request"
+        ),
+    )
 }
 
 fn reply(outcomes: &[EventOutcome], rejected: &[Rejected]) -> Response {

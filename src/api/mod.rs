@@ -187,7 +187,26 @@ pub async fn serve(
     serve::serve(listener, router(state), &http, shutdown).await
 }
 
-async fn live() -> Response {
+/// Liveness: 503 once a fatal storage or Raft error has stopped the node (fail-stop, like
+/// PostgreSQL after a failed fsync), so a supervisor restarts it — recovery then starts
+/// from what is durable — instead of keeping a process that can no longer apply.
+async fn live(State(state): State<AppState>) -> Response {
+    use openraft::async_runtime::WatchReceiver;
+    let raft_stopped = match &state.node.raft().metrics().borrow_watched().running_state {
+        Ok(()) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    };
+    if state.node.has_failed() || raft_stopped.is_some() {
+        let cause = raft_stopped.unwrap_or_else(|| "a raft write failed".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "failed",
+                "reason": format!("a fatal error stopped this node ({cause}); see its log, then restart it"),
+            })),
+        )
+            .into_response();
+    }
     axum::Json(json!({"status": "live"})).into_response()
 }
 

@@ -8,7 +8,8 @@
 //!   installed;
 //! - `/internal/propose`: validated events from a follower, proposed here (the leader) and
 //!   answered with their outcomes;
-//! - `/internal/command`: an administrative command (segment definitions) from a follower;
+//! - `/internal/command`: an administrative command (segment definitions) from a follower
+//!   (never an ingest: events only arrive through `/internal/propose`);
 //! - `/internal/read-index`, `/internal/lease-read-index`: this node's read index as
 //!   leader, confirmed by a quorum round or by its leader lease (see
 //!   [`crate::node::reads`]).
@@ -83,7 +84,12 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<u64, Refusal> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(cluster.cluster_key()) {
+    // Compared as hashes: blake3's equality is constant-time, so the time a refusal takes
+    // says nothing about how much of a guess was right.
+    let matches = presented.is_some_and(|key| {
+        blake3::hash(key.as_bytes()) == blake3::hash(cluster.cluster_key().as_bytes())
+    });
+    if !matches {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "wrong or missing cluster key",
@@ -224,6 +230,16 @@ async fn command(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let handled = async {
         admit(&state, &headers)?;
         let command: crate::cluster::Command = decode(&read_body(body).await?)?;
+        // Events reach the log only through /internal/propose, where the leader screens
+        // them for duplicates and stamps the block's time itself; an ingest command here
+        // would let a peer choose both.
+        if matches!(command, crate::cluster::Command::Ingest(_)) {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "/internal/command takes administrative commands only; events go through \
+                 /internal/propose",
+            ));
+        }
         let node = Arc::clone(&state.node);
         let result = node.execute(command, true).await;
         Ok::<_, Refusal>(reply(result))

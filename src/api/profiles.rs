@@ -235,6 +235,11 @@ fn profile_json(profile: &Profile, priority: &[crate::model::identity::IdClass])
         "event_counts": profile.counts_by_type(),
         "events_total": profile.event_count(),
         "merged_profiles": profile.merged_ids,
+        "limits": {
+            "traits_dropped": profile.audit.traits_dropped,
+            "refusals_unrecorded": profile.audit.refusals_unrecorded,
+            "merge_records_dropped": profile.audit.records_dropped,
+        },
     })
 }
 
@@ -278,6 +283,16 @@ fn merge_json(seq: u64, record: &MergeRecord) -> Value {
             "profile": profile,
             "identity": identity.key(),
             "other_profile": other_profile,
+            "rule": rule,
+        }),
+        MergeAction::TraitsDropped {
+            profile,
+            keys,
+            rule,
+        } => json!({
+            "action": "traits_dropped",
+            "profile": profile,
+            "keys": keys,
             "rule": rule,
         }),
     };

@@ -61,6 +61,7 @@ pub async fn run_failover(args: FailoverArgs) -> i32 {
 
 async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), String> {
     let regions: Vec<String> = ["r1", "r2", "r3"].iter().map(|r| (*r).to_owned()).collect();
+    let key_file = super::launcher::cluster_key_file(dir)?;
     let specs: Vec<NodeSpec> = (1..=3_u64)
         .map(|id| NodeSpec {
             id,
@@ -68,7 +69,7 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
             data_dir: dir.join(format!("node-{id}")),
             listen: format!("127.0.0.1:{}", u32::from(args.port) + id as u32),
             bootstrap: id == 1,
-            cluster_key: "bench-failover-cluster-key".into(),
+            cluster_key_file: key_file.clone(),
             write_key: "bench-write-key-not-secret".into(),
             admin_key: "bench-admin-key-not-secret".into(),
         })

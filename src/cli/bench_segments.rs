@@ -110,6 +110,8 @@ fn open_store(dir: &Path) -> Result<Store, String> {
                 rules: Default::default(),
                 dedup_window_ms: 86_400_000,
                 retention_ms: 400 * 86_400_000,
+                audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+                clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
             },
         },
         log,
@@ -133,6 +135,7 @@ fn to_event(raw: Value, now_ms: i64, blocklist: &Blocklist) -> Option<Event> {
         integrations: None,
         sent_at: None,
         blocklist,
+        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
     };
     normalize(raw, &envelope, || uuid::Uuid::new_v4().to_string()).ok()
 }

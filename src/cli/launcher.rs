@@ -29,8 +29,8 @@ pub struct NodeSpec {
     pub listen: String,
     /// Bootstrap a one-node cluster on first start (node 1 only).
     pub bootstrap: bool,
-    /// Shared cluster secret.
-    pub cluster_key: String,
+    /// The file holding the shared cluster secret (owner-only permissions).
+    pub cluster_key_file: PathBuf,
     /// Write key of the demo source.
     pub write_key: String,
     /// Admin key.
@@ -66,7 +66,10 @@ impl ChildNode {
             .args(["--listen", &spec.listen])
             .args(["--node-id", &spec.id.to_string()])
             .args(["--region", &spec.region])
-            .args(["--cluster-key", &spec.cluster_key])
+            .args([
+                "--cluster-key-file",
+                &spec.cluster_key_file.display().to_string(),
+            ])
             .args(["--write-key", &spec.write_key])
             .args(["--admin-key", &spec.admin_key])
             .stdin(Stdio::null())
@@ -158,18 +161,34 @@ fn read_address(child: &mut Child) -> Result<String, String> {
     }
 }
 
-/// The cluster key kept in `data_dir/cluster.key` (created on first use), so a second
-/// `tandem up` rejoins the same cluster.
-pub fn cluster_key(data_dir: &Path) -> Result<String, String> {
+/// The cluster key file `data_dir/cluster.key`, created on first use with owner-only
+/// permissions, so a second `tandem up` rejoins the same cluster and no other user of the
+/// machine can read the key (nor see it in `ps`: nodes are given the file, not the key).
+pub fn cluster_key_file(data_dir: &Path) -> Result<PathBuf, String> {
     let path = data_dir.join("cluster.key");
-    match std::fs::read_to_string(&path) {
-        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
-        _ => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| format!("{}: {e}", data_dir.display()))?;
-            let key = format!("up-{}", uuid::Uuid::new_v4().simple());
-            std::fs::write(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(key)
-        }
+    if crate::config::read_secret_file(&path).is_ok() {
+        return Ok(path);
     }
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let key = format!("up-{}", uuid::Uuid::new_v4().simple());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, key.as_bytes()));
+    written.map_err(|e| format!("{}: {e}", path.display()))?;
+    // An older `tandem up` created the file world-readable; tighten it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    crate::config::read_secret_file(&path)?;
+    Ok(path)
 }

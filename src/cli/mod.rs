@@ -77,9 +77,12 @@ pub struct NodeArgs {
     /// URL peers reach this node at (overrides cluster.advertise_url).
     #[arg(long)]
     pub advertise_url: Option<String>,
-    /// Shared secret of peer requests, the same on every node (overrides cluster.cluster_key).
-    #[arg(long, env = "TANDEM_CLUSTER_KEY")]
-    pub cluster_key: Option<String>,
+    /// File holding the shared secret of peer requests, the same on every node, readable
+    /// by its owner only (overrides cluster.cluster_key_file). The key itself is never a
+    /// flag: flags are visible to every user in `ps`. The environment variable
+    /// TANDEM_CLUSTER__CLUSTER_KEY is the other way to pass it.
+    #[arg(long, env = "TANDEM_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
     /// Do not bootstrap a one-node cluster on first start: wait to be added by
     /// `tandem cluster add-node`.
     #[arg(long)]
@@ -100,7 +103,7 @@ impl NodeArgs {
             node_id: self.node_id,
             region: self.region.clone(),
             advertise_url: self.advertise_url.clone(),
-            cluster_key: self.cluster_key.clone(),
+            cluster_key_file: self.cluster_key_file.clone(),
             join: self.join,
             enable_faults: self.enable_faults,
         };

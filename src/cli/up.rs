@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::launcher::{ChildNode, NodeSpec, cluster_key};
+use super::launcher::{ChildNode, NodeSpec, cluster_key_file};
 use super::local_cluster::{Admin, form_cluster, start_nodes, stop_nodes};
 use crate::gateway::{self, GatewayOptions};
 use crate::load::{self, LoadOptions};
@@ -61,7 +61,7 @@ pub async fn run_up(args: UpArgs) -> i32 {
         );
         return 2;
     }
-    let key = match cluster_key(&args.data_dir) {
+    let key = match cluster_key_file(&args.data_dir) {
         Ok(key) => key,
         Err(error) => {
             eprintln!("tandem up: {error}");
@@ -139,7 +139,7 @@ pub async fn run_up(args: UpArgs) -> i32 {
     0
 }
 
-fn node_specs(args: &UpArgs, key: &str) -> Vec<NodeSpec> {
+fn node_specs(args: &UpArgs, key_file: &std::path::Path) -> Vec<NodeSpec> {
     (1..=args.nodes as u64)
         .map(|id| NodeSpec {
             id,
@@ -151,7 +151,7 @@ fn node_specs(args: &UpArgs, key: &str) -> Vec<NodeSpec> {
                 format!("127.0.0.1:{}", u32::from(args.port) + id as u32)
             },
             bootstrap: id == 1,
-            cluster_key: key.to_owned(),
+            cluster_key_file: key_file.to_owned(),
             write_key: args.write_key.clone(),
             admin_key: args.admin_key.clone(),
         })

@@ -129,10 +129,40 @@ impl Recent {
 struct CommittedState {
     id: Option<LogId>,
     written_at: Option<Instant>,
+    /// `id` changed since it was last written (a write skipped by the throttle).
+    unwritten: bool,
+    /// Where it is written; the last value is written when the log store goes away (at
+    /// shutdown), so a clean stop leaves the newest committed index on disk — it is what
+    /// tells the next start which records must be intact.
+    log: Log,
+}
+
+impl Drop for CommittedState {
+    fn drop(&mut self) {
+        if !self.unwritten {
+            return;
+        }
+        let written = encode(&self.id)
+            .and_then(|bytes| self.log.write_meta(COMMITTED, &bytes, false).map_err(io));
+        if let Err(error) = written {
+            tracing::warn!(%error, "could not record the last committed index at shutdown");
+        }
+    }
 }
 
 fn io(error: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(error.to_string())
+}
+
+/// The committed index this node recorded in the log directory `dir`, read before the log
+/// is opened: every record up to it was durable here (a leader commits only what it has
+/// fsync'd; a follower records what the leader reported committed, which a torn tail could
+/// in rare cases still hold — then the node refuses to start rather than guess).
+pub fn committed_index_in(dir: &std::path::Path) -> Result<Option<u64>, std::io::Error> {
+    match crate::log::read_meta_in(dir, COMMITTED).map_err(io)? {
+        Some(bytes) => Ok(decode::<Option<LogId>>(&bytes)?.map(|id| id.index)),
+        None => Ok(None),
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {
@@ -200,6 +230,7 @@ impl LogStore {
             None => None,
         };
         let readable_from = purged_index(&log)?.map_or(0, |index| index + 1);
+        let committed_log = log.clone();
         let recent = Recent {
             generation: log.generation(),
             ..Recent::default()
@@ -212,6 +243,8 @@ impl LogStore {
             committed: Arc::new(Mutex::new(CommittedState {
                 id: committed,
                 written_at: None,
+                unwritten: false,
+                log: committed_log,
             })),
         })
     }
@@ -352,6 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if due {
                 state.written_at = Some(Instant::now());
             }
+            state.unwritten = !due;
             due
         };
         if write {

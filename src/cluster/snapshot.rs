@@ -81,6 +81,7 @@ pub struct Snapshots {
 
 const CURRENT: &str = "current";
 const SERVICES_PENDING: &str = "services-pending";
+const STORE_PENDING: &str = "store-pending";
 /// The state file in a snapshot directory.
 pub const STATE: &str = "state";
 /// The log segments' directory in a snapshot directory.
@@ -152,9 +153,27 @@ impl Snapshots {
         self.replace(SERVICES_PENDING, file_name(file)?.as_bytes())
     }
 
-    /// The snapshot whose services' state is still to be imported, if any.
-    pub fn services_pending(&self) -> io::Result<Option<SnapshotFile>> {
-        match fs::read_to_string(self.dir.join(SERVICES_PENDING)) {
+    /// Records durably that the store is being replaced by the state in `file` (a snapshot
+    /// in this directory, already current). Set before the store is cleared and cleared
+    /// once the store and the log match the snapshot: a node that starts with it set was
+    /// interrupted mid-install, holds part of the snapshot's state under the snapshot's
+    /// applied index, and must import it again before anything reads the state.
+    pub fn set_store_pending(&self, file: &SnapshotFile) -> io::Result<()> {
+        self.replace(STORE_PENDING, file_name(file)?.as_bytes())
+    }
+
+    /// The snapshot whose import into the store a crash interrupted, if any.
+    pub fn store_pending(&self) -> io::Result<Option<SnapshotFile>> {
+        self.pending(STORE_PENDING)
+    }
+
+    /// Records that the store and the log match the installed snapshot.
+    pub fn clear_store_pending(&self) -> io::Result<()> {
+        self.clear(STORE_PENDING)
+    }
+
+    fn pending(&self, marker: &str) -> io::Result<Option<SnapshotFile>> {
+        match fs::read_to_string(self.dir.join(marker)) {
             Ok(name) => Ok(Some(SnapshotFile {
                 path: self.dir.join(name),
             })),
@@ -163,14 +182,23 @@ impl Snapshots {
         }
     }
 
-    /// Records that the services' state was imported (the snapshot it kept goes at the
-    /// next [`Snapshots::set_current`] unless it is current).
-    pub fn clear_services_pending(&self) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(SERVICES_PENDING)) {
+    fn clear(&self, marker: &str) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(marker)) {
             Ok(()) => File::open(&self.dir)?.sync_all(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The snapshot whose services' state is still to be imported, if any.
+    pub fn services_pending(&self) -> io::Result<Option<SnapshotFile>> {
+        self.pending(SERVICES_PENDING)
+    }
+
+    /// Records that the services' state was imported (the snapshot it kept goes at the
+    /// next [`Snapshots::set_current`] unless it is current).
+    pub fn clear_services_pending(&self) -> io::Result<()> {
+        self.clear(SERVICES_PENDING)
     }
 
     /// Replaces file `name` with `bytes` durably (write, fsync, rename, fsync the directory).

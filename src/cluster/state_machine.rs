@@ -116,6 +116,39 @@ impl StateMachine {
         .await
     }
 
+    /// Completes a snapshot install that a crash interrupted: imports the snapshot's state
+    /// into the store again and brings the log in line, before Raft or any reader sees the
+    /// state. Without this, the store would claim the snapshot's applied index while
+    /// holding only part of its data. Returns whether there was one to complete.
+    pub fn finish_interrupted_install(&self) -> io::Result<bool> {
+        let Some(file) = self.snapshots.store_pending()? else {
+            return Ok(false);
+        };
+        let (meta, current) = self.snapshots.current()?.ok_or_else(|| {
+            io(
+                "snapshots/store-pending is set but there is no current snapshot; \
+                the data directory was changed by hand: restore it or start this node afresh",
+            )
+        })?;
+        if current.path != file.path {
+            return Err(io(format!(
+                "snapshots/store-pending names {} but the current snapshot is {}; restore \
+                 the data directory or start this node afresh",
+                file.path.display(),
+                current.path.display()
+            )));
+        }
+        tracing::warn!(path = %file.path.display(), "a snapshot install was interrupted; importing it again");
+        let mut input = BufReader::new(File::open(file.state_path())?);
+        Store::verify_snapshot(&mut input).map_err(store_io)?;
+        let mut input = BufReader::new(File::open(file.state_path())?);
+        self.store.import(&mut input).map_err(store_io)?;
+        install_log(&self.store, &file, &meta)?;
+        self.snapshots.clear_store_pending()?;
+        *self.applied.lock().map_err(io)? = None;
+        Ok(true)
+    }
+
     async fn applied(&self) -> io::Result<AppliedState> {
         if let Some(state) = self.applied.lock().map_err(io)?.clone() {
             return Ok(state);
@@ -219,9 +252,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             snapshots.set_current(&meta, &file)?;
             snapshots.set_services_pending(&file)?;
+            snapshots.set_store_pending(&file)?;
+            crate::crash::point("snapshot-install:marked");
             let mut input = BufReader::new(File::open(file.state_path())?);
             machine.store.import(&mut input).map_err(store_io)?;
+            crate::crash::point("snapshot-install:store-imported");
             install_log(&machine.store, &file, &meta)?;
+            crate::crash::point("snapshot-install:log-installed");
+            snapshots.clear_store_pending()?;
             tracing::info!(records = contents.records, services = contents.sections.len(), bytes = file.bytes().unwrap_or(0), last_log_id = ?meta.last_log_id, "installed snapshot");
             let Some(supervisor) = machine.services.get() else {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");

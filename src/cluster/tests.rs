@@ -30,6 +30,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
                 rules: MergeRules::default(),
                 dedup_window_ms: 86_400_000,
                 retention_ms: 86_400_000,
+                audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+                clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
             },
         )
         .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;

@@ -63,6 +63,13 @@ pub enum GatewayError {
         /// The request timeout.
         timeout_ms: u64,
     },
+    /// A path the gateway never forwards: the nodes' peer routes (`/internal/*`) are for
+    /// nodes only, and clients have no business reaching them through the public address.
+    #[error("{path} is not served through the gateway")]
+    NotForwarded {
+        /// The refused path.
+        path: String,
+    },
     /// A bug in the gateway (a tower layer failed in a way it never should).
     #[error("internal gateway error: {0}")]
     Internal(String),
@@ -75,6 +82,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotForwarded { .. } => StatusCode::NOT_FOUND,
             GatewayError::NoHealthyNodes => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NodeUnreachable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +103,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => "gateway_overloaded",
             GatewayError::RequestTooLarge { .. } => "request_too_large",
             GatewayError::BodyUnreadable(_) => "body_unreadable",
+            GatewayError::NotForwarded { .. } => "not_found",
             GatewayError::NoHealthyNodes => "no_healthy_nodes",
             GatewayError::NodeUnreachable { .. } => "node_unreachable",
             GatewayError::Timeout { .. } => "gateway_timeout",

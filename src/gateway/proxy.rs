@@ -123,6 +123,12 @@ pub async fn handle(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    if is_peer_path(request.uri().path()) {
+        return GatewayError::NotForwarded {
+            path: request.uri().path().to_owned(),
+        }
+        .into_response();
+    }
     let Ok(permit) = Arc::clone(&proxy.inflight).try_acquire_owned() else {
         return GatewayError::Overloaded {
             inflight_max: proxy.inflight_max,
@@ -133,6 +139,17 @@ pub async fn handle(
         Ok(reply) => relay(reply, permit),
         Err(error) => error.into_response(),
     }
+}
+
+/// The nodes' peer routes, which carry Raft traffic, forwarded writes and snapshots between
+/// nodes. Leading slashes and case are ignored, so neither `//internal/…` nor
+/// `/INTERNAL/…` slips past.
+fn is_peer_path(path: &str) -> bool {
+    const PREFIX: &[u8] = b"internal";
+    let trimmed = path.trim_start_matches('/').as_bytes();
+    trimmed.len() >= PREFIX.len()
+        && trimmed[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+        && matches!(trimmed.get(PREFIX.len()), None | Some(b'/'))
 }
 
 async fn forward(
@@ -215,6 +232,22 @@ fn relay(reply: NodeResponse, permit: OwnedSemaphorePermit) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peer_paths_are_recognised_however_they_are_spelled() {
+        for path in [
+            "/internal",
+            "/internal/raft/append",
+            "//internal/propose",
+            "/INTERNAL/command",
+            "/Internal/raft/snapshot",
+        ] {
+            assert!(super::is_peer_path(path), "{path} must not be forwarded");
+        }
+        for path in ["/v1/batch", "/internals", "/v1/internal/x", "/", ""] {
+            assert!(!super::is_peer_path(path), "{path} is a client path");
+        }
+    }
+
     use super::*;
 
     #[tokio::test]

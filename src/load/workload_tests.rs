@@ -69,6 +69,7 @@ fn every_event_passes_the_servers_segment_validation() {
             integrations: None,
             sent_at: None,
             blocklist: &blocklist,
+            timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
         };
         let normalized = normalize(json.clone(), &envelope, || "generated".into())
             .unwrap_or_else(|r| panic!("{}: {} in {json}", r.code, r.message));

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::segment;
 use super::{Log, LogError};
@@ -65,43 +65,54 @@ impl Log {
 
     /// The metadata value `name`, `None` if it was never written.
     pub fn read_meta(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
-        let path = self.meta_path(name)?;
-        let mut content = match std::fs::read(&path) {
-            Ok(content) => content,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LogError::io(&path, e)),
-        };
-        let corrupt = |what: &str| LogError::Corrupt(format!("{}: {what}", path.display()));
-        if content.len() < CRC_BYTES || content.len() > META_BYTES_MAX + CRC_BYTES {
-            return Err(corrupt(&format!(
-                "{} bytes cannot be a metadata file",
-                content.len()
-            )));
-        }
-        let body_len = content.len() - CRC_BYTES;
-        let mut crc = [0u8; CRC_BYTES];
-        crc.copy_from_slice(&content[body_len..]);
-        content.truncate(body_len);
-        if crc32fast::hash(&content) != u32::from_le_bytes(crc) {
-            return Err(corrupt(
-                "crc mismatch: the metadata file is damaged (its writes are atomic renames)",
-            ));
-        }
-        Ok(Some(content))
+        read_meta_in(self.dir(), name)
     }
 
     /// The path of metadata `name`, after checking the name.
     fn meta_path(&self, name: &str) -> Result<PathBuf, LogError> {
-        let valid = !name.is_empty()
-            && name.len() <= META_NAME_BYTES_MAX
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
-            return Err(LogError::Invalid(format!(
-                "metadata name {name:?}: use 1 to {META_NAME_BYTES_MAX} ASCII letters, digits, '-' or '_'"
-            )));
-        }
-        Ok(self.dir().join(format!("{META_PREFIX}{name}")))
+        meta_path_in(self.dir(), name)
     }
+}
+
+/// [`Log::read_meta`] on the log directory `dir` without opening the log: for values
+/// needed to open it.
+pub fn read_meta_in(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+    let path = meta_path_in(dir, name)?;
+    let mut content = match std::fs::read(&path) {
+        Ok(content) => content,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::io(&path, e)),
+    };
+    let corrupt = |what: &str| LogError::Corrupt(format!("{}: {what}", path.display()));
+    if content.len() < CRC_BYTES || content.len() > META_BYTES_MAX + CRC_BYTES {
+        return Err(corrupt(&format!(
+            "{} bytes cannot be a metadata file",
+            content.len()
+        )));
+    }
+    let body_len = content.len() - CRC_BYTES;
+    let mut crc = [0u8; CRC_BYTES];
+    crc.copy_from_slice(&content[body_len..]);
+    content.truncate(body_len);
+    if crc32fast::hash(&content) != u32::from_le_bytes(crc) {
+        return Err(corrupt(
+            "crc mismatch: the metadata file is damaged (its writes are atomic renames)",
+        ));
+    }
+    Ok(Some(content))
+}
+
+/// The path of metadata `name` in `dir`, after checking the name.
+fn meta_path_in(dir: &Path, name: &str) -> Result<PathBuf, LogError> {
+    let valid = !name.is_empty()
+        && name.len() <= META_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(LogError::Invalid(format!(
+            "metadata name {name:?}: use 1 to {META_NAME_BYTES_MAX} ASCII letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(dir.join(format!("{META_PREFIX}{name}")))
 }

@@ -74,7 +74,7 @@ use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
-pub use meta::{META_BYTES_MAX, META_NAME_BYTES_MAX};
+pub use meta::{META_BYTES_MAX, META_NAME_BYTES_MAX, read_meta_in};
 pub use scan::validate_segment_file;
 pub use segment::FRAME_PAYLOAD_BYTES_MAX;
 use segment::Segment;
@@ -140,6 +140,11 @@ pub struct LogOptions {
     /// Check every frame of every rolled segment at open (reads the whole log), instead of
     /// trusting their `.idx` sidecars. Reads verify crcs either way.
     pub verify_on_open: bool,
+    /// Records up to this index are known to have been durable here (the caller recorded
+    /// them as committed): a bad frame at or below it is disk damage, refused with
+    /// [`LogError::Corrupt`], not a torn tail to cut — cutting it would silently drop
+    /// records that were acknowledged.
+    pub intact_through: Option<u64>,
 }
 
 impl LogOptions {
@@ -149,6 +154,7 @@ impl LogOptions {
             dir: dir.into(),
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
             verify_on_open: false,
+            intact_through: None,
         }
     }
 }
@@ -254,7 +260,7 @@ impl Log {
         let dir = &options.dir;
         std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let lock_file = lock_dir(dir)?;
-        let segments = recover::recover(dir, options.verify_on_open)?;
+        let segments = recover::recover(dir, options.verify_on_open, options.intact_through)?;
         let state = State {
             segments,
             appends: 0,
@@ -311,7 +317,14 @@ impl Log {
         if self.inner.synced_appends.load(Ordering::Acquire) >= appends {
             return Ok(());
         }
-        if let Err(e) = file.file.sync_data() {
+        let synced = if crate::crash::fails("log-fsync") {
+            Err(std::io::Error::other(
+                "injected fsync failure (TANDEM_FAIL_AT)",
+            ))
+        } else {
+            file.file.sync_data()
+        };
+        if let Err(e) = synced {
             return Err(self.inner.fail(LogError::io(&file.path, e)));
         }
         self.inner

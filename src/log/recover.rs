@@ -10,7 +10,10 @@
 //! link is replaced by a private copy before anything can append to it.
 //!
 //! Refused with [`LogError::Corrupt`]: a bad frame or header in a rolled segment, a rolled
-//! segment with no frames, and any gap or overlap between consecutive segments.
+//! segment with no frames, any gap or overlap between consecutive segments, and a bad frame
+//! in the last segment at or below the index the caller knows was durable
+//! ([`super::LogOptions::intact_through`]): that is damage to acknowledged records, not a
+//! torn write.
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +32,11 @@ struct Listing {
 
 /// Loads the segments of `dir` in index order, repairing a crash's leftovers (see the
 /// module docs). `verify_rolled` scans rolled segments even when their sidecar is good.
-pub(super) fn recover(dir: &Path, verify_rolled: bool) -> Result<Vec<Segment>, LogError> {
+pub(super) fn recover(
+    dir: &Path,
+    verify_rolled: bool,
+    intact_through: Option<u64>,
+) -> Result<Vec<Segment>, LogError> {
     let listing = list(dir)?;
     let mut dir_changed = false;
     for &first in &listing.sidecars {
@@ -58,7 +65,14 @@ pub(super) fn recover(dir: &Path, verify_rolled: bool) -> Result<Vec<Segment>, L
                 &mut dir_changed,
             )?
         } else {
-            load_last(dir, first, path, has_sidecar, &mut dir_changed)?
+            load_last(
+                dir,
+                first,
+                path,
+                has_sidecar,
+                intact_through,
+                &mut dir_changed,
+            )?
         };
         if let Some(previous) = segments.last() {
             check_contiguous(previous, &segment)?;
@@ -168,6 +182,7 @@ fn load_last(
     first: u64,
     path: PathBuf,
     has_sidecar: bool,
+    intact_through: Option<u64>,
     dir_changed: &mut bool,
 ) -> Result<Segment, LogError> {
     let file = segment::open_segment(&path)?;
@@ -186,6 +201,18 @@ fn load_last(
     let scan = scan::scan_frames(&file, &path, Some(first))?;
     let mut file = SegmentFile { path, file };
     if let Some(defect) = &scan.defect {
+        let damaged = scan.last_index().map_or(first, |last| last + 1);
+        if intact_through.is_some_and(|intact| damaged <= intact) {
+            return Err(LogError::Corrupt(format!(
+                "{}: record {damaged} is damaged ({defect}) at offset {}, but records up to {} \
+                 were durable here: this is disk damage, not an interrupted write. Nothing was \
+                 cut. Replace this node's data from a healthy replica (docs/operations.md, \
+                 \"Replacing a node\")",
+                file.path.display(),
+                scan.end,
+                intact_through.unwrap_or(0)
+            )));
+        }
         tracing::warn!(
             path = %file.path.display(),
             offset = scan.end,

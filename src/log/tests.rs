@@ -19,6 +19,7 @@ fn options(dir: &Path) -> LogOptions {
         dir: dir.to_path_buf(),
         segment_bytes_max: SMALL_SEGMENT_BYTES,
         verify_on_open: false,
+        intact_through: None,
     }
 }
 
@@ -263,6 +264,46 @@ fn a_torn_tail_is_cut_at_open_and_appending_continues() {
         drop(log);
         assert_holds(&open(dir.path()), 1, 45, payload);
     }
+}
+
+#[test]
+fn a_bad_frame_below_the_durable_index_is_refused_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (active, first) = {
+        let log = open(dir.path());
+        append_with(&log, 1, 40, 3, payload);
+        log.sync().expect("sync");
+        let info = log.segments().pop().expect("active segment");
+        (info.path, info.first_index)
+    };
+    // Flip one byte in the middle of the active segment's first frame's payload.
+    let mut bytes = std::fs::read(&active).expect("read");
+    let at = (segment::SEGMENT_HEADER_BYTES + segment::FRAME_HEADER_BYTES) as usize + 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&active, &bytes).expect("write");
+    let length = bytes.len() as u64;
+
+    // The caller knows records up to 40 were durable: damage, refused, nothing cut.
+    let refused = Log::open(LogOptions {
+        intact_through: Some(40),
+        ..options(dir.path())
+    });
+    let Err(LogError::Corrupt(message)) = refused else {
+        panic!("a damaged durable record must be refused");
+    };
+    assert!(
+        message.contains(&format!("record {first} is damaged")),
+        "{message}"
+    );
+    assert_eq!(file_len(&active), length, "nothing was cut");
+
+    // Knowing only that records before the damage were durable, it is a torn tail.
+    let log = Log::open(LogOptions {
+        intact_through: Some(first - 1),
+        ..options(dir.path())
+    })
+    .expect("a torn tail after the durable records is cut");
+    assert_holds(&log, 1, first - 1, payload);
 }
 
 #[test]

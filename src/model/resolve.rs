@@ -13,8 +13,11 @@
 //!    target is a new profile — unless a lower-priority identity's profile can adopt it.
 //! 2. Every further identity either is attached (if new) or brings its profile along in a
 //!    merge (if owned elsewhere) — but only when the combined profile stays within the
-//!    per-class limits (default: at most one user id, so two known users who share a
-//!    browser are never merged). A link that would break a limit is refused and reported.
+//!    limits: per class (default: at most one user id, so two known users who share a
+//!    browser are never merged), per external id type, on the number of external id types
+//!    and on the total number of identities. A link that would break a limit is refused
+//!    and reported. The last two bound what one profile can collect whatever the events
+//!    say: the per-type limit alone let a client invent a new type per identity.
 //! 3. Placeholder values never reach this point (see [`super::identity::Blocklist`]).
 
 use std::collections::BTreeMap;
@@ -22,6 +25,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::identity::{IdClass, IdKind, Identity};
+
+/// Default most distinct external id types (`ext.<type>`) on one profile.
+pub const EXTERNAL_TYPES_DEFAULT_MAX: usize = 16;
+/// Default most identities of all classes on one profile.
+pub const IDENTITIES_DEFAULT_MAX: usize = 200;
 
 /// Merge limits and the canonical-id priority order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +39,10 @@ pub struct MergeRules {
     /// Most identities of each class one profile may hold. For `External`, the limit
     /// applies to each external type separately.
     pub limits: BTreeMap<IdClass, usize>,
+    /// Most distinct external id types one profile may hold.
+    pub external_types_max: usize,
+    /// Most identities (all classes together) one profile may hold.
+    pub identities_max: usize,
 }
 
 impl Default for MergeRules {
@@ -50,6 +62,8 @@ impl Default for MergeRules {
                 (IdClass::External, 5),
                 (IdClass::AnonymousId, 100),
             ]),
+            external_types_max: EXTERNAL_TYPES_DEFAULT_MAX,
+            identities_max: IDENTITIES_DEFAULT_MAX,
         }
     }
 }
@@ -68,25 +82,27 @@ impl MergeRules {
     }
 
     /// The first limit broken by giving `members` the extra identities `added`, if any.
-    /// Only classes that `added` grows are checked, so a profile that is over a limit lowered
-    /// after the fact can still gain identities of other classes.
+    /// Only what `added` grows is checked (its classes, its external types, the total), so
+    /// a profile over a limit lowered after the fact can still gain identities of other
+    /// classes — but never more identities once it is over the total.
     fn broken_limit(&self, members: &[Identity], added: &[Identity]) -> Option<String> {
+        let mut fresh: Vec<&Identity> = Vec::with_capacity(added.len());
         for new in added {
-            if members.contains(new) {
-                continue;
+            if !members.contains(new) && !fresh.contains(&new) {
+                fresh.push(new);
             }
+        }
+        if fresh.is_empty() {
+            return None;
+        }
+        let all = || members.iter().chain(fresh.iter().copied());
+        for new in &fresh {
             let same = |identity: &&Identity| match (&identity.kind, &new.kind) {
                 (IdKind::External(a), IdKind::External(b)) => a == b,
                 (a, b) => a.class() == b.class(),
             };
-            let count = members.iter().filter(same).count()
-                + added
-                    .iter()
-                    .filter(same)
-                    .filter(|a| !members.contains(a))
-                    .count();
             let limit = self.limit(new.kind.class());
-            if count > limit {
+            if all().filter(same).count() > limit {
                 return Some(match &new.kind {
                     IdKind::External(kind) => {
                         format!("at most {limit} ext.{kind} per profile")
@@ -94,6 +110,34 @@ impl MergeRules {
                     kind => format!("at most {limit} {} per profile", kind.class()),
                 });
             }
+        }
+        let types_grow = fresh.iter().any(|new| match &new.kind {
+            IdKind::External(kind) => !members
+                .iter()
+                .any(|m| matches!(&m.kind, IdKind::External(held) if held == kind)),
+            _ => false,
+        });
+        if types_grow {
+            let mut types: Vec<&str> = all()
+                .filter_map(|identity| match &identity.kind {
+                    IdKind::External(kind) => Some(kind.as_str()),
+                    _ => None,
+                })
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            if types.len() > self.external_types_max {
+                return Some(format!(
+                    "at most {} external id types per profile",
+                    self.external_types_max
+                ));
+            }
+        }
+        if members.len() + fresh.len() > self.identities_max {
+            return Some(format!(
+                "at most {} identities per profile",
+                self.identities_max
+            ));
         }
         None
     }
@@ -436,5 +480,100 @@ mod tests {
         graph.event(&["user_id:u1", "ext.crm:1", "ext.shop:1"], &rules);
         let (_, plan) = graph.event(&["user_id:u1", "ext.crm:2"], &rules);
         assert_eq!(plan.refusals[0].rule, "at most 1 ext.crm per profile");
+    }
+
+    /// Each row: the rules' caps (external types, total), the identities already on the
+    /// profile of `user_id:u1`, the next event's identities, and the rules it refuses
+    /// (in the order resolution meets them).
+    #[test]
+    fn external_type_and_total_caps_table() {
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, usize, usize, &[&str], &[&str], &[&str])] = &[
+            (
+                "a new type within the type cap is attached",
+                2,
+                10,
+                &["ext.a:1"],
+                &["user_id:u1", "ext.b:1"],
+                &[],
+            ),
+            (
+                "a type beyond the cap is refused, another of a held type is not",
+                2,
+                10,
+                &["ext.a:1", "ext.b:1"],
+                &["user_id:u1", "ext.c:1", "ext.a:2"],
+                &["at most 2 external id types per profile"],
+            ),
+            (
+                "every type beyond the cap is refused by the same rule",
+                1,
+                10,
+                &["ext.a:1"],
+                &["user_id:u1", "ext.b:1", "ext.c:1", "ext.d:1"],
+                &[
+                    "at most 1 external id types per profile",
+                    "at most 1 external id types per profile",
+                    "at most 1 external id types per profile",
+                ],
+            ),
+            (
+                "the total cap refuses any class once reached",
+                16,
+                3,
+                &["email:a@x.io", "anonymous_id:a1"],
+                &["user_id:u1", "anonymous_id:a2", "phone:5550100"],
+                &[
+                    "at most 3 identities per profile",
+                    "at most 3 identities per profile",
+                ],
+            ),
+            (
+                "identities already held never count twice",
+                16,
+                3,
+                &["email:a@x.io", "anonymous_id:a1"],
+                &["user_id:u1", "email:a@x.io", "anonymous_id:a1"],
+                &[],
+            ),
+        ];
+        for (name, types_max, total_max, held, event, want) in cases {
+            let rules = MergeRules {
+                external_types_max: *types_max,
+                identities_max: *total_max,
+                ..MergeRules::default()
+            };
+            let mut graph = Graph::default();
+            let mut first = vec!["user_id:u1"];
+            first.extend_from_slice(held);
+            graph.event(&first, &MergeRules::default());
+            let (_, plan) = graph.event(event, &rules);
+            let rules_hit: Vec<&str> = plan.refusals.iter().map(|r| r.rule.as_str()).collect();
+            assert_eq!(rules_hit, *want, "{name}");
+            let owner = graph.owner(&parse("user_id:u1")).expect("owned");
+            let held = graph.identities_of(owner);
+            assert!(
+                held.len() <= *total_max,
+                "{name}: {} identities",
+                held.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_merge_that_would_pass_the_total_cap_is_refused() {
+        let rules = MergeRules {
+            identities_max: 3,
+            ..MergeRules::default()
+        };
+        let mut graph = Graph::default();
+        let (user, _) = graph.event(&["user_id:u1", "anonymous_id:a1"], &rules);
+        let (other, _) = graph.event(&["anonymous_id:a2", "anonymous_id:a3"], &rules);
+        let (target, plan) = graph.event(&["user_id:u1", "anonymous_id:a2"], &rules);
+        assert_eq!(target, user);
+        assert!(plan.merge.is_empty(), "4 identities would break the cap");
+        assert_eq!(plan.refusals.len(), 1);
+        assert_eq!(plan.refusals[0].other_profile, Some(other));
+        assert_eq!(plan.refusals[0].rule, "at most 3 identities per profile");
     }
 }

@@ -14,7 +14,9 @@
 //! - `properties`, `traits`, `context` and `integrations` must be objects when present.
 //! - timestamps are ISO-8601 / RFC 3339. When `sentAt` is known, the event time is
 //!   corrected for the client's clock skew:
-//!   `timestamp = receivedAt − (sentAt − originalTimestamp)`.
+//!   `timestamp = receivedAt − (sentAt − originalTimestamp)`. The corrected time must lie
+//!   between 2000-01-01 and the receive time plus `timestamp_future_ms_max`
+//!   (`timestamp_out_of_range` otherwise; see [`super::time`] for why).
 //! - batch-level `context` and `integrations` are merged into each item (item keys win).
 
 use serde_json::{Map, Value};
@@ -23,6 +25,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::event::{Event, MessageType};
 use super::identity::{Blocklist, IdKind, Identity, valid_external_type};
+use super::time::timestamp_problem;
 
 /// Longest `messageId` accepted, in bytes.
 pub const MESSAGE_ID_BYTES_MAX: usize = 256;
@@ -67,6 +70,9 @@ pub struct Envelope<'a> {
     pub sent_at: Option<&'a Value>,
     /// Junk identity values.
     pub blocklist: &'a Blocklist,
+    /// How far past `received_at_ms` the corrected event time may lie, ms
+    /// (`limits.timestamp_future_ms_max`).
+    pub timestamp_future_ms_max: i64,
 }
 
 /// Validates and normalises one message. `new_message_id` is called only when the
@@ -119,6 +125,13 @@ pub fn normalize(
     let name = required_name(&body, kind)?;
     let (identities, previous_id) = identities(&body, kind, envelope.blocklist)?;
     let timestamp_ms = corrected_timestamp(&body, envelope)?;
+    if let Some(problem) = timestamp_problem(
+        timestamp_ms,
+        envelope.received_at_ms,
+        envelope.timestamp_future_ms_max,
+    ) {
+        return Err(Rejection::new("timestamp_out_of_range", problem));
+    }
     let traits_json = profile_traits(&body, kind);
 
     body.remove("writeKey");
@@ -420,6 +433,7 @@ mod tests {
     use super::*;
 
     const RECEIVED: i64 = 1_764_000_000_000;
+    const HOUR_MS: i64 = 3_600_000;
 
     fn run(raw: Value, implied: Option<MessageType>) -> Result<Event, Rejection> {
         let blocklist = Blocklist::default();
@@ -431,6 +445,7 @@ mod tests {
             integrations: None,
             sent_at: None,
             blocklist: &blocklist,
+            timestamp_future_ms_max: HOUR_MS,
         };
         normalize(raw, &envelope, || "generated".into())
     }
@@ -528,6 +543,30 @@ mod tests {
                 "invalid_timestamp",
             ),
             (
+                json!({"userId": "u1", "timestamp": "9999-12-31T23:59:59Z"}),
+                Some(Identify),
+                "timestamp_out_of_range",
+            ),
+            (
+                json!({"userId": "u1", "timestamp": "1970-01-01T00:00:00Z"}),
+                Some(Identify),
+                "timestamp_out_of_range",
+            ),
+            (
+                // The client's clock is a year ahead, but sentAt corrects it.
+                json!({"userId": "u1", "timestamp": "2026-11-24T15:59:00Z",
+                       "sentAt": "2026-11-24T16:00:00Z"}),
+                Some(Identify),
+                "ok",
+            ),
+            (
+                // Dated 2 h after its sentAt: corrected, still past the 1 h allowance.
+                json!({"userId": "u1", "timestamp": "2025-11-24T18:00:00Z",
+                       "sentAt": "2025-11-24T16:00:00Z"}),
+                Some(Identify),
+                "timestamp_out_of_range",
+            ),
+            (
                 json!(["not", "an", "object"]),
                 Some(Page),
                 "invalid_message",
@@ -585,6 +624,7 @@ mod tests {
             integrations: None,
             sent_at: None,
             blocklist: &blocklist,
+            timestamp_future_ms_max: HOUR_MS,
         };
         let raw = json!({
             "type": "identify", "userId": "u1", "anonymousId": "undefined",

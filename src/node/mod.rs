@@ -12,8 +12,8 @@
 //! Invariants:
 //! - **Nothing acknowledged is lost**: `submit` returns outcomes only after the batch is
 //!   committed (durable on a quorum) and applied.
-//! - **Bounded**: at most `inflight_events_max` events are admitted and unanswered; beyond
-//!   that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
+//! - **Bounded**: at most `inflight_events_max` events and `inflight_bytes_max` bytes of
+//!   event bodies are admitted and unanswered; beyond that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
 //! - **Group commit**: while proposals are in flight, new submissions queue; the proposer
 //!   takes all of them (up to `commit_events_max`) into the next log entry. At most
 //!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight at once.
@@ -55,8 +55,13 @@ pub const COMMIT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum SubmitError {
     /// Too many events in flight; retry after a moment.
-    #[error("the node is at its in-flight limit of {limit} events; retry shortly")]
-    Overloaded { limit: usize },
+    #[error("the node is at its in-flight limit of {limit} {unit}; retry shortly")]
+    Overloaded {
+        /// The limit reached.
+        limit: usize,
+        /// What it counts: `events` or `bytes`.
+        unit: String,
+    },
     /// The node is shutting down; retry against another node or after restart.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -83,7 +88,10 @@ struct Proposal {
     events: Vec<Event>,
     /// Their admission: held until the proposal is committed or dropped (not merely until
     /// the submitter stops waiting), so what is queued stays bounded.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
     /// Forwarded by a follower: if this node is not the leader either, give up rather
     /// than forward again.
     forwarded: bool,
@@ -162,6 +170,9 @@ pub struct Node {
     queue: mpsc::UnboundedSender<Proposal>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
+    /// Admission by size, in KiB of event bodies (`limits.inflight_bytes_max`).
+    inflight_kib: Arc<Semaphore>,
+    inflight_kib_max: usize,
     shutting_down: AtomicBool,
     /// Set when Raft or the store hit a fatal error; the node reports itself not ready.
     failed: Arc<AtomicBool>,
@@ -197,13 +208,23 @@ impl Node {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded {
                 limit: self.inflight_max,
+                unit: "events".into(),
+            });
+        };
+        let bytes: usize = events.iter().map(|e| e.body_json.len()).sum();
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let Ok(bytes_permit) = Arc::clone(&self.inflight_kib).try_acquire_many_owned(kib) else {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Overloaded {
+                limit: self.inflight_kib_max * 1024,
+                unit: "bytes".into(),
             });
         };
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Proposal {
                 events,
-                _permit: permit,
+                _permit: (permit, bytes_permit),
                 forwarded,
                 reply,
             })

@@ -2,9 +2,14 @@
 //! postcard request and reply. Shared by the write path (forwarded proposals and
 //! commands) and the read path (read indexes).
 //!
-//! Every failure to get an answer — no address, a transport error, a plain-text refusal
-//! (partitioned, wrong cluster key), an undecodable reply — is [`SubmitError::NoLeader`]:
-//! the caller may retry once leadership settles, and nothing was done on its behalf.
+//! A failure to get an answer is [`SubmitError::NoLeader`] — the caller may retry once
+//! leadership settles, and nothing was done on its behalf — when the request cannot have
+//! taken effect: no address, no connection, a plain-text refusal (partitioned, wrong
+//! cluster key), or any failure of a request without effects (a read index). For a write
+//! ([`Peer::call_write`]) that was sent and then lost — a timeout, a connection dropped
+//! mid-reply, an undecodable reply — the leader may have committed it: that is
+//! [`SubmitError::Unknown`], so the client learns to retry with the same messageIds
+//! instead of being told nothing was stored.
 
 use std::time::Duration;
 
@@ -39,8 +44,8 @@ pub(super) struct Peer<'a> {
 }
 
 impl Peer<'_> {
-    /// POSTs `body` to `path` on `leader` and decodes its postcard reply. Transport errors
-    /// and plain-text refusals (partitioned, wrong cluster key) become `NoLeader`.
+    /// POSTs `body` to `path` on `leader` and decodes its postcard reply, for requests
+    /// without effects: every failure becomes `NoLeader`.
     pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         leader: u64,
@@ -48,9 +53,43 @@ impl Peer<'_> {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<T, SubmitError> {
+        self.post(leader, path, body, timeout, false).await
+    }
+
+    /// Like [`Peer::call`], for a request that changes state on the leader (a forwarded
+    /// proposal or command): once it may have been delivered, a lost answer is `Unknown`.
+    pub async fn call_write<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, SubmitError> {
+        self.post(leader, path, body, timeout, true).await
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        writes: bool,
+    ) -> Result<T, SubmitError> {
         let url = leader_url(self.raft, leader)?;
         let unreachable =
             |e: String| SubmitError::NoLeader(format!("leader {leader} unreachable: {e}"));
+        // After the request may have reached the leader, a write's fate is unknown.
+        let lost = |e: String| {
+            if writes {
+                SubmitError::Unknown(format!(
+                    "forwarded to leader {leader}, but its answer was lost ({e}); the events may \
+                     or may not be stored: retry with the same messageIds"
+                ))
+            } else {
+                unreachable(e)
+            }
+        };
         let response = self
             .http
             .post(format!("{url}{path}"))
@@ -60,18 +99,21 @@ impl Peer<'_> {
             .body(body)
             .send()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| {
+                if e.is_connect() || e.is_builder() {
+                    unreachable(e.to_string())
+                } else {
+                    lost(e.to_string())
+                }
+            })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(|e| lost(e.to_string()))?;
         if !status.is_success() {
             return Err(unreachable(format!(
                 "{status}: {}",
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        postcard::from_bytes(&bytes).map_err(|e| unreachable(e.to_string()))
+        postcard::from_bytes(&bytes).map_err(|e| lost(e.to_string()))
     }
 }

@@ -15,11 +15,16 @@
 //!    either in flight or in the store's index when the next group looks.
 //! 3. **Store.** The rest are looked up in the applied dedup index.
 //! 4. What is new is encoded once into a block ([`EncodedBlock`]) and proposed.
+//!
+//! Each group is stamped with a batch time by [`BatchClock`]: the wall clock, but never
+//! running ahead of the time that really passed (monotonic) by more than
+//! `limits.clock_step_ms_max`, so a wall clock that leaps cannot expire dedup entries or
+//! retention early through the state clock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -28,6 +33,7 @@ use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
 use crate::cluster::{Command, CommandResult, Raft};
 use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
+use crate::model::time::BatchClock;
 use crate::store::Store;
 use crate::store::dedup::Seen;
 use crate::store::tables::dedup_hash;
@@ -47,6 +53,8 @@ pub(super) struct Context {
     pub http: reqwest::Client,
     pub cluster_key: String,
     pub commit_events_max: usize,
+    /// How far batch times may run ahead of elapsed time (`limits.clock_step_ms_max`).
+    pub clock_step_ms_max: i64,
     pub stats: Arc<Stats>,
     pub failed: Arc<AtomicBool>,
     /// The term whose earlier entries this leader is known to have applied.
@@ -84,7 +92,8 @@ impl GroupOutcome {
 pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let context = Arc::new(context);
     let slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
-    let mut last_time_ms = 0_i64;
+    let mut clock = BatchClock::new(context.clock_step_ms_max);
+    let started = Instant::now();
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before draining: the group grows while entries are in
         // flight, which is what makes concurrent requests share a commit.
@@ -112,14 +121,23 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         if group.is_empty() {
             continue;
         }
-        last_time_ms = last_time_ms.max(now_ms());
+        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let time_ms = clock.stamp(now_ms(), elapsed_ms, state_clock_ms(&context.store));
         let context = Arc::clone(&context);
-        let time_ms = last_time_ms;
         tokio::spawn(async move {
             let _slot = slot;
             commit_group(&context, group, time_ms).await;
         });
     }
+}
+
+/// The state clock as last applied (0, and a warning, if the store cannot say: the batch
+/// clock then bounds stamps by its own last stamp and elapsed time).
+fn state_clock_ms(store: &Store) -> i64 {
+    store.reader().clock_ms().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the state clock to bound the batch time");
+        0
+    })
 }
 
 fn body_bytes(events: &[Event]) -> usize {
@@ -414,7 +432,12 @@ pub(super) async fn execute(
             self_id: cluster.id,
         };
         return peer
-            .call::<Result<(), SubmitError>>(leader, "/internal/command", body, FORWARD_TIMEOUT)
+            .call_write::<Result<(), SubmitError>>(
+                leader,
+                "/internal/command",
+                body,
+                FORWARD_TIMEOUT,
+            )
             .await?;
     }
     match raft.client_write(command).await {
@@ -448,7 +471,7 @@ async fn forward(
         cluster_key: &context.cluster_key,
         self_id: context.self_id,
     };
-    peer.call::<Result<Vec<EventOutcome>, SubmitError>>(
+    peer.call_write::<Result<Vec<EventOutcome>, SubmitError>>(
         leader,
         "/internal/propose",
         body,

@@ -64,8 +64,15 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     format::check_or_stamp(&dir)?;
     let log_dir = dir.join("log");
     let log = {
+        let intact_through = if log_dir.exists() {
+            crate::cluster::log_store::committed_index_in(&log_dir)
+                .map_err(data_dir_error(&log_dir))?
+        } else {
+            None
+        };
         let options = LogOptions {
             segment_bytes_max: config.storage.segment_mb << 20,
+            intact_through,
             ..LogOptions::new(log_dir.clone())
         };
         tokio::task::spawn_blocking(move || Log::open(options))
@@ -128,6 +135,15 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     let network = Network::new(id, &cluster_key, Arc::clone(&faults))
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    {
+        let machine = state_machine.clone();
+        tokio::task::spawn_blocking(move || machine.finish_interrupted_install())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map_err(|e| {
+                NodeError::Raft(format!("completing an interrupted snapshot install: {e}"))
+            })?;
+    }
     // Raft owns the state machine; this handle shares it, to attach the services later.
     let services_slot = state_machine.clone();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
@@ -180,6 +196,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         http: http.clone(),
         cluster_key: cluster_key.clone(),
         commit_events_max: config.limits.commit_events_max,
+        clock_step_ms_max: config.limits.clock_step_ms_max,
         stats: Arc::clone(&stats),
         failed: Arc::clone(&failed),
         verified_term: std::sync::atomic::AtomicU64::new(0),
@@ -204,6 +221,10 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         queue,
         inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),
         inflight_max: config.limits.inflight_events_max,
+        inflight_kib: Arc::new(Semaphore::new(
+            config.limits.inflight_bytes_max.div_ceil(1024),
+        )),
+        inflight_kib_max: config.limits.inflight_bytes_max.div_ceil(1024),
         shutting_down: AtomicBool::new(false),
         failed,
         stats,

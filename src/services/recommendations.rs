@@ -352,6 +352,8 @@ mod tests {
                     rules: crate::model::resolve::MergeRules::default(),
                     dedup_window_ms: 86_400_000,
                     retention_ms: 86_400_000,
+                    audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+                    clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
                 },
             )
             .expect("store");

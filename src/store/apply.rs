@@ -5,8 +5,14 @@
 //!   never on a clock, randomness, hash-map iteration order or the node it runs on;
 //! - every entry of one [`Applier`] lands in one write batch, together with the new
 //!   applied index, so a crash leaves either all of them or none;
-//! - the state clock never goes backwards: it is `max(clock, block.time_ms)`, so a leader
-//!   with a slow clock cannot un-expire dedup entries or resurrect retention.
+//! - the state clock never goes backwards and moves forward by at most
+//!   `clock_step_ms_max` per entry ([`next_clock_ms`]): a leader with a slow clock cannot
+//!   un-expire dedup entries or resurrect retention, and one whose clock leapt ahead (or a
+//!   forged entry) cannot expire the dedup window or retention early by more than a step
+//!   per entry. The leader's stamps are bounded too (`crate::model::time::BatchClock`);
+//! - every profile's audit trail is bounded: a refusal is recorded once per profile and
+//!   kind, and at most `audit_records_max` records are kept per profile id (the oldest go,
+//!   counted in the profile) — see [`crate::model::audit`].
 //!
 //! How it stays cheap (the write path's budget is a few microseconds per event): an entry
 //! carries only new events (the leader screened duplicates, see [`super::dedup`]), so
@@ -26,12 +32,14 @@ use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
 use super::hot::{Changes, HotCache};
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
+use crate::model::audit::RefusalKind;
 use crate::model::block::{EventMeta, Head};
 use crate::model::command::SegmentDef;
 use crate::model::event::EventOutcome;
 use crate::model::identity::{IdKind, Identity};
-use crate::model::profile::Profile;
+use crate::model::profile::{Profile, TRAITS_MAX};
 use crate::model::resolve::{self, IdentityGraph, MergeRules, Plan, Target};
+use crate::model::time::next_clock_ms;
 
 /// A change to a segment definition.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +59,10 @@ pub struct ApplySettings {
     pub dedup_window_ms: i64,
     /// How long events are kept, ms.
     pub retention_ms: i64,
+    /// Most audit (merge history) records kept under one profile id.
+    pub audit_records_max: usize,
+    /// Most one log entry may move the state clock forward, ms (see [`next_clock_ms`]).
+    pub clock_step_ms_max: i64,
 }
 
 /// Most feed records examined for retention per entry, beyond two per applied event.
@@ -137,7 +149,11 @@ impl<'a> Applier<'a> {
         head: &Head,
     ) -> Result<Vec<EventOutcome>, StoreError> {
         self.advance(log_index)?;
-        self.counters.clock_ms = self.counters.clock_ms.max(head.time_ms);
+        self.counters.clock_ms = next_clock_ms(
+            self.counters.clock_ms,
+            head.time_ms,
+            self.settings.clock_step_ms_max,
+        );
         let mut outcomes = Vec::with_capacity(head.events.len());
         let mut records = Vec::with_capacity(head.events.len());
         for (ordinal, event) in head.events.iter().enumerate() {
@@ -180,7 +196,7 @@ impl<'a> Applier<'a> {
             match profile {
                 Some(profile) => {
                     self.batch
-                        .insert(&ks.profiles, u64_bytes(id), encode(&profile));
+                        .insert(&ks.profiles, u64_bytes(id), encode_profile(&profile));
                     changes.profiles.push((id, Some(profile)));
                 }
                 None => {
@@ -215,7 +231,8 @@ impl<'a> Applier<'a> {
         let graph = self.graph_for(&identities)?;
         let plan = resolve::resolve(&identities, &graph, &self.settings.rules);
         let profile_id = self.carry_out(&plan, event, records)?;
-        self.profile_mut(profile_id)?.observe(event);
+        let dropped = self.profile_mut(profile_id)?.observe(event, seq);
+        self.traits_dropped(profile_id, event, dropped)?;
         let ks = self.ks;
         self.batch.insert(
             &ks.profile_events,
@@ -328,12 +345,48 @@ impl<'a> Applier<'a> {
                 other_profile: refusal.other_profile,
                 rule: refusal.rule.clone(),
             };
-            self.record(target, event, record.clone());
-            if let Some(other) = refusal.other_profile {
-                self.record(other, event, record);
+            let kind = |other| RefusalKind {
+                rule: refusal.rule.clone(),
+                other_profile: other,
+            };
+            if self.admit_refusal(target, kind(refusal.other_profile))? {
+                self.record(target, event, record.clone())?;
+            }
+            if let Some(other) = refusal.other_profile
+                && self.admit_refusal(other, kind(Some(target)))?
+            {
+                self.record(other, event, record)?;
             }
         }
         Ok(target)
+    }
+
+    /// Whether a refusal of `kind` is to be recorded on `profile` (the first of its kind).
+    fn admit_refusal(&mut self, profile: u64, kind: RefusalKind) -> Result<bool, StoreError> {
+        let cap = self.settings.audit_records_max;
+        Ok(self.profile_mut(profile)?.audit.admit_refusal(kind, cap))
+    }
+
+    /// Records, once per profile, that trait keys were dropped because it was full.
+    fn traits_dropped(
+        &mut self,
+        profile: u64,
+        event: &EventMeta,
+        dropped: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let rule = format!("at most {TRAITS_MAX} trait keys per profile");
+        let kind = RefusalKind {
+            rule: rule.clone(),
+            other_profile: None,
+        };
+        if !self.admit_refusal(profile, kind)? {
+            return Ok(());
+        }
+        let action = MergeAction::traits_dropped(profile, &dropped, rule);
+        self.record(profile, event, action)
     }
 
     /// Merges `loser` into `target`. The loser's event index and audit trail stay under
@@ -373,13 +426,14 @@ impl<'a> Applier<'a> {
             linked_by,
             identities: absorbed.identities.clone(),
         };
-        self.profile_mut(target)?.absorb(absorbed);
+        let cap = self.settings.audit_records_max;
+        let dropped = self.profile_mut(target)?.absorb(absorbed, cap);
         records.push(FeedRecord::Merged {
             into: target,
             from: loser,
         });
-        self.record(target, event, action);
-        Ok(())
+        self.record(target, event, action)?;
+        self.traits_dropped(target, event, dropped)
     }
 
     /// Appends an entry's records to the change feed (nothing for an entry without any).
@@ -420,7 +474,13 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn record(&mut self, profile: u64, event: &EventMeta, action: MergeAction) {
+    /// Writes an audit record under `profile` and removes the oldest ones past the cap.
+    fn record(
+        &mut self,
+        profile: u64,
+        event: &EventMeta,
+        action: MergeAction,
+    ) -> Result<(), StoreError> {
         let seq = self.counters.next_merge;
         self.counters.next_merge += 1;
         let record = MergeRecord {
@@ -429,8 +489,14 @@ impl<'a> Applier<'a> {
             source: event.source.clone(),
             action,
         };
+        let ks = self.ks;
         self.batch
-            .insert(&self.ks.merges, pair_key(profile, seq), encode(&record));
+            .insert(&ks.merges, pair_key(profile, seq), encode(&record));
+        let cap = self.settings.audit_records_max;
+        for old in self.profile_mut(profile)?.audit.keep(seq, cap) {
+            self.batch.remove(&ks.merges, pair_key(profile, old));
+        }
+        Ok(())
     }
 
     fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
@@ -443,7 +509,7 @@ impl<'a> Applier<'a> {
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("identity points at missing profile {id}"))
             })?;
-        decode(&bytes, PROFILES)
+        decode_profile(&bytes)
     }
 
     fn profile_mut(&mut self, id: u64) -> Result<&mut Profile, StoreError> {

@@ -30,6 +30,8 @@
 //! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+#[cfg(test)]
+mod bounds_tests;
 pub mod dedup;
 pub mod direct;
 pub mod entry;

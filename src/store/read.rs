@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
             .snapshot
             .get(&self.ks.profiles, u64_bytes(id))?
             .ok_or_else(|| StoreError::Corrupt(format!("missing profile {id}")))?;
-        decode(&bytes, PROFILES)
+        decode_profile(&bytes)
     }
 
     /// The `(seq, value)` entries of a per-profile keyspace for `profile` and every
@@ -274,7 +274,7 @@ impl<'a> Reader<'a> {
     fn check_graph(&self) -> Result<(), Violation> {
         let live = |id: u64| -> Result<Option<Profile>, Violation> {
             match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
-                Some(bytes) => Ok(Some(decode(&bytes, PROFILES)?)),
+                Some(bytes) => Ok(Some(decode_profile(&bytes)?)),
                 None => Ok(None),
             }
         };
@@ -294,7 +294,7 @@ impl<'a> Reader<'a> {
         for guard in self.snapshot.iter(&self.ks.profiles) {
             let (id, bytes) = guard.into_inner()?;
             let id = read_u64(&id, PROFILES)?;
-            let profile: Profile = decode(&bytes, PROFILES)?;
+            let profile: Profile = decode_profile(&bytes)?;
             for identity in &profile.identities {
                 let owner = match self.snapshot.get(&self.ks.identities, identity.key())? {
                     Some(bytes) => Some(read_u64(&bytes, IDENTITIES)?),
@@ -496,7 +496,7 @@ impl Reader<'_> {
     /// The profile with this id, or `None` if there is none (merged away or never made).
     pub fn find_profile(&self, id: u64) -> Result<Option<Profile>, StoreError> {
         match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
-            Some(bytes) => Ok(Some(decode(&bytes, PROFILES)?)),
+            Some(bytes) => Ok(Some(decode_profile(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -557,7 +557,7 @@ impl Reader<'_> {
             .take(limit)
         {
             let (_, value) = guard.into_inner()?;
-            out.push(decode(&value, PROFILES)?);
+            out.push(decode_profile(&value)?);
         }
         Ok(out)
     }

@@ -222,6 +222,7 @@ impl Store {
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
+        crate::crash::point("snapshot-install:store-cleared");
         let keyspaces = self.ks.state();
         let mut reader = SnapshotReader::new(input)?;
         let mut batch = self.db.batch();
@@ -234,6 +235,7 @@ impl Store {
             in_batch += 1;
             if in_batch == IMPORT_BATCH_RECORDS {
                 batch.commit()?;
+                crate::crash::point("snapshot-install:store-partial");
                 batch = self.db.batch();
                 in_batch = 0;
             }

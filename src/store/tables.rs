@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::event::MessageType;
 use crate::model::identity::Identity;
+use crate::model::profile::{Profile, TraitValue};
 
 /// State counters and positions (see the `META_*` keys) → u64.
 pub const META: &str = "meta";
@@ -26,12 +27,13 @@ pub const META: &str = "meta";
 pub const PROFILE_EVENTS: &str = "profile_events";
 /// Identity key (`kind:value`) → owning profile id.
 pub const IDENTITIES: &str = "identities";
-/// Profile id → postcard [`crate::model::profile::Profile`].
+/// Profile id → a [`crate::model::profile::Profile`], see [`encode_profile`].
 pub const PROFILES: &str = "profiles";
 /// Merged-away profile id → the profile it was merged into.
 pub const REDIRECTS: &str = "redirects";
 /// (profile id, merge seq) → postcard [`MergeRecord`]; the audit trail of a profile (like
-/// the event index, never moved by a merge).
+/// the event index, never moved by a merge), at most `identity.max_audit_records` per
+/// profile id (see [`crate::model::audit`]).
 pub const MERGES: &str = "merges";
 /// 16-byte [`dedup_hash`] of (source, messageId) → state clock when stored (i64
 /// big-endian) ++ the event's seq (u64 big-endian): the idempotency index. An entry older
@@ -239,6 +241,112 @@ pub enum MergeAction {
         other_profile: Option<u64>,
         rule: String,
     },
+    /// `profile` was full, so trait keys were dropped: the first time, with some of the
+    /// keys (at most [`DROPPED_KEYS_RECORDED_MAX`], each cut to
+    /// [`DROPPED_KEY_BYTES_MAX`]); later drops are only counted on the profile.
+    TraitsDropped {
+        profile: u64,
+        keys: Vec<String>,
+        rule: String,
+    },
+}
+
+/// Most dropped trait keys named in one [`MergeAction::TraitsDropped`] record.
+pub const DROPPED_KEYS_RECORDED_MAX: usize = 8;
+/// Longest dropped trait key named in a record, bytes (longer ones are cut).
+pub const DROPPED_KEY_BYTES_MAX: usize = 64;
+
+impl MergeAction {
+    /// The record of `dropped` trait keys on `profile`, naming a bounded few of them.
+    pub fn traits_dropped(profile: u64, dropped: &[String], rule: String) -> MergeAction {
+        let keys = dropped
+            .iter()
+            .take(DROPPED_KEYS_RECORDED_MAX)
+            .map(|key| {
+                let mut end = key.len().min(DROPPED_KEY_BYTES_MAX);
+                while !key.is_char_boundary(end) {
+                    end -= 1;
+                }
+                key[..end].to_owned()
+            })
+            .collect();
+        MergeAction::TraitsDropped {
+            profile,
+            keys,
+            rule,
+        }
+    }
+}
+
+/// The first byte of a profile record in the current layout, followed by
+/// [`PROFILE_LAYOUT`]. A record without it is in the first layout (no trait seqs, no audit
+/// bookkeeping), which began with the profile id as a postcard varint: never 0, since
+/// profile ids start at 1 — so the two cannot be confused.
+const PROFILE_TAG: u8 = 0;
+/// The current profile layout: trait values carry their event's seq, and the profile its
+/// audit bookkeeping.
+const PROFILE_LAYOUT: u8 = 2;
+
+/// Encodes a profile record: [`PROFILE_TAG`], [`PROFILE_LAYOUT`], then postcard.
+pub fn encode_profile(profile: &Profile) -> Vec<u8> {
+    let mut bytes = vec![PROFILE_TAG, PROFILE_LAYOUT];
+    bytes.extend(encode(profile));
+    bytes
+}
+
+/// Decodes a profile record in either layout (the first one upgraded on the way: trait
+/// seqs 0, empty audit bookkeeping).
+pub fn decode_profile(bytes: &[u8]) -> Result<Profile, super::StoreError> {
+    match bytes {
+        [PROFILE_TAG, PROFILE_LAYOUT, rest @ ..] => decode(rest, PROFILES),
+        [PROFILE_TAG, layout, ..] => Err(super::StoreError::Corrupt(format!(
+            "{PROFILES}: unknown profile layout {layout} (this build reads {PROFILE_LAYOUT})"
+        ))),
+        _ => decode::<ProfileLayout1>(bytes, PROFILES).map(ProfileLayout1::upgrade),
+    }
+}
+
+/// The first profile layout, read from stores written before trait seqs and audit
+/// bookkeeping (never written any more).
+#[derive(Deserialize)]
+struct ProfileLayout1 {
+    id: u64,
+    identities: Vec<Identity>,
+    traits: std::collections::BTreeMap<String, TraitValueLayout1>,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    counts: [u64; 6],
+    merged_ids: Vec<u64>,
+}
+
+/// A trait value of [`ProfileLayout1`].
+#[derive(Deserialize)]
+struct TraitValueLayout1 {
+    json: String,
+    timestamp_ms: i64,
+}
+
+impl ProfileLayout1 {
+    fn upgrade(self) -> Profile {
+        let mut profile = Profile::new(self.id, self.identities);
+        profile.traits = self
+            .traits
+            .into_iter()
+            .map(|(key, value)| {
+                let value = TraitValue {
+                    json: value.json,
+                    timestamp_ms: value.timestamp_ms,
+                    seq: 0,
+                };
+                (key, value)
+            })
+            .collect();
+        profile.first_seen_ms = self.first_seen_ms;
+        profile.last_seen_ms = self.last_seen_ms;
+        profile.counts = self.counts;
+        profile.merged_ids = self.merged_ids;
+        profile
+    }
 }
 
 /// Encodes a record.

@@ -14,20 +14,28 @@ use crate::model::identity::{Blocklist, Identity};
 use crate::model::resolve::MergeRules;
 use crate::model::validate::{Envelope, normalize};
 
-const DAY_MS: i64 = 86_400_000;
-const T0: i64 = 1_764_000_000_000;
+pub(super) const DAY_MS: i64 = 86_400_000;
+pub(super) const T0: i64 = 1_764_000_000_000;
+
+/// The settings these scenarios run with.
+pub(super) fn settings() -> ApplySettings {
+    ApplySettings {
+        rules: MergeRules::default(),
+        dedup_window_ms: DAY_MS,
+        retention_ms: 30 * DAY_MS,
+        audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+        // These scenarios leap days in one entry to exercise expiry; the step bound has
+        // its own test (`bounds_tests`).
+        clock_step_ms_max: 400 * DAY_MS,
+    }
+}
 
 fn open(dir: &Path, name: &str) -> Store {
-    Store::open_in(
-        &dir.join(name),
-        16 << 20,
-        ApplySettings {
-            rules: MergeRules::default(),
-            dedup_window_ms: DAY_MS,
-            retention_ms: 30 * DAY_MS,
-        },
-    )
-    .expect("open store")
+    open_with(dir, name, settings())
+}
+
+pub(super) fn open_with(dir: &Path, name: &str, settings: ApplySettings) -> Store {
+    Store::open_in(&dir.join(name), 16 << 20, settings).expect("open store")
 }
 
 fn event(raw: Value, received_at_ms: i64) -> Event {
@@ -40,17 +48,18 @@ fn event(raw: Value, received_at_ms: i64) -> Event {
         integrations: None,
         sent_at: None,
         blocklist: &blocklist,
+        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
     };
     normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
 }
 
 /// A group of events proposed at `time_ms`.
-struct Batch {
+pub(super) struct Batch {
     time_ms: i64,
     events: Vec<Event>,
 }
 
-fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
+pub(super) fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
     Batch {
         time_ms,
         events: events.into_iter().map(|raw| event(raw, time_ms)).collect(),
@@ -58,11 +67,11 @@ fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
 }
 
 /// Commits `batch` as the next log entry, as a leader would.
-fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
+pub(super) fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
     direct::commit_events(store, batch.events.clone(), batch.time_ms).expect("commit")
 }
 
-fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
+pub(super) fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
     let identity = Identity::parse_key(key, &Blocklist::default()).expect("key");
     store
         .reader()

@@ -131,6 +131,35 @@ impl TestCluster {
         self.urls[&id].clone()
     }
 
+    /// Like [`TestCluster::spawn_joining`], with extra environment for this start only
+    /// (a restart goes without it).
+    pub fn spawn_joining_with_env(
+        &mut self,
+        id: u64,
+        region: &str,
+        env: &[(&str, &str)],
+    ) -> String {
+        let saved = self.extra_env.clone();
+        self.extra_env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let url = self.spawn_joining(id, region);
+        self.extra_env = saved;
+        url
+    }
+
+    /// Whether node `id`'s process has exited.
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        self.nodes.get_mut(&id).is_none_or(NodeProcess::has_exited)
+    }
+
+    /// What node `id` wrote to stderr so far.
+    pub fn stderr(&self, id: u64) -> String {
+        self.nodes
+            .get(&id)
+            .map(NodeProcess::stderr)
+            .unwrap_or_default()
+    }
+
     /// Kills node `id` with SIGKILL.
     pub fn kill9(&mut self, id: u64) {
         if let Some(mut node) = self.nodes.remove(&id) {

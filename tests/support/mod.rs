@@ -137,6 +137,14 @@ impl NodeProcess {
         }
     }
 
+    /// Whether the process has exited (it crashed, or was told to stop).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -180,6 +188,45 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `tandem node` with `env` and returns its exit code and stderr, killing it if it
+/// is still running after `deadline` (then the code is `None`).
+pub fn run_node_expecting_exit(
+    dir: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> (Option<i32>, String) {
+    let stderr_path = dir.join("expected-exit.stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut command = Command::new(binary());
+    command
+        .args(["node", "--listen", "127.0.0.1:0", "--write-key", WRITE_KEY])
+        .args(["--admin-key", ADMIN_KEY, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn");
+    let end = Instant::now() + deadline;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        code,
+        std::fs::read_to_string(stderr_path).unwrap_or_default(),
+    )
 }
 
 /// The status of a plain blocking `GET url` (HTTP/1.0 over loopback), `None` on any error.

@@ -1,0 +1,282 @@
+//! Hostile input against a real node: requests built to make one small body expensive,
+//! peer routes called by outsiders, and secrets handed over carelessly. Each must get a
+//! clear JSON refusal or bounded treatment, with the node ready throughout and a keyed
+//! small write still succeeding afterwards.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{ADMIN_KEY, NodeProcess, WRITE_KEY, client, get, post, send};
+
+/// The cluster key the peer-route tests configure.
+const CLUSTER_KEY: &str = "hostile-test-cluster-key";
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// Peak resident memory of a process, from `/proc` (Linux), in bytes.
+fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+async fn events_stored(url: &str) -> u64 {
+    let status = get(url, "/v1/admin/status").await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    status.body["counts"]["events_approx"]
+        .as_u64()
+        .expect("counts.events_approx")
+}
+
+/// A small write with the test key must still be accepted.
+async fn assert_small_write_succeeds(url: &str, tag: &str) {
+    let reply = post(
+        url,
+        "/v1/track",
+        &json!({"userId": format!("canary-{tag}"), "event": "Canary", "messageId": format!("canary-{tag}")}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "canary write {tag}: {}", reply.body);
+}
+
+/// Sends a gzipped `/v1/batch` of `items` tiny items sharing `context`, and checks it is
+/// refused with 413 `request_too_large` naming `limit_name`, promptly, without a burst of
+/// memory, with nothing stored.
+async fn assert_amplification_refused(
+    node: &NodeProcess,
+    context: Value,
+    items: usize,
+    limit_name: &str,
+) {
+    let before = events_stored(&node.url).await;
+    let rss_before = peak_rss_bytes(node.pid());
+    let batch: Vec<Value> = (0..items)
+        .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "E"}))
+        .collect();
+    let body = gzip(
+        json!({"batch": batch, "context": context})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(
+        body.len() < 16 * 1024,
+        "the attack body is small: {}",
+        body.len()
+    );
+
+    let started = Instant::now();
+    let reply = send(
+        client()
+            .post(format!("{}/v1/batch", node.url))
+            .basic_auth(WRITE_KEY, Some(""))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(body),
+    )
+    .await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert_eq!(reply.code(), "request_too_large", "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(limit_name)),
+        "the refusal names {limit_name}: {}",
+        reply.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused promptly, not after building the events: {:?}",
+        started.elapsed()
+    );
+    if let (Some(before), Some(after)) = (rss_before, peak_rss_bytes(node.pid())) {
+        assert!(
+            after.saturating_sub(before) < 256 << 20,
+            "peak memory grew by {} MiB for one refused request",
+            (after - before) >> 20
+        );
+    }
+    assert_eq!(events_stored(&node.url).await, before, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_context_cannot_multiply_a_small_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[]);
+
+    // 300 KB of batch-level context and 2,500 tiny items: ~7 KB gzipped. Merged into each
+    // item it would be 750 MB of events; the shared part alone is over the event limit.
+    let context = json!({"library": {"name": "hostile"}, "padding": "x".repeat(300_000)});
+    assert_amplification_refused(&node, context, 2_500, "limits.event_bytes_max").await;
+    assert_small_write_succeeds(&node.url, "after-huge-context").await;
+
+    // Just under the event limit: each merged item is valid on its own, but 2,500 of them
+    // would be 75 MB; the request's total is bounded instead.
+    let context = json!({"padding": "z".repeat(30_000)});
+    assert_amplification_refused(&node, context, 2_500, "limits.request_events_bytes_max").await;
+    assert_small_write_succeeds(&node.url, "after-near-limit-context").await;
+    let live = get(&node.url, "/health/ready").await;
+    assert_eq!(live.status, 200, "{}", live.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_limit_holds_after_the_batch_context_is_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[]);
+    // Each item (14 KB) and the shared context (20 KB) are within the 32 KB event limit
+    // on their own; merged, each event is over it.
+    let context = json!({"padding": "y".repeat(20_000)});
+    let pad = "p".repeat(14_000);
+    let body = json!({
+        "context": context,
+        "batch": [
+            {"type": "track", "userId": "a", "event": "E", "messageId": "m-a", "properties": {"pad": pad}},
+            {"type": "identify", "userId": "b", "traits": {"plan": "pro", "pad": pad}, "messageId": "m-b"},
+        ],
+    });
+    let reply = post(&node.url, "/v1/batch", &body).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.code(), "no_valid_events", "{}", reply.body);
+    let rejected = reply.body["rejected"].as_array().expect("rejected list");
+    assert_eq!(rejected.len(), 2, "{}", reply.body);
+    for item in rejected {
+        assert_eq!(item["code"], "event_too_large", "{item}");
+        assert!(
+            item["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("batch-level context")),
+            "{item}"
+        );
+    }
+    // A shared context within the limit is still merged and accepted.
+    let small = json!({
+        "context": {"library": {"name": "analytics-node"}},
+        "batch": [{"type": "track", "userId": "c", "event": "E", "messageId": "m-c"}],
+    });
+    let reply = post(&node.url, "/v1/batch", &small).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 1, "{}", reply.body);
+}
+
+/// A POST to a peer route with `key` (if any) as the cluster key.
+async fn peer_post(url: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> (u16, String) {
+    let mut request = client()
+        .post(format!("{url}{path}"))
+        .header("x-tandem-from", "2")
+        .body(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_routes_refuse_outsiders_and_ingest_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[("TANDEM_CLUSTER__CLUSTER_KEY", CLUSTER_KEY)]);
+    let before = events_stored(&node.url).await;
+
+    // An ingest block with a time of the sender's choosing, encoded as a peer would.
+    let event = tandem::model::event::Event {
+        source: "default".into(),
+        message_id: "smuggled".into(),
+        kind: tandem::model::event::MessageType::Track,
+        name: "Smuggled".into(),
+        timestamp_ms: 253_402_300_799_000,
+        received_at_ms: 253_402_300_799_000,
+        identities: vec![
+            tandem::model::identity::Identity::new(
+                tandem::model::identity::IdKind::UserId,
+                "victim",
+                &tandem::model::identity::Blocklist::new(&[]),
+            )
+            .expect("identity"),
+        ],
+        previous_id: None,
+        traits_json: None,
+        body_json: r#"{"type":"track","event":"Smuggled"}"#.into(),
+    };
+    let block = tandem::model::block::EncodedBlock::encode(253_402_300_799_000, vec![event])
+        .expect("encode");
+    let command = tandem::cluster::Command::Ingest(block);
+    let bytes = postcard::to_stdvec(&command).expect("postcard");
+
+    for path in [
+        "/internal/command",
+        "/internal/propose",
+        "/internal/raft/snapshot",
+    ] {
+        for key in [
+            None,
+            Some("a-guessed-cluster-key"),
+            Some(WRITE_KEY),
+            Some(ADMIN_KEY),
+        ] {
+            let (status, text) = peer_post(&node.url, path, key, bytes.clone()).await;
+            assert_eq!(status, 401, "{path} with {key:?}: {text}");
+        }
+    }
+    let (status, text) = peer_post(&node.url, "/internal/command", Some(CLUSTER_KEY), bytes).await;
+    assert_eq!(status, 400, "an ingest through /internal/command: {text}");
+    assert!(text.contains("/internal/propose"), "{text}");
+
+    assert_eq!(events_stored(&node.url).await, before, "nothing was stored");
+    let live = get(&node.url, "/health/live").await;
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert_small_write_succeeds(&node.url, "after-peer-routes").await;
+}
+
+#[test]
+fn a_cluster_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{CLUSTER_KEY}\n")).expect("write key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let key_path = key_file.display().to_string();
+
+    let env = [("TANDEM_CLUSTER__CLUSTER_KEY_FILE", key_path.as_str())];
+    let (code, stderr) = support::run_node_expecting_exit(
+        dir.path(),
+        &dir.path().join("data"),
+        &env,
+        Duration::from_secs(30),
+    );
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the node must refuse to start (exit {code:?}); stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("chmod 600"),
+        "the message says what to do:\n{stderr}"
+    );
+
+    // Owner-only: it starts, and peers must present the key from the file.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let node = NodeProcess::start(&dir.path().join("ok"), &env);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (status, text) = peer_post(&node.url, "/internal/read-index", None, Vec::new()).await;
+        assert_eq!(status, 401, "{text}");
+        let (status, text) = peer_post(
+            &node.url,
+            "/internal/read-index",
+            Some(CLUSTER_KEY),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "the key from the file is the cluster key: {text}"
+        );
+    });
+}
