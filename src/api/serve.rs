@@ -19,11 +19,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{HeaderValue, Request, Version, header};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -198,12 +199,23 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = self.activity.request();
         let timeouts = self.timeouts;
-        let request = request.map(|body| Body::new(DeadlineBody::new(body, timeouts)));
+        let finished = Arc::new(AtomicBool::new(false));
+        let http1 = request.version() < Version::HTTP_2;
+        let body_finished = Arc::clone(&finished);
+        let request =
+            request.map(|body| Body::new(DeadlineBody::new(body, timeouts, body_finished)));
         let router = self.router.clone();
         Box::pin(async move {
-            let response = router.oneshot(request).await;
+            let mut response = router.oneshot(request).await?;
+            // Answered before its body was read (an unknown key, a declared size over the
+            // limit, a body too slow): the connection cannot carry another request, so say
+            // so, and the client will not reuse it while the node lingers over the rest.
+            if http1 && !finished.load(Ordering::Relaxed) {
+                let close = HeaderValue::from_static("close");
+                response.headers_mut().insert(header::CONNECTION, close);
+            }
             drop(guard);
-            response
+            Ok(response)
         })
     }
 }

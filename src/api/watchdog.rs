@@ -17,6 +17,13 @@
 //! waits (commits, read freshness). [`Activity`] is what the connection's IO wrapper
 //! ([`Watched`]) and request guards record; [`next_check`] is the pure rule the
 //! connection task applies to it.
+//!
+//! **Lingering close.** A reply sent before the body was read (401 for an unknown key, 413
+//! by `Content-Length`, 408) would be lost if the socket were closed while the client is
+//! still sending: unread bytes make the kernel reset the connection, and the client sees a
+//! broken pipe instead of the reply. So when the server closes, [`Watched`] half-closes
+//! (FIN after the reply), then reads and discards what still arrives — up to
+//! [`LINGER_MS`] and [`LINGER_BYTES_MAX`] — before the socket is dropped.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +42,13 @@ use crate::config::HttpConfig;
 
 /// `head_started_ms` when no request head is being received.
 const NO_HEAD: u64 = u64::MAX;
+
+/// Longest a closing connection keeps reading what the client still sends, ms.
+pub const LINGER_MS: u64 = 2_000;
+
+/// Most bytes a closing connection reads and discards (discarding costs no memory; the
+/// time limit is the real bound).
+pub const LINGER_BYTES_MAX: u64 = 256 << 20;
 
 /// The start of an HTTP/2 connection preface (`PRI * HTTP/2.0`).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -231,17 +245,51 @@ impl Drop for RequestGuard {
     }
 }
 
-/// An IO stream that records its reads and writes in an [`Activity`].
+/// An IO stream that records its reads and writes in an [`Activity`] and closes lingering
+/// (see the module doc).
 #[derive(Debug)]
 pub struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Set once our side is shut down: the end of lingering.
+    linger_until: Option<Pin<Box<Sleep>>>,
+    /// Bytes discarded while lingering.
+    lingered_bytes: u64,
 }
 
 impl<S> Watched<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, activity: Arc<Activity>) -> Watched<S> {
-        Watched { inner, activity }
+        Watched {
+            inner,
+            activity,
+            linger_until: None,
+            lingered_bytes: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
+    /// Reads and discards until the client closes, the linger time passes or the linger
+    /// bytes are used up.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0_u8; 4096];
+        while self.lingered_bytes < LINGER_BYTES_MAX {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.lingered_bytes += buf.filled().len() as u64;
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => {
+                    return match &mut self.linger_until {
+                        Some(until) => until.as_mut().poll(cx),
+                        None => Poll::Ready(()),
+                    };
+                }
+            }
+        }
+        Poll::Ready(())
     }
 }
 
@@ -260,7 +308,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,7 +342,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger_until.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let until = Instant::now() + Duration::from_millis(LINGER_MS);
+            this.linger_until = Some(Box::pin(tokio::time::sleep_until(until)));
+        }
+        this.poll_linger(cx).map(Ok)
     }
 }
 
@@ -333,12 +387,17 @@ pub struct DeadlineBody<B> {
     received: u64,
     timer: Pin<Box<Sleep>>,
     expired: bool,
+    /// Set once the whole body has been read (or there was none).
+    finished: Arc<AtomicBool>,
 }
 
-impl<B> DeadlineBody<B> {
-    /// `inner`, timed from now.
-    pub fn new(inner: B, timeouts: Timeouts) -> DeadlineBody<B> {
+impl<B: HttpBody> DeadlineBody<B> {
+    /// `inner`, timed from now; `finished` is set once it has been read to its end.
+    pub fn new(inner: B, timeouts: Timeouts, finished: Arc<AtomicBool>) -> DeadlineBody<B> {
         let started = Instant::now();
+        if inner.is_end_stream() {
+            finished.store(true, Relaxed);
+        }
         DeadlineBody {
             inner,
             timeouts,
@@ -346,6 +405,7 @@ impl<B> DeadlineBody<B> {
             received: 0,
             timer: Box::pin(tokio::time::sleep_until(timeouts.body_deadline(started, 0))),
             expired: false,
+            finished,
         }
     }
 }
@@ -371,10 +431,16 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                 }
+                if this.inner.is_end_stream() {
+                    this.finished.store(true, Relaxed);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.finished.store(true, Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let deadline = this.timeouts.body_deadline(this.started, this.received);
                 if this.timer.deadline() != deadline {
@@ -498,11 +564,13 @@ mod tests {
         let first = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(vec![0; 500]))]);
         let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
         let started = Instant::now();
-        let body = DeadlineBody::new(body, timeouts);
+        let finished = Arc::new(AtomicBool::new(false));
+        let body = DeadlineBody::new(body, timeouts, Arc::clone(&finished));
         let error = axum::body::to_bytes(axum::body::Body::new(body), usize::MAX)
             .await
             .expect_err("stalled");
         assert!(is_body_timeout(&error), "{error}");
+        assert!(!finished.load(Relaxed), "a timed-out body is not finished");
         let elapsed = started.elapsed();
         // 100 ms + 500 B at 10,000 B/s; the upper bound only guards against a hang.
         assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
