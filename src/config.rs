@@ -21,6 +21,12 @@ use crate::model::identity::IdClass;
 use crate::model::resolve::MergeRules;
 use crate::store::apply::ApplySettings;
 
+mod access;
+pub use access::{
+    CLIENT_KEY_CHARS_MIN, HttpConfig, KeyRole, NamedKey, PLACEHOLDER_KEY_PREFIX, Quota,
+    QuotasConfig, RoleKey,
+};
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,8 +35,12 @@ pub struct Config {
     pub node: NodeConfig,
     /// Keys for reading profiles and administering the node.
     pub auth: AuthConfig,
-    /// Event sources: each has a name and the write key its client libraries use.
+    /// Event sources: each has a name and the write keys its client libraries use.
     pub sources: Vec<SourceConfig>,
+    /// Timeouts and the connection cap of the client-facing listener.
+    pub http: HttpConfig,
+    /// The default per-source ingest quota.
+    pub quotas: QuotasConfig,
     /// Request and queue limits.
     pub limits: LimitsConfig,
     /// Dedup and retention.
@@ -61,6 +71,8 @@ impl Default for Config {
             node: NodeConfig::default(),
             auth: AuthConfig::default(),
             sources: Vec::new(),
+            http: HttpConfig::default(),
+            quotas: QuotasConfig::default(),
             limits: LimitsConfig::default(),
             ingest: IngestConfig::default(),
             identity: IdentityConfig::default(),
@@ -92,13 +104,28 @@ impl Default for NodeConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Key for admin endpoints; also reads profiles. Empty = admin endpoints disabled.
+    /// Key for admin endpoints (named `admin_key`); also reads profiles. Empty = none;
+    /// `[[auth.keys]]` may add more.
     pub admin_key: String,
-    /// Keys that may read profiles.
-    pub read_keys: Vec<String>,
+    /// Named read and admin keys (`[[auth.keys]]`); several per role allow rotation.
+    pub keys: Vec<RoleKey>,
+    /// Largest request body, bytes, when the write key is in the body rather than the
+    /// `Authorization` header; such bodies may not be gzipped either. Bounds what a sender
+    /// without a key can make the node read and parse.
+    pub body_key_request_bytes_max: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            admin_key: String::new(),
+            keys: Vec::new(),
+            body_key_request_bytes_max: 64 * 1024,
+        }
+    }
 }
 
 /// One `[[sources]]` entry.
@@ -107,8 +134,19 @@ pub struct AuthConfig {
 pub struct SourceConfig {
     /// Name, shown on stored events (`web`, `support-desk`, …).
     pub name: String,
-    /// The write key client libraries send.
+    /// A write key client libraries send (named `write_key`); may be empty when
+    /// `write_keys` has some.
+    #[serde(default)]
     pub write_key: String,
+    /// More write keys, each named; several at once allow rotation without downtime.
+    #[serde(default)]
+    pub write_keys: Vec<NamedKey>,
+    /// Sustained events per second on one node; unset = `quotas.events_per_sec`.
+    #[serde(default)]
+    pub events_per_sec: Option<u64>,
+    /// Burst above the sustained rate, events; unset = `quotas.burst_events`.
+    #[serde(default)]
+    pub burst_events: Option<u64>,
 }
 
 /// `[limits]`
@@ -312,7 +350,7 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// Shortest accepted key (write, read or admin).
+/// Shortest accepted cluster key (write, read and admin keys: [`CLIENT_KEY_CHARS_MIN`]).
 pub const KEY_CHARS_MIN: usize = 8;
 
 impl Config {
@@ -359,49 +397,7 @@ impl Config {
                 self.node.listen
             ));
         }
-        if self.sources.is_empty() {
-            problem(
-                "no sources: add a [[sources]] entry with name and write_key, or pass --write-key"
-                    .into(),
-            );
-        }
-        let mut names = BTreeSet::new();
-        let mut keys = BTreeSet::new();
-        for (i, source) in self.sources.iter().enumerate() {
-            if source.name.is_empty()
-                || !source
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                problem(format!(
-                    "sources[{i}].name = {:?}: use letters, digits, '-' and '_'",
-                    source.name
-                ));
-            }
-            if !names.insert(&source.name) {
-                problem(format!(
-                    "sources[{i}].name = {:?} is used twice; names must be unique",
-                    source.name
-                ));
-            }
-            check_key(
-                &mut problem,
-                &format!("sources[{i}].write_key"),
-                &source.write_key,
-            );
-            if !keys.insert(&source.write_key) {
-                problem(format!(
-                    "sources[{i}].write_key is used by two sources; give each its own"
-                ));
-            }
-        }
-        if !self.auth.admin_key.is_empty() {
-            check_key(&mut problem, "auth.admin_key", &self.auth.admin_key);
-        }
-        for (i, key) in self.auth.read_keys.iter().enumerate() {
-            check_key(&mut problem, &format!("auth.read_keys[{i}]"), key);
-        }
+        self.validate_access(&mut problem);
         self.validate_limits(&mut problem);
         self.validate_identity(&mut problem);
         self.validate_cluster(&mut problem);
@@ -727,6 +723,9 @@ impl CliOverrides {
                 None => config.sources.push(SourceConfig {
                     name: "default".into(),
                     write_key: key.clone(),
+                    write_keys: Vec::new(),
+                    events_per_sec: None,
+                    burst_events: None,
                 }),
             }
         }
@@ -741,7 +740,10 @@ mod tests {
         Config {
             sources: vec![SourceConfig {
                 name: "web".into(),
-                write_key: "write-key-1".into(),
+                write_key: "web-write-key-0123456789".into(),
+                write_keys: Vec::new(),
+                events_per_sec: None,
+                burst_events: None,
             }],
             ..Config::default()
         }
@@ -759,6 +761,9 @@ mod tests {
         config.sources.push(SourceConfig {
             name: "web".into(),
             write_key: "short".into(),
+            write_keys: Vec::new(),
+            events_per_sec: None,
+            burst_events: None,
         });
         config.limits.event_bytes_max = 1 << 20;
         config.identity.priority.pop();
@@ -791,7 +796,23 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(from_file, expected, "the example documents the defaults");
-        from_file.validate().expect("the example is valid");
+        // Its keys are placeholders, refused so that no node runs on a published key; with
+        // real keys in their place it is valid.
+        let Err(ConfigError::Invalid(problems)) = from_file.validate() else {
+            panic!("the example's placeholder keys must be refused");
+        };
+        assert_eq!(problems.len(), from_file.sources.len(), "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.contains("placeholder")),
+            "{problems:?}"
+        );
+        let mut replaced = from_file;
+        for (i, source) in replaced.sources.iter_mut().enumerate() {
+            source.write_key = format!("a-real-random-write-key-{i}");
+        }
+        replaced
+            .validate()
+            .expect("the example with real keys is valid");
     }
 
     #[test]
@@ -799,7 +820,7 @@ mod tests {
         let mut config = valid();
         CliOverrides {
             listen: Some("127.0.0.1:0".into()),
-            write_key: Some("flag-write-key".into()),
+            write_key: Some("flag-write-key-0123456789".into()),
             ..CliOverrides::default()
         }
         .apply(&mut config);

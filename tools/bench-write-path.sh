@@ -45,14 +45,14 @@ if [ -x "$PEERS/etcd-ingest.sh" ]; then
 fi
 
 echo "== one node"
-"$TANDEM" node --data-dir "$WORK/single" --listen 127.0.0.1:0 --write-key bench-write-key \
-    --admin-key bench-admin-key >"$WORK/single.log" 2>&1 &
+"$TANDEM" node --data-dir "$WORK/single" --listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+    --admin-key bench-admin-key-not-secret >"$WORK/single.log" 2>&1 &
 NODE=$!; PIDS+=("$NODE")
 for _ in $(seq 100); do grep -q "listening on" "$WORK/single.log" && break; sleep 0.1; done
 URL=$(grep -o "http://127.0.0.1:[0-9]*" "$WORK/single.log" | head -1)
 SINGLE=()
 for run in $(seq "$RUNS"); do
-    out=$("$TANDEM" load --target "$URL" --write-key bench-write-key --events "$EVENTS" \
+    out=$("$TANDEM" load --target "$URL" --write-key bench-write-key-not-secret --events "$EVENTS" \
         --concurrency 64 --batch-size 100 --quiet --seed "$run" --replay \
         --watch-pid "$NODE" --disk "$DISK")
     echo "$out" | grep -E "events/s|latency|pid|disk"
@@ -70,7 +70,7 @@ WATCH=""; for pid in $NODES; do WATCH="$WATCH --watch-pid $pid"; done
 CLUSTER=()
 for run in $(seq "$RUNS"); do
     # shellcheck disable=SC2086
-    out=$("$TANDEM" load --target "$GATEWAY" --write-key demo-write-key --events "$EVENTS" \
+    out=$("$TANDEM" load --target "$GATEWAY" --write-key demo-write-key-not-secret --events "$EVENTS" \
         --concurrency 64 --batch-size 100 --quiet --seed "$((100 + run))" --replay $WATCH --disk "$DISK")
     echo "$out" | grep -E "events/s|latency|watched|disk"
     CLUSTER+=("$(echo "$out" | rate)")
@@ -81,7 +81,7 @@ BEST=$(printf '%s\n' "${CLUSTER[@]}" | sort -n | tail -1)
 for pct in 80 50; do
     rate=$(( ${BEST%.*} * pct / 100 ))
     echo "== three nodes at ${pct}% of the best rate: $rate events/s"
-    "$TANDEM" load --target "$GATEWAY" --write-key demo-write-key --events "$EVENTS" \
+    "$TANDEM" load --target "$GATEWAY" --write-key demo-write-key-not-secret --events "$EVENTS" \
         --concurrency 64 --batch-size 100 --quiet --seed "$((200 + pct))" --replay --rate "$rate" \
         | grep -E "events/s|latency"
 done

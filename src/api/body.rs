@@ -1,4 +1,5 @@
-//! Reading request bodies within limits: content type, gzip, size.
+//! Reading request bodies within limits: content type, gzip, size, and the body deadline
+//! of [`super::watchdog`] (408 `body_timeout`).
 //!
 //! The size limit applies twice: to the bytes on the wire and to the body after
 //! decompression. Decompression reads at most `limit + 1` bytes out of the gzip stream and
@@ -17,6 +18,47 @@ use super::error::ApiError;
 pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     check_content_type(headers)?;
     let gzip = content_encoding_is_gzip(headers)?;
+    read_limited(headers, body, limit, gzip, too_large).await
+}
+
+/// Reads the JSON body of a request that carries no key in its headers (its `writeKey`
+/// may be inside): at most `limit` bytes and never gzip, so a sender not yet known costs
+/// little.
+pub async fn read_json_keyless(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
+    if content_encoding_is_gzip(headers)? {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            "gzip bodies are accepted only with the write key in the Authorization header \
+             (HTTP Basic, the key as user name); send this body uncompressed or move the key",
+        ));
+    }
+    let too_large = |limit| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "a request with its write key in the body may be at most {limit} bytes \
+                 (auth.body_key_request_bytes_max); send the key as HTTP Basic auth for \
+                 larger requests"
+            ),
+        )
+    };
+    read_limited(headers, body, limit, false, too_large).await
+}
+
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    gzip: bool,
+    too_large: impl Fn(usize) -> ApiError,
+) -> Result<Bytes, ApiError> {
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -25,9 +67,13 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     {
         return Err(too_large(limit));
     }
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit))?;
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        if super::watchdog::is_body_timeout(&error) {
+            super::watchdog::body_timeout_error()
+        } else {
+            too_large(limit)
+        }
+    })?;
     if !gzip {
         return Ok(raw);
     }

@@ -27,6 +27,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra JSON fields merged into the body (e.g. `rejected`).
     pub extra: Option<Value>,
+    /// `Retry-After` seconds when not the default [`RETRY_AFTER_SECS`] (a quota refill).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after_secs: None,
         }
     }
 
@@ -65,16 +68,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retryable = self.retryable();
+        let retry_after = self
+            .retry_after_secs
+            .or_else(|| self.retryable().then_some(RETRY_AFTER_SECS));
         let mut body = json!({"code": self.code, "message": self.message});
         if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
             map.extend(extra);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
-        if retryable {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

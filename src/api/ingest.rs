@@ -9,6 +9,13 @@
 //! and list each rejected item with its index, messageId, code and message. A client that
 //! only looks at the status code keeps working; one that reads the body learns what was
 //! dropped. When no item is valid the reply is 400 with the same `rejected` list.
+//!
+//! A write key in the `Authorization` header is checked before the body is read; a body
+//! that has to be read to find its `writeKey` is held to the smaller
+//! `auth.body_key_request_bytes_max` and may not be gzipped. Each accepted request is
+//! charged to its source's quota ([`super::quota`]).
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -19,8 +26,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::body::read_json;
+use super::auth::Source;
+use super::body::{read_json, read_json_keyless};
 use super::error::ApiError;
+use super::quota;
 use crate::config::LimitsConfig;
 use crate::model::event::{Event, EventOutcome, MessageType};
 use crate::model::validate::{Envelope, Rejection, normalize};
@@ -54,7 +63,8 @@ pub async fn single(
 ) -> Result<Response, ApiError> {
     refuse_if_shutting_down(&state)?;
     let limits = &state.config.limits;
-    let bytes = read_json(&headers, body, limits.request_bytes_max).await?;
+    let keyed = state.keys.source_from_header(&headers)?;
+    let bytes = read_body(&state, &headers, body, keyed.is_some()).await?;
     if bytes.len() > limits.event_bytes_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -67,10 +77,15 @@ pub async fn single(
         ));
     }
     let raw: Value = serde_json::from_slice(&bytes).map_err(invalid_json)?;
-    let body_key = raw.get("writeKey").and_then(Value::as_str);
-    let source = state.keys.source(&headers, body_key)?.to_owned();
+    let source = match keyed {
+        Some(source) => source,
+        None => state
+            .keys
+            .source_from_body(raw.get("writeKey").and_then(Value::as_str))?,
+    };
+    quota::charge(&source, 1)?;
     let envelope = Envelope {
-        source: &source,
+        source: &source.name,
         received_at_ms: now_ms(),
         implied_type: Some(kind),
         context: None,
@@ -115,7 +130,8 @@ pub async fn batch(
 ) -> Result<Response, ApiError> {
     refuse_if_shutting_down(&state)?;
     let limits = &state.config.limits;
-    let bytes = read_json(&headers, body, limits.request_bytes_max).await?;
+    let keyed = state.keys.source_from_header(&headers)?;
+    let bytes = read_body(&state, &headers, body, keyed.is_some()).await?;
     let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(
@@ -126,10 +142,10 @@ pub async fn batch(
             invalid_json(e)
         }
     })?;
-    let source = state
-        .keys
-        .source(&headers, parsed.write_key.as_deref())?
-        .to_owned();
+    let source: Arc<Source> = match keyed {
+        Some(source) => source,
+        None => state.keys.source_from_body(parsed.write_key.as_deref())?,
+    };
     if parsed.batch.len() > limits.batch_events_max {
         return Err(ApiError::bad_request(
             "batch_too_large",
@@ -147,8 +163,9 @@ pub async fn batch(
         ));
     }
     check_batch_fields_size(&parsed, limits.event_bytes_max)?;
+    quota::charge(&source, parsed.batch.len() as u64)?;
     let envelope = Envelope {
-        source: &source,
+        source: &source.name,
         received_at_ms: now_ms(),
         implied_type: None,
         context: parsed.context.as_ref(),
@@ -172,6 +189,22 @@ pub async fn batch(
     }
     let outcomes = state.node.submit(events).await?;
     Ok(reply(&outcomes, &rejected))
+}
+
+/// The body of a request whose key came in its headers (`keyed`) or is to be found inside.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    keyed: bool,
+) -> Result<axum::body::Bytes, ApiError> {
+    let limit = state.config.limits.request_bytes_max;
+    if keyed {
+        read_json(headers, body, limit).await
+    } else {
+        let keyless_limit = limit.min(state.config.auth.body_key_request_bytes_max);
+        read_json_keyless(headers, body, keyless_limit).await
+    }
 }
 
 /// Refuses a batch whose shared `context` and `integrations` alone exceed the event limit:

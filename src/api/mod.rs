@@ -5,6 +5,10 @@
 //! writes go through the [`crate::node`] pipeline; reads wait for the freshness the client
 //! asked for ([`consistency`]), then run on a store snapshot in the read pool's own
 //! threads ([`read_pool`]), which nothing else uses.
+//!
+//! Connections are accepted and timed by [`mod@serve`] and [`watchdog`] (header, body and
+//! idle limits, a connection cap); keys are checked by [`auth`] before any body is read;
+//! ingestion is held to per-source [`quota`]s.
 
 pub mod auth;
 pub mod body;
@@ -14,10 +18,13 @@ pub mod error;
 pub mod ingest;
 pub mod peer;
 pub mod profiles;
+pub mod quota;
 pub mod read_pool;
 pub mod recommendations;
 pub mod segments;
+pub mod serve;
 pub mod services;
+pub mod watchdog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +32,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -45,7 +53,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// Write, read and admin keys.
+    /// Write, read and admin keys; replaced whole on reload (SIGHUP).
     pub keys: Arc<Keys>,
     /// Junk identity values.
     pub blocklist: Arc<Blocklist>,
@@ -108,7 +116,8 @@ pub fn router(state: AppState) -> Router {
             },
         )
     };
-    Router::new()
+    // A key in Authorization is checked before any handler, so before any body is read.
+    let ingestion = Router::new()
         .route("/v1/identify", single(MessageType::Identify))
         .route("/v1/track", single(MessageType::Track))
         .route("/v1/page", single(MessageType::Page))
@@ -117,6 +126,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alias", single(MessageType::Alias))
         .route("/v1/batch", post(ingest::batch))
         .route("/v1/import", post(ingest::batch))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            auth::known_key_if_present,
+        ));
+    let keyed = Router::new()
         .route("/v1/profiles/{id}", get(profiles::get))
         .route("/v1/profiles/{id}/events", get(profiles::events))
         .route("/v1/profiles/{id}/merges", get(profiles::merges))
@@ -148,6 +162,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/faults", post(cluster::set_faults))
         .route("/v1/admin/faults/services", post(services::set_fault))
         .route("/v1/admin/services", get(services::status))
+        .route_layer(from_fn_with_state(state.clone(), auth::known_key_required));
+    Router::new()
+        .merge(ingestion)
+        .merge(keyed)
         .route("/metrics", get(services::metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -158,15 +176,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests.
+/// Serves until `shutdown` completes, then finishes in-flight requests, under the
+/// `[http]` limits (see [`serve::serve`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let http = state.config.http.clone();
+    serve::serve(listener, router(state), &http, shutdown).await
 }
 
 /// Liveness: 503 once a fatal storage or Raft error has stopped the node (fail-stop, like

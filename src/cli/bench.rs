@@ -70,11 +70,11 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
             listen: format!("127.0.0.1:{}", u32::from(args.port) + id as u32),
             bootstrap: id == 1,
             cluster_key_file: key_file.clone(),
-            write_key: "bench-write-key".into(),
-            admin_key: "bench-admin-key".into(),
+            write_key: "bench-write-key-not-secret".into(),
+            admin_key: "bench-admin-key-not-secret".into(),
         })
         .collect();
-    let admin = Admin::new("bench-admin-key");
+    let admin = Admin::new("bench-admin-key-not-secret");
     let mut nodes = start_nodes(specs).await?;
     form_cluster(&admin, &nodes, &regions).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
@@ -157,7 +157,7 @@ async fn write(url: String, acks: Acks, running: Arc<AtomicBool>, counter: Arc<A
         let sent = Instant::now();
         let reply = http
             .post(format!("{url}/v1/batch"))
-            .basic_auth("bench-write-key", Some(""))
+            .basic_auth("bench-write-key-not-secret", Some(""))
             .json(&json!({"batch": items}))
             .timeout(Duration::from_secs(5))
             .send()

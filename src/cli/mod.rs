@@ -146,6 +146,10 @@ async fn run_node(args: NodeArgs) -> i32 {
             return 1;
         }
     };
+    if let Err(error) = prepared.reload_keys_on_hangup(move || args.config()) {
+        eprintln!("tandem node: cannot listen for SIGHUP (key reload): {error}");
+        return 1;
+    }
     println!("tandem node listening on http://{}", prepared.addr);
     match prepared.serve(node::termination()).await {
         Ok(()) => 0,

@@ -6,6 +6,9 @@
 //! Shutdown order, so nothing acknowledged is lost and nothing in flight is half-done:
 //! refuse new ingestion (503 + Retry-After) → let in-flight requests finish → stop Raft →
 //! fsync the state.
+//!
+//! SIGHUP re-reads the configuration and puts its keys and quotas in force (see
+//! [`Prepared::reload_keys_on_hangup`]); nothing else changes until a restart.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +16,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::api::auth::Keys;
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,82 @@ impl Prepared {
         tracing::info!("stopped");
         served.map_err(ServeError::Serve)
     }
+}
+
+impl Prepared {
+    /// On every SIGHUP, loads the configuration with `load` (file, environment and flags,
+    /// as at start) and, if it is valid, replaces the keys and quotas with its own. An
+    /// invalid configuration changes nothing and is logged with every problem.
+    pub fn reload_keys_on_hangup(
+        &self,
+        load: impl Fn() -> Result<Config, ConfigError> + Send + Sync + 'static,
+    ) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hangups = signal(SignalKind::hangup())?;
+            let keys = Arc::clone(&self.state.keys);
+            let running = Arc::clone(&self.state.config);
+            let load = Arc::new(load);
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    let load = Arc::clone(&load);
+                    match tokio::task::spawn_blocking(move || load()).await {
+                        Ok(loaded) => reload_keys(&keys, &running, loaded),
+                        Err(error) => tracing::error!(%error, "SIGHUP: reload failed"),
+                    }
+                }
+            });
+        }
+        #[cfg(not(unix))]
+        let _ = load;
+        Ok(())
+    }
+}
+
+fn reload_keys(keys: &Keys, running: &Config, loaded: Result<Config, ConfigError>) {
+    let config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("SIGHUP: keys unchanged, the configuration was refused: {error}");
+            return;
+        }
+    };
+    let changes = keys.reload(&config);
+    tracing::info!(
+        added = ?changes.added,
+        removed = ?changes.removed,
+        "SIGHUP: keys and quotas reloaded"
+    );
+    let without_keys = |config: &Config| Config {
+        sources: Vec::new(),
+        auth: crate::config::AuthConfig {
+            admin_key: String::new(),
+            keys: Vec::new(),
+            ..config.auth.clone()
+        },
+        quotas: Default::default(),
+        ..config.clone()
+    };
+    if without_keys(running) != without_keys(&config) {
+        tracing::warn!(
+            "SIGHUP: settings other than keys and quotas changed too; they apply at the next restart"
+        );
+    }
+}
+
+/// Completes on SIGHUP (never where there is none). `tandem up` stops on it: its nodes
+/// catch SIGHUP to reload keys, so a closed terminal would otherwise leave them running.
+pub async fn hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+            hangups.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Completes on Ctrl-C or SIGTERM.

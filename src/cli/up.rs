@@ -37,10 +37,10 @@ pub struct UpArgs {
     #[arg(long, value_delimiter = ',', default_value = "r1,r2,r3")]
     pub regions: Vec<String>,
     /// Write key of the demo source.
-    #[arg(long, default_value = "demo-write-key")]
+    #[arg(long, default_value = "demo-write-key-not-secret")]
     pub write_key: String,
     /// Admin key (also reads profiles).
-    #[arg(long, default_value = "demo-admin-key")]
+    #[arg(long, default_value = "demo-admin-key-not-secret")]
     pub admin_key: String,
     /// Start without the demo workload.
     #[arg(long)]
@@ -158,13 +158,17 @@ fn node_specs(args: &UpArgs, key_file: &std::path::Path) -> Vec<NodeSpec> {
         .collect()
 }
 
-/// Waits for Ctrl-C or SIGTERM, reporting any node that exits on its own meanwhile.
+/// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal), reporting any node that exits
+/// on its own meanwhile.
 async fn supervise(mut nodes: Vec<ChildNode>) -> Vec<ChildNode> {
     let termination = super::node::termination();
     tokio::pin!(termination);
+    let hangup = super::node::hangup();
+    tokio::pin!(hangup);
     loop {
         tokio::select! {
             _ = &mut termination => return nodes,
+            _ = &mut hangup => return nodes,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 for node in &mut nodes {
                     if let Some(status) = node.exited() {

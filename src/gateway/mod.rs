@@ -51,7 +51,9 @@ use tokio::net::TcpListener;
 pub use error::GatewayError;
 pub use options::{BODY_MAX_BYTES, GatewayOptions};
 
-use options::{CONNECT_TIMEOUT_MS, HEALTH_PROBE_TIMEOUT_MS, IDLE_CONNECTIONS_PER_NODE_MAX};
+use options::{
+    CONNECT_TIMEOUT_MS, HEALTH_PROBE_TIMEOUT_MS, IDLE_CONNECTION_MS, IDLE_CONNECTIONS_PER_NODE_MAX,
+};
 use proxy::Proxy;
 use registry::Registry;
 
@@ -70,6 +72,7 @@ pub async fn serve(
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_NODE_MAX)
+        .pool_idle_timeout(Duration::from_millis(IDLE_CONNECTION_MS))
         .tcp_nodelay(true)
         .http1_only()
         .build()

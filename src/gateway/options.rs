@@ -30,6 +30,11 @@ pub const HEALTH_BODY_MAX_BYTES: usize = 4 * 1024;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Idle keep-alive connections kept open per node.
 pub const IDLE_CONNECTIONS_PER_NODE_MAX: usize = 256;
+/// An idle pooled connection to a node is dropped after this long, ms: below the nodes'
+/// own idle timeout (`http.idle_timeout_ms`, 60 s), so the gateway never sends a request
+/// on a connection the node is closing, which would count as a connection error and eject
+/// a healthy node.
+pub const IDLE_CONNECTION_MS: u64 = 30_000;
 /// Seconds in `Retry-After` on the gateway's own 429/502/503/504 replies.
 pub const RETRY_AFTER_SECS: u64 = 1;
 

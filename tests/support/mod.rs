@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The write key every test node accepts.
-pub const WRITE_KEY: &str = "test-write-key";
+pub const WRITE_KEY: &str = "test-write-key-not-secret";
 /// The admin key every test node accepts.
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const ADMIN_KEY: &str = "test-admin-key-not-secret";
 /// How long a node may take to print its address.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -50,6 +50,17 @@ impl NodeProcess {
         port_zero: bool,
         ready: bool,
     ) -> NodeProcess {
+        NodeProcess::start_with_args(data_dir, &[], env, port_zero, ready)
+    }
+
+    /// As [`NodeProcess::start_with`], with `args` (`--config FILE`, say) after `node`.
+    pub fn start_with_args(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        port_zero: bool,
+        ready: bool,
+    ) -> NodeProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let stderr_path = data_dir.join("node.stderr.log");
         let stderr = std::fs::OpenOptions::new()
@@ -58,7 +69,7 @@ impl NodeProcess {
             .open(&stderr_path)
             .expect("open stderr log");
         let mut command = Command::new(binary());
-        command.args(["node", "--write-key", WRITE_KEY]);
+        command.args(["node", "--write-key", WRITE_KEY]).args(args);
         if port_zero {
             command.args(["--listen", "127.0.0.1:0"]);
         }
