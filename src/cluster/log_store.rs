@@ -137,15 +137,23 @@ struct CommittedState {
     log: Log,
 }
 
+impl CommittedState {
+    /// Writes the newest committed id, durably, if the throttle skipped it.
+    fn write_unwritten(&mut self) -> Result<(), std::io::Error> {
+        if !self.unwritten {
+            return Ok(());
+        }
+        let bytes = encode(&self.id)?;
+        self.log.write_meta(COMMITTED, &bytes, true).map_err(io)?;
+        self.unwritten = false;
+        Ok(())
+    }
+}
+
 impl Drop for CommittedState {
     fn drop(&mut self) {
-        if !self.unwritten {
-            return;
-        }
-        let written = encode(&self.id)
-            .and_then(|bytes| self.log.write_meta(COMMITTED, &bytes, false).map_err(io));
-        if let Err(error) = written {
-            tracing::warn!(%error, "could not record the last committed index at shutdown");
+        if let Err(error) = self.write_unwritten() {
+            tracing::warn!(%error, "could not record the last committed index");
         }
     }
 }
@@ -218,6 +226,13 @@ pub fn purged_index(log: &Log) -> Result<Option<u64>, std::io::Error> {
 }
 
 impl LogStore {
+    /// Records the newest committed index now (durably), if the throttle held it back:
+    /// call at shutdown, after Raft stopped, so the next start knows every record up to it
+    /// must be intact.
+    pub fn record_committed(&self) -> Result<(), std::io::Error> {
+        self.committed.lock().map_err(io)?.write_unwritten()
+    }
+
     /// The Raft log store over `log`.
     pub fn open(log: Log) -> Result<LogStore, std::io::Error> {
         let (flusher, pending) = std_mpsc::channel();

@@ -117,6 +117,9 @@ pub struct Stats {
 pub struct Cluster {
     id: u64,
     raft: Raft,
+    /// The log store Raft was given (a handle to the same one), for the shutdown record of
+    /// the committed index.
+    log_store: crate::cluster::log_store::LogStore,
     faults: Arc<Faults>,
     snapshots: Snapshots,
     cluster_key: String,
@@ -338,6 +341,9 @@ impl Node {
         self.begin_shutdown();
         if let Err(error) = self.cluster.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
+        }
+        if let Err(error) = self.cluster.log_store.record_committed() {
+            tracing::warn!(%error, "could not record the committed index at shutdown");
         }
         let store = Arc::clone(&self.store);
         match tokio::task::spawn_blocking(move || store.persist()).await {

@@ -146,6 +146,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     }
     // Raft owns the state machine; this handle shares it, to attach the services later.
     let services_slot = state_machine.clone();
+    let log_store_handle = log_store.clone();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -212,6 +213,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         cluster: Cluster {
             id,
             raft,
+            log_store: log_store_handle,
             faults,
             snapshots,
             cluster_key,
