@@ -46,7 +46,7 @@ impl Service for Tally {
         _state: &Reader<'_>,
         items: &[FeedItem],
         writes: &mut Writes,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<usize, ServiceError> {
         let seen = writes
             .get(db, b"n")?
             .and_then(|bytes| bytes.try_into().ok())
@@ -55,7 +55,7 @@ impl Service for Tally {
             b"n".to_vec(),
             (seen + items.len() as u64).to_be_bytes().to_vec(),
         );
-        Ok(())
+        Ok(items.len())
     }
 }
 
