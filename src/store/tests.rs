@@ -389,7 +389,11 @@ fn ticks_move_the_clock_reach_the_feed_in_order_and_drive_retention() {
         4,
         "a feed read never ends inside a log entry, whatever its limit"
     );
-    assert!(first.iter().all(|item| item.at_ms == T0 && item.log_index == 1));
+    assert!(
+        first
+            .iter()
+            .all(|item| item.at_ms == T0 && item.log_index == 1)
+    );
     let rest = reader.feed_after(4, 100).expect("feed");
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].record, FeedRecord::Tick);
