@@ -1,7 +1,7 @@
 //! The segments service: real-time audience membership.
 //!
 //! It consumes the change feed like every service and keeps, in its own database (keys in
-//! [`keys`]): each segment's record (the replicated definition it evaluates, its member
+//! `keys.rs`): each segment's record (the replicated definition it evaluates, its member
 //! count, the sweep in progress), memberships both ways, every entered/exited transition
 //! (the newest [`TRANSITIONS_MAX`] kept), and its own copy of each profile — computed-trait
 //! accumulators, profile traits and merged ids — so a rule over computed traits does not

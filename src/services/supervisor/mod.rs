@@ -10,8 +10,12 @@
 //! - **Fencing**: a hung worker is replaced by a new one with a higher generation. Commits
 //!   happen under a per-service lock after checking the generation, so a hung worker that
 //!   wakes up later can never commit over its successor.
-//! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed entries; restarts back off
-//!   exponentially up to [`BACKOFF_MAX`].
+//! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed records (plus the rest of
+//!   one log entry: batches hold whole entries); restarts back off exponentially up to
+//!   [`BACKOFF_MAX`].
+//! - **Deterministic**: services take time from the feed, never from this module's clock,
+//!   which only supervises (backoff, slow and hung batches); see [`Service`]. Replicas
+//!   whose service is at the same cursor hold the same state ([`Supervisor::hashes`]).
 //! - **Snapshots**: every service's state travels in Raft snapshots
 //!   ([`Supervisor::export_state`], [`Supervisor::import_state`]), so a new node gets
 //!   derived state the feed no longer has (it is subject to retention). An import fences
@@ -26,9 +30,9 @@
 //! the store to apply up to `c` and go on from there — the entries up to `c` are already
 //! in the state and are not applied twice. Snapshots take the services' views before the
 //! store's (see `crate::cluster::state_machine`), so in practice `c` is at or behind the
-//! store's feed head: the regime services always run in. That matters for what a service
-//! reads from the store besides the feed — segments reconcile against the store's current
-//! definitions, and a store behind their cursor would look like definitions rolled back.
+//! store's feed head: the regime services always run in. What a service reads from the
+//! store besides the feed it reads as of the entry it is processing (segments bound the
+//! event index by the entry's position), so a store ahead of its cursor changes nothing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
