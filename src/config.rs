@@ -318,6 +318,10 @@ pub struct ClusterConfig {
     /// Log entries kept behind the latest snapshot, so a briefly lagging follower catches
     /// up from the log instead of needing a whole snapshot.
     pub log_keep_after_snapshot: u64,
+    /// How often the leader proposes a tick (`Command::Tick`) while no sweep is under way,
+    /// ms: the time that moves segment windows and refreshes on every replica when no
+    /// events arrive (they take time from the log, never from a node's clock).
+    pub tick_interval_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -335,6 +339,7 @@ impl Default for ClusterConfig {
             snapshot_log_mb: 1024,
             snapshot_interval_secs: 3600,
             log_keep_after_snapshot: 500,
+            tick_interval_ms: 60_000,
         }
     }
 }
@@ -349,6 +354,12 @@ pub enum ConfigError {
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }
+
+/// Shortest `cluster.tick_interval_ms`: a tick is a log entry on every replica.
+pub const TICK_INTERVAL_MS_MIN: u64 = 100;
+/// Longest `cluster.tick_interval_ms`: windows and refreshes on an idle cluster run at
+/// most this late.
+pub const TICK_INTERVAL_MS_MAX: u64 = 3_600_000;
 
 /// Shortest accepted cluster key (write, read and admin keys: [`CLIENT_KEY_CHARS_MIN`]).
 pub const KEY_CHARS_MIN: usize = 8;
@@ -503,6 +514,15 @@ impl Config {
                 "limits.clock_step_ms_max ({}) must be at least 1000 and below the dedup window \
                  ({dedup_window_ms} ms): one log entry must never be able to expire the window",
                 l.clock_step_ms_max
+            ));
+        }
+        let ticks = TICK_INTERVAL_MS_MIN..=TICK_INTERVAL_MS_MAX;
+        if !ticks.contains(&self.cluster.tick_interval_ms) {
+            problem(format!(
+                "cluster.tick_interval_ms ({}) must lie between {TICK_INTERVAL_MS_MIN} and \
+                 {TICK_INTERVAL_MS_MAX}: it is how often log time moves segment windows \
+                 while no events arrive",
+                self.cluster.tick_interval_ms
             ));
         }
         if self.ingest.retention_days * 24 < self.ingest.dedup_window_hours {

@@ -27,8 +27,34 @@ async fn wait_more_acked(writers: &Writers, cluster: &TestCluster, more: usize) 
         .await;
 }
 
+/// Segments whose memberships change while the writers run: by a count that grows, and
+/// by events within a window of time (time-dependent: refreshed as log time passes).
+async fn define_segments(cluster: &TestCluster) {
+    let leader = cluster.urls[&cluster.leader(ELECTION).await].clone();
+    for (id, rule) in [
+        ("steady", "orders_count >= 60"),
+        (
+            "busy",
+            r#"event("Order Completed").within(2m).count() >= 100"#,
+        ),
+        ("both", r#"in_segment("steady") and in_segment("busy")"#),
+    ] {
+        let (code, body) = admin_post(
+            &leader,
+            "/v1/segments",
+            &serde_json::json!({"id": id, "rule": rule}),
+        )
+        .await;
+        assert_eq!(code, 201, "define segment {id}: {body}");
+    }
+}
+
+/// Every live node converged: equal state hashes, every acknowledged event stored exactly
+/// once, and equal derived state (every service at the feed head with equal hashes).
 async fn check_all(cluster: &TestCluster, acked: &support::history::Acked) -> usize {
     let hash = cluster.converged_hash(CONVERGE).await;
+    let services = cluster.converged_services_hash(CONVERGE).await;
+    assert!(!services.is_empty());
     let mut checked = 0;
     for (id, url) in &cluster.urls {
         if cluster.nodes.contains_key(id) {
@@ -44,7 +70,15 @@ async fn check_all(cluster: &TestCluster, acked: &support::history::Acked) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_follower_kill_and_restart_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    // Ticks every second, so log time (and with it the time-dependent segment) moves on
+    // through the test.
+    let mut cluster = TestCluster::start_with_env(
+        dir.path(),
+        &["r1", "r2", "r3"],
+        &[("TANDEM_CLUSTER__TICK_INTERVAL_MS", "1000")],
+    )
+    .await;
+    define_segments(&cluster).await;
     let urls: Vec<String> = cluster.urls.values().cloned().collect();
     let writers = Writers::start(urls, 4, "kill");
     wait_more_acked(&writers, &cluster, 200).await;
@@ -264,6 +298,7 @@ async fn cluster_with_purged_log(
         ],
     )
     .await;
+    define_segments(&cluster).await;
     let urls: Vec<String> = cluster.urls.values().cloned().collect();
     let writers = Writers::start(urls, 3, tag);
     wait_more_acked(&writers, &cluster, events).await;

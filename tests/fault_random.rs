@@ -695,6 +695,7 @@ async fn run(seed: u64, length: Duration, dir: &std::path::Path) {
     let started = Instant::now();
     let mut cluster = TestCluster::start(dir, &["r1", "r2", "r3"]).await;
     println!("[{:>8}] cluster of 3 formed", secs(started.elapsed()));
+    define_segments(&cluster).await;
     let nodes: Vec<(u64, String)> = cluster.urls.iter().map(|(i, u)| (*i, u.clone())).collect();
     let clients = Clients::start(nodes, seed, started);
 
@@ -727,6 +728,8 @@ async fn run(seed: u64, length: Duration, dir: &std::path::Path) {
         .reads
         .extend(reads.unwrap_or_else(|e| fail(&cluster, &e)));
     cluster.converged_hash(CONVERGE).await;
+    // Derived state too: every node's services at the feed head with equal hashes.
+    cluster.converged_services_hash(CONVERGE).await;
 
     // The checks.
     let acked_writes = check_writes(&history.writes).unwrap_or_else(|e| fail(&cluster, &e));
@@ -768,6 +771,24 @@ async fn run(seed: u64, length: Duration, dir: &std::path::Path) {
         read_failures(&history.reads),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Segments whose memberships change as the clients' orders accumulate, so the services
+/// hashes compared at the end cover transitions as well as traits.
+async fn define_segments(cluster: &TestCluster) {
+    let leader = cluster.urls[&cluster.leader(ELECTION).await].clone();
+    for (id, rule) in [
+        ("regular", "orders_count >= 20"),
+        (
+            "recent",
+            r#"event("Order Completed").within(5m).count() >= 40"#,
+        ),
+    ] {
+        let (code, body) =
+            support::cluster::admin_post(&leader, "/v1/segments", &json!({"id": id, "rule": rule}))
+                .await;
+        assert_eq!(code, 201, "define segment {id}: {body}");
+    }
 }
 
 /// Panics with `why` and the tail of every node's log.

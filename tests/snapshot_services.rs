@@ -46,7 +46,7 @@ impl Service for Tally {
         _state: &Reader<'_>,
         items: &[FeedItem],
         writes: &mut Writes,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<usize, ServiceError> {
         let seen = writes
             .get(db, b"n")?
             .and_then(|bytes| bytes.try_into().ok())
@@ -55,7 +55,7 @@ impl Service for Tally {
             b"n".to_vec(),
             (seen + items.len() as u64).to_be_bytes().to_vec(),
         );
-        Ok(())
+        Ok(items.len())
     }
 }
 
@@ -274,7 +274,10 @@ async fn service_state_and_cursor_arrive_exactly_on_a_new_node() {
     let names: Vec<&str> = contents.sections.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["traits", "retired"]);
     assert_eq!(contents.sections[0].cursor, a.cursor_of("traits"));
-    assert_eq!(contents.sections[0].records, 2, "alice and bob");
+    assert_eq!(
+        contents.sections[0].records, 3,
+        "alice, bob and the layout stamp"
+    );
 
     // B: a fresh data directory, running a service A does not ("tally") and not one A
     // does ("retired").

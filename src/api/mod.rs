@@ -326,12 +326,38 @@ async fn admin_state_hash(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Admin)?;
+    let services = Arc::clone(state.node.services());
     let body: Value = state
-        .read(|reader| {
-            Ok(json!({"applied_index": reader.applied_index()?, "state_hash": reader.state_hash()?}))
+        .read(move |reader| {
+            let services = services.hashes().map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("hashing the services' state: {e}"),
+                )
+            })?;
+            Ok(json!({
+                "applied_index": reader.applied_index()?,
+                "state_hash": reader.state_hash()?,
+                "feed_head": reader.feed_head()?,
+                "services_hash": services_hash(&services),
+                "services": services,
+            }))
         })
         .await?;
     Ok(axum::Json(body).into_response())
+}
+
+/// One hash over every service's name, cursor and state hash: two nodes agree on it when
+/// every service is at the same cursor with the same state.
+fn services_hash(services: &[crate::services::supervisor::ServiceHash]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for service in services {
+        hasher.update(service.name.as_bytes());
+        hasher.update(&service.cursor.to_le_bytes());
+        hasher.update(service.hash.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

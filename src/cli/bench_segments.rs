@@ -160,36 +160,41 @@ fn drain(service: &mut Segments, db: &ServiceDb, store: &Store) -> Result<(Durat
         let items = reader
             .feed_after(cursor, BATCH_MAX)
             .map_err(|e| e.to_string())?;
-        let Some(last) = items.last() else {
+        if items.is_empty() {
             return Ok((spent, entries));
-        };
-        let next = last.feed_seq;
+        }
         let mut writes = Writes::default();
-        service
+        let applied = service
             .process(db, &reader, &items, &mut writes)
             .map_err(|e| e.to_string())?;
+        let next = applied
+            .checked_sub(1)
+            .and_then(|at| items.get(at))
+            .ok_or("the service made no progress")?
+            .feed_seq;
         db.commit(writes, next).map_err(|e| e.to_string())?;
         spent += started.elapsed();
-        entries += items.len() as u64;
+        entries += applied as u64;
         cursor = next;
     }
 }
 
-/// Ticks until no sweep is pending; returns the time taken.
+/// Ticks (as a leader would, through the log) until no sweep is pending; returns the time
+/// taken.
 fn sweep(service: &mut Segments, db: &ServiceDb, store: &Store) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        let reader = store.reader();
-        let mut writes = Writes::default();
-        let pending = service
-            .tick(db, &reader, &mut writes, crate::node::now_ms())
-            .map_err(|e| e.to_string())?;
-        let cursor = db.cursor().map_err(|e| e.to_string())?;
-        db.commit(writes, cursor).map_err(|e| e.to_string())?;
-        if !pending {
+        drain(service, db, store)?;
+        if !service.wants_ticks(db).map_err(|e| e.to_string())? {
             return Ok(started.elapsed());
         }
+        commit(
+            store,
+            &Command::Tick {
+                time_ms: crate::clock::now_ms(),
+            },
+        )?;
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
             let record = audience::record(db, "backfill-probe")

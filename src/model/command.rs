@@ -29,6 +29,14 @@ pub enum Command {
         /// The segment's id.
         id: String,
     },
+    /// Time passes: the leader's periodic stamp, so that work driven by time (segment
+    /// windows, refreshes, sweeps) happens at the same place in the log on every replica.
+    /// Appended last so that entries encoded before it still decode.
+    Tick {
+        /// The leader's batch time when it proposed the tick, ms since the epoch; the state
+        /// clock follows it within its usual bounds.
+        time_ms: i64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -37,6 +45,7 @@ impl fmt::Display for Command {
             Command::Ingest(block) => write!(f, "ingest a block of {} bytes", block.len()),
             Command::PutSegment(def) => write!(f, "put segment {}", def.id),
             Command::DeleteSegment { id } => write!(f, "delete segment {id}"),
+            Command::Tick { time_ms } => write!(f, "tick at {time_ms}"),
         }
     }
 }

@@ -90,7 +90,20 @@ impl Profile {
         self.first_seen_ms = self.first_seen_ms.min(event.timestamp_ms);
         self.last_seen_ms = self.last_seen_ms.max(event.timestamp_ms);
         self.counts[event.kind.index()] += 1;
-        let Some(traits) = event.traits_json.as_deref() else {
+        self.observe_traits(event.traits_json.as_deref(), event.timestamp_ms, seq)
+    }
+
+    /// Folds the profile traits an event sets (a JSON object text, as validation produced
+    /// it) at `timestamp_ms` and `seq` into the profile — the traits part of
+    /// [`Profile::observe`], for a copy of the profile that only keeps traits. Returns the
+    /// keys it could not add because the profile was full (in key order).
+    pub fn observe_traits(
+        &mut self,
+        traits_json: Option<&str>,
+        timestamp_ms: i64,
+        seq: u64,
+    ) -> Vec<String> {
+        let Some(traits) = traits_json else {
             return Vec::new();
         };
         // The text was produced by validation from a JSON object, so it parses; a parse
@@ -102,7 +115,7 @@ impl Profile {
         for (key, value) in traits {
             let value = TraitValue {
                 json: value.to_string(),
-                timestamp_ms: event.timestamp_ms,
+                timestamp_ms,
                 seq,
             };
             if let Some(key) = self.set_trait(key, value) {

@@ -26,6 +26,7 @@ mod peer;
 mod proposer;
 pub mod reads;
 mod start;
+mod ticker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -170,6 +171,8 @@ pub struct Node {
     recommend_cache: crate::services::recommendations::ModelCache,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
+    /// The leader's batch-time stamper (shared with the proposer and the ticker).
+    stamper: Arc<proposer::Stamper>,
     queue: mpsc::UnboundedSender<Proposal>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
@@ -250,6 +253,19 @@ impl Node {
     ) -> Result<(), SubmitError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
+        }
+        use openraft::async_runtime::WatchReceiver;
+        let leads =
+            self.cluster.raft.metrics().borrow_watched().current_leader == Some(self.cluster.id);
+        let timeless = self.store.reader().clock_ms().unwrap_or(0) <= 0;
+        if leads && timeless && !matches!(command, crate::cluster::Command::Tick { .. }) {
+            // A new cluster has no time in its log yet: tick first, so this command's feed
+            // entry carries a real time and retention (which measures from the state
+            // clock) does not remove it at the first event, before services read it.
+            let tick = crate::cluster::Command::Tick {
+                time_ms: self.stamper.stamp(&self.store),
+            };
+            proposer::execute(&self.cluster, &self.http, tick, forwarded).await?;
         }
         proposer::execute(&self.cluster, &self.http, command, forwarded).await
     }

@@ -53,8 +53,8 @@ pub(super) struct Context {
     pub http: reqwest::Client,
     pub cluster_key: String,
     pub commit_events_max: usize,
-    /// How far batch times may run ahead of elapsed time (`limits.clock_step_ms_max`).
-    pub clock_step_ms_max: i64,
+    /// Stamps batch times (and the ticker's tick times).
+    pub stamper: Arc<Stamper>,
     pub stats: Arc<Stats>,
     pub failed: Arc<AtomicBool>,
     /// The term whose earlier entries this leader is known to have applied.
@@ -92,8 +92,6 @@ impl GroupOutcome {
 pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let context = Arc::new(context);
     let slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
-    let mut clock = BatchClock::new(context.clock_step_ms_max);
-    let started = Instant::now();
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before draining: the group grows while entries are in
         // flight, which is what makes concurrent requests share a commit.
@@ -121,13 +119,37 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         if group.is_empty() {
             continue;
         }
-        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let time_ms = clock.stamp(now_ms(), elapsed_ms, state_clock_ms(&context.store));
+        let time_ms = context.stamper.stamp(&context.store);
         let context = Arc::clone(&context);
         tokio::spawn(async move {
             let _slot = slot;
             commit_group(&context, group, time_ms).await;
         });
+    }
+}
+
+/// The leader's [`BatchClock`], shared by everything that stamps a time into the log
+/// (batches and ticks), so no path can stamp past its bounds.
+pub(super) struct Stamper {
+    clock: Mutex<BatchClock>,
+    /// The monotonic origin.
+    started: Instant,
+}
+
+impl Stamper {
+    /// A stamper allowing `clock_step_ms_max` of run-ahead (`limits.clock_step_ms_max`).
+    pub fn new(clock_step_ms_max: i64) -> Stamper {
+        Stamper {
+            clock: Mutex::new(BatchClock::new(clock_step_ms_max)),
+            started: Instant::now(),
+        }
+    }
+
+    /// The time to stamp on the next entry.
+    pub fn stamp(&self, store: &Store) -> i64 {
+        let elapsed_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let state_clock = state_clock_ms(store);
+        lock(&self.clock).stamp(now_ms(), elapsed_ms, state_clock)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Starting a node: check the data directory's format, open the log, the store and the
 //! snapshots, start Raft, bootstrap a one-node cluster on first start when configured to,
-//! and start the proposer and the log's upkeep.
+//! and start the proposer, the leader's ticker and the log's upkeep.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Cluster, Node, Stats, format, housekeeping, proposer};
+use super::{Cluster, Node, Stats, format, housekeeping, proposer, ticker};
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{Faults, Network};
 use crate::cluster::snapshot::Snapshots;
@@ -190,6 +190,15 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
             interval: std::time::Duration::from_secs(cluster_config.snapshot_interval_secs),
         },
     ));
+    let stamper = Arc::new(proposer::Stamper::new(config.limits.clock_step_ms_max));
+    tokio::spawn(ticker::run(ticker::Ticker {
+        raft: raft.clone(),
+        self_id: id,
+        store: Arc::clone(&store),
+        stamper: Arc::clone(&stamper),
+        services: Arc::clone(&services),
+        interval: std::time::Duration::from_millis(cluster_config.tick_interval_ms),
+    }));
     let context = proposer::Context {
         raft: raft.clone(),
         store: Arc::clone(&store),
@@ -197,7 +206,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         http: http.clone(),
         cluster_key: cluster_key.clone(),
         commit_events_max: config.limits.commit_events_max,
-        clock_step_ms_max: config.limits.clock_step_ms_max,
+        stamper: Arc::clone(&stamper),
         stats: Arc::clone(&stats),
         failed: Arc::clone(&failed),
         verified_term: std::sync::atomic::AtomicU64::new(0),
@@ -210,6 +219,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         recommend_cache: recommendations::ModelCache::default(),
         store,
         http,
+        stamper,
         cluster: Cluster {
             id,
             raft,

@@ -60,7 +60,7 @@ impl Service for ComputedTraits {
         _state: &Reader<'_>,
         items: &[FeedItem],
         writes: &mut Writes,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<usize, ServiceError> {
         for item in items {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
@@ -75,11 +75,12 @@ impl Service for ComputedTraits {
                     store(writes, *into, &survivor)?;
                     writes.delete(key(*from));
                 }
-                // An event removed by retention before we got to it, or a segment change.
+                // An event removed by retention before we got to it, a segment change or
+                // a tick.
                 _ => {}
             }
         }
-        Ok(())
+        Ok(items.len())
     }
 }
 

@@ -39,6 +39,10 @@ impl From<fjall::Error> for ServiceError {
 }
 
 const CURSOR: &str = "cursor";
+/// Key of the layout version of a service's records. It lives among the records (in the
+/// data keyspace) so it travels in snapshots with the records it describes; no service's
+/// own keys start with a zero byte.
+const LAYOUT: &[u8] = b"\0layout";
 /// Records written per batch while importing.
 const IMPORT_BATCH_RECORDS: usize = 10_000;
 
@@ -80,6 +84,26 @@ impl ServiceDb {
     /// The feed position processed so far (0 = nothing).
     pub fn cursor(&self) -> Result<u64, ServiceError> {
         decode_cursor(self.meta.get(CURSOR)?)
+    }
+
+    /// The layout version its records were written in (`None`: never stamped — records
+    /// from before layouts were stamped, or none at all).
+    pub fn layout(&self) -> Result<Option<u32>, ServiceError> {
+        match self.data.get(LAYOUT)? {
+            Some(bytes) => {
+                let array: [u8; 4] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ServiceError::Corrupt("layout is not 4 bytes".into()))?;
+                Ok(Some(u32::from_be_bytes(array)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stages the layout stamp `layout` (committed with the next [`ServiceDb::commit`]).
+    pub fn stamp_layout(writes: &mut Writes, layout: u32) {
+        writes.put(LAYOUT.to_vec(), layout.to_be_bytes().to_vec());
     }
 
     /// A stored value.
@@ -234,6 +258,24 @@ impl ExportView {
             Ok((key.to_vec(), value.to_vec()))
         })
     }
+
+    /// How many records the view holds and a blake3 hash of them all (each key and value
+    /// with its length, in key order), hex. The cursor is not included: callers report it
+    /// beside the hash.
+    pub fn hash(&self) -> Result<(u64, String), ServiceError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut count = 0_u64;
+        for guard in self.snapshot.iter(&self.data) {
+            let (key, value) = guard.into_inner()?;
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(&key);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(&value);
+            count += 1;
+        }
+        hasher.update(&count.to_le_bytes());
+        Ok((count, hasher.finalize().to_hex().to_string()))
+    }
 }
 
 /// Writes staged during one batch of processing; reads see them (read-your-writes).
@@ -278,5 +320,56 @@ impl Writes {
     /// Whether nothing is staged.
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, after `after` (exclusive) when
+    /// given, in key order, as they stand with the staged writes laid over the stored ones
+    /// (a staged delete hides a stored entry) — what a commit of these writes would leave.
+    pub fn scan(
+        &self,
+        db: &ServiceDb,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, ServiceError> {
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut stored: std::collections::VecDeque<KeyValue> = Default::default();
+        let mut stored_after: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        let mut stored_done = false;
+        let mut staged = self
+            .staged_with_prefix(prefix)
+            .filter(|(key, _)| after.is_none_or(|after| *key > after))
+            .peekable();
+        while out.len() < limit {
+            if stored.is_empty() && !stored_done {
+                let page = db.scan(prefix, stored_after.as_deref(), limit)?;
+                stored_done = page.len() < limit;
+                if let Some((last, _)) = page.last() {
+                    stored_after = Some(last.clone());
+                }
+                stored.extend(page);
+            }
+            let staged_first = match (stored.front(), staged.peek()) {
+                (None, None) => break,
+                (Some((stored_key, _)), Some((staged_key, _))) => {
+                    if *staged_key == stored_key.as_slice() {
+                        stored.pop_front();
+                        true
+                    } else {
+                        *staged_key < stored_key.as_slice()
+                    }
+                }
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if staged_first {
+                if let Some((key, Some(value))) = staged.next() {
+                    out.push((key.to_vec(), value.to_vec()));
+                }
+            } else if let Some(entry) = stored.pop_front() {
+                out.push(entry);
+            }
+        }
+        Ok(out)
     }
 }

@@ -43,10 +43,20 @@ impl ServiceEvent {
 
     /// The feed entry at `feed_seq` carrying this event, as the store would hand it to a
     /// service (the inverse of [`ServiceEvent::from_feed`]; for benchmarks and tests that
-    /// drive a service without a store).
+    /// drive a service without a store): alone in its log entry (index `feed_seq`), applied
+    /// at its own timestamp, with the body's `traits` as profile traits for identify and
+    /// group calls.
     pub fn to_feed_item(&self, feed_seq: u64) -> crate::store::read::FeedItem {
+        let sets_traits = matches!(self.kind, MessageType::Identify | MessageType::Group);
+        let traits_json = self
+            .body
+            .get("traits")
+            .filter(|traits| sets_traits && traits.is_object())
+            .map(Value::to_string);
         crate::store::read::FeedItem {
             feed_seq,
+            log_index: feed_seq,
+            at_ms: self.timestamp_ms,
             record: crate::store::tables::FeedRecord::Event {
                 seq: self.seq,
                 profile: self.profile_id,
@@ -55,8 +65,10 @@ impl ServiceEvent {
                 kind: self.kind,
                 name: self.name.clone(),
                 timestamp_ms: self.timestamp_ms,
+                traits_json,
                 body: Arc::clone(&self.body),
             }),
+            definition: None,
         }
     }
 }

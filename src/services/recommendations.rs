@@ -153,7 +153,8 @@ impl Recommendations {
                     changed = true;
                 }
                 (FeedRecord::Merged { into, from }, _) => merge(db, writes, *into, *from)?,
-                // An event removed by retention before we got to it, or a segment change.
+                // An event removed by retention before we got to it, a segment change or
+                // a tick.
                 _ => {}
             }
         }
@@ -206,8 +207,8 @@ impl Service for Recommendations {
         _state: &Reader<'_>,
         items: &[FeedItem],
         writes: &mut Writes,
-    ) -> Result<(), ServiceError> {
-        self.apply(db, items, writes).map(|_| ())
+    ) -> Result<usize, ServiceError> {
+        self.apply(db, items, writes).map(|_| items.len())
     }
 }
 
@@ -423,8 +424,11 @@ mod tests {
     fn merged(feed_seq: u64, into: u64, from: u64) -> FeedItem {
         FeedItem {
             feed_seq,
+            log_index: feed_seq,
+            at_ms: T0,
             record: FeedRecord::Merged { into, from },
             event: None,
+            definition: None,
         }
     }
 

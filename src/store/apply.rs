@@ -474,6 +474,21 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Applies a tick (time passing, proposed by the leader) at raft index `log_index`:
+    /// the state clock follows `time_ms` within its bounds, like a block's time, and the
+    /// feed gets a [`FeedRecord::Tick`] so services see the new time in log order. Retention
+    /// gets its usual slice, so it also progresses while no events arrive.
+    pub fn apply_tick(&mut self, log_index: u64, time_ms: i64) -> Result<(), StoreError> {
+        self.advance(log_index)?;
+        self.counters.clock_ms = next_clock_ms(
+            self.counters.clock_ms,
+            time_ms,
+            self.settings.clock_step_ms_max,
+        );
+        self.feed(log_index, vec![FeedRecord::Tick]);
+        self.expire(SWEEP_SLACK)
+    }
+
     /// Writes an audit record under `profile` and removes the oldest ones past the cap.
     fn record(
         &mut self,

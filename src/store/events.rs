@@ -103,6 +103,16 @@ impl Store {
         Ok(Some(block))
     }
 
+    /// The command of log entry `log_index`, or `None` if that entry is not in the log or
+    /// carries none (membership and blank entries).
+    pub fn command(&self, log_index: u64) -> Result<Option<Command>, StoreError> {
+        let Some(record) = self.log.read(log_index)? else {
+            return Ok(None);
+        };
+        entry::command(&record)
+            .map_err(|why| StoreError::Corrupt(format!("log entry {log_index}: {why}")))
+    }
+
     /// The event with this seq, as landed on `profile_id`; `None` if its entry is gone.
     pub fn event(&self, seq: u64, profile_id: u64) -> Result<Option<StoredEvent>, StoreError> {
         let (log_index, ordinal) = seq_position(seq);

@@ -94,9 +94,20 @@ impl<'a> Reader<'a> {
         profile: &Profile,
         before: Option<u64>,
     ) -> impl Iterator<Item = Result<(u64, fjall::Slice), StoreError>> + 'r {
-        let upper = before.unwrap_or(u64::MAX);
         let mut ids = vec![profile.id];
         ids.extend(&profile.merged_ids);
+        self.newest_first_of(keyspace, name, ids, before)
+    }
+
+    /// [`Reader::newest_first`] over the entries of the profile ids `ids`.
+    fn newest_first_of<'r>(
+        &'r self,
+        keyspace: &'r fjall::Keyspace,
+        name: &'static str,
+        ids: Vec<u64>,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<(u64, fjall::Slice), StoreError>> + 'r {
+        let upper = before.unwrap_or(u64::MAX);
         let mut heads: Vec<_> = ids
             .into_iter()
             .map(|id| {
@@ -382,10 +393,18 @@ impl From<fjall::Error> for Violation {
 pub struct FeedItem {
     /// The feed sequence number (a service's cursor).
     pub feed_seq: u64,
+    /// The log entry (its raft index) the record came from: records of one entry share it.
+    pub log_index: u64,
+    /// The state clock as of that entry, ms since the epoch: the time services evaluate
+    /// at, identical on every replica (never a node's wall clock).
+    pub at_ms: i64,
     /// What changed.
     pub record: FeedRecord,
     /// For [`FeedRecord::Event`]: the event (`None` if retention removed it).
     pub event: Option<FeedEvent>,
+    /// For [`FeedRecord::SegmentChanged`]: the definition as that entry left it (`None`:
+    /// deleted), read from the entry itself, so a later change does not show through.
+    pub definition: Option<crate::model::command::SegmentDef>,
 }
 
 /// An event as the change feed hands it to services: its body already parsed, once per
@@ -398,12 +417,18 @@ pub struct FeedEvent {
     pub name: String,
     /// Corrected event time, ms since the epoch.
     pub timestamp_ms: i64,
+    /// Profile traits the event sets, as a JSON object text (what the profile folded in).
+    pub traits_json: Option<String>,
     /// The normalised Segment event.
     pub body: std::sync::Arc<serde_json::Value>,
 }
 
 impl Reader<'_> {
-    /// Up to `limit` feed records after `cursor`, with their events.
+    /// Feed records after `cursor`, with their events: whole log entries (never part of
+    /// one, so a consumer that acts at the end of each entry acts at the same places
+    /// whatever its batches), stopping at the first entry boundary at or past `limit`
+    /// records — so a batch holds at most `limit` records plus the rest of one entry.
+    /// Only the first entry can come partly, when `cursor` is inside it.
     pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<FeedItem>, StoreError> {
         let wanted = cursor.saturating_add(1);
         // The entry holding `wanted` starts at or before it.
@@ -436,9 +461,6 @@ impl Reader<'_> {
                 if feed_seq < wanted {
                     continue;
                 }
-                if items.len() >= limit {
-                    break;
-                }
                 let event = match (&record, &block) {
                     (FeedRecord::Event { seq, .. }, Some(block)) => {
                         let ordinal = seq_position(*seq).1;
@@ -447,6 +469,7 @@ impl Reader<'_> {
                                 kind: meta.kind,
                                 name: meta.name.clone(),
                                 timestamp_ms: meta.timestamp_ms,
+                                traits_json: meta.traits_json.clone(),
                                 body: std::sync::Arc::clone(body),
                             }),
                             _ => None,
@@ -454,14 +477,48 @@ impl Reader<'_> {
                     }
                     _ => None,
                 };
+                let definition = match &record {
+                    FeedRecord::SegmentChanged { id } => self.definition_at(entry.log_index, id)?,
+                    _ => None,
+                };
                 items.push(FeedItem {
                     feed_seq,
+                    log_index: entry.log_index,
+                    at_ms: entry.at_ms,
                     record,
                     event,
+                    definition,
                 });
             }
         }
         Ok(items)
+    }
+
+    /// The definition of segment `id` as log entry `log_index` (a segment change) left it.
+    /// The feed names the entry, so retention has kept it; if the log cannot produce it
+    /// anyway, the definition held now stands in (and a warning says so).
+    fn definition_at(
+        &self,
+        log_index: u64,
+        id: &str,
+    ) -> Result<Option<crate::model::command::SegmentDef>, StoreError> {
+        use crate::model::command::Command;
+        match self.store.command(log_index)? {
+            Some(Command::PutSegment(def)) if def.id == id => Ok(Some(def)),
+            Some(Command::DeleteSegment { id: deleted }) if deleted == id => Ok(None),
+            other => {
+                tracing::warn!(
+                    log_index,
+                    segment = id,
+                    found = ?other.as_ref().map(ToString::to_string),
+                    "a segment change's log entry is not readable; using the current definition"
+                );
+                let current = self.snapshot.get(&self.ks.segment_defs, id)?;
+                current
+                    .map(|bytes| decode(&bytes, SEGMENT_DEFS))
+                    .transpose()
+            }
+        }
     }
 
     /// The raft index of the oldest log entry the state still names (the first feed
@@ -501,22 +558,24 @@ impl Reader<'_> {
         }
     }
 
-    /// `(name, timestamp_ms)` of the profile's events (its own and those merged into it)
-    /// whose name is in `names` (in no particular order), looking at no more than
-    /// `scan_max` of its most recent events.
+    /// `(name, timestamp_ms)` of the events indexed under profile ids `ids` (a profile and
+    /// those merged into it) whose name is in `names` (in no particular order), among no
+    /// more than `scan_max` of their most recent events with a seq below `before` — the
+    /// profile's events as of a point in the log, however far the state has moved since.
     pub fn event_times(
         &self,
-        profile: &Profile,
+        ids: &[u64],
         names: &std::collections::BTreeSet<String>,
         scan_max: usize,
+        before: u64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let mut out = Vec::new();
-        if profile.merged_ids.is_empty() {
+        if let [id] = ids {
             // One profile: forward iteration is much cheaper than reverse in fjall's
             // memtables, and most profiles have fewer than `scan_max` events, so read
             // forwards and fall back to the newest `scan_max` only for the few that have
             // more.
-            let range = || pair_key(profile.id, 0)..=pair_key(profile.id, u64::MAX);
+            let range = || pair_key(*id, 0)..pair_key(*id, before);
             let forward: Vec<_> = self
                 .snapshot
                 .range(&self.ks.profile_events, range())
@@ -539,7 +598,12 @@ impl Reader<'_> {
             return Ok(out);
         }
         for entry in self
-            .newest_first(&self.ks.profile_events, PROFILE_EVENTS, profile, None)
+            .newest_first_of(
+                &self.ks.profile_events,
+                PROFILE_EVENTS,
+                ids.to_vec(),
+                Some(before),
+            )
             .take(scan_max)
         {
             let (_, value) = entry?;

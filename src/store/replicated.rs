@@ -105,6 +105,10 @@ impl Store {
                     applier.apply_segment(index, SegmentChange::Delete(id))?;
                     Vec::new()
                 }
+                Some(Command::Tick { time_ms }) => {
+                    applier.apply_tick(index, *time_ms)?;
+                    Vec::new()
+                }
                 None => {
                     applier.advance(index)?;
                     Vec::new()

@@ -387,6 +387,9 @@ pub enum FeedRecord {
         /// The segment's id.
         id: String,
     },
+    /// Time passed (a [`crate::model::command::Command::Tick`] entry): the entry's
+    /// `at_ms` is the new state clock. Appended last so older records still decode.
+    Tick,
 }
 
 /// The feed records of one log entry, with the state clock when it was applied (for

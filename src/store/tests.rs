@@ -362,3 +362,50 @@ fn the_feed_records_events_merges_and_segment_changes_in_order() {
     assert_eq!(after.len(), 2, "a cursor skips what was processed");
     assert!(after[1].event.is_some(), "event bodies come with the feed");
 }
+
+#[test]
+fn ticks_move_the_clock_reach_the_feed_in_order_and_drive_retention() {
+    use super::tables::FeedRecord;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "ticks");
+    commit(
+        &store,
+        &batch(
+            T0,
+            vec![
+                json!({"type": "page", "messageId": "a", "anonymousId": "anon-1"}),
+                json!({"type": "identify", "messageId": "b", "userId": "u1"}),
+                json!({"type": "identify", "messageId": "c", "userId": "u1", "anonymousId": "anon-1"}),
+            ],
+        ),
+    );
+    let tick = |time_ms| direct::commit_command(&store, &Command::Tick { time_ms });
+    tick(T0 + DAY_MS).expect("tick");
+    let reader = store.reader();
+    assert_eq!(reader.clock_ms().expect("clock"), T0 + DAY_MS);
+    let first = reader.feed_after(0, 1).expect("feed");
+    assert_eq!(
+        first.len(),
+        4,
+        "a feed read never ends inside a log entry, whatever its limit"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|item| item.at_ms == T0 && item.log_index == 1)
+    );
+    let rest = reader.feed_after(4, 100).expect("feed");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].record, FeedRecord::Tick);
+    assert_eq!((rest[0].log_index, rest[0].at_ms), (2, T0 + DAY_MS));
+
+    // Ticks alone carry the clock past retention (30 days here): the events expire with
+    // no further event arriving.
+    tick(T0 + 31 * DAY_MS).expect("tick");
+    let reader = store.reader();
+    assert_eq!(reader.counts().events_approx, 0, "retention ran on a tick");
+    assert_eq!(
+        reader.feed_after(0, 100).expect("feed")[0].record,
+        FeedRecord::Tick
+    );
+}

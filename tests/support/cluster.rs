@@ -247,6 +247,34 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until every live node has fed the same entries (equal feed heads), every
+    /// service on every node has processed its node's whole feed (cursor = feed head), and
+    /// the nodes' services hashes are equal; returns the hash. The leader's ticks move the
+    /// feed head on, so a sample taken across one is simply retried.
+    pub async fn converged_services_hash(&self, deadline: Duration) -> String {
+        self.wait("equal services hashes on every node", deadline, |c| {
+            let urls: Vec<String> = c.nodes.keys().map(|id| c.urls[id].clone()).collect();
+            async move {
+                let mut seen = Vec::new();
+                for url in &urls {
+                    let reply = get(url, "/v1/admin/state-hash").await;
+                    let head = reply.body["feed_head"].as_u64()?;
+                    let caught_up = reply.body["services"]
+                        .as_array()?
+                        .iter()
+                        .all(|s| s["cursor"].as_u64() == Some(head));
+                    if !caught_up {
+                        return None;
+                    }
+                    seen.push((head, reply.body["services_hash"].as_str()?.to_owned()));
+                }
+                let first = seen.first()?.clone();
+                seen.iter().all(|s| *s == first).then_some(first.1)
+            }
+        })
+        .await
+    }
+
     /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline`.
     pub async fn wait<T, F, Fut>(&self, what: &str, deadline: Duration, mut check: F) -> T
     where

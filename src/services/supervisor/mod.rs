@@ -10,8 +10,12 @@
 //! - **Fencing**: a hung worker is replaced by a new one with a higher generation. Commits
 //!   happen under a per-service lock after checking the generation, so a hung worker that
 //!   wakes up later can never commit over its successor.
-//! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed entries; restarts back off
-//!   exponentially up to [`BACKOFF_MAX`].
+//! - **Bounded**: each batch reads at most [`BATCH_MAX`] feed records (plus the rest of
+//!   one log entry: batches hold whole entries); restarts back off exponentially up to
+//!   [`BACKOFF_MAX`].
+//! - **Deterministic**: services take time from the feed, never from this module's clock,
+//!   which only supervises (backoff, slow and hung batches); see [`Service`]. Replicas
+//!   whose service is at the same cursor hold the same state ([`Supervisor::hashes`]).
 //! - **Snapshots**: every service's state travels in Raft snapshots
 //!   ([`Supervisor::export_state`], [`Supervisor::import_state`]), so a new node gets
 //!   derived state the feed no longer has (it is subject to retention). An import fences
@@ -26,21 +30,24 @@
 //! the store to apply up to `c` and go on from there — the entries up to `c` are already
 //! in the state and are not applied twice. Snapshots take the services' views before the
 //! store's (see `crate::cluster::state_machine`), so in practice `c` is at or behind the
-//! store's feed head: the regime services always run in. That matters for what a service
-//! reads from the store besides the feed — segments reconcile against the store's current
-//! definitions, and a store behind their cursor would look like definitions rolled back.
+//! store's feed head: the regime services always run in. What a service reads from the
+//! store besides the feed it reads as of the entry it is processing (segments bound the
+//! event index by the entry's position), so a store ahead of its cursor changes nothing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::db::{ExportView, KeyValue, ServiceDb, ServiceError, Writes};
+use super::db::{ServiceDb, ServiceError, Writes};
 use crate::store::Store;
 use crate::store::read::{FeedItem, Reader};
-use crate::store::replicated::{SectionInfo, SectionWriter};
+
+mod handover;
+
+pub use handover::{ServiceHash, ServicesExport};
 
 /// Most feed entries one batch processes.
 pub const BATCH_MAX: usize = 512;
@@ -60,32 +67,44 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long an idle worker waits before looking at the feed again.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
-/// How often a service's periodic work (`tick`) runs when it is otherwise idle.
-const TICK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A CDP service: consumes feed entries into its own derived state.
+///
+/// **Determinism.** A service's state must be a function of the feed it has processed and
+/// nothing else — not the node's wall clock, not how the supervisor cut the feed into
+/// batches, not how far the node's state has moved past the entries being processed — so
+/// every replica holds the same derived state at the same cursor (the services hash in
+/// `GET /v1/admin/state-hash` checks it). Time comes from the feed (`FeedItem::at_ms`, the
+/// state clock as of each entry; ticks through the log carry it forward when no events
+/// arrive); work that is not driven by an event (sweeps) advances a fixed amount per log
+/// entry.
 pub trait Service: Send + 'static {
-    /// Applies `items` (in feed order), staging every write in `writes`.
+    /// Applies `items` (whole log entries, in feed order), staging every write in
+    /// `writes`. Returns how many of them it applied: all, or fewer — ending at a log entry
+    /// boundary — when it stopped early to keep a batch well under [`HANG_TIMEOUT`]; the
+    /// supervisor commits the cursor after the last one applied and hands over the rest
+    /// next time.
     fn process(
         &mut self,
         db: &ServiceDb,
         state: &Reader<'_>,
         items: &[FeedItem],
         writes: &mut Writes,
-    ) -> Result<(), ServiceError>;
+    ) -> Result<usize, ServiceError>;
 
-    /// Periodic work that does not come from the feed (e.g. segment membership that changes
-    /// as time passes, backfills). Each call should do a bounded slice of work (well under
-    /// [`HANG_TIMEOUT`]); returns whether more is pending, in which case it is called
-    /// again right away.
-    fn tick(
-        &mut self,
-        _db: &ServiceDb,
-        _state: &Reader<'_>,
-        _writes: &mut Writes,
-        _now_ms: i64,
-    ) -> Result<bool, ServiceError> {
+    /// Whether the service has work that advances only as log entries arrive (a segment
+    /// sweep, say): the leader then proposes ticks more often, so it progresses while no
+    /// events arrive. Asked after every commit.
+    fn wants_ticks(&mut self, _db: &ServiceDb) -> Result<bool, ServiceError> {
         Ok(false)
+    }
+
+    /// The layout version of the records this service writes. Records stamped with another
+    /// (or, for a layout above 1, with none: written before layouts were stamped) are
+    /// cleared when a worker starts, and the state is rebuilt from the feed — derived
+    /// state is never misread.
+    fn layout(&self) -> u32 {
+        1
     }
 }
 
@@ -168,6 +187,8 @@ struct Shared {
     /// When the current batch started (ms since an epoch of the supervisor), 0 when idle.
     busy_since_ms: AtomicU64,
     cursor: AtomicU64,
+    /// What the service last said [`Service::wants_ticks`].
+    wants_ticks: AtomicBool,
     fault: AtomicU8,
     state: Mutex<WorkerState>,
     epoch: Instant,
@@ -210,6 +231,7 @@ impl Supervisor {
                     commit_lock: Mutex::new(()),
                     busy_since_ms: AtomicU64::new(0),
                     cursor: AtomicU64::new(cursor),
+                    wants_ticks: AtomicBool::new(false),
                     fault: AtomicU8::new(0),
                     state: Mutex::new(WorkerState {
                         thread: None,
@@ -271,138 +293,17 @@ impl Supervisor {
         }
     }
 
+    /// Whether some service has work that advances only as log entries arrive, so the
+    /// leader should tick more often ([`Service::wants_ticks`]).
+    pub fn wants_ticks(&self) -> bool {
+        self.services
+            .iter()
+            .any(|s| s.wants_ticks.load(Ordering::Acquire))
+    }
+
     /// The services' names.
     pub fn names(&self) -> Vec<&'static str> {
         self.services.iter().map(|s| s.name).collect()
-    }
-
-    /// Takes one consistent view of every service's state and cursor, now, for a
-    /// snapshot; [`ServicesExport::write`] streams them. Workers keep running meanwhile.
-    pub fn export_state(&self) -> ServicesExport {
-        ServicesExport {
-            views: self
-                .services
-                .iter()
-                .map(|s| (s.name, s.db.export_view()))
-                .collect(),
-        }
-    }
-
-    /// Replaces service `name`'s state with `records` at `cursor` (a section of a
-    /// snapshot), then starts a fresh worker from there. The running worker is fenced
-    /// first — the generation moves on and the commit lock is held throughout, so it can
-    /// never commit again. Returns the number of records, or `None` (with a warning) when
-    /// this node runs no service of that name.
-    ///
-    /// If the import fails, the database is cleared (so the fresh worker rebuilds from the
-    /// feed rather than building on part of a state) and the error returned.
-    pub fn import_state(
-        &self,
-        name: &str,
-        cursor: u64,
-        records: impl IntoIterator<Item = Result<KeyValue, ServiceError>>,
-    ) -> Result<Option<u64>, ServiceError> {
-        let Some(shared) = self.services.iter().find(|s| s.name == name) else {
-            tracing::warn!(
-                service = name,
-                "a snapshot carries state of a service this node does not run; skipped"
-            );
-            return Ok(None);
-        };
-        shared.generation.fetch_add(1, Ordering::AcqRel);
-        // Held until the fresh worker is started: a worker the watchdog may start meanwhile
-        // (reading part of the import) is fenced by that start before it can commit.
-        let _guard = lock(&shared.commit_lock);
-        let imported = shared.db.import(cursor, records);
-        if let Err(error) = &imported {
-            tracing::error!(service = name, %error, "importing a service's state failed; it will rebuild from the feed");
-            if let Err(error) = shared.db.clear() {
-                tracing::error!(service = name, %error, "clearing after a failed import failed");
-            }
-        }
-        let resume_at = if imported.is_ok() { cursor } else { 0 };
-        shared.cursor.store(resume_at, Ordering::Release);
-        {
-            let mut state = lock(&shared.state);
-            // The fenced worker's handle is dropped: it exits at its next generation check.
-            state.thread = None;
-            state.restart_at = None;
-            if imported.is_ok() {
-                state.imported_cursor = Some(cursor);
-            }
-        }
-        shared.busy_since_ms.store(0, Ordering::Release);
-        spawn_worker(shared);
-        let records = imported?;
-        tracing::info!(
-            service = name,
-            cursor,
-            records,
-            "imported a service's state"
-        );
-        Ok(Some(records))
-    }
-}
-
-impl crate::cluster::derived::DerivedState for Supervisor {
-    fn export(&self) -> Box<dyn crate::cluster::derived::DerivedExport> {
-        Box::new(self.export_state())
-    }
-
-    fn import(
-        &self,
-        name: &str,
-        cursor: u64,
-        records: &mut dyn Iterator<Item = Result<KeyValue, crate::store::StoreError>>,
-    ) -> Result<(), String> {
-        self.import_state(
-            name,
-            cursor,
-            records.map(|r| r.map_err(ServiceError::State)),
-        )
-        .map(drop)
-        .map_err(|e| e.to_string())
-    }
-
-    fn names(&self) -> Vec<&'static str> {
-        Supervisor::names(self)
-    }
-}
-
-impl crate::cluster::derived::DerivedExport for ServicesExport {
-    fn write(
-        &self,
-        out: &mut SectionWriter<'_, std::io::BufWriter<std::fs::File>>,
-    ) -> Result<(), String> {
-        ServicesExport::write(self, out)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Every service's state as of one instant ([`Supervisor::export_state`]).
-pub struct ServicesExport {
-    views: Vec<(&'static str, ExportView)>,
-}
-
-impl ServicesExport {
-    /// Writes one snapshot section per service — its name, its cursor, its data records —
-    /// streamed from its view. Returns what was written.
-    pub fn write<W: std::io::Write>(
-        &self,
-        out: &mut SectionWriter<'_, W>,
-    ) -> Result<Vec<SectionInfo>, ServiceError> {
-        let mut written = Vec::with_capacity(self.views.len());
-        for (name, view) in &self.views {
-            let cursor = view.cursor()?;
-            let records = out.section(name, cursor, view.records())?;
-            written.push(SectionInfo {
-                name: (*name).to_owned(),
-                cursor,
-                records,
-            });
-        }
-        Ok(written)
     }
 }
 
@@ -559,16 +460,18 @@ fn watch(shared: &Arc<Shared>) {
     state.healthy_since = None;
 }
 
-/// A worker's life: process feed batches from the committed cursor until fenced off, and
-/// run the service's periodic work (`tick`) every [`TICK_INTERVAL`] — or back to back
-/// while it reports more to do — whether or not the feed is busy, so backfills progress
-/// under load.
+/// A worker's life: process feed batches from the committed cursor until fenced off.
+/// Nothing here reads the wall clock on the service's behalf: time reaches services
+/// through the feed (see [`Service`]); the clock is only for supervision.
 fn run(shared: &Shared, generation: u64) -> Result<(), String> {
     let mut service = (shared.factory)();
     let mut cursor = shared.db.cursor().map_err(|e| e.to_string())?;
     shared.cursor.store(cursor, Ordering::Release);
-    let mut last_tick = Instant::now();
-    let mut tick_pending = true;
+    if !check_layout(shared, generation, service.layout(), &mut cursor)? {
+        return Ok(());
+    }
+    let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
+    shared.wants_ticks.store(wants, Ordering::Release);
     loop {
         if shared.generation.load(Ordering::Acquire) != generation {
             return Ok(());
@@ -577,36 +480,70 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         let items = reader
             .feed_after(cursor, BATCH_MAX)
             .map_err(|e| e.to_string())?;
-        if !items.is_empty() {
-            mark_busy(shared);
-            apply_fault(shared, generation)?;
-            let mut writes = Writes::default();
-            service
-                .process(&shared.db, &reader, &items, &mut writes)
-                .map_err(|e| e.to_string())?;
-            let next = items.last().map_or(cursor, |item| item.feed_seq);
-            if !commit(shared, generation, writes, next)? {
-                return Ok(());
-            }
-            cursor = next;
-            shared.busy_since_ms.store(0, Ordering::Release);
-        }
-        if tick_pending || last_tick.elapsed() >= TICK_INTERVAL {
-            last_tick = Instant::now();
-            mark_busy(shared);
-            let mut writes = Writes::default();
-            tick_pending = service
-                .tick(&shared.db, &reader, &mut writes, crate::clock::now_ms())
-                .map_err(|e| e.to_string())?;
-            if !writes.is_empty() && !commit(shared, generation, writes, cursor)? {
-                return Ok(());
-            }
-            shared.busy_since_ms.store(0, Ordering::Release);
-        }
-        if items.is_empty() && !tick_pending {
+        if items.is_empty() {
             std::thread::sleep(IDLE_WAIT);
+            continue;
         }
+        mark_busy(shared);
+        apply_fault(shared, generation)?;
+        let mut writes = Writes::default();
+        let applied = service
+            .process(&shared.db, &reader, &items, &mut writes)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = applied.checked_sub(1).and_then(|at| items.get(at)) else {
+            return Err(format!(
+                "applied {applied} of {} feed records: a batch must make progress",
+                items.len()
+            ));
+        };
+        let next = last.feed_seq;
+        if !commit(shared, generation, writes, next)? {
+            return Ok(());
+        }
+        cursor = next;
+        let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
+        shared.wants_ticks.store(wants, Ordering::Release);
+        shared.busy_since_ms.store(0, Ordering::Release);
     }
+}
+
+/// Makes sure the service's records are in `layout`: stamps a new database, or clears
+/// one written in another layout (the worker then rebuilds from the start of the feed).
+/// Returns false when this worker was fenced off meanwhile.
+fn check_layout(
+    shared: &Shared,
+    generation: u64,
+    layout: u32,
+    cursor: &mut u64,
+) -> Result<bool, String> {
+    let found = shared.db.layout().map_err(|e| e.to_string())?;
+    if found == Some(layout) {
+        return Ok(true);
+    }
+    let _guard = lock(&shared.commit_lock);
+    if shared.generation.load(Ordering::Acquire) != generation {
+        return Ok(false);
+    }
+    // Before layouts were stamped every service wrote layout 1.
+    let held = found.or((*cursor > 0).then_some(1));
+    if held.is_some_and(|held| held != layout) {
+        tracing::warn!(
+            service = shared.name,
+            found = held,
+            layout,
+            "the service's records are in another layout; rebuilding them from the feed"
+        );
+        shared.db.clear().map_err(|e| e.to_string())?;
+        *cursor = 0;
+    }
+    let mut writes = Writes::default();
+    ServiceDb::stamp_layout(&mut writes, layout);
+    shared
+        .db
+        .commit(writes, *cursor)
+        .map_err(|e| e.to_string())?;
+    shared.cursor.store(*cursor, Ordering::Release);
+    Ok(true)
 }
 
 fn mark_busy(shared: &Shared) {
