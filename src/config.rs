@@ -167,6 +167,10 @@ pub struct LimitsConfig {
     pub inflight_events_max: usize,
     /// Most bytes of event bodies accepted but not yet committed; beyond it requests get 429.
     pub inflight_bytes_max: usize,
+    /// Most bytes of request bodies (after decompression) being read and validated at
+    /// once, node-wide; a request that would pass it gets 429. Each request reserves the
+    /// most its body can become (`request_bytes_max` for gzip, else its declared length).
+    pub body_bytes_max: usize,
     /// Most events in one committed log entry (one fsync).
     pub commit_events_max: usize,
     /// How far past its receive time an event may be dated (after clock-skew
@@ -192,6 +196,7 @@ impl Default for LimitsConfig {
             batch_events_max: 2500,
             inflight_events_max: 50_000,
             inflight_bytes_max: 256 << 20,
+            body_bytes_max: 256 << 20,
             commit_events_max: 5_000,
             timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
             clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
@@ -434,6 +439,7 @@ impl Config {
             ("limits.batch_events_max", l.batch_events_max),
             ("limits.inflight_events_max", l.inflight_events_max),
             ("limits.inflight_bytes_max", l.inflight_bytes_max),
+            ("limits.body_bytes_max", l.body_bytes_max),
             ("limits.commit_events_max", l.commit_events_max),
             (
                 "ingest.dedup_window_hours",
@@ -486,6 +492,13 @@ impl Config {
                  ({}) and {REQUEST_EVENTS_BYTES_CEILING} (one request's events go into one log \
                  entry, which peers must be able to receive)",
                 l.request_events_bytes_max, l.event_bytes_max
+            ));
+        }
+        if l.body_bytes_max < l.request_bytes_max {
+            problem(format!(
+                "limits.body_bytes_max ({}) is smaller than limits.request_bytes_max ({}); \
+                 a full request could never be read",
+                l.body_bytes_max, l.request_bytes_max
             ));
         }
         if l.inflight_bytes_max < l.request_events_bytes_max {

@@ -280,3 +280,87 @@ fn a_cluster_key_file_others_can_read_is_refused() {
         );
     });
 }
+
+/// Opens a connection that sends the headers of a gzip `/v1/batch` with the write key and
+/// a declared body, then nothing: the node reserves the most that body could inflate to.
+fn stalled_gzip_upload(url: &str) -> std::net::TcpStream {
+    use base64::Engine;
+    let host = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"));
+    write!(
+        stream,
+        "POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 4000\r\n\r\n"
+    )
+    .expect("send headers");
+    stream.flush().expect("flush");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_progress_share_a_node_wide_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room for two bodies of the default 500 KB request limit, not three.
+    let node = NodeProcess::start(dir.path(), &[("TANDEM_LIMITS__BODY_BYTES_MAX", "1048576")]);
+    let held: Vec<_> = (0..2).map(|_| stalled_gzip_upload(&node.url)).collect();
+
+    let small = gzip(
+        json!({"batch": [{"type": "track", "userId": "b", "event": "E"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    let refused = support::wait_for(
+        "the budget to be taken by the stalled uploads",
+        Duration::from_secs(10),
+        || {
+            let (url, small) = (node.url.clone(), small.clone());
+            async move {
+                let reply = send(
+                    client()
+                        .post(format!("{url}/v1/batch"))
+                        .basic_auth(WRITE_KEY, Some(""))
+                        .header("content-type", "application/json")
+                        .header("content-encoding", "gzip")
+                        .body(small),
+                )
+                .await;
+                (reply.status == 429).then_some(reply)
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), "body_budget_exhausted", "{}", refused.body);
+    assert!(
+        refused.headers.contains_key("retry-after"),
+        "429 carries Retry-After"
+    );
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits.body_bytes_max")),
+        "{}",
+        refused.body
+    );
+    // A small uncompressed body reserves only its declared length: it still fits.
+    assert_small_write_succeeds(&node.url, "within-budget").await;
+
+    // Once the stalled uploads go away, the budget is back.
+    drop(held);
+    support::wait_for("the budget to be released", Duration::from_secs(10), || {
+        let (url, small) = (node.url.clone(), small.clone());
+        async move {
+            let reply = send(
+                client()
+                    .post(format!("{url}/v1/batch"))
+                    .basic_auth(WRITE_KEY, Some(""))
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(small),
+            )
+            .await;
+            (reply.status == 200).then_some(())
+        }
+    })
+    .await;
+}

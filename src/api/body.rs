@@ -1,6 +1,11 @@
 //! Reading request bodies within limits: content type, gzip, size, and the body deadline
 //! of [`super::watchdog`] (408 `body_timeout`).
 //!
+//! Bodies in progress share a node-wide budget ([`BodyBudget`], `limits.body_bytes_max`):
+//! a request reserves the most its body can become before reading it and holds the
+//! reservation until its reply, so many connections each sending a large body cannot add
+//! up to more memory than the budget; beyond it, 429 `body_budget_exhausted`.
+//!
 //! The size limit applies twice: to the bytes on the wire and to the body after
 //! decompression. Decompression reads at most `limit + 1` bytes out of the gzip stream and
 //! stops, so a decompression bomb costs at most `limit` bytes of memory before it is
@@ -13,6 +18,58 @@ use axum::http::{HeaderMap, StatusCode, header};
 use flate2::read::GzDecoder;
 
 use super::error::ApiError;
+
+/// The node-wide budget of request bodies being read and validated, in KiB.
+#[derive(Clone)]
+pub struct BodyBudget {
+    kib: std::sync::Arc<tokio::sync::Semaphore>,
+    bytes_max: usize,
+}
+
+/// A reservation of [`BodyBudget`]; released when dropped (after the reply).
+pub struct BodyReservation {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> BodyBudget {
+        BodyBudget {
+            kib: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes_max.div_ceil(1024))),
+            bytes_max,
+        }
+    }
+
+    /// Reserves room for the body `headers` announce, at most `limit` bytes after
+    /// decompression: `limit` for gzip or an undeclared length, else the declared length.
+    /// Refuses at once (429) when the budget is spent, rather than queueing.
+    pub fn reserve(&self, headers: &HeaderMap, limit: usize) -> Result<BodyReservation, ApiError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let gzip = content_encoding_is_gzip(headers).unwrap_or(true);
+        let bytes = match declared {
+            Some(length) if !gzip => length.min(limit),
+            _ => limit,
+        };
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        std::sync::Arc::clone(&self.kib)
+            .try_acquire_many_owned(kib)
+            .map(|permit| BodyReservation { _permit: permit })
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "body_budget_exhausted",
+                    format!(
+                        "the node is reading as many request bodies as it holds at once \
+                         ({} bytes, limits.body_bytes_max); retry shortly",
+                        self.bytes_max
+                    ),
+                )
+            })
+    }
+}
 
 /// Reads a JSON request body of at most `limit` bytes (after decompression).
 pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {

@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::auth::Source;
-use super::body::{read_json, read_json_keyless};
+use super::body::{BodyReservation, read_json, read_json_keyless};
 use super::error::ApiError;
 use super::quota;
 use crate::config::LimitsConfig;
@@ -64,7 +64,7 @@ pub async fn single(
     refuse_if_shutting_down(&state)?;
     let limits = &state.config.limits;
     let keyed = state.keys.source_from_header(&headers)?;
-    let bytes = read_body(&state, &headers, body, keyed.is_some()).await?;
+    let (bytes, _reservation) = read_body(&state, &headers, body, keyed.is_some()).await?;
     if bytes.len() > limits.event_bytes_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,7 +131,7 @@ pub async fn batch(
     refuse_if_shutting_down(&state)?;
     let limits = &state.config.limits;
     let keyed = state.keys.source_from_header(&headers)?;
-    let bytes = read_body(&state, &headers, body, keyed.is_some()).await?;
+    let (bytes, _reservation) = read_body(&state, &headers, body, keyed.is_some()).await?;
     let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(
@@ -191,20 +191,30 @@ pub async fn batch(
     Ok(reply(&outcomes, &rejected))
 }
 
-/// The body of a request whose key came in its headers (`keyed`) or is to be found inside.
+/// The body of a request whose key came in its headers (`keyed`) or is to be found inside,
+/// with its reservation of the node's body budget (hold it until the reply).
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     keyed: bool,
-) -> Result<axum::body::Bytes, ApiError> {
-    let limit = state.config.limits.request_bytes_max;
-    if keyed {
-        read_json(headers, body, limit).await
+) -> Result<(axum::body::Bytes, BodyReservation), ApiError> {
+    let limit = if keyed {
+        state.config.limits.request_bytes_max
     } else {
-        let keyless_limit = limit.min(state.config.auth.body_key_request_bytes_max);
-        read_json_keyless(headers, body, keyless_limit).await
-    }
+        state
+            .config
+            .limits
+            .request_bytes_max
+            .min(state.config.auth.body_key_request_bytes_max)
+    };
+    let reservation = state.bodies.reserve(headers, limit)?;
+    let bytes = if keyed {
+        read_json(headers, body, limit).await?
+    } else {
+        read_json_keyless(headers, body, limit).await?
+    };
+    Ok((bytes, reservation))
 }
 
 /// Refuses a batch whose shared `context` and `integrations` alone exceed the event limit:

@@ -59,6 +59,8 @@ pub struct AppState {
     pub blocklist: Arc<Blocklist>,
     /// The threads every store read runs on.
     reads: Arc<read_pool::ReadPool>,
+    /// Node-wide bytes of request bodies being read and validated (`limits.body_bytes_max`).
+    pub bodies: body::BodyBudget,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             keys: Arc::new(Keys::from_config(&config)),
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
+            bodies: body::BodyBudget::new(config.limits.body_bytes_max),
             node,
             config,
         })
