@@ -167,6 +167,9 @@ pub struct LimitsConfig {
     pub inflight_events_max: usize,
     /// Most bytes of event bodies accepted but not yet committed; beyond it requests get 429.
     pub inflight_bytes_max: usize,
+    /// The share of `inflight_events_max` one source may hold, percent; beyond it that
+    /// source's requests get 429 while other sources are still admitted.
+    pub source_inflight_percent: usize,
     /// Most bytes of request bodies (after decompression) being read and validated at
     /// once, node-wide; a request that would pass it gets 429. Each request reserves the
     /// most its body can become (`request_bytes_max` for gzip, else its declared length).
@@ -196,6 +199,7 @@ impl Default for LimitsConfig {
             batch_events_max: 2500,
             inflight_events_max: 50_000,
             inflight_bytes_max: 256 << 20,
+            source_inflight_percent: 50,
             body_bytes_max: 256 << 20,
             commit_events_max: 5_000,
             timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
@@ -492,6 +496,18 @@ impl Config {
                  ({}) and {REQUEST_EVENTS_BYTES_CEILING} (one request's events go into one log \
                  entry, which peers must be able to receive)",
                 l.request_events_bytes_max, l.event_bytes_max
+            ));
+        }
+        if l.source_inflight_percent == 0 || l.source_inflight_percent > 100 {
+            problem(format!(
+                "limits.source_inflight_percent ({}) must be 1 to 100",
+                l.source_inflight_percent
+            ));
+        } else if l.inflight_events_max * l.source_inflight_percent / 100 < l.batch_events_max {
+            problem(format!(
+                "limits.source_inflight_percent ({}%) of limits.inflight_events_max ({}) is \
+                 smaller than limits.batch_events_max ({}); a full batch could never be admitted",
+                l.source_inflight_percent, l.inflight_events_max, l.batch_events_max
             ));
         }
         if l.body_bytes_max < l.request_bytes_max {

@@ -492,6 +492,8 @@ async fn overload_answers_429_with_retry_after() {
         &[
             ("TANDEM_LIMITS__INFLIGHT_EVENTS_MAX", "20"),
             ("TANDEM_LIMITS__BATCH_EVENTS_MAX", "20"),
+            // One source here: let it use the whole capacity.
+            ("TANDEM_LIMITS__SOURCE_INFLIGHT_PERCENT", "100"),
         ],
     );
     let item = |r: usize, i: usize| json!({"type": "track", "userId": format!("u{i}"), "event": "E", "messageId": format!("{r}-{i}")});

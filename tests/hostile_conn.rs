@@ -625,3 +625,67 @@ async fn a_source_over_its_quota_gets_429_while_another_carries_on() {
         "nothing of the refused batch stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_all_in_flight_capacity_from_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tandem.toml");
+    // 40 events in flight at most, 20 of them (50%) for any one source, batches of 20: the
+    // flooding source holds at most one batch in flight, so the other always fits.
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nbatch_events_max = 20\ninflight_events_max = 40\nsource_inflight_percent = 50\n\n\
+             [[sources]]\nname = \"flood\"\nwrite_key = \"{OLD_KEY}\"\n\n\
+             [[sources]]\nname = \"steady\"\nwrite_key = \"{NEW_KEY}\"\n"
+        ),
+    )
+    .expect("write config");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let node = NodeProcess::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config_arg],
+        &[],
+        true,
+        true,
+    );
+    let batch = |url: &str, key: &str, tag: String| {
+        let items: Vec<_> = (0..20)
+            .map(|i| json!({"type": "track", "userId": format!("{tag}-u{i}"), "event": "E", "messageId": format!("{tag}-{i}")}))
+            .collect();
+        client()
+            .post(format!("{url}/v1/batch"))
+            .basic_auth(key, Some(""))
+            .header("content-type", "application/json")
+            .body(json!({ "batch": items }).to_string())
+    };
+    let mut refused = None;
+    for round in 0..50 {
+        let flood: Vec<_> = (0..16)
+            .map(|k| tokio::spawn(send(batch(&node.url, OLD_KEY, format!("f{round}-{k}")))))
+            .collect();
+        // Meanwhile the steady source's writes are always admitted.
+        let steady = send(batch(&node.url, NEW_KEY, format!("s{round}"))).await;
+        assert_eq!(steady.status, 200, "round {round}: {}", steady.body);
+        for reply in flood {
+            let reply = reply.await.expect("task");
+            match reply.status {
+                200 => {}
+                429 => refused = Some(reply),
+                other => panic!("only success or overload, got {other}: {}", reply.body),
+            }
+        }
+        if refused.is_some() {
+            break;
+        }
+    }
+    let refused = refused.expect("the flooding source was refused at its share");
+    assert_eq!(refused.code(), "overloaded", "{}", refused.body);
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"flood\"") && m.contains("source_inflight_percent")),
+        "the refusal names the source and the setting: {}",
+        refused.body
+    );
+}

@@ -25,6 +25,7 @@ pub mod housekeeping;
 mod peer;
 mod proposer;
 pub mod reads;
+mod shares;
 mod start;
 mod ticker;
 
@@ -92,6 +93,7 @@ struct Proposal {
     _permit: (
         tokio::sync::OwnedSemaphorePermit,
         tokio::sync::OwnedSemaphorePermit,
+        shares::Share,
     ),
     /// Forwarded by a follower: if this node is not the leader either, give up rather
     /// than forward again.
@@ -179,6 +181,8 @@ pub struct Node {
     /// Admission by size, in KiB of event bodies (`limits.inflight_bytes_max`).
     inflight_kib: Arc<Semaphore>,
     inflight_kib_max: usize,
+    /// Each source's share of the in-flight events (`limits.source_inflight_percent`).
+    shares: shares::SourceShares,
     shutting_down: AtomicBool,
     /// Set when Raft or the store hit a fatal error; the node reports itself not ready.
     failed: Arc<AtomicBool>,
@@ -209,6 +213,14 @@ impl Node {
                 "an earlier fatal error stopped this node; it needs a restart".into(),
             ));
         }
+        let source = events.first().map_or("", |e| e.source.as_str()).to_owned();
+        let Some(share) = self.shares.try_take(&source, events.len().max(1)) else {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Overloaded {
+                limit: self.shares.per_source_max(),
+                unit: format!("events of source {source:?} (limits.source_inflight_percent)"),
+            });
+        };
         let count = u32::try_from(events.len().max(1)).unwrap_or(u32::MAX);
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_many_owned(count) else {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -230,7 +242,7 @@ impl Node {
         self.queue
             .send(Proposal {
                 events,
-                _permit: (permit, bytes_permit),
+                _permit: (permit, bytes_permit, share),
                 forwarded,
                 reply,
             })
