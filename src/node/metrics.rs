@@ -120,18 +120,31 @@ pub struct Metrics {
 /// Gauges set at scrape time.
 #[derive(Default)]
 pub(super) struct Scraped {
+    /// Current Raft term.
     pub term: U64Gauge,
+    /// 1 on the leader.
     pub is_leader: U64Gauge,
+    /// Last index known committed.
     pub commit_index: U64Gauge,
+    /// Last index applied.
     pub applied_index: U64Gauge,
+    /// On the leader: each follower's matched index.
     pub matched_index: Family<FollowerLabels, U64Gauge>,
+    /// Events stored, mirrored from the replicated state.
     pub events_stored: Counter,
+    /// Events admitted and not answered.
     pub inflight_events: U64Gauge,
+    /// 1 while a service is ok.
     pub service_up: Family<ServiceLabels, U64Gauge>,
+    /// Feed entries a service has not processed.
     pub service_lag: Family<ServiceLabels, U64Gauge>,
+    /// Worker restarts, mirrored from the supervisor.
     pub service_restarts: Family<ServiceLabels, Counter>,
+    /// Resident set size in bytes.
     pub resident_memory: U64Gauge,
+    /// Open file descriptors.
     pub open_fds: U64Gauge,
+    /// Bytes under each part of the data dir.
     pub disk: Family<PartLabels, U64Gauge>,
 }
 
