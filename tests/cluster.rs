@@ -482,3 +482,63 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     cluster.converged_hash(CONVERGE).await;
     check_all(&cluster, &acked).await;
 }
+
+/// One sample of a node's `/metrics` (`series` as written, labels included), if present.
+async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = support::client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_wide_events_counter_is_equal_on_every_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let leader = cluster.leader(ELECTION).await;
+    // Writes through every node: followers forward theirs to the leader.
+    const PER_NODE: usize = 40;
+    for (id, url) in &cluster.urls {
+        let batch: Vec<_> = (0..PER_NODE)
+            .map(|i| serde_json::json!({"type": "track", "userId": format!("u{i}"), "event": "E", "messageId": format!("n{id}-{i}")}))
+            .collect();
+        let reply = post(url, "/v1/batch", &serde_json::json!({ "batch": batch })).await;
+        assert_eq!(reply.status, 200, "node {id}: {}", reply.body);
+    }
+    let total = (PER_NODE * cluster.urls.len()) as f64;
+    cluster
+        .wait(
+            "tandem_events_stored_total equal on every node",
+            CONVERGE,
+            |cluster| {
+                let urls: Vec<String> = cluster.urls.values().cloned().collect();
+                async move {
+                    for url in &urls {
+                        if metric(url, "tandem_events_stored_total").await != Some(total) {
+                            return None;
+                        }
+                    }
+                    Some(())
+                }
+            },
+        )
+        .await;
+    let leader_url = &cluster.urls[&leader];
+    assert_eq!(metric(leader_url, "tandem_raft_is_leader").await, Some(1.0));
+    for id in cluster.urls.keys().filter(|id| **id != leader) {
+        let matched = format!("tandem_raft_follower_matched_index{{follower=\"{id}\"}}");
+        let index = metric(leader_url, &matched).await;
+        assert!(
+            index.is_some_and(|i| i > 0.0),
+            "the leader reports follower {id}'s progress: {index:?}"
+        );
+    }
+}

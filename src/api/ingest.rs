@@ -94,8 +94,10 @@ pub async fn single(
         blocklist: &state.blocklist,
         timestamp_future_ms_max: limits.timestamp_future_ms_max,
     };
-    let event = normalize(raw, &envelope, new_message_id)
-        .map_err(|rejection| ApiError::bad_request(rejection.code, rejection.message))?;
+    let event = normalize(raw, &envelope, new_message_id).map_err(|rejection| {
+        state.node.metrics().record_events(&source.name, 0, 0, 1);
+        ApiError::bad_request(rejection.code, rejection.message)
+    })?;
     if let Some(rejection) = too_large_after_merge(&event, limits.event_bytes_max) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -104,7 +106,7 @@ pub async fn single(
         ));
     }
     let outcomes = state.node.submit(vec![event]).await?;
-    Ok(reply(&outcomes, &[]))
+    Ok(reply(&state, &source.name, &outcomes, &[]))
 }
 
 /// The `/v1/batch` body. Unknown top-level fields (`metadata`, …) are ignored.
@@ -176,6 +178,8 @@ pub async fn batch(
     };
     let (events, rejected) = validate_items(&parsed.batch, &envelope, limits)?;
     if events.is_empty() {
+        let metrics = state.node.metrics();
+        metrics.record_events(&source.name, 0, 0, rejected.len() as u64);
         let mut error = ApiError::bad_request(
             "no_valid_events",
             format!(
@@ -188,7 +192,7 @@ pub async fn batch(
         return Err(error);
     }
     let outcomes = state.node.submit(events).await?;
-    Ok(reply(&outcomes, &rejected))
+    Ok(reply(&state, &source.name, &outcomes, &rejected))
 }
 
 /// The body of a request whose key came in its headers (`keyed`) or is to be found inside,
@@ -350,11 +354,23 @@ fn request_events_too_large(items: usize, limit: usize) -> ApiError {
     )
 }
 
-fn reply(outcomes: &[EventOutcome], rejected: &[Rejected]) -> Response {
+/// The reply to an ingest request, counting its outcomes in the source's metrics.
+fn reply(
+    state: &AppState,
+    source: &str,
+    outcomes: &[EventOutcome],
+    rejected: &[Rejected],
+) -> Response {
     let duplicates = outcomes
         .iter()
         .filter(|o| matches!(o, EventOutcome::Duplicate { .. }))
         .count();
+    state.node.metrics().record_events(
+        source,
+        (outcomes.len() - duplicates) as u64,
+        duplicates as u64,
+        rejected.len() as u64,
+    );
     let body = json!({
         "success": true,
         "accepted": outcomes.len() - duplicates,

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod consistency;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod peer;
 pub mod profiles;
 pub mod quota;
@@ -169,13 +170,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ingestion)
         .merge(keyed)
-        .route("/metrics", get(services::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))
         .merge(peer::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::instrument))
         .with_state(state)
 }
 

@@ -22,6 +22,7 @@
 
 mod format;
 pub mod housekeeping;
+pub mod metrics;
 mod peer;
 mod proposer;
 pub mod reads;
@@ -187,6 +188,8 @@ pub struct Node {
     /// Set when Raft or the store hit a fatal error; the node reports itself not ready.
     failed: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    /// The Prometheus registry and its instruments.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Node {
@@ -332,6 +335,58 @@ impl Node {
     /// Pipeline counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The node's metrics, for instrumenting requests.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Refreshes the scrape-time gauges from Raft, the replicated state, the services and
+    /// the process, and encodes every metric as Prometheus (OpenMetrics) text.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        use openraft::async_runtime::WatchReceiver;
+        let raft = self.cluster.raft.metrics().borrow_watched().clone();
+        let m = &self.metrics;
+        let s = &m.scraped;
+        s.term.set(raft.current_term);
+        s.is_leader
+            .set(u64::from(raft.current_leader == Some(raft.id)));
+        let committed = raft
+            .cluster_committed
+            .as_ref()
+            .or(raft.local_committed.as_ref());
+        s.commit_index.set(committed.map_or(0, |id| id.index));
+        s.applied_index
+            .set(raft.last_applied.as_ref().map_or(0, |id| id.index));
+        // Followers are only known on the leader; elsewhere the family is emptied so a
+        // former leader does not report stale progress.
+        s.matched_index.clear();
+        for (follower, matched) in raft.replication.iter().flatten() {
+            if *follower != raft.id {
+                s.matched_index
+                    .get_or_create(&metrics::FollowerLabels {
+                        follower: *follower,
+                    })
+                    .set(matched.as_ref().map_or(0, |id| id.index));
+            }
+        }
+        if let Ok(stored) = self.store.reader().events_stored() {
+            metrics::mirror(&s.events_stored, stored);
+        }
+        metrics::mirror(&m.overloaded, self.stats.overloaded.load(Ordering::Relaxed));
+        s.inflight_events.set(self.inflight_events() as u64);
+        for status in self.services.statuses() {
+            let labels = metrics::ServiceLabels {
+                service: status.name.to_string(),
+            };
+            s.service_up
+                .get_or_create(&labels)
+                .set(u64::from(status.status == "ok"));
+            s.service_lag.get_or_create(&labels).set(status.lag);
+            metrics::mirror(&s.service_restarts.get_or_create(&labels), status.restarts);
+        }
+        m.encode()
     }
 
     /// The store, for reads.

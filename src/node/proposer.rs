@@ -56,6 +56,8 @@ pub(super) struct Context {
     /// Stamps batch times (and the ticker's tick times).
     pub stamper: Arc<Stamper>,
     pub stats: Arc<Stats>,
+    /// Group-commit sizes and propose-to-commit latency.
+    pub metrics: Arc<super::metrics::Metrics>,
     pub failed: Arc<AtomicBool>,
     /// The term whose earlier entries this leader is known to have applied.
     pub verified_term: AtomicU64,
@@ -399,10 +401,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn propose(context: &Context, block: EncodedBlock) -> Result<Vec<EventOutcome>, SubmitError> {
+    let started = Instant::now();
     match context.raft.client_write(Command::Ingest(block)).await {
         Ok(response) => match response.data {
             CommandResult::Ingested(outcomes) => {
                 record(&context.stats, &outcomes);
+                let metrics = &context.metrics;
+                metrics
+                    .commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.commit_events.observe(outcomes.len() as f64);
                 Ok(outcomes)
             }
             CommandResult::Done => Err(SubmitError::Rejected(

@@ -176,6 +176,11 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         .map_err(|e| NodeError::Raft(format!("importing the services' snapshot state: {e}")))?;
 
     let stats = Arc::new(Stats::default());
+    let metrics = Arc::new(super::metrics::Metrics::new(&dir));
+    tokio::spawn(super::metrics::watch_leader(
+        raft.clone(),
+        Arc::clone(&metrics),
+    ));
     let failed = Arc::new(AtomicBool::new(false));
     let (queue, receiver) = mpsc::unbounded_channel();
     let http = reqwest::Client::builder()
@@ -208,6 +213,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         commit_events_max: config.limits.commit_events_max,
         stamper: Arc::clone(&stamper),
         stats: Arc::clone(&stats),
+        metrics: Arc::clone(&metrics),
         failed: Arc::clone(&failed),
         verified_term: std::sync::atomic::AtomicU64::new(0),
         in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -243,6 +249,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         shutting_down: AtomicBool::new(false),
         failed,
         stats,
+        metrics,
     }))
 }
 

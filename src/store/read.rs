@@ -63,6 +63,12 @@ impl<'a> Reader<'a> {
         meta_u64(&self.snapshot, &self.ks.meta, META_APPLIED_INDEX, META)
     }
 
+    /// Events stored by every entry applied so far (the same on every replica at the
+    /// same applied index; expired events stay counted).
+    pub fn events_stored(&self) -> Result<u64, StoreError> {
+        meta_u64(&self.snapshot, &self.ks.meta, META_EVENTS_STORED, META)
+    }
+
     /// The state clock (largest batch time applied), ms since the epoch.
     pub fn clock_ms(&self) -> Result<i64, StoreError> {
         Ok(meta_u64(&self.snapshot, &self.ks.meta, META_CLOCK_MS, META)? as i64)

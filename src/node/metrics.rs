@@ -1,0 +1,386 @@
+//! The node's Prometheus metrics: one [`prometheus_client`] registry per node, built at
+//! start, encoded on each scrape of `GET /metrics` (every metric is listed in
+//! `docs/monitoring.md`).
+//!
+//! Two kinds of values live here:
+//! - **Hot-path instruments** (request counts and latencies, events by source, group-commit
+//!   sizes, propose-to-commit latency, leader changes): atomics and histograms the library
+//!   updates without locks of ours; a labelled family takes the library's read lock to find
+//!   its child.
+//! - **Scrape-time gauges** (Raft term and indexes, follower progress, the replicated
+//!   events counter, in-flight events, process RSS and fds, bytes on disk): set by
+//!   [`Node::encode_metrics`](super::Node::encode_metrics) just before encoding, so the hot
+//!   path pays nothing for them. Disk sizes walk the data dir, at most every
+//!   [`DISK_USAGE_TTL`].
+//!
+//! Names follow Prometheus conventions: a `tandem_` prefix, `_total` on counters (the
+//! library appends it), units last (`_seconds`, `_bytes`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// How long a measurement of the data dir's size is reused by scrapes.
+pub const DISK_USAGE_TTL: Duration = Duration::from_secs(10);
+
+/// A gauge of an unsigned value.
+pub type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// Labels of an HTTP request: the route template (never the raw path), the method, and the
+/// status class (`2xx` … `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matched route, e.g. `/v1/profiles/{id}`; `unmatched` for the fallback.
+    pub endpoint: String,
+    /// The HTTP method.
+    pub method: String,
+    /// `2xx`, `4xx`, …
+    pub status: String,
+}
+
+/// Labels of a latency observation: the route template.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The matched route.
+    pub endpoint: String,
+}
+
+/// Labels of an ingest outcome count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The source (write key's name) the events came from.
+    pub source: String,
+    /// `accepted`, `duplicate` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a per-follower gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    /// The follower's node id.
+    pub follower: u64,
+}
+
+/// Labels of a per-service gauge or counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The CDP service's name.
+    pub service: String,
+}
+
+/// Labels of a per-directory size.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabels {
+    /// `log`, `store`, `services` or `snapshots`.
+    pub part: &'static str,
+}
+
+/// A histogram family's constructor (a plain fn, so the family type can be named).
+type HistogramFn = fn() -> Histogram;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of one node.
+pub struct Metrics {
+    /// Where the families are registered; encoded on each scrape.
+    registry: Registry,
+    /// HTTP requests answered, by endpoint, method and status class.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// HTTP request latency by endpoint.
+    pub http_duration: Family<EndpointLabels, Histogram, HistogramFn>,
+    /// Ingested events by source and outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Submissions refused with 429.
+    pub overloaded: Counter,
+    /// Events per log entry this node proposed and got committed.
+    pub commit_events: Histogram,
+    /// Propose-to-commit (and apply) latency of this node's entries.
+    pub commit_duration: Histogram,
+    /// Changes of the leader this node observed.
+    pub leader_changes: Counter,
+    /// Scrape-time gauges.
+    pub(super) scraped: Scraped,
+    /// The data dir, for the disk sizes.
+    data_dir: PathBuf,
+    /// The last disk measurement and when it was taken.
+    disk_cache: Mutex<Option<(Instant, [u64; 4])>>,
+}
+
+/// Gauges set at scrape time.
+#[derive(Default)]
+pub(super) struct Scraped {
+    /// Current Raft term.
+    pub term: U64Gauge,
+    /// 1 on the leader.
+    pub is_leader: U64Gauge,
+    /// Last index known committed.
+    pub commit_index: U64Gauge,
+    /// Last index applied.
+    pub applied_index: U64Gauge,
+    /// On the leader: each follower's matched index.
+    pub matched_index: Family<FollowerLabels, U64Gauge>,
+    /// Events stored, mirrored from the replicated state.
+    pub events_stored: Counter,
+    /// Events admitted and not answered.
+    pub inflight_events: U64Gauge,
+    /// 1 while a service is ok.
+    pub service_up: Family<ServiceLabels, U64Gauge>,
+    /// Feed entries a service has not processed.
+    pub service_lag: Family<ServiceLabels, U64Gauge>,
+    /// Worker restarts, mirrored from the supervisor.
+    pub service_restarts: Family<ServiceLabels, Counter>,
+    /// Resident set size in bytes.
+    pub resident_memory: U64Gauge,
+    /// Open file descriptors.
+    pub open_fds: U64Gauge,
+    /// Bytes under each part of the data dir.
+    pub disk: Family<PartLabels, U64Gauge>,
+}
+
+/// The parts of the data dir whose sizes are reported, and their directory names.
+const PARTS: [&str; 4] = ["log", "store", "services", "snapshots"];
+
+impl Metrics {
+    /// Builds and registers every family, for a node whose data lives in `data_dir`.
+    pub fn new(data_dir: &Path) -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("tandem"),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            events: Family::default(),
+            overloaded: Counter::default(),
+            commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_duration: latency_histogram(),
+            leader_changes: Counter::default(),
+            scraped: Scraped::default(),
+            data_dir: data_dir.to_owned(),
+            disk_cache: Mutex::new(None),
+        };
+        let r = &mut m.registry;
+        let s = &m.scraped;
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status class",
+            m.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency by route template",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register(
+            "ingest_events",
+            "Events received through this node by source and outcome (accepted, duplicate, rejected)",
+            m.events.clone(),
+        );
+        r.register(
+            "overloaded_refusals",
+            "Submissions refused with 429",
+            m.overloaded.clone(),
+        );
+        r.register(
+            "inflight_events",
+            "Events admitted by this node and not answered yet",
+            s.inflight_events.clone(),
+        );
+        r.register(
+            "commit_group_events",
+            "Events per log entry proposed by this node (group-commit size)",
+            m.commit_events.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Propose-to-commit latency of this node's log entries (through apply)",
+            Unit::Seconds,
+            m.commit_duration.clone(),
+        );
+        r.register(
+            "events_stored",
+            "Events stored in the cluster, from the replicated state (equal on every node once caught up)",
+            s.events_stored.clone(),
+        );
+        r.register("raft_term", "Current Raft term", s.term.clone());
+        r.register("raft_is_leader", "1 on the leader", s.is_leader.clone());
+        r.register(
+            "raft_leader_changes",
+            "Changes of the known leader observed by this node",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Last log index known committed",
+            s.commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Last log index applied to the state",
+            s.applied_index.clone(),
+        );
+        r.register(
+            "raft_follower_matched_index",
+            "On the leader: last log index known replicated to each follower",
+            s.matched_index.clone(),
+        );
+        r.register(
+            "service_up",
+            "1 while a CDP service is ok, 0 while degraded",
+            s.service_up.clone(),
+        );
+        r.register(
+            "service_lag_entries",
+            "Committed feed entries a service has not processed yet",
+            s.service_lag.clone(),
+        );
+        r.register(
+            "service_restarts",
+            "Service worker restarts (crashes, error loops, hung workers replaced)",
+            s.service_restarts.clone(),
+        );
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident set size of the process",
+            Unit::Bytes,
+            s.resident_memory.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors of the process",
+            s.open_fds.clone(),
+        );
+        r.register_with_unit(
+            "disk_usage",
+            "Bytes on disk per part of the data dir (log, store, services, snapshots)",
+            Unit::Bytes,
+            s.disk.clone(),
+        );
+        m
+    }
+
+    /// Counts ingest outcomes of one request from `source`.
+    pub fn record_events(&self, source: &str, accepted: u64, duplicate: u64, rejected: u64) {
+        for (outcome, n) in [
+            ("accepted", accepted),
+            ("duplicate", duplicate),
+            ("rejected", rejected),
+        ] {
+            if n > 0 {
+                self.events
+                    .get_or_create(&EventLabels {
+                        source: source.to_owned(),
+                        outcome,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn record_request(&self, endpoint: &str, method: &str, status: u16, seconds: f64) {
+        let status = format!("{}xx", status / 100);
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Sets the process and disk gauges, then encodes the registry as OpenMetrics text.
+    pub(super) fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Some(rss) = resident_bytes() {
+            self.scraped.resident_memory.set(rss);
+        }
+        if let Some(fds) = open_fds() {
+            self.scraped.open_fds.set(fds);
+        }
+        for (part, bytes) in PARTS.iter().zip(self.disk_usage()) {
+            self.scraped
+                .disk
+                .get_or_create(&PartLabels { part })
+                .set(bytes);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Sizes of the data dir's parts, measured at most every [`DISK_USAGE_TTL`].
+    fn disk_usage(&self) -> [u64; 4] {
+        let mut cache = self.disk_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, sizes)) = *cache
+            && at.elapsed() < DISK_USAGE_TTL
+        {
+            return sizes;
+        }
+        let sizes = PARTS.map(|part| dir_bytes(&self.data_dir.join(part)));
+        *cache = Some((Instant::now(), sizes));
+        sizes
+    }
+}
+
+/// Sets a counter that mirrors a monotonic value kept elsewhere (the replicated state).
+pub(super) fn mirror(counter: &Counter, value: u64) {
+    counter.inner().store(value, Ordering::Relaxed);
+}
+
+/// The sum of file sizes under `dir` (0 if it is missing; unreadable entries are skipped).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The process's resident set size, from `/proc/self/statm` (Linux only).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
+}
+
+/// The process's open file descriptors, from `/proc/self/fd` (Linux only).
+fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// Counts changes of the known leader (to another node, or to none during an election)
+/// until Raft shuts down.
+pub(super) async fn watch_leader(raft: crate::cluster::Raft, metrics: std::sync::Arc<Metrics>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut watch = raft.metrics();
+    let mut leader = watch.borrow_watched().current_leader;
+    while watch.changed().await.is_ok() {
+        let now = watch.borrow_watched().current_leader;
+        if now != leader {
+            metrics.leader_changes.inc();
+            leader = now;
+        }
+    }
+}
