@@ -303,33 +303,41 @@ async fn bodies_in_progress_share_a_node_wide_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Room for two bodies of the default 500 KB request limit, not three.
     let node = NodeProcess::start(dir.path(), &[("TANDEM_LIMITS__BODY_BYTES_MAX", "1048576")]);
-    let held: Vec<_> = (0..2).map(|_| stalled_gzip_upload(&node.url)).collect();
+    // One stalled upload at a time, each seen holding its reservation before the next, so
+    // no request races them for the budget.
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        held.push(stalled_gzip_upload(&node.url));
+        support::wait_for(
+            "the stalled upload's reservation",
+            Duration::from_secs(10),
+            || {
+                let url = node.url.clone();
+                async move {
+                    let status = get(&url, "/v1/admin/status").await;
+                    let reserved = status.body["body_bytes_reserved"].as_u64()?;
+                    (reserved >= n * 500 * 1024).then_some(())
+                }
+            },
+        )
+        .await;
+    }
 
     let small = gzip(
         json!({"batch": [{"type": "track", "userId": "b", "event": "E"}]})
             .to_string()
             .as_bytes(),
     );
-    let refused = support::wait_for(
-        "the budget to be taken by the stalled uploads",
-        Duration::from_secs(10),
-        || {
-            let (url, small) = (node.url.clone(), small.clone());
-            async move {
-                let reply = send(
-                    client()
-                        .post(format!("{url}/v1/batch"))
-                        .basic_auth(WRITE_KEY, Some(""))
-                        .header("content-type", "application/json")
-                        .header("content-encoding", "gzip")
-                        .body(small),
-                )
-                .await;
-                (reply.status == 429).then_some(reply)
-            }
-        },
+    let refused = send(
+        client()
+            .post(format!("{}/v1/batch", node.url))
+            .basic_auth(WRITE_KEY, Some(""))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(small.clone()),
     )
     .await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
     assert_eq!(refused.code(), "body_budget_exhausted", "{}", refused.body);
     assert!(
         refused.headers.contains_key("retry-after"),

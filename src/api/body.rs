@@ -40,6 +40,11 @@ impl BodyBudget {
         }
     }
 
+    /// Bytes reserved by bodies in progress now (in KiB steps).
+    pub fn reserved_bytes(&self) -> usize {
+        (self.bytes_max.div_ceil(1024) - self.kib.available_permits()) * 1024
+    }
+
     /// Reserves room for the body `headers` announce, at most `limit` bytes after
     /// decompression: `limit` for gzip or an undeclared length, else the declared length.
     /// Refuses at once (429) when the budget is spent, rather than queueing.

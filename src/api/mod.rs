@@ -317,6 +317,7 @@ async fn admin_status(
         },
         "counts": counts,
         "inflight_events": state.node.inflight_events(),
+        "body_bytes_reserved": state.bodies.reserved_bytes(),
         "commits": stats.commits.load(Relaxed),
         "events_stored": stats.events_stored.load(Relaxed),
         "events_duplicate": stats.events_duplicate.load(Relaxed),
