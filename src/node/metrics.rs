@@ -146,6 +146,10 @@ pub(super) struct Scraped {
     pub open_fds: U64Gauge,
     /// Bytes under each part of the data dir.
     pub disk: Family<PartLabels, U64Gauge>,
+    /// Bytes free for this process on the data dir's filesystem.
+    pub disk_free: U64Gauge,
+    /// CPU time of the process (user + system), seconds.
+    pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// The parts of the data dir whose sizes are reported, and their directory names.
@@ -260,6 +264,18 @@ impl Metrics {
             s.open_fds.clone(),
         );
         r.register_with_unit(
+            "disk_free",
+            "Bytes available to the node on the data dir's filesystem",
+            Unit::Bytes,
+            s.disk_free.clone(),
+        );
+        r.register_with_unit(
+            "process_cpu",
+            "CPU time of the process, user and system",
+            Unit::Seconds,
+            s.cpu_seconds.clone(),
+        );
+        r.register_with_unit(
             "disk_usage",
             "Bytes on disk per part of the data dir (log, store, services, snapshots)",
             Unit::Bytes,
@@ -310,6 +326,15 @@ impl Metrics {
         }
         if let Some(fds) = open_fds() {
             self.scraped.open_fds.set(fds);
+        }
+        if let Some(free) = free_bytes(&self.data_dir) {
+            self.scraped.disk_free.set(free);
+        }
+        if let Some(seconds) = cpu_seconds() {
+            self.scraped
+                .cpu_seconds
+                .inner()
+                .store(seconds.to_bits(), Ordering::Relaxed);
         }
         for (part, bytes) in PARTS.iter().zip(self.disk_usage()) {
             self.scraped
@@ -363,6 +388,34 @@ fn resident_bytes() -> Option<u64> {
     // SAFETY: sysconf only reads a system constant.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page_size).ok()?)
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `dir` (statvfs).
+// The statvfs field types differ between targets (u32 on some 32-bit ones); the
+// conversions are identities only on 64-bit Linux.
+#[allow(clippy::useless_conversion)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// The process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// The process's open file descriptors, from `/proc/self/fd` (Linux only).
