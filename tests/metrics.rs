@@ -136,6 +136,10 @@ async fn counters_move_by_what_was_sent_and_names_follow_conventions() {
     assert!(after.value("tandem_process_open_fds") > 0.0);
     assert!(after.value("tandem_process_cpu_seconds_total") > 0.0);
     assert!(after.value("tandem_disk_free_bytes") > 0.0);
+    assert!(
+        after.value("tandem_log_fsync_duration_seconds_count") >= 1.0,
+        "every commit fsyncs the log"
+    );
     assert!(after.value(r#"tandem_disk_usage_bytes{part="log"}"#) > 0.0);
 
     // Conventions: every family is prefixed, counters end in _total, a unit ends the

@@ -61,6 +61,8 @@ pub struct LogStore {
     readable_from: Arc<std::sync::atomic::AtomicU64>,
     /// The latest appended entries, decoded.
     recent: Arc<Mutex<Recent>>,
+    /// Duration of each fsync of the log, seconds (the node exports it as a metric).
+    fsync_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Consecutive entries ending at the log's last, as appended, with their encoded sizes.
@@ -233,13 +235,25 @@ impl LogStore {
         self.committed.lock().map_err(io)?.write_unwritten()
     }
 
+    /// Durations of the log's fsyncs, seconds (one per group of appends).
+    pub fn fsync_seconds(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.fsync_seconds
+    }
+
     /// The Raft log store over `log`.
     pub fn open(log: Log) -> Result<LogStore, std::io::Error> {
+        // 50 µs … ~1.6 s.
+        let fsync_seconds = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
+        );
         let (flusher, pending) = std_mpsc::channel();
         let flush_log = log.clone();
         std::thread::Builder::new()
             .name("tandem-raft-log-fsync".into())
-            .spawn(move || flush_loop(&flush_log, &pending))?;
+            .spawn({
+                let fsync_seconds = fsync_seconds.clone();
+                move || flush_loop(&flush_log, &pending, &fsync_seconds)
+            })?;
         let committed = match log.read_meta(COMMITTED).map_err(io)? {
             Some(bytes) => decode::<Option<LogId>>(&bytes)?,
             None => None,
@@ -252,6 +266,7 @@ impl LogStore {
         };
         Ok(LogStore {
             recent: Arc::new(Mutex::new(recent)),
+            fsync_seconds,
             readable_from: Arc::new(std::sync::atomic::AtomicU64::new(readable_from)),
             log,
             flusher,
@@ -276,13 +291,19 @@ impl LogStore {
 }
 
 /// Waits for queued appends, fsyncs once for all of them, then tells openraft.
-fn flush_loop(log: &Log, pending: &std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn flush_loop(
+    log: &Log,
+    pending: &std_mpsc::Receiver<IOFlushed<TypeConfig>>,
+    fsync_seconds: &prometheus_client::metrics::histogram::Histogram,
+) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = pending.try_recv() {
             waiting.push(more);
         }
+        let started = Instant::now();
         let result = log.sync();
+        fsync_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             tracing::error!(%error, "fsync of the raft log failed");
         }

@@ -156,8 +156,9 @@ pub(super) struct Scraped {
 const PARTS: [&str; 4] = ["log", "store", "services", "snapshots"];
 
 impl Metrics {
-    /// Builds and registers every family, for a node whose data lives in `data_dir`.
-    pub fn new(data_dir: &Path) -> Metrics {
+    /// Builds and registers every family, for a node whose data lives in `data_dir` and
+    /// whose Raft log measures its fsyncs into `log_fsync`.
+    pub fn new(data_dir: &Path, log_fsync: Histogram) -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("tandem"),
             http_requests: Family::default(),
@@ -262,6 +263,12 @@ impl Metrics {
             "process_open_fds",
             "Open file descriptors of the process",
             s.open_fds.clone(),
+        );
+        r.register_with_unit(
+            "log_fsync_duration",
+            "Duration of each fsync of the Raft log (one per group of appends)",
+            Unit::Seconds,
+            log_fsync,
         );
         r.register_with_unit(
             "disk_free",

@@ -176,7 +176,10 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         .map_err(|e| NodeError::Raft(format!("importing the services' snapshot state: {e}")))?;
 
     let stats = Arc::new(Stats::default());
-    let metrics = Arc::new(super::metrics::Metrics::new(&dir));
+    let metrics = Arc::new(super::metrics::Metrics::new(
+        &dir,
+        log_store_handle.fsync_seconds().clone(),
+    ));
     tokio::spawn(super::metrics::watch_leader(
         raft.clone(),
         Arc::clone(&metrics),
