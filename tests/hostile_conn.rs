@@ -559,37 +559,44 @@ async fn sighup_rotates_keys_with_an_overlap_and_refuses_a_bad_file() {
     assert_eq!(admin(OPS_KEY).await, 200, "old set kept");
 }
 
-#[tokio::test]
-async fn a_source_over_its_quota_gets_429_while_another_carries_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tandem.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[limits]\nbatch_events_max = 10\n\n\
-             [[sources]]\nname = \"web\"\nwrite_key = \"{OLD_KEY}\"\nevents_per_sec = 1\nburst_events = 10\n\n\
-             [[sources]]\nname = \"app\"\nwrite_key = \"{NEW_KEY}\"\n"
-        ),
-    )
-    .expect("write config");
+/// A node started with the configuration file `toml` (written into `dir`).
+fn node_with_config(dir: &std::path::Path, toml: &str) -> NodeProcess {
+    let config = dir.join("tandem.toml");
+    std::fs::write(&config, toml).expect("write config");
     let config_arg = config.to_str().expect("utf-8 path");
-    let node = NodeProcess::start_with_args(
-        &dir.path().join("data"),
+    NodeProcess::start_with_args(
+        &dir.join("data"),
         &["--config", config_arg],
         &[],
         true,
         true,
+    )
+}
+
+/// A `/v1/batch` of `n` track events of `user`, sent with `key`.
+fn batch_request(url: &str, key: &str, user: &str, n: usize) -> reqwest::RequestBuilder {
+    let items: Vec<_> = (0..n)
+        .map(|i| json!({"type": "track", "userId": user, "event": "E", "messageId": format!("{user}-{i}")}))
+        .collect();
+    client()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(key, Some(""))
+        .header("content-type", "application/json")
+        .body(json!({ "batch": items }).to_string())
+}
+
+#[tokio::test]
+async fn a_source_over_its_quota_gets_429_while_another_carries_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with_config(
+        dir.path(),
+        &format!(
+            "[limits]\nbatch_events_max = 10\n\n\
+             [[sources]]\nname = \"web\"\nwrite_key = \"{OLD_KEY}\"\nevents_per_sec = 1\nburst_events = 10\n\n\
+             [[sources]]\nname = \"app\"\nwrite_key = \"{NEW_KEY}\"\n"
+        ),
     );
-    let batch = |key: &str, user: &str, n: usize| {
-        let items: Vec<_> = (0..n)
-            .map(|i| json!({"type": "track", "userId": user, "event": "E", "messageId": format!("{user}-{i}")}))
-            .collect();
-        client()
-            .post(format!("{}/v1/batch", node.url))
-            .basic_auth(key, Some(""))
-            .header("content-type", "application/json")
-            .body(json!({ "batch": items }).to_string())
-    };
+    let batch = |key: &str, user: &str, n: usize| batch_request(&node.url, key, user, n);
     assert_eq!(
         send(batch(OLD_KEY, "web-first", 10)).await.status,
         200,
@@ -629,36 +636,17 @@ async fn a_source_over_its_quota_gets_429_while_another_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_cannot_take_all_in_flight_capacity_from_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("tandem.toml");
     // 40 events in flight at most, 20 of them (50%) for any one source, batches of 20: the
     // flooding source holds at most one batch in flight, so the other always fits.
-    std::fs::write(
-        &config,
-        format!(
+    let node = node_with_config(
+        dir.path(),
+        &format!(
             "[limits]\nbatch_events_max = 20\ninflight_events_max = 40\nsource_inflight_percent = 50\n\n\
              [[sources]]\nname = \"flood\"\nwrite_key = \"{OLD_KEY}\"\n\n\
              [[sources]]\nname = \"steady\"\nwrite_key = \"{NEW_KEY}\"\n"
         ),
-    )
-    .expect("write config");
-    let config_arg = config.to_str().expect("utf-8 path");
-    let node = NodeProcess::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config_arg],
-        &[],
-        true,
-        true,
     );
-    let batch = |url: &str, key: &str, tag: String| {
-        let items: Vec<_> = (0..20)
-            .map(|i| json!({"type": "track", "userId": format!("{tag}-u{i}"), "event": "E", "messageId": format!("{tag}-{i}")}))
-            .collect();
-        client()
-            .post(format!("{url}/v1/batch"))
-            .basic_auth(key, Some(""))
-            .header("content-type", "application/json")
-            .body(json!({ "batch": items }).to_string())
-    };
+    let batch = |url: &str, key: &str, tag: String| batch_request(url, key, &tag, 20);
     let mut refused = None;
     for round in 0..50 {
         let flood: Vec<_> = (0..16)
