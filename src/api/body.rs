@@ -18,31 +18,30 @@ use axum::http::{HeaderMap, StatusCode, header};
 use flate2::read::GzDecoder;
 
 use super::error::ApiError;
+use crate::node::budget::{ByteBudget, Taken};
 
-/// The node-wide budget of request bodies being read and validated, in KiB.
+/// The node-wide budget of request bodies being read and validated.
 #[derive(Clone)]
 pub struct BodyBudget {
-    kib: std::sync::Arc<tokio::sync::Semaphore>,
-    bytes_max: usize,
+    bytes: ByteBudget,
 }
 
 /// A reservation of [`BodyBudget`]; released when dropped (after the reply).
 pub struct BodyReservation {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _taken: Taken,
 }
 
 impl BodyBudget {
     /// A budget of `bytes_max` bytes.
     pub fn new(bytes_max: usize) -> BodyBudget {
         BodyBudget {
-            kib: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes_max.div_ceil(1024))),
-            bytes_max,
+            bytes: ByteBudget::new(bytes_max),
         }
     }
 
     /// Bytes reserved by bodies in progress now (in KiB steps).
     pub fn reserved_bytes(&self) -> usize {
-        (self.bytes_max.div_ceil(1024) - self.kib.available_permits()) * 1024
+        self.bytes.taken_bytes()
     }
 
     /// Reserves room for the body `headers` announce, at most `limit` bytes after
@@ -58,18 +57,17 @@ impl BodyBudget {
             Some(length) if !gzip => length.min(limit),
             _ => limit,
         };
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        std::sync::Arc::clone(&self.kib)
-            .try_acquire_many_owned(kib)
-            .map(|permit| BodyReservation { _permit: permit })
-            .map_err(|_| {
+        self.bytes
+            .try_take(bytes)
+            .map(|taken| BodyReservation { _taken: taken })
+            .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "body_budget_exhausted",
                     format!(
                         "the node is reading as many request bodies as it holds at once \
                          ({} bytes, limits.body_bytes_max); retry shortly",
-                        self.bytes_max
+                        self.bytes.bytes_max()
                     ),
                 )
             })

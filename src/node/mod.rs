@@ -20,6 +20,7 @@
 //! - **Any node accepts writes**: a follower forwards the validated events to the leader;
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
+pub mod budget;
 mod format;
 pub mod housekeeping;
 pub mod metrics;
@@ -93,7 +94,7 @@ struct Proposal {
     /// the submitter stops waiting), so what is queued stays bounded.
     _permit: (
         tokio::sync::OwnedSemaphorePermit,
-        tokio::sync::OwnedSemaphorePermit,
+        budget::Taken,
         shares::Share,
     ),
     /// Forwarded by a follower: if this node is not the leader either, give up rather
@@ -179,9 +180,8 @@ pub struct Node {
     queue: mpsc::UnboundedSender<Proposal>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
-    /// Admission by size, in KiB of event bodies (`limits.inflight_bytes_max`).
-    inflight_kib: Arc<Semaphore>,
-    inflight_kib_max: usize,
+    /// Admission by size of event bodies (`limits.inflight_bytes_max`).
+    inflight_bytes: budget::ByteBudget,
     /// Each source's share of the in-flight events (`limits.source_inflight_percent`).
     shares: shares::SourceShares,
     shutting_down: AtomicBool,
@@ -233,11 +233,10 @@ impl Node {
             });
         };
         let bytes: usize = events.iter().map(|e| e.body_json.len()).sum();
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        let Ok(bytes_permit) = Arc::clone(&self.inflight_kib).try_acquire_many_owned(kib) else {
+        let Some(bytes_permit) = self.inflight_bytes.try_take(bytes) else {
             self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded {
-                limit: self.inflight_kib_max * 1024,
+                limit: self.inflight_bytes.bytes_max(),
                 unit: "bytes".into(),
             });
         };

@@ -242,10 +242,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         queue,
         inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),
         inflight_max: config.limits.inflight_events_max,
-        inflight_kib: Arc::new(Semaphore::new(
-            config.limits.inflight_bytes_max.div_ceil(1024),
-        )),
-        inflight_kib_max: config.limits.inflight_bytes_max.div_ceil(1024),
+        inflight_bytes: super::budget::ByteBudget::new(config.limits.inflight_bytes_max),
         shares: super::shares::SourceShares::new(
             config.limits.inflight_events_max * config.limits.source_inflight_percent / 100,
         ),
