@@ -139,12 +139,9 @@ impl StateMachine {
             )));
         }
         tracing::warn!(path = %file.path.display(), "a snapshot install was interrupted; importing it again");
-        let mut input = BufReader::new(File::open(file.state_path())?);
-        Store::verify_snapshot(&mut input).map_err(store_io)?;
-        let mut input = BufReader::new(File::open(file.state_path())?);
-        self.store.import(&mut input).map_err(store_io)?;
-        install_log(&self.store, &file, &meta)?;
-        self.snapshots.clear_store_pending()?;
+        Store::verify_snapshot(&mut BufReader::new(File::open(file.state_path())?))
+            .map_err(store_io)?;
+        replace_store(&self.store, &self.snapshots, &file, &meta)?;
         *self.applied.lock().map_err(io)? = None;
         Ok(true)
     }
@@ -254,12 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshots.set_services_pending(&file)?;
             snapshots.set_store_pending(&file)?;
             crate::crash::point("snapshot-install:marked");
-            let mut input = BufReader::new(File::open(file.state_path())?);
-            machine.store.import(&mut input).map_err(store_io)?;
-            crate::crash::point("snapshot-install:store-imported");
-            install_log(&machine.store, &file, &meta)?;
-            crate::crash::point("snapshot-install:log-installed");
-            snapshots.clear_store_pending()?;
+            let mut input = replace_store(&machine.store, snapshots, &file, &meta)?;
             tracing::info!(records = contents.records, services = contents.sections.len(), bytes = file.bytes().unwrap_or(0), last_log_id = ?meta.last_log_id, "installed snapshot");
             let Some(supervisor) = machine.services.get() else {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");
@@ -345,6 +337,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
     }
+}
+
+/// Replaces the store's state and log by those of `file` (current, verified, marked
+/// store-pending), then clears the mark: the one path of a first install and of its
+/// completion after a crash. Returns the state file positioned at the services' sections.
+fn replace_store(
+    store: &Store,
+    snapshots: &Snapshots,
+    file: &SnapshotFile,
+    meta: &SnapshotMeta,
+) -> io::Result<BufReader<File>> {
+    let mut input = BufReader::new(File::open(file.state_path())?);
+    store.import(&mut input).map_err(store_io)?;
+    crate::crash::point("snapshot-install:store-imported");
+    install_log(store, file, meta)?;
+    crate::crash::point("snapshot-install:log-installed");
+    snapshots.clear_store_pending()?;
+    Ok(input)
 }
 
 /// Brings the log in line with an installed snapshot. If this node's log already holds
