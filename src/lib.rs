@@ -37,3 +37,4 @@ pub mod model;
 pub mod node;
 pub mod services;
 pub mod store;
+pub mod tls;
