@@ -408,3 +408,95 @@ fn key_files_others_can_read_are_refused_and_tls_is_required_between_nodes() {
     let node = NodeProcess::start(&dir.path().join("ok"), &borrowed(&env));
     assert!(node.peer_url.starts_with("https://"));
 }
+
+/// Whether the node closes `stream` (EOF or reset) within `within`, reading whatever it
+/// sends meanwhile.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    let end = std::time::Instant::now() + within;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut scratch = [0_u8; 1024];
+    while std::time::Instant::now() < end {
+        match stream.read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_listener_keeps_the_connection_limits() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = support::cluster::issue_certificates(dir.path());
+    let files = pki.node(1).expect("node 1");
+    let mut env = peer_env(&Issued {
+        ca: files.ca.clone(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    });
+    env.push(("TANDEM_HTTP__HEADER_TIMEOUT_MS", "1000".to_owned()));
+    env.push(("TANDEM_HTTP__CONNECTIONS_MAX", "4".to_owned()));
+    let node = NodeProcess::start(&dir.path().join("node"), &borrowed(&env));
+    let peer_addr = without_scheme(&node.peer_url).to_owned();
+
+    // A connection that never starts, or stops halfway through, its TLS handshake is
+    // closed by the header timeout.
+    let mut silent = std::net::TcpStream::connect(&peer_addr).expect("connect");
+    let mut partial = std::net::TcpStream::connect(&peer_addr).expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("half a hello");
+    let started = std::time::Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "silent connection kept"
+    );
+    assert!(
+        closed_within(&mut partial, Duration::from_secs(5)),
+        "partial hello kept"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Over the cap, a new connection is closed at once; the held ones keep their place.
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&peer_addr).expect("connect"))
+        .collect();
+    // Let the node accept the four before the fifth arrives.
+    let node2 = pki.node(2).expect("node 2");
+    let member = tls_client(&files.ca, Some((&node2.cert, &node2.key)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = std::net::TcpStream::connect(&peer_addr).expect("connect");
+    assert!(
+        closed_within(&mut fifth, Duration::from_millis(500)),
+        "fifth connection kept"
+    );
+    drop(held);
+    // Once they are gone (or timed out), a member gets through again; the client
+    // listener was never affected.
+    assert_eq!(get(&node.url, "/health/live").await.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if read_index(&member, &node.peer_url).await == Ok(200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "peer listener did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

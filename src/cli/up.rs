@@ -228,8 +228,8 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     println!("  API (gateway)  {url}");
     for node in nodes {
         println!(
-            "  node {}         {}  region {}",
-            node.spec.id, node.url, node.spec.region
+            "  node {}         {}  region {}  (peers: {})",
+            node.spec.id, node.url, node.spec.region, node.peer_url
         );
     }
     println!("  write key      {}   (source \"default\")", args.write_key);
