@@ -237,3 +237,55 @@ fn local_set_usable(pki: &LocalPki, now_secs: i64) -> bool {
             .iter()
             .all(|n| valid(&n.cert) && super::load_key(&n.key).is_ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_local_set_is_kept_while_valid_and_issued_afresh_near_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ensure_local(dir.path(), 3, NOW).unwrap();
+        for key in [&pki.ca_key, &pki.nodes[0].key, &pki.nodes[2].key] {
+            assert_eq!(mode(key), 0o600, "{}", key.display());
+        }
+        let ca = std::fs::read_to_string(&pki.ca_cert).unwrap();
+        // Node certificates chain to the CA: the CA is the second PEM of each chain.
+        let chain = std::fs::read_to_string(&pki.nodes[1].cert).unwrap();
+        assert!(chain.ends_with(&ca), "the chain ends with the CA");
+        let node = &super::super::load_certs(&pki.nodes[1].cert).unwrap()[0];
+        let (before, after) = super::super::der::validity(node).unwrap();
+        assert!(before <= NOW && after == NOW + LOCAL_VALID_DAYS * 86_400);
+
+        // A day later: kept as is.
+        ensure_local(dir.path(), 3, NOW + 86_400).unwrap();
+        assert_eq!(std::fs::read_to_string(&pki.ca_cert).unwrap(), ca);
+        // Within LOCAL_RENEW_DAYS of expiry: a new CA and new node certificates.
+        let late = NOW + (LOCAL_VALID_DAYS - LOCAL_RENEW_DAYS + 1) * 86_400;
+        ensure_local(dir.path(), 3, late).unwrap();
+        assert_ne!(std::fs::read_to_string(&pki.ca_cert).unwrap(), ca);
+        // More nodes than the set has: issued afresh too.
+        let grown = ensure_local(dir.path(), 4, late).unwrap();
+        assert!(grown.nodes[3].cert.exists());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_tightened_when_rewritten_and_refused_when_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(super::super::check_owner_only(&path).is_err());
+        write_file(&path, "new", true).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(super::super::check_owner_only(&path).is_ok());
+    }
+}
