@@ -79,7 +79,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub advertise_url: Option<String>,
     /// Peer listener address, HOST:PORT: Raft and the other /internal/* routes, mutual TLS
-    /// (overrides node.peer_listen); port 0 picks a free port. Certificates: [tls].
+    /// (overrides node.peer_listen); port 0 picks a free port. Certificates: the `[tls]` section.
     #[arg(long)]
     pub peer_listen: Option<String>,
     /// URL peers reach this node's peer listener at (overrides cluster.advertise_peer_url).
