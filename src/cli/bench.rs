@@ -32,7 +32,8 @@ pub struct FailoverArgs {
     /// Leader kills to measure.
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
-    /// Gateway port; the nodes take the next three.
+    /// Gateway port; the nodes take the next three, their peer listeners three more
+    /// after port + 10.
     #[arg(long, default_value_t = 18600)]
     pub port: u16,
     /// Parent directory for the run's data (a fresh subdirectory, deleted afterwards).
