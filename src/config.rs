@@ -469,6 +469,21 @@ impl Config {
                 self.node.peer_listen
             ));
         }
+        if let (Ok(client), Ok(peer)) = (
+            self.node.listen.parse::<SocketAddr>(),
+            self.node.peer_listen.parse::<SocketAddr>(),
+        ) && client.port() != 0
+            && client.port() == peer.port()
+            && (client.ip() == peer.ip()
+                || client.ip().is_unspecified()
+                || peer.ip().is_unspecified())
+        {
+            problem(format!(
+                "node.peer_listen ({}) is node.listen's address; the peer listener needs a port \
+                 of its own (e.g. 9080), reachable by the other nodes only",
+                self.node.peer_listen
+            ));
+        }
         self.validate_tls(&mut problem);
         self.validate_access(&mut problem);
         self.validate_limits(&mut problem);
@@ -980,6 +995,22 @@ mod tests {
         replaced
             .validate()
             .expect("the example with real keys is valid");
+    }
+
+    #[test]
+    fn the_peer_listener_needs_its_own_port() {
+        let mut config = valid();
+        config.node.listen = "0.0.0.0:8080".into();
+        config.node.peer_listen = "10.0.0.7:8080".into();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("the same port twice must be refused");
+        };
+        assert!(problems[0].contains("node.peer_listen"), "{problems:?}");
+        config.node.peer_listen = "10.0.0.7:9080".into();
+        config.validate().expect("ports of their own");
+        config.node.listen = "127.0.0.1:0".into();
+        config.node.peer_listen = "127.0.0.1:0".into();
+        config.validate().expect("two free ports");
     }
 
     #[test]
