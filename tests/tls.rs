@@ -317,6 +317,34 @@ async fn the_client_listener_speaks_https_with_the_configured_certificate() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // `tandem cluster` over HTTPS with --ca-file; without it the node is not trusted.
+    let status = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(support::binary());
+        command.args([
+            "cluster",
+            "status",
+            "--target",
+            &node.url,
+            "--admin-key",
+            ADMIN_KEY,
+        ]);
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        command.output().expect("run tandem cluster")
+    };
+    let trusted = status(Some(&client_cert.ca));
+    assert!(
+        trusted.status.success() && String::from_utf8_lossy(&trusted.stdout).contains("leader: 1"),
+        "{}{}",
+        String::from_utf8_lossy(&trusted.stdout),
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(
+        !status(None).status.success(),
+        "an untrusted node must not be used"
+    );
+
     // The gateway in front of an HTTPS node, trusting its CA.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
