@@ -200,21 +200,18 @@ async fn first_bytes_sent_to_a_peer(node: &NodeProcess, scheme: &str) -> Vec<u8>
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        listener.set_nonblocking(false).expect("blocking");
-        let (mut stream, _) = listener
-            .accept()
-            .expect("the leader connects to its learner");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let (mut stream, _) = listener.accept().await.expect("accept");
         let mut first = [0_u8; 16];
-        stream.read_exact(&mut first).expect("first bytes");
+        stream.read_exact(&mut first).await.expect("first bytes");
         first.to_vec()
-    })
-    .await
-    .expect("reader")
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the leader connects to its new learner and sends its first bytes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
