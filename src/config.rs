@@ -55,6 +55,40 @@ pub struct Config {
     pub faults: FaultsConfig,
     /// Computed traits kept per profile (`[[computed_traits]]`; see `tandem.example.toml`).
     pub computed_traits: Vec<crate::services::traits::TraitDef>,
+    /// Certificates of the client listener (HTTPS) and the peer listener (mutual TLS).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificate and key files. Key files must be readable by their owner only
+/// (mode 0600 or 0400); a key others can read is refused at start. Paths come from this
+/// file or the environment (`TANDEM_TLS__PEER_KEY_FILE`, …), never from flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first) of the client listener; with
+    /// `client_key_file`, the client listener speaks HTTPS. Empty: plain HTTP.
+    pub client_cert_file: PathBuf,
+    /// Private key (PEM) of `client_cert_file`.
+    pub client_key_file: PathBuf,
+    /// This node's certificate chain (PEM) on the peer listener, presented to peers both
+    /// as server and as client: it must carry both extended key usages and name the host
+    /// of the node's peer URL.
+    pub peer_cert_file: PathBuf,
+    /// Private key (PEM) of `peer_cert_file`.
+    pub peer_key_file: PathBuf,
+    /// The cluster CA (PEM): a peer must present a certificate it signed, and a peer
+    /// server's certificate must chain to it.
+    pub peer_ca_file: PathBuf,
+    /// Peer traffic in cleartext, without certificates. Only for a network nothing else
+    /// can reach (and tests); mutual TLS is required unless this is set.
+    pub peer_plaintext: bool,
+}
+
+impl TlsConfig {
+    /// Whether the client listener speaks HTTPS.
+    pub fn client_https(&self) -> bool {
+        !self.client_cert_file.as_os_str().is_empty()
+    }
 }
 
 /// `[faults]`
@@ -80,6 +114,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             faults: FaultsConfig::default(),
             computed_traits: crate::services::traits::default_defs(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -92,6 +127,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address to listen on for HTTP; port 0 picks a free port (printed at start-up).
     pub listen: String,
+    /// Address of the peer listener (Raft and the other `/internal/*` routes, nothing
+    /// else); port 0 picks a free port (printed at start-up). Never put it behind the
+    /// gateway or a public load balancer.
+    pub peer_listen: String,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +138,7 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: PathBuf::from("./tandem-data"),
             listen: "127.0.0.1:8080".into(),
+            peer_listen: "127.0.0.1:9080".into(),
         }
     }
 }
@@ -301,8 +341,13 @@ pub struct ClusterConfig {
     pub node_id: u64,
     /// Region (or zone) label; voters are spread so one region's loss keeps a quorum.
     pub region: String,
-    /// URL peers and clients reach this node at; empty = `http://<bound listen address>`.
+    /// URL clients (the gateway, other nodes forwarding a client's request) reach this
+    /// node's client listener at; empty = `http(s)://<bound listen address>`.
     pub advertise_url: String,
+    /// URL peers reach this node's peer listener at; empty = `https://<bound peer
+    /// address>` (`http://` with `tls.peer_plaintext`). Its host must be named by the
+    /// node's peer certificate.
+    pub advertise_peer_url: String,
     /// Shared secret on internal (peer) requests. Empty = a random key per start, which
     /// is fine for a single node but lets nobody join it. Prefer `cluster_key_file` or the
     /// environment (`TANDEM_CLUSTER__CLUSTER_KEY`): a key in a shared config file is read
@@ -339,6 +384,7 @@ impl Default for ClusterConfig {
             node_id: 1,
             region: "default".into(),
             advertise_url: String::new(),
+            advertise_peer_url: String::new(),
             cluster_key: String::new(),
             cluster_key_file: PathBuf::new(),
             bootstrap: true,
@@ -417,6 +463,28 @@ impl Config {
                 self.node.listen
             ));
         }
+        if self.node.peer_listen.parse::<SocketAddr>().is_err() {
+            problem(format!(
+                "node.peer_listen = {:?} is not an address; use HOST:PORT such as 10.0.0.7:9080",
+                self.node.peer_listen
+            ));
+        }
+        if let (Ok(client), Ok(peer)) = (
+            self.node.listen.parse::<SocketAddr>(),
+            self.node.peer_listen.parse::<SocketAddr>(),
+        ) && client.port() != 0
+            && client.port() == peer.port()
+            && (client.ip() == peer.ip()
+                || client.ip().is_unspecified()
+                || peer.ip().is_unspecified())
+        {
+            problem(format!(
+                "node.peer_listen ({}) is node.listen's address; the peer listener needs a port \
+                 of its own (e.g. 9080), reachable by the other nodes only",
+                self.node.peer_listen
+            ));
+        }
+        self.validate_tls(&mut problem);
         self.validate_access(&mut problem);
         self.validate_limits(&mut problem);
         self.validate_identity(&mut problem);
@@ -574,10 +642,26 @@ impl Config {
                 c.region
             ));
         }
-        if !c.advertise_url.is_empty() && !c.advertise_url.starts_with("http://") {
+        let scheme = if self.tls.client_https() {
+            "https://"
+        } else {
+            "http://"
+        };
+        if !c.advertise_url.is_empty() && !c.advertise_url.starts_with(scheme) {
             problem(format!(
-                "cluster.advertise_url = {:?} must start with http://",
+                "cluster.advertise_url = {:?} must start with {scheme} (the client listener's scheme)",
                 c.advertise_url
+            ));
+        }
+        let peer_scheme = if self.tls.peer_plaintext {
+            "http://"
+        } else {
+            "https://"
+        };
+        if !c.advertise_peer_url.is_empty() && !c.advertise_peer_url.starts_with(peer_scheme) {
+            problem(format!(
+                "cluster.advertise_peer_url = {:?} must start with {peer_scheme} (the peer listener's scheme)",
+                c.advertise_peer_url
             ));
         }
         if !c.cluster_key.is_empty() {
@@ -596,6 +680,35 @@ impl Config {
                  the spread is what stops split votes",
                 c.election_timeout_max_ms, c.election_timeout_min_ms
             ));
+        }
+    }
+
+    fn validate_tls(&self, problem: &mut impl FnMut(String)) {
+        let t = &self.tls;
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&t.client_cert_file) != set(&t.client_key_file) {
+            problem(
+                "tls.client_cert_file and tls.client_key_file go together: set both for HTTPS, \
+                 or neither for plain HTTP"
+                    .into(),
+            );
+        }
+        let peer_files = [&t.peer_cert_file, &t.peer_key_file, &t.peer_ca_file];
+        if t.peer_plaintext {
+            if peer_files.iter().any(|p| set(p)) {
+                problem(
+                    "tls.peer_plaintext = true and peer certificate files are both set; \
+                     remove one of them"
+                        .into(),
+                );
+            }
+        } else if !peer_files.iter().all(|p| set(p)) {
+            problem(
+                "peer traffic needs mutual TLS: set tls.peer_cert_file, tls.peer_key_file and \
+                 tls.peer_ca_file (docs/operations.md, \"TLS certificates\"), or \
+                 tls.peer_plaintext = true on a network nothing else can reach"
+                    .into(),
+            );
         }
     }
 
@@ -729,6 +842,10 @@ pub struct CliOverrides {
     pub region: Option<String>,
     /// `--advertise-url`
     pub advertise_url: Option<String>,
+    /// `--peer-listen`
+    pub peer_listen: Option<String>,
+    /// `--advertise-peer-url`
+    pub advertise_peer_url: Option<String>,
     /// `--cluster-key-file`
     pub cluster_key_file: Option<PathBuf>,
     /// `--join`: do not bootstrap.
@@ -756,6 +873,12 @@ impl CliOverrides {
         }
         if let Some(url) = &self.advertise_url {
             config.cluster.advertise_url = url.clone();
+        }
+        if let Some(listen) = &self.peer_listen {
+            config.node.peer_listen = listen.clone();
+        }
+        if let Some(url) = &self.advertise_peer_url {
+            config.cluster.advertise_peer_url = url.clone();
         }
         if let Some(path) = &self.cluster_key_file {
             config.cluster.cluster_key_file = path.clone();
@@ -787,6 +910,10 @@ mod tests {
 
     fn valid() -> Config {
         Config {
+            tls: TlsConfig {
+                peer_plaintext: true,
+                ..TlsConfig::default()
+            },
             sources: vec![SourceConfig {
                 name: "web".into(),
                 write_key: "web-write-key-0123456789".into(),
@@ -850,18 +977,40 @@ mod tests {
         let Err(ConfigError::Invalid(problems)) = from_file.validate() else {
             panic!("the example's placeholder keys must be refused");
         };
-        assert_eq!(problems.len(), from_file.sources.len(), "{problems:?}");
+        // So is a cluster without peer certificates: the default is mutual TLS.
+        assert_eq!(problems.len(), from_file.sources.len() + 1, "{problems:?}");
         assert!(
-            problems.iter().all(|p| p.contains("placeholder")),
+            problems
+                .iter()
+                .all(|p| p.contains("placeholder") || p.contains("needs mutual TLS")),
             "{problems:?}"
         );
         let mut replaced = from_file;
         for (i, source) in replaced.sources.iter_mut().enumerate() {
             source.write_key = format!("a-real-random-write-key-{i}");
         }
+        replaced.tls.peer_cert_file = "node.pem".into();
+        replaced.tls.peer_key_file = "node.key".into();
+        replaced.tls.peer_ca_file = "ca.pem".into();
         replaced
             .validate()
             .expect("the example with real keys is valid");
+    }
+
+    #[test]
+    fn the_peer_listener_needs_its_own_port() {
+        let mut config = valid();
+        config.node.listen = "0.0.0.0:8080".into();
+        config.node.peer_listen = "10.0.0.7:8080".into();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("the same port twice must be refused");
+        };
+        assert!(problems[0].contains("node.peer_listen"), "{problems:?}");
+        config.node.peer_listen = "10.0.0.7:9080".into();
+        config.validate().expect("ports of their own");
+        config.node.listen = "127.0.0.1:0".into();
+        config.node.peer_listen = "127.0.0.1:0".into();
+        config.validate().expect("two free ports");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! (`docs/architecture.md` is the guided tour, in the same order):
 //! - [`clock`]: the wall clock, read at the edges and passed down; [`crash`]: named crash
 //!   points a test can make the process die at (nothing unless armed by the environment);
+//! - [`tls`]: rustls with the ring provider — PEM certificates and owner-only key files,
+//!   certificate dates, the listeners' and clients' TLS configurations, and the local CA
+//!   `tandem up` issues (uses nothing else of the crate);
 //! - [`model`]: events, blocks, identities, profiles, identity resolution — pure rules, no
 //!   I/O;
 //! - [`log`]: the segmented append-only log — the Raft log and the event store at once;
@@ -21,7 +24,7 @@
 //! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin) and
 //!   the receiving side of peer RPCs;
 //! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer;
-//!   uses nothing else of the crate);
+//!   uses nothing else of the crate but [`tls`], for `https://` nodes);
 //! - [`cli`]: the `tandem` command line.
 
 pub mod api;
@@ -37,3 +40,4 @@ pub mod model;
 pub mod node;
 pub mod services;
 pub mod store;
+pub mod tls;

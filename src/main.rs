@@ -5,6 +5,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = tandem::cli::Cli::parse();
+    // Every TLS configuration Tandem builds names ring itself; this makes ring the process
+    // default too, for HTTP clients built without one (reqwest has no provider of its own
+    // here: aws-lc-rs is not built).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()

@@ -333,7 +333,7 @@ async fn a_new_node_catches_up_from_a_snapshot_and_replaces_a_voter() {
     let (code, body) = admin_post(
         &leader_url,
         "/v1/admin/cluster/learners",
-        &serde_json::json!({"node_id": 4, "url": new_url, "region": "r3"}),
+        &serde_json::json!({"node_id": 4, "url": new_url, "peer_url": cluster.peer_urls[&4], "region": "r3"}),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -448,7 +448,7 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     let (code, body) = admin_post(
         &leader_url,
         "/v1/admin/cluster/learners",
-        &serde_json::json!({"node_id": 4, "url": new_url, "region": "r3"}),
+        &serde_json::json!({"node_id": 4, "url": new_url, "peer_url": cluster.peer_urls[&4], "region": "r3"}),
     )
     .await;
     assert_eq!(code, 200, "{body}");

@@ -347,7 +347,7 @@ impl Clients {
             started,
             stop: Arc::new(AtomicBool::new(false)),
             acked: Arc::new(AtomicUsize::new(0)),
-            http: reqwest::Client::builder()
+            http: support::reqwest_builder()
                 .timeout(REQUEST_TIMEOUT)
                 .connect_timeout(Duration::from_secs(1))
                 .build()
@@ -719,7 +719,7 @@ async fn run(seed: u64, length: Duration, dir: &std::path::Path) {
         })
         .await;
     let mut history = clients.stop().await;
-    let http = reqwest::Client::builder()
+    let http = support::reqwest_builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("client");

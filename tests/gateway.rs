@@ -293,7 +293,7 @@ impl Gateway {
             url,
             stop: Some(stop),
             task,
-            http: reqwest::Client::new(),
+            http: tandem::tls::plain_http_client(),
         }
     }
 
@@ -692,7 +692,7 @@ async fn a_body_over_one_mib_is_refused_without_being_forwarded() {
         .chunks(64 * 1024)
         .map(|c| Ok(c.to_vec()))
         .collect();
-    let response = reqwest::Client::new()
+    let response = tandem::tls::plain_http_client()
         .post(format!("{}/v1/batch", gateway.url))
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
@@ -758,7 +758,7 @@ async fn beyond_the_inflight_limit_requests_are_shed_at_once() {
 async fn only_end_to_end_headers_cross_and_the_client_address_is_forwarded() {
     let node = Backend::start().await;
     let gateway = Gateway::start(&[&node], |_| {}).await;
-    let reply = reqwest::Client::new()
+    let reply = tandem::tls::plain_http_client()
         .post(format!("{}/v1/batch?source=web", gateway.url))
         .header("authorization", "Basic d3JpdGU6")
         .header("x-request-id", "r-1")
@@ -838,7 +838,7 @@ async fn the_binary_prints_its_address_proxies_and_stops_on_sigterm() {
         "50",
     ])
     .await;
-    let http = reqwest::Client::new();
+    let http = tandem::tls::plain_http_client();
     let reply = http
         .post(format!("{}/v1/batch", gateway.url))
         .body(batch(1))

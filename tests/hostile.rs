@@ -221,11 +221,35 @@ async fn peer_routes_refuse_outsiders_and_ingest_commands() {
             Some(WRITE_KEY),
             Some(ADMIN_KEY),
         ] {
+            // The client listener does not serve peer routes at all, key or not.
             let (status, text) = peer_post(&node.url, path, key, bytes.clone()).await;
+            assert_eq!(
+                status, 404,
+                "{path} on the client port with {key:?}: {text}"
+            );
+            // The peer listener (plaintext here: a lone node) still checks the cluster key.
+            let (status, text) = peer_post(&node.peer_url, path, key, bytes.clone()).await;
             assert_eq!(status, 401, "{path} with {key:?}: {text}");
         }
     }
-    let (status, text) = peer_post(&node.url, "/internal/command", Some(CLUSTER_KEY), bytes).await;
+    let (status, text) = peer_post(
+        &node.url,
+        "/internal/command",
+        Some(CLUSTER_KEY),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the cluster key opens nothing on the client port: {text}"
+    );
+    let (status, text) = peer_post(
+        &node.peer_url,
+        "/internal/command",
+        Some(CLUSTER_KEY),
+        bytes,
+    )
+    .await;
     assert_eq!(status, 400, "an ingest through /internal/command: {text}");
     assert!(text.contains("/internal/propose"), "{text}");
 
@@ -265,10 +289,11 @@ fn a_cluster_key_file_others_can_read_is_refused() {
     let node = NodeProcess::start(&dir.path().join("ok"), &env);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (status, text) = peer_post(&node.url, "/internal/read-index", None, Vec::new()).await;
+        let (status, text) =
+            peer_post(&node.peer_url, "/internal/read-index", None, Vec::new()).await;
         assert_eq!(status, 401, "{text}");
         let (status, text) = peer_post(
-            &node.url,
+            &node.peer_url,
             "/internal/read-index",
             Some(CLUSTER_KEY),
             Vec::new(),

@@ -62,7 +62,10 @@ pub async fn status(
 #[derive(Debug, Deserialize)]
 pub struct AddLearner {
     node_id: u64,
+    /// The node's client URL (the gateway and forwarded client reads use it).
     url: String,
+    /// The node's peer URL (Raft and forwarded writes use it).
+    peer_url: String,
     region: String,
 }
 
@@ -74,17 +77,21 @@ pub async fn add_learner(
 ) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Admin)?;
     let request = body(payload)?;
-    if !request.url.starts_with("http://")
+    let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+    if !web(&request.url)
+        || !web(&request.peer_url)
         || request.region.trim().is_empty()
         || request.node_id == 0
     {
         return Err(ApiError::bad_request(
             "invalid_membership_change",
-            "node_id must be ≥ 1, url must start with http://, region must not be empty",
+            "node_id must be ≥ 1, url and peer_url must start with http:// or https://, \
+             region must not be empty",
         ));
     }
     let member = Member {
         url: request.url.trim_end_matches('/').to_owned(),
+        peer_url: request.peer_url.trim_end_matches('/').to_owned(),
         region: request.region,
     };
     membership::add_learner(state.node.raft(), request.node_id, member).await?;

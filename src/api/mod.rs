@@ -111,7 +111,8 @@ impl AppState {
     }
 }
 
-/// All routes.
+/// The client listener's routes: everything but the peer routes, which only the peer
+/// listener serves (`/internal/*` here is 404 like any unknown path).
 pub fn router(state: AppState) -> Router {
     let single = |kind: MessageType| {
         post(
@@ -174,22 +175,49 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))
-        .merge(peer::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), metrics::instrument))
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests, under the
-/// `[http]` limits (see [`serve::serve`]).
+/// The peer listener's routes: the peer RPCs ([`peer`]) and nothing else.
+pub fn peer_router(state: AppState) -> Router {
+    peer::routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), metrics::instrument))
+        .with_state(state)
+}
+
+/// Most connections the peer listener holds open: each peer keeps two (Raft, and
+/// forwarded writes and read indexes), so this leaves room for far more nodes than a
+/// cluster has, while a flood of peer-port connections cannot exhaust file descriptors.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
+/// Serves the client routes until `shutdown` completes, then finishes in-flight requests,
+/// under the `[http]` limits (see [`serve::serve`]), over TLS with `tls`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let http = state.config.http.clone();
-    serve::serve(listener, router(state), &http, shutdown).await
+    serve::serve(listener, router(state), &http, tls, shutdown).await
+}
+
+/// Serves the peer routes like [`serve`] (mutual TLS with `tls`), with the `[http]`
+/// timeouts and at most [`PEER_CONNECTIONS_MAX`] connections.
+pub async fn serve_peers(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut http = state.config.http.clone();
+    http.connections_max = http.connections_max.min(PEER_CONNECTIONS_MAX);
+    serve::serve(listener, peer_router(state), &http, tls, shutdown).await
 }
 
 /// Liveness: 503 once a fatal storage or Raft error has stopped the node (fail-stop, like

@@ -1,5 +1,6 @@
-//! The client-facing listener: accepting connections, capping them, timing them, and
-//! shutting down gracefully.
+//! A node's listeners — the client listener and the peer listener — accepting
+//! connections, capping them, timing them, speaking TLS when configured, and shutting
+//! down gracefully.
 //!
 //! Each accepted connection takes a permit of a semaphore of `http.connections_max`. With
 //! none left, the new connection is answered `429 too_many_connections` (with
@@ -9,6 +10,15 @@
 //! A connection is served by hyper (HTTP/1.1, or HTTP/2 with prior knowledge as peers
 //! use) in its own task, which also applies [`super::watchdog`]'s header and idle limits
 //! and wraps every request body in a [`DeadlineBody`].
+//!
+//! With a TLS configuration the task first completes the handshake (HTTP/2 or HTTP/1.1
+//! by ALPN; on the peer listener the client's certificate is verified against the
+//! cluster CA), within the header timeout; a client that does not speak TLS (plain HTTP
+//! to an HTTPS port), or presents no or a wrong certificate, fails the handshake and its
+//! connection is closed — the node carries on. The watchdog then sees the decrypted
+//! stream, so every limit applies as on a plain listener. Over the cap, a TLS listener
+//! closes the new connection without the plain-text 429 (which a TLS client could not
+//! read).
 //!
 //! Shutdown: when the `shutdown` future completes the listener stops accepting, every
 //! connection is told to finish (idle ones close at once, busy ones after their current
@@ -29,6 +39,7 @@ use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -53,15 +64,17 @@ pub const REFUSAL_WARNING_INTERVAL_MS: u64 = 10_000;
 /// peer connections), for the start-up check of the open-files limit.
 pub const FILES_RESERVED: u64 = 1_024;
 
-/// Serves `router` on `listener` under `http`'s limits until `shutdown` completes, then
-/// lets open connections finish (see the module doc).
+/// Serves `router` on `listener` under `http`'s limits — over TLS with `tls` — until
+/// `shutdown` completes, then lets open connections finish (see the module doc).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     http: &HttpConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     raise_open_files_limit(http.connections_max as u64 + FILES_RESERVED);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let timeouts = Timeouts::from_config(http);
     let permits = Arc::new(Semaphore::new(http.connections_max));
     let refusal = over_cap_response(http.connections_max);
@@ -86,7 +99,9 @@ pub async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            refuse(&stream, &refusal);
+            if tls.is_none() {
+                refuse(&stream, &refusal);
+            }
             refused_since_warning += 1;
             let interval = Duration::from_millis(REFUSAL_WARNING_INTERVAL_MS);
             if last_warning.is_none_or(|at| at.elapsed() >= interval) {
@@ -101,13 +116,24 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            permit,
-            router.clone(),
-            timeouts,
-            stop_seen.clone(),
-        ));
+        let (router, stop_seen) = (router.clone(), stop_seen.clone());
+        match &tls {
+            None => {
+                tokio::spawn(connection(stream, permit, router, timeouts, stop_seen));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeouts.header, handshake).await {
+                        Ok(Ok(stream)) => {
+                            connection(stream, permit, router, timeouts, stop_seen).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake too slow: connection closed"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     drop(stop_seen);
@@ -117,8 +143,8 @@ pub async fn serve(
 }
 
 /// Serves one connection until it closes, times out, or shutdown has let it finish.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     _permit: OwnedSemaphorePermit,
     router: Router,
     timeouts: Timeouts,

@@ -32,7 +32,8 @@ pub struct FailoverArgs {
     /// Leader kills to measure.
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
-    /// Gateway port; the nodes take the next three.
+    /// Gateway port; the nodes take the next three, their peer listeners three more
+    /// after port + 10.
     #[arg(long, default_value_t = 18600)]
     pub port: u16,
     /// Parent directory for the run's data (a fresh subdirectory, deleted afterwards).
@@ -62,12 +63,21 @@ pub async fn run_failover(args: FailoverArgs) -> i32 {
 async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), String> {
     let regions: Vec<String> = ["r1", "r2", "r3"].iter().map(|r| (*r).to_owned()).collect();
     let key_file = super::launcher::cluster_key_file(dir)?;
+    let now_secs = crate::node::now_ms().div_euclid(1000);
+    let pki = crate::tls::issue::ensure_local(&dir.join("tls"), 3, now_secs)
+        .map_err(|e| format!("local certificates: {e}"))?;
     let specs: Vec<NodeSpec> = (1..=3_u64)
-        .map(|id| NodeSpec {
+        .filter_map(|id| Some((id, pki.node(id)?)))
+        .map(|(id, tls)| NodeSpec {
             id,
             region: regions[id as usize - 1].clone(),
             data_dir: dir.join(format!("node-{id}")),
             listen: format!("127.0.0.1:{}", u32::from(args.port) + id as u32),
+            peer_listen: format!(
+                "127.0.0.1:{}",
+                u32::from(args.port) + super::up::PEER_PORT_OFFSET + id as u32
+            ),
+            tls,
             bootstrap: id == 1,
             cluster_key_file: key_file.clone(),
             write_key: "bench-write-key-not-secret".into(),
@@ -148,7 +158,7 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
 }
 
 async fn write(url: String, acks: Acks, running: Arc<AtomicBool>, counter: Arc<AtomicU64>) {
-    let http = reqwest::Client::new();
+    let http = crate::tls::plain_http_client();
     while running.load(Ordering::Acquire) {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let items: Vec<_> = (0..10)

@@ -17,6 +17,10 @@ pub struct ClusterArgs {
     /// The admin key.
     #[arg(long, global = true, env = "TANDEM_ADMIN_KEY", default_value = "")]
     pub admin_key: String,
+    /// CA certificate (PEM) to trust for an https:// target, e.g. `tandem up`'s
+    /// `<data-dir>/tls/ca.pem`.
+    #[arg(long, global = true, env = "TANDEM_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: ClusterCommand,
 }
@@ -31,9 +35,12 @@ pub enum ClusterCommand {
         /// The new node's id (never reuse an id).
         #[arg(long)]
         node_id: u64,
-        /// The new node's URL.
+        /// The new node's client URL (printed by `tandem node`: "listening on").
         #[arg(long)]
         url: String,
+        /// The new node's peer URL (printed by `tandem node`: "peer listener on").
+        #[arg(long)]
+        peer_url: String,
         /// The new node's region.
         #[arg(long)]
         region: String,
@@ -74,9 +81,12 @@ pub enum ClusterCommand {
         /// The new node's id.
         #[arg(long)]
         node_id: u64,
-        /// The new node's URL.
+        /// The new node's client URL.
         #[arg(long)]
         url: String,
+        /// The new node's peer URL.
+        #[arg(long)]
+        peer_url: String,
         /// The new node's region.
         #[arg(long)]
         region: String,
@@ -168,8 +178,18 @@ impl Admin {
 
 /// Runs `tandem cluster …`; returns the exit code.
 pub async fn run(args: ClusterArgs) -> i32 {
+    let http = crate::tls::http_client_builder(args.ca_file.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.build().map_err(|e| e.to_string()));
+    let http = match http {
+        Ok(http) => http,
+        Err(error) => {
+            eprintln!("tandem cluster: {error}");
+            return 2;
+        }
+    };
     let admin = Admin {
-        http: reqwest::Client::new(),
+        http,
         key: args.admin_key.clone(),
     };
     let result = match args.command {
@@ -177,6 +197,7 @@ pub async fn run(args: ClusterArgs) -> i32 {
         ClusterCommand::AddNode {
             node_id,
             url,
+            peer_url,
             region,
             force,
             learner_only,
@@ -185,7 +206,7 @@ pub async fn run(args: ClusterArgs) -> i32 {
             add_node(
                 &admin,
                 &args.target,
-                (node_id, &url, &region),
+                (node_id, &url, &peer_url, &region),
                 force,
                 learner_only,
                 Duration::from_secs(catch_up_timeout_secs),
@@ -212,6 +233,7 @@ pub async fn run(args: ClusterArgs) -> i32 {
             old,
             node_id,
             url,
+            peer_url,
             region,
             force,
             catch_up_timeout_secs,
@@ -220,7 +242,7 @@ pub async fn run(args: ClusterArgs) -> i32 {
                 &admin,
                 &args.target,
                 old,
-                (node_id, &url, &region),
+                (node_id, &url, &peer_url, &region),
                 force,
                 Duration::from_secs(catch_up_timeout_secs),
             )
@@ -307,7 +329,7 @@ async fn status(admin: &Admin, target: &str) -> Result<(), String> {
 async fn add_node(
     admin: &Admin,
     target: &str,
-    (node_id, url, region): (u64, &str, &str),
+    (node_id, url, peer_url, region): (u64, &str, &str, &str),
     force: bool,
     learner_only: bool,
     timeout: Duration,
@@ -316,7 +338,7 @@ async fn add_node(
         .post(
             target,
             "/v1/admin/cluster/learners",
-            &json!({"node_id": node_id, "url": url, "region": region}),
+            &json!({"node_id": node_id, "url": url, "peer_url": peer_url, "region": region}),
         )
         .await?;
     println!("node {node_id} added as a learner; catching up…");
@@ -340,7 +362,7 @@ async fn replace_node(
     admin: &Admin,
     target: &str,
     old: u64,
-    (node_id, url, region): (u64, &str, &str),
+    (node_id, url, peer_url, region): (u64, &str, &str, &str),
     force: bool,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -348,7 +370,7 @@ async fn replace_node(
         .post(
             target,
             "/v1/admin/cluster/learners",
-            &json!({"node_id": node_id, "url": url, "region": region}),
+            &json!({"node_id": node_id, "url": url, "peer_url": peer_url, "region": region}),
         )
         .await?;
     println!("node {node_id} added as a learner; catching up…");

@@ -35,6 +35,9 @@ pub struct GatewayArgs {
     /// Attempts per request, the first included; retries go to another node.
     #[arg(long, default_value_t = DEFAULT_ATTEMPTS_MAX)]
     pub attempts_max: u32,
+    /// CA certificate (PEM) of https:// nodes' certificates.
+    #[arg(long, env = "TANDEM_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl GatewayArgs {
@@ -46,6 +49,7 @@ impl GatewayArgs {
             inflight_max: self.inflight_max,
             request_timeout_ms: self.request_timeout_ms,
             attempts_max: self.attempts_max,
+            ca_file: self.ca_file.clone(),
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     /// `HOST:PORT` to listen on.
     pub listen: String,
+    /// `HOST:PORT` of the peer listener.
+    pub peer_listen: String,
+    /// The node's certificate, key and the cluster CA for mutual TLS between nodes.
+    pub tls: crate::tls::issue::NodeTlsFiles,
     /// Bootstrap a one-node cluster on first start (node 1 only).
     pub bootstrap: bool,
     /// The file holding the shared cluster secret (owner-only permissions).
@@ -41,8 +45,10 @@ pub struct NodeSpec {
 pub struct ChildNode {
     /// Its spec.
     pub spec: NodeSpec,
-    /// Its URL.
+    /// Its client URL.
     pub url: String,
+    /// Its peer URL.
+    pub peer_url: String,
     child: Child,
 }
 
@@ -64,6 +70,11 @@ impl ChildNode {
             .arg("node")
             .args(["--data-dir", &spec.data_dir.display().to_string()])
             .args(["--listen", &spec.listen])
+            .args(["--peer-listen", &spec.peer_listen])
+            // Paths, not secrets; the environment keeps them out of `ps` all the same.
+            .env("TANDEM_TLS__PEER_CERT_FILE", &spec.tls.cert)
+            .env("TANDEM_TLS__PEER_KEY_FILE", &spec.tls.key)
+            .env("TANDEM_TLS__PEER_CA_FILE", &spec.tls.ca)
             .args(["--node-id", &spec.id.to_string()])
             .args(["--region", &spec.region])
             .args([
@@ -81,8 +92,8 @@ impl ChildNode {
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start node {}: {e}", spec.id))?;
-        let url = match read_address(&mut child) {
-            Ok(url) => url,
+        let (url, peer_url) = match read_address(&mut child) {
+            Ok(urls) => urls,
             Err(error) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -93,7 +104,12 @@ impl ChildNode {
                 ));
             }
         };
-        Ok(ChildNode { spec, url, child })
+        Ok(ChildNode {
+            spec,
+            url,
+            peer_url,
+            child,
+        })
     }
 
     /// Whether the process is still running; `Some(description)` if it exited.
@@ -135,8 +151,9 @@ impl ChildNode {
     }
 }
 
-/// Reads `tandem node listening on http://…` from the child's stdout, with a deadline.
-fn read_address(child: &mut Child) -> Result<String, String> {
+/// Reads `tandem node peer listener on …` and `tandem node listening on …` from the
+/// child's stdout, with a deadline: `(client URL, peer URL)`.
+fn read_address(child: &mut Child) -> Result<(String, String), String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
@@ -148,12 +165,17 @@ fn read_address(child: &mut Child) -> Result<String, String> {
         }
     });
     let deadline = Instant::now() + START_TIMEOUT;
+    let mut peer_url = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => {
+                if let Some(url) = line.strip_prefix("tandem node peer listener on ") {
+                    peer_url = Some(url.trim().to_owned());
+                }
                 if let Some(url) = line.strip_prefix("tandem node listening on ") {
-                    return Ok(url.trim().to_owned());
+                    let peer_url = peer_url.ok_or("no peer address printed")?;
+                    return Ok((url.trim().to_owned(), peer_url));
                 }
             }
             Err(_) => return Err(format!("no address printed within {START_TIMEOUT:?}")),

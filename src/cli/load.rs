@@ -47,6 +47,9 @@ pub struct LoadArgs {
     /// vda). Counts every process's writes.
     #[arg(long)]
     pub disk: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// target.
+    #[arg(long, env = "TANDEM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `tandem verify`
@@ -58,6 +61,9 @@ pub struct VerifyArgs {
     /// The file written by `tandem load --acked`.
     #[arg(long)]
     pub acked: PathBuf,
+    /// CA certificate (PEM) to trust for an https:// target.
+    #[arg(long, env = "TANDEM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// A read key or the admin key.
     #[arg(long, env = "TANDEM_ADMIN_KEY")]
     pub key: String,
@@ -84,6 +90,7 @@ pub async fn run_load(args: LoadArgs) -> i32 {
         replay: args.replay,
         watch_pids: args.watch_pids,
         disk: args.disk,
+        ca_file: args.ca_file,
     };
     match load::run(&options).await {
         Ok(summary) => {
@@ -102,6 +109,7 @@ pub async fn run_verify(args: VerifyArgs) -> i32 {
     let mut options = VerifyOptions::new(args.target, args.acked, args.key);
     options.concurrency = args.concurrency;
     options.progress = !args.quiet;
+    options.ca_file = args.ca_file;
     match load::verify(&options).await {
         Ok(report) => {
             println!("{report}");
@@ -144,6 +152,9 @@ pub struct ReadBenchArgs {
     /// to back.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// CA certificate (PEM) to trust for an https:// target.
+    #[arg(long, env = "TANDEM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Runs `tandem read-bench`.
@@ -157,6 +168,7 @@ pub async fn run_read_bench(args: ReadBenchArgs) -> i32 {
         consistency: args.consistency,
         after: args.after,
         rate: args.rate,
+        ca_file: args.ca_file,
     };
     match load::readbench::run(&options).await {
         Ok(report) => {

@@ -50,7 +50,7 @@ impl Admin {
     /// A client sending `key` as the admin bearer token.
     pub fn new(key: &str) -> Admin {
         Admin {
-            http: reqwest::Client::new(),
+            http: crate::tls::plain_http_client(),
             key: key.to_owned(),
         }
     }
@@ -125,8 +125,12 @@ pub async fn form_cluster(
             missing.iter().map(|n| n.spec.id).collect::<Vec<_>>()
         );
         for node in &missing {
-            let body =
-                json!({"node_id": node.spec.id, "url": node.url, "region": node.spec.region});
+            let body = json!({
+                "node_id": node.spec.id,
+                "url": node.url,
+                "peer_url": node.peer_url,
+                "region": node.spec.region,
+            });
             admin
                 .post(&format!("{leader_url}/v1/admin/cluster/learners"), &body)
                 .await?;

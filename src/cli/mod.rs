@@ -74,9 +74,17 @@ pub struct NodeArgs {
     /// This node's region label (overrides cluster.region).
     #[arg(long)]
     pub region: Option<String>,
-    /// URL peers reach this node at (overrides cluster.advertise_url).
+    /// URL clients and the gateway reach this node's client listener at (overrides
+    /// cluster.advertise_url).
     #[arg(long)]
     pub advertise_url: Option<String>,
+    /// Peer listener address, HOST:PORT: Raft and the other /internal/* routes, mutual TLS
+    /// (overrides node.peer_listen); port 0 picks a free port. Certificates: the `[tls]` section.
+    #[arg(long)]
+    pub peer_listen: Option<String>,
+    /// URL peers reach this node's peer listener at (overrides cluster.advertise_peer_url).
+    #[arg(long)]
+    pub advertise_peer_url: Option<String>,
     /// File holding the shared secret of peer requests, the same on every node, readable
     /// by its owner only (overrides cluster.cluster_key_file). The key itself is never a
     /// flag: flags are visible to every user in `ps`. The environment variable
@@ -103,6 +111,8 @@ impl NodeArgs {
             node_id: self.node_id,
             region: self.region.clone(),
             advertise_url: self.advertise_url.clone(),
+            peer_listen: self.peer_listen.clone(),
+            advertise_peer_url: self.advertise_peer_url.clone(),
             cluster_key_file: self.cluster_key_file.clone(),
             join: self.join,
             enable_faults: self.enable_faults,
@@ -150,7 +160,9 @@ async fn run_node(args: NodeArgs) -> i32 {
         eprintln!("tandem node: cannot listen for SIGHUP (key reload): {error}");
         return 1;
     }
-    println!("tandem node listening on http://{}", prepared.addr);
+    // The peer line first: readers that stop at "listening on" have seen it by then.
+    println!("tandem node peer listener on {}", prepared.peer_url);
+    println!("tandem node listening on {}", prepared.client_url);
     match prepared.serve(node::termination()).await {
         Ok(()) => 0,
         Err(error) => {

@@ -1,7 +1,14 @@
 //! `tandem node`: runs one node until Ctrl-C or SIGTERM, then shuts down cleanly.
 //!
-//! Start-up prints one line to stdout, `tandem node listening on http://HOST:PORT`, which
-//! scripts and tests read to learn the port when listening on port 0.
+//! Start-up prints two lines to stdout, `tandem node peer listener on https://HOST:PORT`
+//! then `tandem node listening on http(s)://HOST:PORT`, which scripts and tests read to
+//! learn the ports when listening on port 0.
+//!
+//! A node has two listeners: the client listener (the API, health, metrics; HTTPS when
+//! `[tls]` names a client certificate) and the peer listener (the `/internal/*` peer
+//! routes only; mutual TLS against the cluster CA unless `tls.peer_plaintext`). Shutdown
+//! stops the client listener first, and the peer listener only once in-flight client
+//! requests are answered: their writes still need the other nodes.
 //!
 //! Shutdown order, so nothing acknowledged is lost and nothing in flight is half-done:
 //! refuse new ingestion (503 + Retry-After) → let in-flight requests finish → stop Raft →
@@ -19,6 +26,8 @@ use tokio::net::TcpListener;
 use crate::api::auth::Keys;
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
+use crate::node::Advertised;
+use crate::node::tls::NodeTls;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,34 +49,60 @@ pub enum ServeError {
     ReadThreads(std::io::Error),
 }
 
-/// A node whose storage and Raft are running and whose socket is bound, not yet serving.
+/// A node whose storage and Raft are running and whose sockets are bound, not yet serving.
 pub struct Prepared {
     state: AppState,
     listener: TcpListener,
-    /// The address actually bound.
+    peer_listener: TcpListener,
+    tls: NodeTls,
+    /// The client listener's address actually bound.
     pub addr: SocketAddr,
+    /// The client listener's URL as bound (`http://` or `https://`).
+    pub client_url: String,
+    /// The peer listener's URL as bound.
+    pub peer_url: String,
 }
 
-/// Binds the socket, then starts the node (so it can advertise the bound address).
-pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    let listener = TcpListener::bind(&config.node.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.node.listen.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServeError::Serve)?;
-    let advertise = if config.cluster.advertise_url.is_empty() {
-        format!("http://{addr}")
-    } else {
-        config.cluster.advertise_url.clone()
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
     };
-    let node = crate::node::start(&config, advertise).await?;
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(ServeError::Serve)?;
+    Ok((listener, bound))
+}
+
+/// Loads the TLS material, binds both sockets, then starts the node (so it can advertise
+/// the bound addresses).
+pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    let tls = NodeTls::load(&config.tls, crate::clock::now_ms().div_euclid(1000))
+        .map_err(|e| ServeError::Start(e.into()))?;
+    let (listener, addr) = bind(&config.node.listen).await?;
+    let (peer_listener, peer_addr) = bind(&config.node.peer_listen).await?;
+    let client_url = format!("{}://{addr}", tls.client_scheme());
+    let peer_url = format!("{}://{peer_addr}", tls.peer_scheme());
+    let or_bound = |advertised: &str, bound: &str| {
+        if advertised.is_empty() {
+            bound.to_owned()
+        } else {
+            advertised.trim_end_matches('/').to_owned()
+        }
+    };
+    let advertised = Advertised {
+        client_url: or_bound(&config.cluster.advertise_url, &client_url),
+        peer_url: or_bound(&config.cluster.advertise_peer_url, &peer_url),
+    };
+    let node = crate::node::start(&config, advertised, &tls).await?;
     let state = AppState::new(node, Arc::new(config)).map_err(ServeError::ReadThreads)?;
     Ok(Prepared {
         state,
         listener,
+        peer_listener,
+        tls,
         addr,
+        client_url,
+        peer_url,
     })
 }
 
@@ -84,10 +119,24 @@ impl Prepared {
             tracing::info!("shutting down: refusing new writes, finishing in-flight requests");
             stopping.begin_shutdown();
         };
-        let served = api::serve(self.listener, self.state, shutdown).await;
+        let (peers_stop, peers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let peers = tokio::spawn(api::serve_peers(
+            self.peer_listener,
+            self.state.clone(),
+            self.tls.peer_server.clone(),
+            async move {
+                let _ = peers_stopped.await;
+            },
+        ));
+        let served = api::serve(self.listener, self.state, self.tls.client_server, shutdown).await;
+        let _ = peers_stop.send(());
+        let peers_served = match peers.await {
+            Ok(result) => result,
+            Err(error) => Err(std::io::Error::other(error)),
+        };
         node.shutdown().await;
         tracing::info!("stopped");
-        served.map_err(ServeError::Serve)
+        served.and(peers_served).map_err(ServeError::Serve)
     }
 }
 

@@ -3,9 +3,16 @@
 //! of them, and a demo workload through the gateway.
 //!
 //! Data lives under `--data-dir` (`./tandem-data/node-N`); nodes listen on the ports after
-//! the gateway's (`--port 8080` → nodes on 8081, 8082, 8083), so running `tandem up` again
-//! restarts the same nodes on the same addresses and resumes the same cluster. Ctrl-C stops
-//! the gateway, then each node cleanly.
+//! the gateway's (`--port 8080` → nodes on 8081, 8082, 8083) and their peer listeners ten
+//! further (8091, 8092, 8093), so running `tandem up` again restarts the same nodes on the
+//! same addresses and resumes the same cluster. Ctrl-C stops the gateway, then each node
+//! cleanly.
+//!
+//! Between nodes the local cluster is encrypted and authenticated: `tandem up` keeps a
+//! local CA and one certificate per node in `<data-dir>/tls/` (keys mode 0600, issued
+//! afresh when missing or within 30 days of expiry) and every node's peer listener
+//! requires mutual TLS. The client side (gateway and nodes' client listeners) stays plain
+//! HTTP on 127.0.0.1: it never leaves the machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +27,8 @@ use crate::load::{self, LoadOptions};
 
 /// Most nodes `tandem up` starts.
 pub const NODES_MAX: usize = 9;
+/// Node N's peer port is the gateway's port + this + N (past the client ports).
+pub const PEER_PORT_OFFSET: u32 = 10;
 
 /// `tandem up`
 #[derive(Debug, clap::Args)]
@@ -68,7 +77,16 @@ pub async fn run_up(args: UpArgs) -> i32 {
             return 1;
         }
     };
-    let specs = node_specs(&args, &key);
+    let now_secs = crate::node::now_ms().div_euclid(1000);
+    let pki =
+        match crate::tls::issue::ensure_local(&args.data_dir.join("tls"), args.nodes, now_secs) {
+            Ok(pki) => pki,
+            Err(error) => {
+                eprintln!("tandem up: local certificates: {error}");
+                return 1;
+            }
+        };
+    let specs = node_specs(&args, &key, &pki);
     let nodes = match start_nodes(specs).await {
         Ok(nodes) => nodes,
         Err(error) => {
@@ -139,9 +157,14 @@ pub async fn run_up(args: UpArgs) -> i32 {
     0
 }
 
-fn node_specs(args: &UpArgs, key_file: &std::path::Path) -> Vec<NodeSpec> {
+fn node_specs(
+    args: &UpArgs,
+    key_file: &std::path::Path,
+    pki: &crate::tls::issue::LocalPki,
+) -> Vec<NodeSpec> {
     (1..=args.nodes as u64)
-        .map(|id| NodeSpec {
+        .filter_map(|id| Some((id, pki.node(id)?)))
+        .map(|(id, tls)| NodeSpec {
             id,
             region: args.regions[(id as usize - 1) % args.regions.len()].clone(),
             data_dir: args.data_dir.join(format!("node-{id}")),
@@ -150,6 +173,15 @@ fn node_specs(args: &UpArgs, key_file: &std::path::Path) -> Vec<NodeSpec> {
             } else {
                 format!("127.0.0.1:{}", u32::from(args.port) + id as u32)
             },
+            peer_listen: if args.port == 0 {
+                "127.0.0.1:0".into()
+            } else {
+                format!(
+                    "127.0.0.1:{}",
+                    u32::from(args.port) + PEER_PORT_OFFSET + id as u32
+                )
+            },
+            tls,
             bootstrap: id == 1,
             cluster_key_file: key_file.to_owned(),
             write_key: args.write_key.clone(),
@@ -196,14 +228,18 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     println!("  API (gateway)  {url}");
     for node in nodes {
         println!(
-            "  node {}         {}  region {}",
-            node.spec.id, node.url, node.spec.region
+            "  node {}         {}  region {}  (peers: {})",
+            node.spec.id, node.url, node.spec.region, node.peer_url
         );
     }
     println!("  write key      {}   (source \"default\")", args.write_key);
     println!("  admin key      {key}");
     println!(
         "  data           {}  (logs: node-N/node.log)",
+        args.data_dir.display()
+    );
+    println!(
+        "  between nodes  mutual TLS (local CA: {}/tls/ca.pem); clients: plain HTTP on 127.0.0.1",
         args.data_dir.display()
     );
     if !args.no_demo {
@@ -245,7 +281,7 @@ const DEMO_SEGMENTS: [(&str, &str); 3] = [
 ];
 
 async fn define_demo_segments(admin_key: &str, url: &str) {
-    let client = reqwest::Client::new();
+    let client = crate::tls::plain_http_client();
     for (id, rule) in DEMO_SEGMENTS {
         let reply = client
             .post(format!("{url}/v1/segments"))

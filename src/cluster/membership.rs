@@ -72,8 +72,10 @@ pub fn check_layout(voters: &BTreeMap<u64, Member>) -> Result<(), String> {
 pub struct MemberView {
     /// Node id.
     pub id: u64,
-    /// Its URL.
+    /// Its client URL.
     pub url: String,
+    /// Its peer URL.
+    pub peer_url: String,
     /// Its region.
     pub region: String,
     /// `voter` or `learner`.
@@ -124,6 +126,7 @@ pub fn view(raft: &Raft) -> ClusterView {
             MemberView {
                 id: *id,
                 url: member.url.clone(),
+                peer_url: member.peer_url.clone(),
                 region: member.region.clone(),
                 role: if voters.contains(id) {
                     "voter"
@@ -181,7 +184,10 @@ fn raft_error(error: impl std::fmt::Display) -> MembershipError {
 pub async fn add_learner(raft: &Raft, id: u64, member: Member) -> Result<(), MembershipError> {
     let view = require_leader(raft)?;
     if let Some(existing) = view.members.iter().find(|m| m.id == id) {
-        if existing.url == member.url && existing.region == member.region {
+        if existing.url == member.url
+            && existing.peer_url == member.peer_url
+            && existing.region == member.region
+        {
             return Ok(());
         }
         return Err(MembershipError::Invalid(format!(
@@ -208,6 +214,7 @@ pub async fn promote(raft: &Raft, ids: &BTreeSet<u64>, force: bool) -> Result<()
             *id,
             Member {
                 url: member.url.clone(),
+                peer_url: member.peer_url.clone(),
                 region: member.region.clone(),
             },
         );
@@ -264,6 +271,7 @@ pub async fn replace(raft: &Raft, old: u64, new: u64, force: bool) -> Result<(),
         new,
         Member {
             url: learner.url.clone(),
+            peer_url: learner.peer_url.clone(),
             region: learner.region.clone(),
         },
     );
@@ -304,6 +312,7 @@ mod tests {
                     i as u64 + 1,
                     Member {
                         url: format!("http://n{i}"),
+                        peer_url: format!("https://n{i}:9080"),
                         region: (*region).into(),
                     },
                 )

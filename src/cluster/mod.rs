@@ -37,8 +37,12 @@ use crate::model::event::EventOutcome;
 /// A member of the cluster as Raft records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    /// Base URL of the node's HTTP server (API and Raft RPCs), e.g. `http://10.0.0.7:8080`.
+    /// Base URL of the node's client listener (the API), e.g. `https://10.0.0.7:8080`:
+    /// where the gateway and clients are pointed.
     pub url: String,
+    /// Base URL of the node's peer listener (Raft RPCs, forwarded writes, read indexes),
+    /// e.g. `https://10.0.0.7:9080`: mutual TLS unless the cluster runs in plaintext.
+    pub peer_url: String,
     /// Region (or zone) label, used to refuse voter layouts that one region's loss would
     /// break.
     pub region: String,

@@ -1,5 +1,6 @@
-//! Raft RPCs to peers: `RaftNetworkV2` over HTTP/2 (cleartext, prior knowledge), with
-//! postcard bodies and a shared cluster key.
+//! Raft RPCs to peers: `RaftNetworkV2` over HTTP/2 to each peer's peer listener — mutual
+//! TLS (h2 by ALPN) by default, cleartext with prior knowledge when the cluster is
+//! configured so — with postcard bodies and a shared cluster key.
 //!
 //! Snapshots are packed into one stream as they are sent (state file, then log segments;
 //! see [`super::snapshot`]); nothing holds a whole snapshot in memory. Every call honours openraft's soft timeout and reports a peer it
@@ -71,16 +72,19 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network for node `self_id`, authenticating with `cluster_key`.
+    /// A network for node `self_id`, authenticating with `cluster_key`, its calls made by
+    /// a client from `http` (which carries the node's TLS identity and the cluster CA when
+    /// peers use mutual TLS).
     pub fn new(
         self_id: u64,
         cluster_key: &str,
         faults: Arc<Faults>,
+        http: reqwest::ClientBuilder,
     ) -> Result<Network, reqwest::Error> {
-        // HTTP/2 with prior knowledge (h2c): one multiplexed connection per peer carries
-        // heartbeats, appends and votes side by side, so a large append never queues a
-        // heartbeat behind it on the same connection.
-        let http = reqwest::Client::builder()
+        // HTTP/2 only (h2 by ALPN over TLS, prior knowledge in plaintext): one multiplexed
+        // connection per peer carries heartbeats, appends and votes side by side, so a
+        // large append never queues a heartbeat behind it on the same connection.
+        let http = http
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -102,7 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             network: self.clone(),
             target,
-            url: node.url.trim_end_matches('/').to_owned(),
+            url: node.peer_url.trim_end_matches('/').to_owned(),
         }
     }
 }

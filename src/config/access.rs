@@ -301,6 +301,10 @@ mod tests {
     fn with_source(source: SourceConfig) -> Config {
         Config {
             sources: vec![source],
+            tls: super::super::TlsConfig {
+                peer_plaintext: true,
+                ..Default::default()
+            },
             ..Config::default()
         }
     }

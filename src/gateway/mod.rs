@@ -69,7 +69,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let nodes = options.validate()?;
-    let client = reqwest::Client::builder()
+    let client = crate::tls::http_client_builder(options.ca_file.as_deref())
+        .map_err(|error| GatewayError::Client(error.to_string()))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_NODE_MAX)
         .pool_idle_timeout(Duration::from_millis(IDLE_CONNECTION_MS))

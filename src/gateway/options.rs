@@ -75,6 +75,9 @@ pub struct GatewayOptions {
     pub request_timeout_ms: u64,
     /// Attempts per request, the first included; retries go to another node if possible.
     pub attempts_max: u32,
+    /// CA certificate (PEM) that `https://` nodes' certificates must chain to; without
+    /// one, only `http://` nodes can be reached.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl GatewayOptions {
@@ -86,6 +89,7 @@ impl GatewayOptions {
             inflight_max: DEFAULT_INFLIGHT_MAX,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             attempts_max: DEFAULT_ATTEMPTS_MAX,
+            ca_file: None,
         }
     }
 
@@ -104,7 +108,7 @@ impl GatewayOptions {
             ));
         }
         for node in &self.nodes {
-            match node_base(node) {
+            match node_base(node, self.ca_file.is_some()) {
                 Ok(base) if bases.contains(&base) => {
                     problems.push(format!("--nodes lists {base} twice; list each node once"));
                 }
@@ -157,15 +161,24 @@ fn check_range(problems: &mut Vec<String>, flag: &str, value: u64, min: u64, max
 }
 
 /// The canonical base URL of a node, or why it cannot be one.
-fn node_base(raw: &str) -> Result<String, String> {
+fn node_base(raw: &str, https: bool) -> Result<String, String> {
     let url = Url::parse(raw.trim()).map_err(|error| {
         format!("--nodes entry {raw:?} is not a URL ({error}); use http://HOST:PORT")
     })?;
-    if url.scheme() != "http" {
-        return Err(format!(
-            "--nodes entry {raw:?} uses {}; the gateway speaks plain HTTP to nodes, use http://HOST:PORT",
-            url.scheme()
-        ));
+    match url.scheme() {
+        "http" => {}
+        "https" if https => {}
+        "https" => {
+            return Err(format!(
+                "--nodes entry {raw:?} uses https without --ca-file; give the CA that signed \
+                 the nodes' certificates"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "--nodes entry {raw:?} uses {other}; use http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!(
@@ -215,13 +228,14 @@ mod tests {
             inflight_max: 0,
             request_timeout_ms: 10,
             attempts_max: 0,
+            ca_file: None,
         };
         let Err(GatewayError::InvalidOptions(problems)) = options.validate() else {
             panic!("options should be invalid");
         };
         let text = problems.join("\n");
         for needle in [
-            "uses https",
+            "uses https without --ca-file",
             "\"nowhere\" is not a URL",
             "has a path",
             "http://c:3 twice",

@@ -191,9 +191,11 @@ pub async fn send_with_retries(
     }
 }
 
-/// The HTTP client used for every request of a run.
-pub fn http_client() -> Result<reqwest::Client, LoadError> {
-    reqwest::Client::builder()
+/// The HTTP client used for every request of a run; it trusts the CA in `ca_file` for an
+/// `https://` target.
+pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, LoadError> {
+    crate::tls::http_client_builder(ca_file)
+        .map_err(|e| LoadError::InvalidOptions(format!("--ca-file: {e}")))?
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("tandem-load/", env!("CARGO_PKG_VERSION")))
@@ -201,15 +203,18 @@ pub fn http_client() -> Result<reqwest::Client, LoadError> {
         .map_err(|e| LoadError::Client(error_chain(&e)))
 }
 
-/// The base URL without a trailing slash; only plain `http://` is supported.
+/// The base URL without a trailing slash: `http://` or `https://` (with `--ca-file`).
 pub fn base_url(target: &str) -> Result<String, LoadError> {
     let trimmed = target.trim().trim_end_matches('/');
-    let rest = trimmed.strip_prefix("http://").ok_or_else(|| {
-        LoadError::InvalidOptions(format!(
-            "--target {target:?} must be a plain http:// URL such as http://127.0.0.1:8080 \
-             (https is not built in; put a TLS proxy in front of the node instead)"
-        ))
-    })?;
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| {
+            LoadError::InvalidOptions(format!(
+                "--target {target:?} must be an http:// or https:// URL such as \
+                 http://127.0.0.1:8080"
+            ))
+        })?;
     if rest.is_empty() || rest.contains(['?', '#']) {
         return Err(LoadError::InvalidOptions(format!(
             "--target {target:?} must be a base URL such as http://127.0.0.1:8080"
@@ -366,7 +371,17 @@ mod tests {
             base_url(" http://node:80 ").ok().as_deref(),
             Some("http://node:80")
         );
-        for bad in ["https://node", "node:8080", "http://", "http://node?x=1"] {
+        assert_eq!(
+            base_url("https://node:8443").ok().as_deref(),
+            Some("https://node:8443")
+        );
+        for bad in [
+            "ftp://node",
+            "node:8080",
+            "http://",
+            "https://",
+            "http://node?x=1",
+        ] {
             assert!(base_url(bad).is_err(), "{bad}");
         }
         let cases = [

@@ -41,6 +41,8 @@ pub struct ReadBenchOptions {
     pub after: Option<u64>,
     /// Reads per second in all, spread evenly over the readers; `None`: back to back.
     pub rate: Option<f64>,
+    /// CA certificate (PEM) of an `https://` target; `None`: only `http://` targets.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a read benchmark measured.
@@ -70,7 +72,7 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
             opts.acked.display()
         )));
     }
-    let http = client::http_client()?;
+    let http = client::http_client(opts.ca_file.as_deref())?;
     let auth = client::bearer_auth(&opts.key);
     let query = Arc::new(read_query(opts));
     let shared = Arc::new(Mutex::new(ReadBenchReport {

@@ -75,6 +75,8 @@ pub struct LoadOptions {
     pub watch_pids: Vec<u32>,
     /// A disk (name in `/proc/diskstats`) whose bytes written the summary reports.
     pub disk: Option<String>,
+    /// CA certificate (PEM) of an `https://` target; `None`: only `http://` targets.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -98,6 +100,7 @@ impl LoadOptions {
             replay: false,
             watch_pids: Vec::new(),
             disk: None,
+            ca_file: None,
         }
     }
 
@@ -160,7 +163,7 @@ impl fmt::Debug for LoadOptions {
 pub async fn run(opts: &LoadOptions) -> Result<LoadSummary, LoadError> {
     opts.validate()?;
     let sender = Arc::new(Sender {
-        http: client::http_client()?,
+        http: client::http_client(opts.ca_file.as_deref())?,
         url: format!("{}/v1/batch", client::base_url(&opts.target)?),
         auth: client::basic_auth(&opts.write_key),
         seed: opts.seed,
@@ -491,7 +494,7 @@ mod tests {
         let cases: Vec<(LoadOptions, &str)> = vec![
             (
                 LoadOptions {
-                    target: "https://x".into(),
+                    target: "ftp://x".into(),
                     ..good.clone()
                 },
                 "--target",

@@ -51,6 +51,8 @@ pub struct VerifyOptions {
     pub concurrency: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// CA certificate (PEM) of an `https://` target; `None`: only `http://` targets.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl VerifyOptions {
@@ -66,6 +68,7 @@ impl VerifyOptions {
             key: key.into(),
             concurrency: DEFAULT_CONCURRENCY,
             progress: false,
+            ca_file: None,
         }
     }
 
@@ -192,7 +195,7 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, LoadError> {
         }
     })?;
     let checker = Arc::new(Checker {
-        http: client::http_client()?,
+        http: client::http_client(opts.ca_file.as_deref())?,
         base,
         auth: client::bearer_auth(&opts.key),
         progress: progress_bar(opts.progress, identities.len() as u64),

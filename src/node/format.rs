@@ -1,7 +1,9 @@
 //! The data directory's format version: a data directory written by another format is
 //! refused at start with what to do, never misread.
 //!
-//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 2 keeps the event
+//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 3 records each
+//! member's peer URL beside its client URL in the membership (log entries and snapshot
+//! metadata, postcard: a field more is a format change). Version 2 keeps the event
 //! bodies in the log (`log/`) and the state without them (`store/`). Version 1 (before it)
 //! had no `FORMAT` file, a fjall Raft log in `raft-log/` and event bodies in the state.
 
@@ -10,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build reads and writes.
-pub const DATA_FORMAT: u32 = 2;
+pub const DATA_FORMAT: u32 = 3;
 /// The version file's name.
 const FILE: &str = "FORMAT";
 

@@ -83,6 +83,13 @@ pub struct PartLabels {
     pub part: &'static str,
 }
 
+/// Labels of a TLS certificate's expiry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `client` or `peer`.
+    pub listener: &'static str,
+}
+
 /// A histogram family's constructor (a plain fn, so the family type can be named).
 type HistogramFn = fn() -> Histogram;
 
@@ -109,6 +116,8 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Changes of the leader this node observed.
     pub leader_changes: Counter,
+    /// When each TLS listener's certificate expires, Unix seconds.
+    pub certificate_expiry: Family<ListenerLabels, Gauge>,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -156,6 +165,15 @@ pub(super) struct Scraped {
 const PARTS: [&str; 4] = ["log", "store", "services", "snapshots"];
 
 impl Metrics {
+    /// Records when `listener`'s certificate expires; `None` (no TLS) records nothing.
+    pub fn set_certificate_expiry(&self, listener: &'static str, not_after: Option<i64>) {
+        if let Some(not_after) = not_after {
+            self.certificate_expiry
+                .get_or_create(&ListenerLabels { listener })
+                .set(not_after);
+        }
+    }
+
     /// Builds and registers every family, for a node whose data lives in `data_dir` and
     /// whose Raft log measures its fsyncs into `log_fsync`.
     pub fn new(data_dir: &Path, log_fsync: Histogram) -> Metrics {
@@ -168,6 +186,7 @@ impl Metrics {
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_duration: latency_histogram(),
             leader_changes: Counter::default(),
+            certificate_expiry: Family::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -215,6 +234,11 @@ impl Metrics {
             "events_stored",
             "Events stored in the cluster, from the replicated state (equal on every node once caught up)",
             s.events_stored.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When a TLS listener's certificate expires (peer: the earlier of the node's and the cluster CA's), Unix seconds; absent for a plain listener",
+            m.certificate_expiry.clone(),
         );
         r.register("raft_term", "Current Raft term", s.term.clone());
         r.register("raft_is_leader", "1 on the leader", s.is_leader.clone());

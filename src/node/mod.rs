@@ -30,6 +30,7 @@ pub mod reads;
 mod shares;
 mod start;
 mod ticker;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,7 +46,7 @@ use crate::store::Store;
 
 pub use format::{DATA_FORMAT, FormatError};
 pub use proposer::COMMIT_BYTES_MAX;
-pub use start::{NodeError, start};
+pub use start::{Advertised, NodeError, start};
 
 /// Log entries being replicated at once by one node's proposer.
 pub const PROPOSALS_INFLIGHT_MAX: usize = 4;
@@ -129,6 +130,7 @@ pub struct Cluster {
     snapshots: Snapshots,
     cluster_key: String,
     advertise_url: String,
+    advertise_peer_url: String,
     region: String,
 }
 
@@ -153,9 +155,13 @@ impl Cluster {
     pub fn cluster_key(&self) -> &str {
         &self.cluster_key
     }
-    /// The URL peers reach this node at.
+    /// The URL clients reach this node's client listener at.
     pub fn advertise_url(&self) -> &str {
         &self.advertise_url
+    }
+    /// The URL peers reach this node's peer listener at.
+    pub fn advertise_peer_url(&self) -> &str {
+        &self.advertise_peer_url
     }
     /// This node's region label.
     pub fn region(&self) -> &str {

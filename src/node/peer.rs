@@ -19,7 +19,7 @@ use super::SubmitError;
 use crate::cluster::Raft;
 use crate::cluster::network::FROM_HEADER;
 
-/// The base URL of `leader` from this node's view of the membership.
+/// The base URL of `leader`'s peer listener from this node's view of the membership.
 pub(super) fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
@@ -27,7 +27,7 @@ pub(super) fn leader_url(raft: &Raft, leader: u64) -> Result<String, SubmitError
         .membership_config
         .membership()
         .get_node(&leader)
-        .map(|member| member.url.trim_end_matches('/').to_owned())
+        .map(|member| member.peer_url.trim_end_matches('/').to_owned())
         .ok_or_else(|| SubmitError::NoLeader(format!("leader {leader} has no known address")))
 }
 

@@ -47,6 +47,18 @@ pub enum NodeError {
     /// The log did not open.
     #[error("cannot open the log: {0}")]
     Log(#[from] crate::log::LogError),
+    /// A certificate, key or CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Where this node is reached, as recorded in the membership.
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    /// The client listener's URL.
+    pub client_url: String,
+    /// The peer listener's URL.
+    pub peer_url: String,
 }
 
 fn data_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -56,8 +68,16 @@ fn data_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ 
     }
 }
 
-/// Starts a node with `config`, reachable by peers at `advertise_url`.
-pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, NodeError> {
+/// Starts a node with `config`, reachable at `advertised`, calling peers with `tls`.
+pub async fn start(
+    config: &Config,
+    advertised: Advertised,
+    tls: &super::tls::NodeTls,
+) -> Result<Arc<Node>, NodeError> {
+    let Advertised {
+        client_url: advertise_url,
+        peer_url: advertise_peer_url,
+    } = advertised;
     let dir = config.node.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
     let started = std::time::Instant::now();
@@ -132,7 +152,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     let faults = Arc::new(Faults::default());
     let id = cluster_config.node_id;
-    let network = Network::new(id, &cluster_key, Arc::clone(&faults))
+    let network = Network::new(id, &cluster_key, Arc::clone(&faults), tls.peer_http()?)
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
     {
@@ -152,6 +172,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let me = Member {
         url: advertise_url.clone(),
+        peer_url: advertise_peer_url.clone(),
         region: cluster_config.region.clone(),
     };
     if cluster_config.bootstrap
@@ -180,13 +201,16 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
         &dir,
         log_store_handle.fsync_seconds().clone(),
     ));
+    metrics.set_certificate_expiry("client", tls.client_not_after);
+    metrics.set_certificate_expiry("peer", tls.peer_not_after);
     tokio::spawn(super::metrics::watch_leader(
         raft.clone(),
         Arc::clone(&metrics),
     ));
     let failed = Arc::new(AtomicBool::new(false));
     let (queue, receiver) = mpsc::unbounded_channel();
-    let http = reqwest::Client::builder()
+    let http = tls
+        .peer_http()?
         .connect_timeout(std::time::Duration::from_secs(1))
         .build()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -237,6 +261,7 @@ pub async fn start(config: &Config, advertise_url: String) -> Result<Arc<Node>, 
             snapshots,
             cluster_key,
             advertise_url,
+            advertise_peer_url,
             region: cluster_config.region.clone(),
         },
         queue,

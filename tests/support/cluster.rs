@@ -1,6 +1,10 @@
 //! A real multi-process cluster for tests: N `tandem node` processes on loopback, node 1
 //! bootstrapped, the others added as learners and promoted together, each in its own
 //! data directory. Nodes are stopped by pid when the cluster is dropped.
+//!
+//! Peers talk mutual TLS, as `tandem up` sets up: a CA and node certificates are issued
+//! into `<root>/tls` at start (by [`tandem::tls::issue`], as `tandem up` does) and given
+//! to every node through the environment.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,14 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, NodeProcess>,
     /// Node id → URL (stable across restarts: a restarted node binds the same port).
     pub urls: BTreeMap<u64, String>,
+    /// Node id → peer URL (stable across restarts too).
+    pub peer_urls: BTreeMap<u64, String>,
+    /// The cluster CA and node certificates.
+    pub pki: tandem::tls::issue::LocalPki,
 }
+
+/// Nodes a test cluster has certificates for (ids 1 to this).
+pub const CERTIFIED_NODES_MAX: usize = 9;
 
 fn node_env() -> Vec<(&'static str, &'static str)> {
     vec![("TANDEM_FAULTS__ENABLED", "true")]
@@ -51,13 +62,20 @@ impl TestCluster {
             regions: regions.iter().map(|r| (*r).to_owned()).collect(),
             nodes: BTreeMap::new(),
             urls: BTreeMap::new(),
+            peer_urls: BTreeMap::new(),
+            pki: issue_certificates(root),
         };
         for id in 1..=regions.len() as u64 {
             cluster.spawn(id, None);
         }
         let first = cluster.urls[&1].clone();
         for id in 2..=regions.len() as u64 {
-            let body = json!({"node_id": id, "url": cluster.urls[&id], "region": regions[id as usize - 1]});
+            let body = json!({
+                "node_id": id,
+                "url": cluster.urls[&id],
+                "peer_url": cluster.peer_urls[&id],
+                "region": regions[id as usize - 1],
+            });
             let reply = admin_post(&first, "/v1/admin/cluster/learners", &body).await;
             assert_eq!(reply.0, 200, "add learner {id}: {}", reply.1);
         }
@@ -94,8 +112,9 @@ impl TestCluster {
         self.root.join(format!("node-{id}"))
     }
 
-    /// Starts node `id` (on `port` if given, else port 0) and records its URL.
-    fn spawn(&mut self, id: u64, listen: Option<&str>) {
+    /// Starts node `id` (on `listen` and `peer_listen` if given, else port 0) and records
+    /// its URLs.
+    fn spawn(&mut self, id: u64, listen: Option<(&str, &str)>) {
         let dir = self.data_dir(id);
         let region = self.regions[id as usize - 1].clone();
         let id_text = id.to_string();
@@ -108,16 +127,28 @@ impl TestCluster {
         env.push(("TANDEM_CLUSTER__NODE_ID", &id_text));
         env.push(("TANDEM_CLUSTER__REGION", &region));
         env.push(("TANDEM_CLUSTER__CLUSTER_KEY", CLUSTER_KEY));
+        let tls = self
+            .pki
+            .node(id)
+            .expect("a certificate for every test node id");
+        let (cert, key, ca) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+            tls.ca.display().to_string(),
+        );
+        env.push(("TANDEM_TLS__PEER_CERT_FILE", &cert));
+        env.push(("TANDEM_TLS__PEER_KEY_FILE", &key));
+        env.push(("TANDEM_TLS__PEER_CA_FILE", &ca));
         for (key, value) in &self.extra_env {
             env.push((key.as_str(), value.as_str()));
         }
-        let listen_env;
-        if let Some(listen) = listen {
-            listen_env = listen.to_owned();
-            env.push(("TANDEM_NODE__LISTEN", &listen_env));
+        if let Some((listen, peer_listen)) = listen {
+            env.push(("TANDEM_NODE__LISTEN", listen));
+            env.push(("TANDEM_NODE__PEER_LISTEN", peer_listen));
         }
         let node = NodeProcess::start_with(&dir, &env, listen.is_none(), id == 1);
         self.urls.insert(id, node.url.clone());
+        self.peer_urls.insert(id, node.peer_url.clone());
         self.nodes.insert(id, node);
     }
 
@@ -170,7 +201,8 @@ impl TestCluster {
     /// Restarts a killed node on its old address and data.
     pub async fn restart(&mut self, id: u64) {
         let addr = self.urls[&id].trim_start_matches("http://").to_owned();
-        self.spawn(id, Some(&addr));
+        let peer_addr = without_scheme(&self.peer_urls[&id]).to_owned();
+        self.spawn(id, Some((&addr, &peer_addr)));
         self.wait_ready(id).await;
     }
 
@@ -300,6 +332,22 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `HOST:PORT` of an `http://` or `https://` URL.
+pub fn without_scheme(url: &str) -> &str {
+    url.trim_start_matches("https://")
+        .trim_start_matches("http://")
+}
+
+/// A CA and node certificates for [`CERTIFIED_NODES_MAX`] nodes under `<root>/tls`.
+pub fn issue_certificates(root: &Path) -> tandem::tls::issue::LocalPki {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    tandem::tls::issue::ensure_local(&root.join("tls"), CERTIFIED_NODES_MAX, now)
+        .expect("issue test certificates")
 }
 
 fn tail(text: &str, lines: usize) -> String {

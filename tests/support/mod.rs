@@ -26,11 +26,31 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_tandem")
 }
 
+/// Environment every test node starts with unless the test's own overrides it: a peer
+/// listener on a free port, and — for a node started without peer certificates — peer
+/// traffic in plaintext, configured explicitly (a lone node has no peers; clusters use
+/// mutual TLS, see [`cluster`]).
+fn default_env(env: &[(&str, &str)]) -> Vec<(&'static str, &'static str)> {
+    let mut defaults = vec![("TANDEM_NODE__PEER_LISTEN", "127.0.0.1:0")];
+    if !env.iter().any(|(k, _)| *k == "TANDEM_TLS__PEER_CERT_FILE") {
+        defaults.push(("TANDEM_TLS__PEER_PLAINTEXT", "true"));
+    }
+    defaults
+}
+
+/// A `reqwest` client builder whose TLS uses ring (no process-wide provider is installed
+/// in test binaries).
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    tandem::tls::http_client_builder(None).expect("a TLS configuration without roots")
+}
+
 /// A running `tandem node` process.
 pub struct NodeProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// The peer listener, `https://127.0.0.1:PORT` (`http://` in plaintext).
+    pub peer_url: String,
     /// The node's data directory.
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
@@ -79,6 +99,9 @@ impl NodeProcess {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
+        for (key, value) in default_env(env) {
+            command.env(key, value);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -96,6 +119,7 @@ impl NodeProcess {
         let mut node = NodeProcess {
             child: Some(child),
             url: String::new(),
+            peer_url: String::new(),
             data_dir: data_dir.to_owned(),
             stderr_path,
         };
@@ -104,6 +128,9 @@ impl NodeProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match received.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("tandem node peer listener on ") {
+                        node.peer_url = addr.trim().to_owned();
+                    }
                     if let Some(addr) = line.strip_prefix("tandem node listening on ") {
                         node.url = addr.trim().to_owned();
                         if ready {
@@ -207,6 +234,9 @@ pub fn run_node_expecting_exit(
         .arg(data_dir)
         .stdout(Stdio::null())
         .stderr(stderr);
+    for (key, value) in default_env(env) {
+        command.env(key, value);
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -246,7 +276,7 @@ pub fn http_status(url: &str) -> Option<u16> {
 
 /// An HTTP client for tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    reqwest_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")

@@ -129,7 +129,7 @@ impl Nemesis {
         Nemesis {
             started,
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
-            http: reqwest::Client::builder()
+            http: super::reqwest_builder()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
                 .expect("nemesis http client"),
