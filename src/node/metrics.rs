@@ -83,6 +83,22 @@ pub struct PartLabels {
     pub part: &'static str,
 }
 
+/// Labels of an alert gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The alert's name (`TandemIngestionDrop`, …).
+    pub alertname: String,
+}
+
+/// Labels of a notification count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// The receiver: its kind and position in `[[alerts.receivers]]` (`alertmanager-0`).
+    pub receiver: String,
+    /// `sent`, `failed` (given up after every attempt) or `dropped` (queue full).
+    pub outcome: &'static str,
+}
+
 /// A histogram family's constructor (a plain fn, so the family type can be named).
 type HistogramFn = fn() -> Histogram;
 
@@ -109,6 +125,15 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Changes of the leader this node observed.
     pub leader_changes: Counter,
+    /// Requests answered, all / 4xx / 5xx, for the alert rules' error shares.
+    pub request_classes: [AtomicU64; 3],
+    /// The Raft log's fsync histogram alone (shared with the log, which observes it), so
+    /// its count and sum can be read back: the library exposes them only by encoding.
+    fsync_registry: Registry,
+    /// Alerts firing by name (as this node's evaluator sees them).
+    pub alerts_firing: Family<AlertLabels, U64Gauge>,
+    /// Alert notifications by receiver and outcome.
+    pub alert_notifications: Family<NotificationLabels, Counter>,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -168,6 +193,14 @@ impl Metrics {
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_duration: latency_histogram(),
             leader_changes: Counter::default(),
+            request_classes: Default::default(),
+            fsync_registry: {
+                let mut registry = Registry::default();
+                registry.register("fsync", "", log_fsync.clone());
+                registry
+            },
+            alerts_firing: Family::default(),
+            alert_notifications: Family::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -282,6 +315,16 @@ impl Metrics {
             Unit::Seconds,
             s.cpu_seconds.clone(),
         );
+        r.register(
+            "alerts_firing",
+            "Alerts firing by name, as this node's evaluator sees them (cluster-scoped ones on the leader)",
+            m.alerts_firing.clone(),
+        );
+        r.register(
+            "alert_notifications",
+            "Alert notifications by receiver and outcome (sent, failed after every retry, dropped from a full queue)",
+            m.alert_notifications.clone(),
+        );
         r.register_with_unit(
             "disk_usage",
             "Bytes on disk per part of the data dir (log, store, services, snapshots)",
@@ -289,6 +332,20 @@ impl Metrics {
             s.disk.clone(),
         );
         m
+    }
+
+    /// Fsyncs of the Raft log so far: how many, and their total seconds.
+    pub fn fsync_totals(&self) -> (u64, f64) {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.fsync_registry).is_err() {
+            return (0, 0.0);
+        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (value("fsync_count ") as u64, value("fsync_sum "))
     }
 
     /// Counts ingest outcomes of one request from `source`.
@@ -311,6 +368,12 @@ impl Metrics {
 
     /// Counts one answered HTTP request.
     pub fn record_request(&self, endpoint: &str, method: &str, status: u16, seconds: f64) {
+        self.request_classes[0].fetch_add(1, Ordering::Relaxed);
+        match status / 100 {
+            4 => self.request_classes[1].fetch_add(1, Ordering::Relaxed),
+            5 => self.request_classes[2].fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
         let status = format!("{}xx", status / 100);
         self.http_requests
             .get_or_create(&RequestLabels {
@@ -410,6 +473,20 @@ fn free_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// The share (0..1) of the filesystem holding `dir` that is available to the node.
+#[allow(clippy::useless_conversion)]
+pub fn disk_free_ratio(dir: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let total = u64::from(stat.f_blocks);
+    (total > 0).then(|| u64::from(stat.f_bavail) as f64 / total as f64)
 }
 
 /// The process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
