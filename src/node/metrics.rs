@@ -173,6 +173,8 @@ pub(super) struct Scraped {
     pub disk: Family<PartLabels, U64Gauge>,
     /// Bytes free for this process on the data dir's filesystem.
     pub disk_free: U64Gauge,
+    /// Size of the data dir's filesystem in bytes.
+    pub disk_size: U64Gauge,
     /// CPU time of the process (user + system), seconds.
     pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
@@ -310,6 +312,12 @@ impl Metrics {
             s.disk_free.clone(),
         );
         r.register_with_unit(
+            "disk_size",
+            "Size of the data dir's filesystem",
+            Unit::Bytes,
+            s.disk_size.clone(),
+        );
+        r.register_with_unit(
             "process_cpu",
             "CPU time of the process, user and system",
             Unit::Seconds,
@@ -400,6 +408,9 @@ impl Metrics {
         if let Some(free) = free_bytes(&self.data_dir) {
             self.scraped.disk_free.set(free);
         }
+        if let Some(size) = disk_size_bytes(&self.data_dir) {
+            self.scraped.disk_size.set(size);
+        }
         if let Some(seconds) = cpu_seconds() {
             self.scraped
                 .cpu_seconds
@@ -476,8 +487,14 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// The share (0..1) of the filesystem holding `dir` that is available to the node.
-#[allow(clippy::useless_conversion)]
 pub fn disk_free_ratio(dir: &Path) -> Option<f64> {
+    let size = disk_size_bytes(dir)?;
+    (size > 0).then(|| free_bytes(dir).unwrap_or(0) as f64 / size as f64)
+}
+
+/// The size of the filesystem holding `dir`, bytes (statvfs).
+#[allow(clippy::useless_conversion)]
+fn disk_size_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
@@ -485,8 +502,7 @@ pub fn disk_free_ratio(dir: &Path) -> Option<f64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    let total = u64::from(stat.f_blocks);
-    (total > 0).then(|| u64::from(stat.f_bavail) as f64 / total as f64)
+    Some(u64::from(stat.f_blocks).saturating_mul(u64::from(stat.f_frsize)))
 }
 
 /// The process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
