@@ -66,6 +66,8 @@ pub struct Alerts {
     data_dir: PathBuf,
     /// For `tandem_alerts_firing`.
     metrics: Arc<Metrics>,
+    /// The ingestion-rate detector's last verdict (judged on the leader only).
+    last_rate: Mutex<anomaly::Verdict>,
 }
 
 impl Alerts {
@@ -101,15 +103,32 @@ impl Alerts {
             data_dir,
             config: config.clone(),
             metrics,
+            last_rate: Mutex::new(anomaly::Verdict::WarmingUp),
         })
     }
 
     /// `GET /v1/admin/alerts`: this node's pending and firing alerts and recent history.
     pub fn view(&self) -> Value {
+        let rate = *self.last_rate.lock().unwrap_or_else(|p| p.into_inner());
+        let ingest_rate = match rate {
+            anomaly::Verdict::WarmingUp => json!({"state": "warming_up"}),
+            anomaly::Verdict::Quiet { baseline_per_sec } => {
+                json!({"state": "quiet", "baseline_per_sec": baseline_per_sec})
+            }
+            anomaly::Verdict::Judged {
+                current_per_sec,
+                baseline_per_sec,
+            } => json!({
+                "state": "judged",
+                "current_per_sec": current_per_sec,
+                "baseline_per_sec": baseline_per_sec,
+            }),
+        };
         let evaluator = self.evaluator.lock().unwrap_or_else(|p| p.into_inner());
         json!({
             "node": self.node_id,
             "enabled": self.config.enabled,
+            "ingest_rate": ingest_rate,
             "alerts": evaluator.active().map(view).collect::<Vec<_>>(),
             "history": evaluator.history().map(view).collect::<Vec<_>>(),
             "queued": self.delivery.queued().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -244,6 +263,7 @@ async fn evaluate_once(node: &Arc<Node>, alerts: &Arc<Alerts>, resend: bool) {
             return;
         }
     };
+    *alerts.last_rate.lock().unwrap_or_else(|p| p.into_inner()) = inputs.ingest;
     let notifications = alerts.evaluate(now_ms, &inputs, leading, &notes);
     let mut notified = std::collections::BTreeSet::new();
     for notification in notifications {
