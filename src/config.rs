@@ -23,12 +23,12 @@ use crate::store::apply::ApplySettings;
 
 mod access;
 mod alerts;
-pub use alerts::{
-    AlertsConfig, DeliveryConfig, IngestRateConfig, ReceiverConfig, ReceiverKind, RuleOverride,
-};
 pub use access::{
     CLIENT_KEY_CHARS_MIN, HttpConfig, KeyRole, NamedKey, PLACEHOLDER_KEY_PREFIX, Quota,
     QuotasConfig, RoleKey,
+};
+pub use alerts::{
+    AlertsConfig, DeliveryConfig, IngestRateConfig, ReceiverConfig, ReceiverKind, RuleOverride,
 };
 
 /// The whole configuration.

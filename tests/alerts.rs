@@ -19,17 +19,23 @@ use support::*;
 /// Finds an external tool, or says why the test cannot run: under `CI` that is a failure.
 fn require_tool(names: &[&str]) -> Option<PathBuf> {
     for name in names {
-        for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/sbin"]) {
+        for dir in std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/bin", "/usr/sbin"])
+        {
             let path = Path::new(dir).join(name);
             if path.is_file() {
                 return Some(path);
             }
         }
     }
-    let reason = format!(
-        "none of {names:?} is installed (apt-get install -y prometheus-alertmanager)"
+    let reason =
+        format!("none of {names:?} is installed (apt-get install -y prometheus-alertmanager)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test: {reason}"
     );
-    assert!(std::env::var_os("CI").is_none(), "CI must run this test: {reason}");
     eprintln!("SKIPPED: {reason}");
     None
 }
@@ -130,10 +136,7 @@ async fn webhook(delay: Duration) -> (String, Received) {
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
             let store = Arc::clone(&store);
             async move {
-                store
-                    .lock()
-                    .expect("received")
-                    .push((Instant::now(), body));
+                store.lock().expect("received").push((Instant::now(), body));
                 tokio::time::sleep(delay).await;
                 "ok"
             }
@@ -157,7 +160,10 @@ fn config_file(dir: &Path, alerts: &str) -> PathBuf {
 }
 
 /// Posts small batches at a steady rate until `stop` is set; returns events acknowledged.
-fn steady_load(url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<u64> {
+fn steady_load(
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         use std::sync::atomic::Ordering;
         let mut sent = 0_u64;
@@ -206,7 +212,10 @@ async fn assert_quiet_during(url: &str, stretch: Duration, every: Duration) {
     let (mut low, mut high) = (f64::MAX, 0.0_f64);
     while Instant::now() < until {
         let view = alerts_view(url).await;
-        assert!(names_in(&view, "firing").is_empty(), "steady load fired: {view}");
+        assert!(
+            names_in(&view, "firing").is_empty(),
+            "steady load fired: {view}"
+        );
         let pending = names_in(&view, "pending");
         assert!(
             !pending.iter().any(|n| n.starts_with("TandemIngestion")),
@@ -214,8 +223,12 @@ async fn assert_quiet_during(url: &str, stretch: Duration, every: Duration) {
         );
         if view["ingest_rate"]["state"] == "judged" {
             judged += 1;
-            let ratio = view["ingest_rate"]["current_per_sec"].as_f64().expect("current")
-                / view["ingest_rate"]["baseline_per_sec"].as_f64().expect("baseline");
+            let ratio = view["ingest_rate"]["current_per_sec"]
+                .as_f64()
+                .expect("current")
+                / view["ingest_rate"]["baseline_per_sec"]
+                    .as_f64()
+                    .expect("baseline");
             low = low.min(ratio);
             high = high.max(ratio);
         }
@@ -267,14 +280,25 @@ for_ms = 2000
         ),
     );
     let config = config.to_str().expect("path");
-    let node = NodeProcess::start_with_args(&dir.path().join("node"), &["--config", config], &[], true, true);
+    let node = NodeProcess::start_with_args(
+        &dir.path().join("node"),
+        &["--config", config],
+        &[],
+        true,
+        true,
+    );
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = steady_load(node.url.clone(), Arc::clone(&stop));
     // Warm-up (the baseline needs 8 s of stored history), then a steady stretch in which
     // nothing may fire and no ingestion alert may even be pending.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_quiet_during(&node.url, Duration::from_secs(15), Duration::from_millis(250)).await;
+    assert_quiet_during(
+        &node.url,
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+    )
+    .await;
     assert!(received.lock().expect("received").is_empty());
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -283,35 +307,52 @@ for_ms = 2000
     assert!(sent > 2_000, "the load sent only {sent} events");
 
     // The webhook hears the firing drop alert.
-    let webhook_seen = wait_for("the webhook to receive TandemIngestionDrop", Duration::from_secs(90), || {
-        let received = Arc::clone(&received);
-        async move {
-            let received = received.lock().expect("received");
-            received
-                .iter()
-                .find(|(_, body)| body["alert"]["name"] == "TandemIngestionDrop" && body["status"] == "firing")
-                .map(|(at, body)| (*at, body.clone()))
-        }
-    })
+    let webhook_seen = wait_for(
+        "the webhook to receive TandemIngestionDrop",
+        Duration::from_secs(90),
+        || {
+            let received = Arc::clone(&received);
+            async move {
+                let received = received.lock().expect("received");
+                received
+                    .iter()
+                    .find(|(_, body)| {
+                        body["alert"]["name"] == "TandemIngestionDrop" && body["status"] == "firing"
+                    })
+                    .map(|(at, body)| (*at, body.clone()))
+            }
+        },
+    )
     .await;
     let (at, body) = webhook_seen;
-    println!("webhook received the drop alert {:.1} s after the load stopped", (at - stopped).as_secs_f64());
+    println!(
+        "webhook received the drop alert {:.1} s after the load stopped",
+        (at - stopped).as_secs_f64()
+    );
     assert_eq!(body["alert"]["scope"], "cluster");
     assert_eq!(body["alert"]["severity"], "critical");
     assert_eq!(body["alert"]["state"], "firing");
-    assert!(body["alert"]["annotations"]["runbook"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        body["alert"]["annotations"]["runbook"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
     assert!(body["startsAt"].as_str().is_some_and(|s| s.ends_with('Z')));
 
     // So does the real Alertmanager, through its v2 API.
-    let am_alert = wait_for("Alertmanager to hold TandemIngestionDrop", Duration::from_secs(90), || {
-        let am = &am;
-        async move {
-            am.alerts()
-                .await
-                .into_iter()
-                .find(|a| a["labels"]["alertname"] == "TandemIngestionDrop")
-        }
-    })
+    let am_alert = wait_for(
+        "Alertmanager to hold TandemIngestionDrop",
+        Duration::from_secs(90),
+        || {
+            let am = &am;
+            async move {
+                am.alerts()
+                    .await
+                    .into_iter()
+                    .find(|a| a["labels"]["alertname"] == "TandemIngestionDrop")
+            }
+        },
+    )
     .await;
     println!(
         "alertmanager held the drop alert {:.1} s after the load stopped",
@@ -336,11 +377,24 @@ for_ms = 2000
         .find(|a| a["name"] == "TandemIngestionDrop")
         .expect("the drop alert in the node's view")
         .clone();
-    for field in ["name", "state", "scope", "severity", "labels", "annotations", "active_since", "fired_at", "value"] {
+    for field in [
+        "name",
+        "state",
+        "scope",
+        "severity",
+        "labels",
+        "annotations",
+        "active_since",
+        "fired_at",
+        "value",
+    ] {
         assert!(alert.get(field).is_some(), "missing {field} in {alert}");
     }
     for field in ["summary", "description", "runbook"] {
-        assert!(alert["annotations"][field].is_string(), "missing annotation {field}");
+        assert!(
+            alert["annotations"][field].is_string(),
+            "missing annotation {field}"
+        );
     }
     assert_eq!(alert["state"], "firing");
     assert!(view["node"].is_u64());
@@ -359,21 +413,30 @@ for_ms = 2000
         metrics.contains(r#"tandem_alerts_firing{alertname="TandemIngestionDrop"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"tandem_alert_notifications_total{receiver="webhook-1",outcome="sent"}"#));
+    assert!(
+        metrics
+            .contains(r#"tandem_alert_notifications_total{receiver="webhook-1",outcome="sent"}"#)
+    );
 
     // Load resumes: the alert resolves, reaches the webhook as resolved and the history.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = steady_load(node.url.clone(), Arc::clone(&stop));
-    wait_for("the drop alert to resolve at the webhook", Duration::from_secs(60), || {
-        let received = Arc::clone(&received);
-        async move {
-            let received = received.lock().expect("received");
-            received
-                .iter()
-                .any(|(_, b)| b["alert"]["name"] == "TandemIngestionDrop" && b["status"] == "resolved")
-                .then_some(())
-        }
-    })
+    wait_for(
+        "the drop alert to resolve at the webhook",
+        Duration::from_secs(60),
+        || {
+            let received = Arc::clone(&received);
+            async move {
+                let received = received.lock().expect("received");
+                received
+                    .iter()
+                    .any(|(_, b)| {
+                        b["alert"]["name"] == "TandemIngestionDrop" && b["status"] == "resolved"
+                    })
+                    .then_some(())
+            }
+        },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.expect("load");
@@ -393,7 +456,10 @@ for_ms = 2000
         .iter()
         .filter(|(_, b)| b["alert"]["name"] == "TandemIngestionDrop" && b["status"] == "firing")
         .count();
-    assert_eq!(firing_notifications, 1, "one firing notification within the repeat interval");
+    assert_eq!(
+        firing_notifications, 1,
+        "one firing notification within the repeat interval"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,16 +495,30 @@ threshold = 0.0
         ),
     );
     let config = config.to_str().expect("path");
-    let node = NodeProcess::start_with_args(&dir.path().join("node"), &["--config", config], &[], true, true);
+    let node = NodeProcess::start_with_args(
+        &dir.path().join("node"),
+        &["--config", config],
+        &[],
+        true,
+        true,
+    );
     // 4xx answers: profiles that do not exist.
     for i in 0..30 {
         let reply = get(&node.url, &format!("/v1/profiles/user_id:nobody-{i}")).await;
         assert_eq!(reply.status, 404);
     }
-    wait_for("the client-error alert to fire", Duration::from_secs(20), || {
-        let url = node.url.clone();
-        async move { names_in(&alerts_view(&url).await, "firing").contains(&"TandemClientErrors".to_owned()).then_some(()) }
-    })
+    wait_for(
+        "the client-error alert to fire",
+        Duration::from_secs(20),
+        || {
+            let url = node.url.clone();
+            async move {
+                names_in(&alerts_view(&url).await, "firing")
+                    .contains(&"TandemClientErrors".to_owned())
+                    .then_some(())
+            }
+        },
+    )
     .await;
 
     // Ingestion while both receivers are stuck: every request answers promptly.
@@ -456,13 +536,19 @@ threshold = 0.0
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("slowest of 40 ingest requests with a dead and a slow receiver: {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "ingestion slowed to {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "ingestion slowed to {slowest:?}"
+    );
 
     // Queues stayed bounded, the oldest were dropped and counted; the dead receiver's
     // notifications failed after their retries.
     let view = alerts_view(&node.url).await;
     for (receiver, queued) in view["queued"].as_object().expect("queued") {
-        assert!(queued.as_u64().expect("count") <= 4, "{receiver} queue: {queued}");
+        assert!(
+            queued.as_u64().expect("count") <= 4,
+            "{receiver} queue: {queued}"
+        );
     }
     let scrape = || async {
         client()
@@ -479,34 +565,58 @@ threshold = 0.0
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
     };
-    let metrics = wait_for("a failed notification to the dead receiver", Duration::from_secs(20), || async {
-        let text = scrape().await;
-        (value(&text, r#"tandem_alert_notifications_total{receiver="webhook-0",outcome="failed"}"#) >= 1.0)
-            .then_some(text)
-    })
+    let metrics = wait_for(
+        "a failed notification to the dead receiver",
+        Duration::from_secs(20),
+        || async {
+            let text = scrape().await;
+            (value(
+                &text,
+                r#"tandem_alert_notifications_total{receiver="webhook-0",outcome="failed"}"#,
+            ) >= 1.0)
+                .then_some(text)
+        },
+    )
     .await;
     assert!(
-        value(&metrics, r#"tandem_alert_notifications_total{receiver="webhook-0",outcome="dropped"}"#) >= 1.0
-            || value(&metrics, r#"tandem_alert_notifications_total{receiver="webhook-1",outcome="dropped"}"#) >= 1.0,
+        value(
+            &metrics,
+            r#"tandem_alert_notifications_total{receiver="webhook-0",outcome="dropped"}"#
+        ) >= 1.0
+            || value(
+                &metrics,
+                r#"tandem_alert_notifications_total{receiver="webhook-1",outcome="dropped"}"#
+            ) >= 1.0,
         "nothing was dropped from a full queue:\n{metrics}"
     );
 
     // The slow receiver saw retries of its first notification, spaced by a growing backoff
     // (attempts time out at 300 ms; waits 100, 200, 400 ms).
-    let attempts = wait_for("four attempts at the slow receiver", Duration::from_secs(20), || {
-        let received = Arc::clone(&slow_received);
-        async move {
-            let received = received.lock().expect("received");
-            (received.len() >= 4).then(|| received.iter().map(|(at, _)| *at).collect::<Vec<_>>())
-        }
-    })
+    let attempts = wait_for(
+        "four attempts at the slow receiver",
+        Duration::from_secs(20),
+        || {
+            let received = Arc::clone(&slow_received);
+            async move {
+                let received = received.lock().expect("received");
+                (received.len() >= 4)
+                    .then(|| received.iter().map(|(at, _)| *at).collect::<Vec<_>>())
+            }
+        },
+    )
     .await;
     let gaps: Vec<Duration> = attempts.windows(2).take(3).map(|w| w[1] - w[0]).collect();
     println!("gaps between attempts at the slow receiver: {gaps:?}");
     for (gap, wait_ms) in gaps.iter().zip([100_u64, 200, 400]) {
         let least = Duration::from_millis(300 + wait_ms);
-        assert!(*gap >= least - Duration::from_millis(20), "gap {gap:?} shorter than {least:?}");
-        assert!(*gap < least + Duration::from_millis(700), "gap {gap:?} far longer than {least:?}");
+        assert!(
+            *gap >= least - Duration::from_millis(20),
+            "gap {gap:?} shorter than {least:?}"
+        );
+        assert!(
+            *gap < least + Duration::from_millis(700),
+            "gap {gap:?} far longer than {least:?}"
+        );
     }
 }
 
@@ -535,7 +645,10 @@ async fn the_alerts_view_needs_a_read_or_admin_key_and_unknown_rules_stop_the_no
         Duration::from_secs(20),
     );
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("no_such_rule") && stderr.contains("ingestion_drop"), "{stderr}");
+    assert!(
+        stderr.contains("no_such_rule") && stderr.contains("ingestion_drop"),
+        "{stderr}"
+    );
 }
 
 /// The issue's "ten minutes of steady load fire nothing", with production-shaped windows
@@ -561,7 +674,13 @@ baseline_events_per_sec_min = 20.0
 "#,
     );
     let config = config.to_str().expect("path");
-    let node = NodeProcess::start_with_args(&dir.path().join("node"), &["--config", config], &[], true, true);
+    let node = NodeProcess::start_with_args(
+        &dir.path().join("node"),
+        &["--config", config],
+        &[],
+        true,
+        true,
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = steady_load(node.url.clone(), Arc::clone(&stop));
     // Warm-up: 24 baseline buckets of 10 s behind a 30 s window.
@@ -604,7 +723,10 @@ async fn after_a_leader_failover_the_drop_alert_is_neither_repeated_nor_left_unr
         ("TANDEM_ALERTS__INGEST_RATE__WINDOW_BUCKETS", "3"),
         ("TANDEM_ALERTS__INGEST_RATE__BASELINE_BUCKETS", "60"),
         ("TANDEM_ALERTS__INGEST_RATE__BASELINE_BUCKETS_MIN", "8"),
-        ("TANDEM_ALERTS__INGEST_RATE__BASELINE_EVENTS_PER_SEC_MIN", "20"),
+        (
+            "TANDEM_ALERTS__INGEST_RATE__BASELINE_EVENTS_PER_SEC_MIN",
+            "20",
+        ),
         ("TANDEM_ALERTS__RULES__INGESTION_DROP__FOR_MS", "2000"),
     ];
     let mut cluster = TestCluster::start_with_env(dir.path(), &["r1", "r2", "r3"], &env).await;
@@ -617,28 +739,41 @@ async fn after_a_leader_failover_the_drop_alert_is_neither_repeated_nor_left_unr
     let sent = load.await.expect("load");
     assert!(sent > 2_000, "the load sent only {sent} events");
 
-    wait_for("the leader to notify the drop", Duration::from_secs(60), || {
-        let received = Arc::clone(&received);
-        async move { (!notified(&received, "TandemIngestionDrop", "firing").is_empty()).then_some(()) }
-    })
+    wait_for(
+        "the leader to notify the drop",
+        Duration::from_secs(60),
+        || {
+            let received = Arc::clone(&received);
+            async move {
+                (!notified(&received, "TandemIngestionDrop", "firing").is_empty()).then_some(())
+            }
+        },
+    )
     .await;
-    assert_eq!(notified(&received, "TandemIngestionDrop", "firing"), vec![leader]);
+    assert_eq!(
+        notified(&received, "TandemIngestionDrop", "firing"),
+        vec![leader]
+    );
 
     cluster.kill9(leader);
     let new_leader = cluster.leader(Duration::from_secs(30)).await;
     assert_ne!(new_leader, leader);
     // The new leader holds the alert as firing, adopted from the replicated note.
-    let adopted = wait_for("the new leader to adopt the firing alert", Duration::from_secs(20), || {
-        let url = cluster.urls[&new_leader].clone();
-        async move {
-            let view = alerts_view(&url).await;
-            view["alerts"]
-                .as_array()?
-                .iter()
-                .find(|a| a["name"] == "TandemIngestionDrop" && a["state"] == "firing")
-                .cloned()
-        }
-    })
+    let adopted = wait_for(
+        "the new leader to adopt the firing alert",
+        Duration::from_secs(20),
+        || {
+            let url = cluster.urls[&new_leader].clone();
+            async move {
+                let view = alerts_view(&url).await;
+                view["alerts"]
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["name"] == "TandemIngestionDrop" && a["state"] == "firing")
+                    .cloned()
+            }
+        },
+    )
     .await;
     println!("adopted on node {new_leader}: {adopted}");
     // Several evaluations later, still one firing notification in all.
@@ -657,6 +792,12 @@ async fn after_a_leader_failover_the_drop_alert_is_neither_repeated_nor_left_unr
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(notified(&received, "TandemIngestionDrop", "resolved"), vec![new_leader]);
-    assert_eq!(notified(&received, "TandemIngestionDrop", "firing"), vec![leader]);
+    assert_eq!(
+        notified(&received, "TandemIngestionDrop", "resolved"),
+        vec![new_leader]
+    );
+    assert_eq!(
+        notified(&received, "TandemIngestionDrop", "firing"),
+        vec![leader]
+    );
 }

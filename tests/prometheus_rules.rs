@@ -16,7 +16,10 @@ fn promtool() -> Option<PathBuf> {
         .find(|p| p.is_file());
     if found.is_none() {
         let reason = "promtool is not installed (apt-get install -y prometheus)";
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test: {reason}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test: {reason}"
+        );
         eprintln!("SKIPPED: {reason}");
     }
     found

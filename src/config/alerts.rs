@@ -243,7 +243,9 @@ impl Config {
         }
         for (name, rule) in &a.rules {
             if rule.threshold.is_some_and(|t| !t.is_finite()) {
-                problem(format!("alerts.rules.{name}.threshold must be a finite number"));
+                problem(format!(
+                    "alerts.rules.{name}.threshold must be a finite number"
+                ));
             }
         }
     }

@@ -563,7 +563,9 @@ impl Reader<'_> {
                 .range(&self.ks.feed, ..=u64_bytes(mid))
                 .next_back()
             else {
-                return Err(StoreError::Corrupt(format!("feed: no entry holds seq {mid}")));
+                return Err(StoreError::Corrupt(format!(
+                    "feed: no entry holds seq {mid}"
+                )));
             };
             let (key, value) = guard.into_inner()?;
             let start = read_u64(&key, FEED)?;

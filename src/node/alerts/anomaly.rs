@@ -94,13 +94,19 @@ mod tests {
 
     /// Buckets newest first: the current window, then the baseline.
     fn buckets(current: &[u64], baseline: &[Option<u64>]) -> Vec<Option<u64>> {
-        current.iter().map(|&c| Some(c)).chain(baseline.iter().copied()).collect()
+        current
+            .iter()
+            .map(|&c| Some(c))
+            .chain(baseline.iter().copied())
+            .collect()
     }
 
     #[test]
     fn verdicts_over_a_table_of_histories() {
         let steady = [Some(1000); 6];
-        let cases: Vec<(&str, Vec<Option<u64>>, Option<f64>)> = vec![
+        /// Name, buckets newest first, expected current/baseline ratio.
+        type Case = (&'static str, Vec<Option<u64>>, Option<f64>);
+        let cases: Vec<Case> = vec![
             // 1000 per 10 s bucket = 100/s.
             ("steady load", buckets(&[1000, 1000], &steady), Some(1.0)),
             ("load stopped", buckets(&[0, 0], &steady), Some(0.0)),
@@ -110,7 +116,14 @@ mod tests {
                 "a short outage inside the baseline does not move the median",
                 buckets(
                     &[1000, 1000],
-                    &[Some(1000), Some(0), Some(1000), Some(1000), Some(0), Some(1000)],
+                    &[
+                        Some(1000),
+                        Some(0),
+                        Some(1000),
+                        Some(1000),
+                        Some(0),
+                        Some(1000),
+                    ],
                 ),
                 Some(1.0),
             ),
@@ -124,14 +137,20 @@ mod tests {
     #[test]
     fn warm_up_until_history_covers_enough_of_the_baseline() {
         // A fresh cluster: only three baseline buckets are covered by stored history.
-        let young = buckets(&[0, 0], &[Some(900), Some(900), Some(900), None, None, None]);
+        let young = buckets(
+            &[0, 0],
+            &[Some(900), Some(900), Some(900), None, None, None],
+        );
         assert_eq!(assess(&young, &config()), Verdict::WarmingUp);
         // The current window itself reaches before the history: no verdict either.
         let mut partial = buckets(&[0, 0], &[Some(900); 6]);
         partial[1] = None;
         assert_eq!(assess(&partial, &config()), Verdict::WarmingUp);
         // Four covered buckets are enough.
-        let enough = buckets(&[0, 0], &[Some(900), Some(900), Some(900), Some(900), None, None]);
+        let enough = buckets(
+            &[0, 0],
+            &[Some(900), Some(900), Some(900), Some(900), None, None],
+        );
         assert_eq!(assess(&enough, &config()).ratio(), Some(0.0));
     }
 

@@ -185,10 +185,7 @@ impl Alerts {
 pub fn view(alert: &Alert) -> Value {
     let mut value = serde_json::to_value(alert).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
-        map.insert(
-            "active_since".into(),
-            json!(rfc3339(alert.active_since_ms)),
-        );
+        map.insert("active_since".into(), json!(rfc3339(alert.active_since_ms)));
         map.insert("fired_at".into(), json!(alert.fired_ms.map(rfc3339)));
         if alert.state == State::Resolved {
             map.insert("resolved_at".into(), json!(alert.resolved_ms.map(rfc3339)));

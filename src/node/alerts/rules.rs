@@ -168,7 +168,12 @@ pub const CATALOGUE: &[RuleSpec] = &[
         measure: |i, threshold| {
             let changes = i.leader_changes as f64;
             if changes > threshold {
-                vec![hit(changes, format!("{changes} leader changes within the rate window (more than {threshold})"))]
+                vec![hit(
+                    changes,
+                    format!(
+                        "{changes} leader changes within the rate window (more than {threshold})"
+                    ),
+                )]
             } else {
                 Vec::new()
             }
@@ -191,7 +196,11 @@ pub const CATALOGUE: &[RuleSpec] = &[
                     (age > threshold).then(|| {
                         let shown = if age.is_finite() { age / 1000.0 } else { -1.0 };
                         let text = match peer.heartbeat_age_ms {
-                            Some(a) => format!("node {} last answered the leader {:.1} s ago", peer.id, a as f64 / 1000.0),
+                            Some(a) => format!(
+                                "node {} last answered the leader {:.1} s ago",
+                                peer.id,
+                                a as f64 / 1000.0
+                            ),
                             None => format!("node {} has not answered this leader", peer.id),
                         };
                         labelled("peer", peer.id.to_string(), hit(shown, text))
@@ -231,8 +240,17 @@ pub const CATALOGUE: &[RuleSpec] = &[
         summary: "Ingestion fell far below its usual rate",
         runbook: "Are the sources still sending? Check tandem_http_requests_total{status=\"4xx\"} for rejected keys or quotas, the gateway/load balancer, and the sources' own error logs.",
         measure: |i, threshold| match i.ingest {
-            Verdict::Judged { current_per_sec, baseline_per_sec } if current_per_sec < threshold * baseline_per_sec => {
-                vec![hit(current_per_sec, format!("{current_per_sec:.1} events/s against a baseline of {baseline_per_sec:.1} events/s (below {:.0}%)", threshold * 100.0))]
+            Verdict::Judged {
+                current_per_sec,
+                baseline_per_sec,
+            } if current_per_sec < threshold * baseline_per_sec => {
+                vec![hit(
+                    current_per_sec,
+                    format!(
+                        "{current_per_sec:.1} events/s against a baseline of {baseline_per_sec:.1} events/s (below {:.0}%)",
+                        threshold * 100.0
+                    ),
+                )]
             }
             _ => Vec::new(),
         },
@@ -247,8 +265,16 @@ pub const CATALOGUE: &[RuleSpec] = &[
         summary: "Ingestion rose far above its usual rate",
         runbook: "Find the source (tandem_ingest_events_total by source): a retry storm, a replayed backfill or abuse; tighten its quota ([[sources]] events_per_sec) if it threatens capacity.",
         measure: |i, threshold| match i.ingest {
-            Verdict::Judged { current_per_sec, baseline_per_sec } if current_per_sec > threshold * baseline_per_sec => {
-                vec![hit(current_per_sec, format!("{current_per_sec:.1} events/s against a baseline of {baseline_per_sec:.1} events/s (more than {threshold}x)"))]
+            Verdict::Judged {
+                current_per_sec,
+                baseline_per_sec,
+            } if current_per_sec > threshold * baseline_per_sec => {
+                vec![hit(
+                    current_per_sec,
+                    format!(
+                        "{current_per_sec:.1} events/s against a baseline of {baseline_per_sec:.1} events/s (more than {threshold}x)"
+                    ),
+                )]
             }
             _ => Vec::new(),
         },
@@ -286,9 +312,20 @@ pub const CATALOGUE: &[RuleSpec] = &[
         runbook: "The disk is saturated or failing: check iostat and the device's health; move the data dir to a faster disk or replace the node.",
         measure: |i, threshold| {
             let (count, seconds) = i.fsyncs;
-            let mean = if count > 0 { seconds / count as f64 } else { 0.0 };
+            let mean = if count > 0 {
+                seconds / count as f64
+            } else {
+                0.0
+            };
             if count > 0 && mean > threshold {
-                vec![hit(mean, format!("mean fsync {:.1} ms over {count} fsyncs (above {:.0} ms)", mean * 1000.0, threshold * 1000.0))]
+                vec![hit(
+                    mean,
+                    format!(
+                        "mean fsync {:.1} ms over {count} fsyncs (above {:.0} ms)",
+                        mean * 1000.0,
+                        threshold * 1000.0
+                    ),
+                )]
             } else {
                 Vec::new()
             }
@@ -305,7 +342,14 @@ pub const CATALOGUE: &[RuleSpec] = &[
         runbook: "Free or grow the volume; check tandem_disk_usage_bytes by part (log segments held back by a lagging snapshot? ingest.retention_days too long?).",
         measure: |i, threshold| match i.disk_free_ratio {
             Some(free) if free < threshold => {
-                vec![hit(free, format!("{:.1}% free (below {:.0}%)", free * 100.0, threshold * 100.0))]
+                vec![hit(
+                    free,
+                    format!(
+                        "{:.1}% free (below {:.0}%)",
+                        free * 100.0,
+                        threshold * 100.0
+                    ),
+                )]
             }
             _ => Vec::new(),
         },
@@ -323,7 +367,19 @@ pub const CATALOGUE: &[RuleSpec] = &[
             i.services
                 .iter()
                 .filter(|s| s.status != "ok")
-                .map(|s| labelled("service", s.name.clone(), hit(s.lag as f64, format!("service {} is {} ({} feed entries behind)", s.name, s.status, s.lag))))
+                .map(|s| {
+                    labelled(
+                        "service",
+                        s.name.clone(),
+                        hit(
+                            s.lag as f64,
+                            format!(
+                                "service {} is {} ({} feed entries behind)",
+                                s.name, s.status, s.lag
+                            ),
+                        ),
+                    )
+                })
                 .collect()
         },
     },
@@ -444,10 +500,16 @@ mod tests {
             ("node_unreachable", |i| i.peers[0].heartbeat_age_ms = None),
             ("follower_lag", |i| i.last_log_index = 50_000),
             ("ingestion_drop", |i| {
-                i.ingest = Verdict::Judged { current_per_sec: 10.0, baseline_per_sec: 100.0 }
+                i.ingest = Verdict::Judged {
+                    current_per_sec: 10.0,
+                    baseline_per_sec: 100.0,
+                }
             }),
             ("ingestion_spike", |i| {
-                i.ingest = Verdict::Judged { current_per_sec: 500.0, baseline_per_sec: 100.0 }
+                i.ingest = Verdict::Judged {
+                    current_per_sec: 500.0,
+                    baseline_per_sec: 100.0,
+                }
             }),
             ("server_errors", |i| i.requests = [1000, 0, 60]),
             ("client_errors", |i| i.requests = [1000, 600, 0]),
@@ -484,9 +546,14 @@ mod tests {
         let mut inputs = quiet();
         inputs.leader = None;
         assert_eq!(firing_with(&rules, &inputs), vec!["disk_space_low"]);
-        config.rules.insert("no_such_rule".into(), Default::default());
+        config
+            .rules
+            .insert("no_such_rule".into(), Default::default());
         let error = configured(&config).err().expect("refused");
-        assert!(error.contains("no_such_rule") && error.contains("ingestion_drop"), "{error}");
+        assert!(
+            error.contains("no_such_rule") && error.contains("ingestion_drop"),
+            "{error}"
+        );
     }
 
     fn firing_with(rules: &[Rule], inputs: &Inputs) -> Vec<&'static str> {

@@ -84,14 +84,21 @@ fn pending_then_firing_after_for_then_repeat_then_resolved_into_history() {
     assert_eq!(alert.labels["node"], "7");
     assert_eq!(alert.labels["severity"], "critical");
     assert!(alert.annotations["runbook"].contains("/v1/admin/cluster"));
-    assert_eq!(fired[0].note, None, "a node alert is not recorded in the log");
+    assert_eq!(
+        fired[0].note, None,
+        "a node alert is not recorded in the log"
+    );
 
     // Still firing: quiet until the repeat interval is up, then once again.
     let repeat = T0 + 30_000 + REPEAT_MS as i64;
     assert!(step(&mut e, &rules, repeat - 1, &held, false, &none).is_empty());
     let again = step(&mut e, &rules, repeat, &held, false, &none);
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].alert.fired_ms, Some(T0 + 30_000), "startsAt is kept");
+    assert_eq!(
+        again[0].alert.fired_ms,
+        Some(T0 + 30_000),
+        "startsAt is kept"
+    );
     assert!(step(&mut e, &rules, repeat + 1, &held, false, &none).is_empty());
 
     let resolved = step(&mut e, &rules, repeat + 5_000, &[], false, &none);
@@ -134,7 +141,14 @@ fn cluster_rules_run_only_on_the_leader_and_carry_the_note_to_commit() {
 
     let mut leader = Evaluator::new(1, REPEAT_MS, 10);
     step(&mut leader, &rules, T0, &["ingestion_drop"], true, &none);
-    let fired = step(&mut leader, &rules, T0 + 30_000, &["ingestion_drop"], true, &none);
+    let fired = step(
+        &mut leader,
+        &rules,
+        T0 + 30_000,
+        &["ingestion_drop"],
+        true,
+        &none,
+    );
     assert_eq!(fired.len(), 1);
     assert!(!fired[0].alert.labels.contains_key("node"));
     assert_eq!(
@@ -148,7 +162,15 @@ fn cluster_rules_run_only_on_the_leader_and_carry_the_note_to_commit() {
     // Its note did not commit: the next evaluation notifies again.
     leader.unnotify(&fired[0].alert.key());
     assert_eq!(
-        step(&mut leader, &rules, T0 + 45_000, &["ingestion_drop"], true, &none).len(),
+        step(
+            &mut leader,
+            &rules,
+            T0 + 45_000,
+            &["ingestion_drop"],
+            true,
+            &none
+        )
+        .len(),
         1
     );
 }
@@ -171,13 +193,40 @@ fn after_a_failover_the_new_leader_neither_repeats_nor_forgets() {
     // until the repeat interval since the old leader's notification.
     let mut new_leader = Evaluator::new(2, REPEAT_MS, 10);
     let t = notified_at + 20_000;
-    assert!(step(&mut new_leader, &rules, t, &["ingestion_drop"], true, &notes).is_empty());
+    assert!(
+        step(
+            &mut new_leader,
+            &rules,
+            t,
+            &["ingestion_drop"],
+            true,
+            &notes
+        )
+        .is_empty()
+    );
     let adopted: Vec<_> = new_leader.active().collect();
     assert_eq!(adopted[0].state, State::Firing);
     assert_eq!(adopted[0].fired_ms, Some(notified_at));
     let due = notified_at + REPEAT_MS as i64;
-    assert!(step(&mut new_leader, &rules, due - 1, &["ingestion_drop"], true, &notes).is_empty());
-    let repeated = step(&mut new_leader, &rules, due, &["ingestion_drop"], true, &notes);
+    assert!(
+        step(
+            &mut new_leader,
+            &rules,
+            due - 1,
+            &["ingestion_drop"],
+            true,
+            &notes
+        )
+        .is_empty()
+    );
+    let repeated = step(
+        &mut new_leader,
+        &rules,
+        due,
+        &["ingestion_drop"],
+        true,
+        &notes,
+    );
     assert_eq!(repeated.len(), 1);
     assert_eq!(repeated[0].alert.fired_ms, Some(notified_at));
 
@@ -204,10 +253,28 @@ fn losing_leadership_hands_cluster_alerts_over_silently() {
     let mut e = Evaluator::new(1, REPEAT_MS, 10);
     step(&mut e, &rules, T0, &["ingestion_drop"], true, &none);
     assert_eq!(
-        step(&mut e, &rules, T0 + 30_000, &["ingestion_drop"], true, &none).len(),
+        step(
+            &mut e,
+            &rules,
+            T0 + 30_000,
+            &["ingestion_drop"],
+            true,
+            &none
+        )
+        .len(),
         1
     );
-    assert!(step(&mut e, &rules, T0 + 45_000, &["ingestion_drop"], false, &none).is_empty());
+    assert!(
+        step(
+            &mut e,
+            &rules,
+            T0 + 45_000,
+            &["ingestion_drop"],
+            false,
+            &none
+        )
+        .is_empty()
+    );
     assert!(states(&e).is_empty());
     assert_eq!(e.history().count(), 0);
 }
@@ -227,7 +294,11 @@ fn history_is_bounded_newest_first() {
     let resolved: Vec<_> = e.history().map(|a| a.resolved_ms).collect();
     assert_eq!(
         resolved,
-        vec![Some(t - 100_000 + 31_000), Some(t - 200_000 + 31_000), Some(t - 300_000 + 31_000)]
+        vec![
+            Some(t - 100_000 + 31_000),
+            Some(t - 200_000 + 31_000),
+            Some(t - 300_000 + 31_000)
+        ]
     );
 }
 
@@ -239,7 +310,10 @@ fn keys_name_the_alert_and_its_labels() {
         ("severity".to_owned(), "critical".to_owned()),
     ]);
     let key = alert_key(&labels);
-    assert_eq!(key, "TandemNodeUnreachable{peer=\"3\",severity=\"critical\"}");
+    assert_eq!(
+        key,
+        "TandemNodeUnreachable{peer=\"3\",severity=\"critical\"}"
+    );
     let mut parsed = parse_key_labels(&key);
     parsed.insert("alertname".into(), "TandemNodeUnreachable".into());
     assert_eq!(parsed, labels);
