@@ -801,3 +801,65 @@ async fn after_a_leader_failover_the_drop_alert_is_neither_repeated_nor_left_unr
         vec![leader]
     );
 }
+
+/// The baseline is read from the replicated feed, so a restarted node judges against the
+/// baseline it had, at its first evaluation, with no warm-up and no new events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_ingestion_baseline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(
+        dir.path(),
+        r#"
+[alerts]
+evaluation_interval_ms = 250
+[alerts.ingest_rate]
+bucket_ms = 1000
+window_buckets = 3
+baseline_buckets = 30
+baseline_buckets_min = 8
+baseline_events_per_sec_min = 20.0
+"#,
+    );
+    let config = config.to_str().expect("path");
+    let data = dir.path().join("node");
+    let mut node = NodeProcess::start_with_args(&data, &["--config", config], &[], true, true);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(node.url.clone(), Arc::clone(&stop));
+    let before = wait_for("a judged baseline", Duration::from_secs(40), || {
+        let url = node.url.clone();
+        async move {
+            let rate = alerts_view(&url).await["ingest_rate"].clone();
+            (rate["state"] == "judged")
+                .then(|| rate["baseline_per_sec"].as_f64())
+                .flatten()
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.expect("load");
+    assert_eq!(node.terminate(), Some(0));
+
+    let node = NodeProcess::start_with_args(&data, &["--config", config], &[], true, true);
+    let after = wait_for(
+        "the restarted node's first verdict",
+        Duration::from_secs(10),
+        || {
+            let url = node.url.clone();
+            async move {
+                let rate = alerts_view(&url).await["ingest_rate"].clone();
+                match rate["state"].as_str() {
+                    Some("warming_up") => None,
+                    _ => Some(rate),
+                }
+            }
+        },
+    )
+    .await;
+    println!("baseline before the restart {before:.1}/s, after: {after}");
+    assert_eq!(after["state"], "judged", "{after}");
+    let baseline = after["baseline_per_sec"].as_f64().expect("baseline");
+    assert!(
+        (baseline - before).abs() <= before * 0.5,
+        "baseline {baseline} after the restart, {before} before"
+    );
+}
