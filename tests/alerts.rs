@@ -842,7 +842,7 @@ baseline_events_per_sec_min = 20.0
     let node = NodeProcess::start_with_args(&data, &["--config", config], &[], true, true);
     let after = wait_for(
         "the restarted node's first verdict",
-        Duration::from_secs(10),
+        Duration::from_secs(5),
         || {
             let url = node.url.clone();
             async move {
