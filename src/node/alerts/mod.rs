@@ -68,6 +68,8 @@ pub struct Alerts {
     metrics: Arc<Metrics>,
     /// The ingestion-rate detector's last verdict (judged on the leader only).
     last_rate: Mutex<anomaly::Verdict>,
+    /// How long the last evaluation's input gathering (store reads included) took, µs.
+    last_gather_us: std::sync::atomic::AtomicU64,
 }
 
 impl Alerts {
@@ -104,6 +106,7 @@ impl Alerts {
             config: config.clone(),
             metrics,
             last_rate: Mutex::new(anomaly::Verdict::WarmingUp),
+            last_gather_us: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -129,6 +132,7 @@ impl Alerts {
             "node": self.node_id,
             "enabled": self.config.enabled,
             "ingest_rate": ingest_rate,
+            "last_gather_seconds": self.last_gather_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
             "alerts": evaluator.active().map(view).collect::<Vec<_>>(),
             "history": evaluator.history().map(view).collect::<Vec<_>>(),
             "queued": self.delivery.queued().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -233,6 +237,7 @@ async fn evaluate_once(node: &Arc<Node>, alerts: &Arc<Alerts>, resend: bool) {
         let node = Arc::clone(node);
         let alerts = Arc::clone(alerts);
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let inputs = inputs::gather(
                 &node,
                 now_ms,
@@ -245,6 +250,10 @@ async fn evaluate_once(node: &Arc<Node>, alerts: &Arc<Alerts>, resend: bool) {
             } else {
                 Ok(Default::default())
             };
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            alerts
+                .last_gather_us
+                .store(micros, std::sync::atomic::Ordering::Relaxed);
             (inputs, notes)
         })
         .await
