@@ -313,7 +313,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "disk_size",
-            "Size of the data dir's filesystem",
+            "Size of the data dir's filesystem as the node can use it (used + available, as df counts)",
             Unit::Bytes,
             s.disk_size.clone(),
         );
@@ -492,7 +492,9 @@ pub fn disk_free_ratio(dir: &Path) -> Option<f64> {
     (size > 0).then(|| free_bytes(dir).unwrap_or(0) as f64 / size as f64)
 }
 
-/// The size of the filesystem holding `dir`, bytes (statvfs).
+/// The size of the filesystem holding `dir` as the node can use it, bytes: used plus
+/// available to unprivileged users, as `df` counts it (blocks reserved for root, which the
+/// node cannot write, are left out, so `free / size` is `df`'s free share).
 #[allow(clippy::useless_conversion)]
 fn disk_size_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -502,7 +504,9 @@ fn disk_size_bytes(dir: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    Some(u64::from(stat.f_blocks).saturating_mul(u64::from(stat.f_frsize)))
+    let used = u64::from(stat.f_blocks).saturating_sub(u64::from(stat.f_bfree));
+    let usable = used.saturating_add(u64::from(stat.f_bavail));
+    Some(usable.saturating_mul(u64::from(stat.f_frsize)))
 }
 
 /// The process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
