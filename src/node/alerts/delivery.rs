@@ -259,3 +259,62 @@ pub fn webhook_body(outgoing: &Outgoing) -> Value {
         "generatorURL": outgoing.generator_url,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::node::alerts::rules::{Scope, Severity};
+
+    fn outgoing(state: State) -> Outgoing {
+        let labels = BTreeMap::from([
+            ("alertname".to_owned(), "TandemIngestionDrop".to_owned()),
+            ("severity".to_owned(), "critical".to_owned()),
+        ]);
+        Outgoing {
+            alert: Alert {
+                name: "TandemIngestionDrop".into(),
+                state,
+                scope: Scope::Cluster,
+                severity: Severity::Critical,
+                labels,
+                annotations: BTreeMap::from([("runbook".to_owned(), "look".to_owned())]),
+                active_since_ms: 1_764_000_000_000,
+                fired_ms: Some(1_764_000_120_000),
+                resolved_ms: (state == State::Resolved).then_some(1_764_000_300_000),
+                value: Some(0.0),
+            },
+            ends_ms: 1_764_000_300_000,
+            node_id: 2,
+            generator_url: "http://n2:8080/v1/admin/alerts".into(),
+            alertmanager_only: false,
+        }
+    }
+
+    #[test]
+    fn alertmanager_gets_its_v2_fields_with_rfc3339_times() {
+        let alert = alertmanager_alert(&outgoing(State::Firing));
+        assert_eq!(alert["labels"]["alertname"], "TandemIngestionDrop");
+        assert_eq!(alert["annotations"]["runbook"], "look");
+        assert_eq!(
+            alert["startsAt"], "2025-11-24T16:02:00Z",
+            "startsAt is when it fired"
+        );
+        assert_eq!(alert["endsAt"], "2025-11-24T16:05:00Z");
+        assert_eq!(alert["generatorURL"], "http://n2:8080/v1/admin/alerts");
+        assert_eq!(alert.as_object().map(|o| o.len()), Some(5));
+    }
+
+    #[test]
+    fn a_webhook_gets_the_status_the_sender_and_the_alert_as_the_view_shows_it() {
+        let body = webhook_body(&outgoing(State::Resolved));
+        assert_eq!(body["status"], "resolved");
+        assert_eq!(body["node"], 2);
+        assert_eq!(body["alert"]["state"], "resolved");
+        assert_eq!(body["alert"]["resolved_at"], "2025-11-24T16:05:00Z");
+        assert_eq!(body["alert"]["active_since"], "2025-11-24T16:00:00Z");
+        assert_eq!(body["startsAt"], "2025-11-24T16:02:00Z");
+        assert_eq!(webhook_body(&outgoing(State::Firing))["status"], "firing");
+    }
+}
