@@ -250,3 +250,47 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alerts_problem_names_its_setting() {
+        let mut config = Config::default();
+        let a = &mut config.alerts;
+        a.evaluation_interval_ms = 0;
+        a.history_max = 0;
+        a.receivers.push(ReceiverConfig {
+            kind: ReceiverKind::Webhook,
+            url: "https://hooks.example.com/x".into(),
+        });
+        a.delivery.queue_max = 0;
+        a.delivery.backoff_ms = 0;
+        a.ingest_rate.baseline_buckets_min = a.ingest_rate.baseline_buckets + 1;
+        a.rules.insert(
+            "no_leader".into(),
+            RuleOverride {
+                threshold: Some(f64::NAN),
+                ..Default::default()
+            },
+        );
+        let mut problems = Vec::new();
+        config.validate_alerts(&mut |p| problems.push(p));
+        let text = problems.join("\n");
+        for needle in [
+            "alerts.evaluation_interval_ms",
+            "alerts.history_max",
+            "alerts.receivers[0].url",
+            "alerts.delivery.queue_max",
+            "alerts.delivery.backoff_ms",
+            "alerts.ingest_rate.baseline_buckets_min",
+            "alerts.rules.no_leader.threshold",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let mut fine = Vec::new();
+        Config::default().validate_alerts(&mut |p| fine.push(p));
+        assert!(fine.is_empty(), "{fine:?}");
+    }
+}
