@@ -22,9 +22,13 @@ use crate::model::resolve::MergeRules;
 use crate::store::apply::ApplySettings;
 
 mod access;
+mod alerts;
 pub use access::{
     CLIENT_KEY_CHARS_MIN, HttpConfig, KeyRole, NamedKey, PLACEHOLDER_KEY_PREFIX, Quota,
     QuotasConfig, RoleKey,
+};
+pub use alerts::{
+    AlertsConfig, DeliveryConfig, IngestRateConfig, ReceiverConfig, ReceiverKind, RuleOverride,
 };
 
 /// The whole configuration.
@@ -53,6 +57,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Fault injection for tests and drills.
     pub faults: FaultsConfig,
+    /// The built-in alert evaluator and where it delivers.
+    pub alerts: AlertsConfig,
     /// Computed traits kept per profile (`[[computed_traits]]`; see `tandem.example.toml`).
     pub computed_traits: Vec<crate::services::traits::TraitDef>,
     /// Certificates of the client listener (HTTPS) and the peer listener (mutual TLS).
@@ -113,6 +119,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
             faults: FaultsConfig::default(),
+            alerts: AlertsConfig::default(),
             computed_traits: crate::services::traits::default_defs(),
             tls: TlsConfig::default(),
         }
@@ -489,6 +496,7 @@ impl Config {
         self.validate_limits(&mut problem);
         self.validate_identity(&mut problem);
         self.validate_cluster(&mut problem);
+        self.validate_alerts(&mut problem);
         if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {
             problem(format!("computed_traits: {error}"));
         }

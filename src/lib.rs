@@ -20,7 +20,8 @@
 //!   [`cluster::derived::DerivedState`];
 //! - [`config`]: the configuration file, environment overrides and their validation;
 //! - [`node`]: a running node — its Raft member, the write pipeline (admission, duplicate
-//!   screening, group commit, forwarding to the leader), read consistency, log upkeep;
+//!   screening, group commit, forwarding to the leader), read consistency, log upkeep,
+//!   the built-in alert evaluator and its delivery;
 //! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin) and
 //!   the receiving side of peer RPCs;
 //! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer;

@@ -10,6 +10,7 @@
 //! idle limits, a connection cap); keys are checked by [`auth`] before any body is read;
 //! ingestion is held to per-source [`quota`]s.
 
+pub mod alerts;
 pub mod auth;
 pub mod body;
 pub mod cluster;
@@ -167,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/faults", post(cluster::set_faults))
         .route("/v1/admin/faults/services", post(services::set_fault))
         .route("/v1/admin/services", get(services::status))
+        .route("/v1/admin/alerts", get(alerts::list))
         .route_layer(from_fn_with_state(state.clone(), auth::known_key_required));
     Router::new()
         .merge(ingestion)

@@ -37,7 +37,28 @@ pub enum Command {
         /// clock follows it within its usual bounds.
         time_ms: i64,
     },
+    /// The leader notified receivers of a cluster-scoped alert (or of its resolution):
+    /// recorded in the replicated state so that a leader elected later neither repeats a
+    /// notification inside the repeat interval nor forgets to resolve one. Appended last so
+    /// that entries encoded before it still decode.
+    AlertNote(AlertNote),
 }
+
+/// The notification state of one cluster-scoped alert, as the replicated state keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertNote {
+    /// The alert's identity: its name and labels (`TandemIngestionDrop{}`), at most
+    /// [`ALERT_KEY_BYTES_MAX`] bytes.
+    pub key: String,
+    /// When the alert started firing, ms since the epoch (Alertmanager's `startsAt`).
+    pub fired_ms: i64,
+    /// When receivers were last told it fires, ms since the epoch; 0 once its resolution
+    /// was sent.
+    pub notified_ms: i64,
+}
+
+/// Longest alert key a note may carry.
+pub const ALERT_KEY_BYTES_MAX: usize = 512;
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -46,6 +67,7 @@ impl fmt::Display for Command {
             Command::PutSegment(def) => write!(f, "put segment {}", def.id),
             Command::DeleteSegment { id } => write!(f, "delete segment {id}"),
             Command::Tick { time_ms } => write!(f, "tick at {time_ms}"),
+            Command::AlertNote(note) => write!(f, "alert note {}", note.key),
         }
     }
 }

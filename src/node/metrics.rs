@@ -90,6 +90,22 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// Labels of an alert gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The alert's name (`TandemIngestionDrop`, …).
+    pub alertname: String,
+}
+
+/// Labels of a notification count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// The receiver: its kind and position in `[[alerts.receivers]]` (`alertmanager-0`).
+    pub receiver: String,
+    /// `sent`, `failed` (given up after every attempt) or `dropped` (queue full).
+    pub outcome: &'static str,
+}
+
 /// A histogram family's constructor (a plain fn, so the family type can be named).
 type HistogramFn = fn() -> Histogram;
 
@@ -118,6 +134,15 @@ pub struct Metrics {
     pub leader_changes: Counter,
     /// When each TLS listener's certificate expires, Unix seconds.
     pub certificate_expiry: Family<ListenerLabels, Gauge>,
+    /// Requests answered, all / 4xx / 5xx, for the alert rules' error shares.
+    pub request_classes: [AtomicU64; 3],
+    /// The Raft log's fsync histogram alone (shared with the log, which observes it), so
+    /// its count and sum can be read back: the library exposes them only by encoding.
+    fsync_registry: Registry,
+    /// Alerts firing by name (as this node's evaluator sees them).
+    pub alerts_firing: Family<AlertLabels, U64Gauge>,
+    /// Alert notifications by receiver and outcome.
+    pub alert_notifications: Family<NotificationLabels, Counter>,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -157,6 +182,8 @@ pub(super) struct Scraped {
     pub disk: Family<PartLabels, U64Gauge>,
     /// Bytes free for this process on the data dir's filesystem.
     pub disk_free: U64Gauge,
+    /// Size of the data dir's filesystem in bytes.
+    pub disk_size: U64Gauge,
     /// CPU time of the process (user + system), seconds.
     pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
@@ -174,6 +201,18 @@ impl Metrics {
         }
     }
 
+    /// When each TLS listener's certificate expires (Unix seconds), for the alert rules;
+    /// empty without TLS.
+    pub fn certificate_expiries(&self) -> Vec<(&'static str, i64)> {
+        ["client", "peer"]
+            .into_iter()
+            .filter_map(|listener| {
+                let not_after = self.certificate_expiry.get(&ListenerLabels { listener })?;
+                Some((listener, not_after.get()))
+            })
+            .collect()
+    }
+
     /// Builds and registers every family, for a node whose data lives in `data_dir` and
     /// whose Raft log measures its fsyncs into `log_fsync`.
     pub fn new(data_dir: &Path, log_fsync: Histogram) -> Metrics {
@@ -187,6 +226,14 @@ impl Metrics {
             commit_duration: latency_histogram(),
             leader_changes: Counter::default(),
             certificate_expiry: Family::default(),
+            request_classes: Default::default(),
+            fsync_registry: {
+                let mut registry = Registry::default();
+                registry.register("fsync", "", log_fsync.clone());
+                registry
+            },
+            alerts_firing: Family::default(),
+            alert_notifications: Family::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -301,10 +348,26 @@ impl Metrics {
             s.disk_free.clone(),
         );
         r.register_with_unit(
+            "disk_size",
+            "Size of the data dir's filesystem as the node can use it (used + available, as df counts)",
+            Unit::Bytes,
+            s.disk_size.clone(),
+        );
+        r.register_with_unit(
             "process_cpu",
             "CPU time of the process, user and system",
             Unit::Seconds,
             s.cpu_seconds.clone(),
+        );
+        r.register(
+            "alerts_firing",
+            "Alerts firing by name, as this node's evaluator sees them (cluster-scoped ones on the leader)",
+            m.alerts_firing.clone(),
+        );
+        r.register(
+            "alert_notifications",
+            "Alert notifications by receiver and outcome (sent, failed after every retry, dropped from a full queue)",
+            m.alert_notifications.clone(),
         );
         r.register_with_unit(
             "disk_usage",
@@ -313,6 +376,20 @@ impl Metrics {
             s.disk.clone(),
         );
         m
+    }
+
+    /// Fsyncs of the Raft log so far: how many, and their total seconds.
+    pub fn fsync_totals(&self) -> (u64, f64) {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.fsync_registry).is_err() {
+            return (0, 0.0);
+        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (value("fsync_count ") as u64, value("fsync_sum "))
     }
 
     /// Counts ingest outcomes of one request from `source`.
@@ -335,6 +412,12 @@ impl Metrics {
 
     /// Counts one answered HTTP request.
     pub fn record_request(&self, endpoint: &str, method: &str, status: u16, seconds: f64) {
+        self.request_classes[0].fetch_add(1, Ordering::Relaxed);
+        match status / 100 {
+            4 => self.request_classes[1].fetch_add(1, Ordering::Relaxed),
+            5 => self.request_classes[2].fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
         let status = format!("{}xx", status / 100);
         self.http_requests
             .get_or_create(&RequestLabels {
@@ -360,6 +443,9 @@ impl Metrics {
         }
         if let Some(free) = free_bytes(&self.data_dir) {
             self.scraped.disk_free.set(free);
+        }
+        if let Some(size) = disk_size_bytes(&self.data_dir) {
+            self.scraped.disk_size.set(size);
         }
         if let Some(seconds) = cpu_seconds() {
             self.scraped
@@ -434,6 +520,29 @@ fn free_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// The share (0..1) of the filesystem holding `dir` that is available to the node.
+pub fn disk_free_ratio(dir: &Path) -> Option<f64> {
+    let size = disk_size_bytes(dir)?;
+    (size > 0).then(|| free_bytes(dir).unwrap_or(0) as f64 / size as f64)
+}
+
+/// The size of the filesystem holding `dir` as the node can use it, bytes: used plus
+/// available to unprivileged users, as `df` counts it (blocks reserved for root, which the
+/// node cannot write, are left out, so `free / size` is `df`'s free share).
+#[allow(clippy::useless_conversion)]
+fn disk_size_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let used = u64::from(stat.f_blocks).saturating_sub(u64::from(stat.f_bfree));
+    let usable = used.saturating_add(u64::from(stat.f_bavail));
+    Some(usable.saturating_mul(u64::from(stat.f_frsize)))
 }
 
 /// The process's CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).

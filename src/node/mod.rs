@@ -20,6 +20,7 @@
 //! - **Any node accepts writes**: a follower forwards the validated events to the leader;
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
+pub mod alerts;
 pub mod budget;
 mod format;
 pub mod housekeeping;
@@ -196,6 +197,8 @@ pub struct Node {
     stats: Arc<Stats>,
     /// The Prometheus registry and its instruments.
     metrics: Arc<metrics::Metrics>,
+    /// The alert evaluator's view and delivery.
+    alerts: Arc<alerts::Alerts>,
 }
 
 impl Node {
@@ -340,6 +343,11 @@ impl Node {
     /// Pipeline counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The alert evaluator (its view for `GET /v1/admin/alerts`).
+    pub fn alerts(&self) -> &Arc<alerts::Alerts> {
+        &self.alerts
     }
 
     /// The node's metrics, for instrumenting requests.

@@ -44,6 +44,9 @@ pub enum NodeError {
     /// The data directory is in another format.
     #[error(transparent)]
     Format(#[from] format::FormatError),
+    /// The `[alerts]` section names an unknown rule.
+    #[error("{0}")]
+    Alerts(String),
     /// The log did not open.
     #[error("cannot open the log: {0}")]
     Log(#[from] crate::log::LogError),
@@ -246,7 +249,16 @@ pub async fn start(
         in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
     };
     tokio::spawn(proposer::run(context, receiver));
-    Ok(Arc::new(Node {
+    let alerts = super::alerts::Alerts::new(
+        &config.alerts,
+        id,
+        &advertise_url,
+        config.node.data_dir.clone(),
+        Arc::clone(&metrics),
+    )
+    .map(Arc::new)
+    .map_err(NodeError::Alerts)?;
+    let node = Arc::new(Node {
         services,
         trait_defs,
         recommend_cache: recommendations::ModelCache::default(),
@@ -275,7 +287,12 @@ pub async fn start(
         failed,
         stats,
         metrics,
-    }))
+        alerts: Arc::clone(&alerts),
+    });
+    if config.alerts.enabled {
+        tokio::spawn(super::alerts::run(Arc::downgrade(&node), alerts));
+    }
+    Ok(node)
 }
 
 /// Opens each service's database under `<data>/services/` and starts the supervisor.

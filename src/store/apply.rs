@@ -474,6 +474,22 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Records a cluster-scoped alert's notification state at raft index `log_index` (no
+    /// feed record: services have nothing to do with it). An over-long key is ignored
+    /// rather than stored, so a forged entry cannot grow the state without bound.
+    pub fn apply_alert_note(
+        &mut self,
+        log_index: u64,
+        note: &crate::model::command::AlertNote,
+    ) -> Result<(), StoreError> {
+        self.advance(log_index)?;
+        if note.key.len() <= crate::model::command::ALERT_KEY_BYTES_MAX {
+            let key = format!("{META_ALERT_NOTE_PREFIX}{}", note.key);
+            self.batch.insert(&self.ks.meta, key, encode(note));
+        }
+        Ok(())
+    }
+
     /// Applies a tick (time passing, proposed by the leader) at raft index `log_index`:
     /// the state clock follows `time_ms` within its bounds, like a block's time, and the
     /// feed gets a [`FeedRecord::Tick`] so services see the new time in log order. Retention

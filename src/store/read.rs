@@ -541,6 +541,70 @@ impl Reader<'_> {
         }
     }
 
+    /// The feed sequence number of the first record applied at state-clock time `at_ms`
+    /// or later (one past the head when there is none): records in `[t1, t2)` are
+    /// `feed_seq_at(t2) - feed_seq_at(t1)`. Feed entries are in state-clock order (the clock
+    /// never goes back), so this is a binary search over the feed's keys that decodes only
+    /// each visited entry's prefix (time, log index, record count). The same on every
+    /// replica at the same applied index.
+    pub fn feed_seq_at(&self, at_ms: i64) -> Result<u64, StoreError> {
+        let end = self.feed_head()?.saturating_add(1);
+        let Some(first) = self.snapshot.first_key_value(&self.ks.feed) else {
+            return Ok(end);
+        };
+        // Invariant: every record before `lo` was applied before `at_ms`; the answer is at
+        // most `hi`. `lo` is always the first seq of an entry.
+        let mut lo = read_u64(&first.key()?, FEED)?;
+        let mut hi = end;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(guard) = self
+                .snapshot
+                .range(&self.ks.feed, ..=u64_bytes(mid))
+                .next_back()
+            else {
+                return Err(StoreError::Corrupt(format!(
+                    "feed: no entry holds seq {mid}"
+                )));
+            };
+            let (key, value) = guard.into_inner()?;
+            let start = read_u64(&key, FEED)?;
+            let (entry_at_ms, records) = feed_entry_prefix(&value)?;
+            if entry_at_ms >= at_ms {
+                hi = start;
+            } else {
+                lo = start.saturating_add(records).max(mid + 1);
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The state-clock time of the oldest feed entry still held (where the stored history
+    /// starts), `None` when the feed is empty.
+    pub fn feed_start_ms(&self) -> Result<Option<i64>, StoreError> {
+        match self.snapshot.first_key_value(&self.ks.feed) {
+            Some(guard) => {
+                let (_, value) = guard.into_inner()?;
+                Ok(Some(feed_entry_prefix(&value)?.0))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The notification state of every cluster-scoped alert, by alert key.
+    pub fn alert_notes(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::model::command::AlertNote>, StoreError>
+    {
+        let mut notes = std::collections::BTreeMap::new();
+        for guard in self.snapshot.prefix(&self.ks.meta, META_ALERT_NOTE_PREFIX) {
+            let (_, value) = guard.into_inner()?;
+            let note: crate::model::command::AlertNote = decode(&value, META)?;
+            notes.insert(note.key.clone(), note);
+        }
+        Ok(notes)
+    }
+
     /// The last feed sequence number (0 when nothing was ever fed).
     pub fn feed_head(&self) -> Result<u64, StoreError> {
         Ok(meta_u64(&self.snapshot, &self.ks.meta, META_NEXT_FEED, META)?.saturating_sub(1))
@@ -646,4 +710,12 @@ fn push_named(
     if names.contains(name) {
         out.push((name.to_owned(), timestamp));
     }
+}
+
+/// A feed entry's time and record count, decoded from the head of its postcard record
+/// (`at_ms`, `log_index`, then the records' length prefix) without decoding the records.
+fn feed_entry_prefix(value: &[u8]) -> Result<(i64, u64), StoreError> {
+    let ((at_ms, _log_index, records), _): ((i64, u64, u64), _) = postcard::take_from_bytes(value)
+        .map_err(|e| StoreError::Corrupt(format!("{FEED}: {e}")))?;
+    Ok((at_ms, records))
 }

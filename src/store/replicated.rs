@@ -109,6 +109,10 @@ impl Store {
                     applier.apply_tick(index, *time_ms)?;
                     Vec::new()
                 }
+                Some(Command::AlertNote(note)) => {
+                    applier.apply_alert_note(index, note)?;
+                    Vec::new()
+                }
                 None => {
                     applier.advance(index)?;
                     Vec::new()

@@ -73,6 +73,9 @@ pub const META_NEXT_FEED: &str = "next_feed";
 pub const META_EVENTS_STORED: &str = "events_stored";
 /// `META` key: events removed by retention.
 pub const META_EVENTS_EXPIRED: &str = "events_expired";
+/// `META` key prefix: `alert_note/` ++ alert key → postcard
+/// [`crate::model::command::AlertNote`], the notification state of a cluster-scoped alert.
+pub const META_ALERT_NOTE_PREFIX: &str = "alert_note/";
 /// `META` key: the key of the last feed entry removed by retention (0 = none).
 pub const META_FEED_TAIL: &str = "feed_tail";
 

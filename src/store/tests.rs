@@ -409,3 +409,42 @@ fn ticks_move_the_clock_reach_the_feed_in_order_and_drive_retention() {
         FeedRecord::Tick
     );
 }
+
+#[test]
+fn feed_seq_at_counts_records_per_time_window_and_alert_notes_round_trip() {
+    use crate::model::command::AlertNote;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "rate");
+    assert_eq!(store.reader().feed_seq_at(T0).expect("empty"), 1);
+    assert_eq!(store.reader().feed_start_ms().expect("empty"), None);
+    // Entries of 3, 5 and 1 events (anonymous page views: no merges), a minute apart.
+    let mut n = 0;
+    for (minute, count) in [(0, 3), (1, 5), (2, 1)] {
+        let events = (0..count)
+            .map(|_| {
+                n += 1;
+                json!({"type": "page", "messageId": format!("m{n}"), "anonymousId": format!("a{n}")})
+            })
+            .collect();
+        commit(&store, &batch(T0 + minute * 60_000, events));
+    }
+    let reader = store.reader();
+    let at = |ms| reader.feed_seq_at(ms).expect("seq");
+    assert_eq!(reader.feed_start_ms().expect("start"), Some(T0));
+    assert_eq!(at(T0 - 1), 1, "everything is at or after T0");
+    assert_eq!(at(T0 + 1) - at(T0), 3);
+    assert_eq!(at(T0 + 60_001) - at(T0 + 1), 5);
+    assert_eq!(at(T0 + 120_001) - at(T0 + 60_001), 1);
+    assert_eq!(at(T0 + 999_999), 10, "one past the head");
+    drop(reader);
+
+    let note = AlertNote {
+        key: "TandemIngestionDrop{}".into(),
+        fired_ms: T0,
+        notified_ms: T0 + 5,
+    };
+    direct::commit_command(&store, &Command::AlertNote(note.clone())).expect("note");
+    let notes = store.reader().alert_notes().expect("notes");
+    assert_eq!(notes.get(&note.key), Some(&note));
+    assert_eq!(notes.len(), 1);
+}

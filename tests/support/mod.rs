@@ -2,6 +2,7 @@
 //! directory, stopped by pid when the test ends (even when it fails).
 #![allow(dead_code)]
 
+pub mod alerting;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
