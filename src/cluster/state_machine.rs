@@ -349,9 +349,15 @@ fn replace_store(
     meta: &SnapshotMeta,
 ) -> io::Result<BufReader<File>> {
     let mut input = BufReader::new(File::open(file.state_path())?);
-    store.import(&mut input).map_err(store_io)?;
-    crate::crash::point("snapshot-install:store-imported");
-    install_log(store, file, meta)?;
+    // Services reading the feed meanwhile would find entries whose bodies are not in the
+    // log yet: they drop what they read while the mark is up (see Store::replace_epoch).
+    store.mark_replacing(true);
+    let replaced = store.import(&mut input).map_err(store_io).and_then(|_| {
+        crate::crash::point("snapshot-install:store-imported");
+        install_log(store, file, meta)
+    });
+    store.mark_replacing(false);
+    replaced?;
     crate::crash::point("snapshot-install:log-installed");
     snapshots.clear_store_pending()?;
     Ok(input)

@@ -153,6 +153,8 @@ pub struct Store {
     hot: hot::HotCache,
     /// Serialises appliers (one writer at a time).
     writer: std::sync::Mutex<()>,
+    /// Odd while a snapshot replaces the state and the log; see [`Store::replace_epoch`].
+    replace_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -179,6 +181,7 @@ impl Store {
             horizon,
             hot: hot::HotCache::default(),
             writer: std::sync::Mutex::new(()),
+            replace_epoch: std::sync::atomic::AtomicU64::new(0),
             config,
         };
         let clock = store.reader().clock_ms()?;
@@ -223,6 +226,22 @@ impl Store {
     /// The log event bodies are read from.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Counts snapshot installs: odd while one replaces the state and then the log, so the
+    /// feed may name events whose bodies are not in the log yet. A reader that sees the
+    /// same even value before and after reading has read one consistent store and log.
+    pub fn replace_epoch(&self) -> u64 {
+        self.replace_epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the start (`true`) or the end (`false`) of replacing the state and the log.
+    pub fn mark_replacing(&self, starting: bool) {
+        let was = self
+            .replace_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        debug_assert_eq!(was % 2 == 1, !starting, "unbalanced snapshot install marks");
     }
 
     /// Screens `(source, messageId)` pairs for duplicates (the leader, before proposing).

@@ -476,6 +476,12 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         if shared.generation.load(Ordering::Acquire) != generation {
             return Ok(());
         }
+        // A snapshot being installed: the feed may name bodies the log lacks yet.
+        let epoch = shared.store.replace_epoch();
+        if epoch % 2 == 1 {
+            std::thread::sleep(IDLE_WAIT);
+            continue;
+        }
         let reader = shared.store.reader();
         let items = reader
             .feed_after(cursor, BATCH_MAX)
@@ -490,6 +496,12 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         let applied = service
             .process(&shared.db, &reader, &items, &mut writes)
             .map_err(|e| e.to_string())?;
+        if shared.store.replace_epoch() != epoch {
+            // A snapshot install began under this batch: what it read may mix the old
+            // and new state. Read again once the install is done.
+            shared.busy_since_ms.store(0, Ordering::Release);
+            continue;
+        }
         let Some(last) = applied.checked_sub(1).and_then(|at| items.get(at)) else {
             return Err(format!(
                 "applied {applied} of {} feed records: a batch must make progress",
