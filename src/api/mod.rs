@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod consistency;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -169,11 +170,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/faults/services", post(services::set_fault))
         .route("/v1/admin/services", get(services::status))
         .route("/v1/admin/alerts", get(alerts::list))
+        .route("/v1/admin/dashboard", get(dashboard::document))
         .route_layer(from_fn_with_state(state.clone(), auth::known_key_required));
     Router::new()
         .merge(ingestion)
         .merge(keyed)
         .route("/metrics", get(metrics::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))

@@ -143,6 +143,9 @@ pub struct Metrics {
     pub alerts_firing: Family<AlertLabels, U64Gauge>,
     /// Alert notifications by receiver and outcome.
     pub alert_notifications: Family<NotificationLabels, Counter>,
+    /// Latencies of client requests (`/v1/` but not `/v1/admin/`), for the dashboard's
+    /// samples (not exported: the histogram above carries them by endpoint).
+    pub dashboard_latency: super::samples::LatencyTally,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -234,6 +237,7 @@ impl Metrics {
             },
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
+            dashboard_latency: super::samples::LatencyTally::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -431,6 +435,9 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .observe(seconds);
+        if endpoint.starts_with("/v1/") && !endpoint.starts_with("/v1/admin/") {
+            self.dashboard_latency.observe(seconds);
+        }
     }
 
     /// Sets the process and disk gauges, then encodes the registry as OpenMetrics text.

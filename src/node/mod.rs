@@ -28,6 +28,8 @@ pub mod metrics;
 mod peer;
 mod proposer;
 pub mod reads;
+pub mod report;
+pub mod samples;
 mod shares;
 mod start;
 mod ticker;
@@ -199,6 +201,8 @@ pub struct Node {
     metrics: Arc<metrics::Metrics>,
     /// The alert evaluator's view and delivery.
     alerts: Arc<alerts::Alerts>,
+    /// The last hour of samples for the dashboard (bounded ring).
+    samples: Arc<std::sync::Mutex<samples::SampleRing>>,
 }
 
 impl Node {
@@ -348,6 +352,11 @@ impl Node {
     /// The alert evaluator (its view for `GET /v1/admin/alerts`).
     pub fn alerts(&self) -> &Arc<alerts::Alerts> {
         &self.alerts
+    }
+
+    /// The HTTP client for peer requests (connect timeout 1 s; callers bound the rest).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The node's metrics, for instrumenting requests.

@@ -210,6 +210,14 @@ pub async fn start(
         raft.clone(),
         Arc::clone(&metrics),
     ));
+    let samples = Arc::new(std::sync::Mutex::new(super::samples::SampleRing::new(
+        super::samples::SAMPLES_MAX,
+    )));
+    tokio::spawn(super::samples::run(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Arc::clone(&samples),
+    ));
     let failed = Arc::new(AtomicBool::new(false));
     let (queue, receiver) = mpsc::unbounded_channel();
     let http = tls
@@ -287,6 +295,7 @@ pub async fn start(
         failed,
         stats,
         metrics,
+        samples,
         alerts: Arc::clone(&alerts),
     });
     if config.alerts.enabled {
