@@ -381,9 +381,20 @@ impl Node {
         s.commit_index.set(committed.map_or(0, |id| id.index));
         s.applied_index
             .set(raft.last_applied.as_ref().map_or(0, |id| id.index));
-        // Followers are only known on the leader; elsewhere the family is emptied so a
+        // Followers are only known on the leader; elsewhere the families are emptied so a
         // former leader does not report stale progress.
         s.matched_index.clear();
+        s.heartbeat_age.clear();
+        for (follower, acked) in raft.heartbeat.iter().flatten() {
+            use openraft::Instant as _;
+            if let (true, Some(at)) = (*follower != raft.id, acked) {
+                s.heartbeat_age
+                    .get_or_create(&metrics::FollowerLabels {
+                        follower: *follower,
+                    })
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
         for (follower, matched) in raft.replication.iter().flatten() {
             if *follower != raft.id {
                 s.matched_index

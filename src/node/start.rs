@@ -158,6 +158,7 @@ pub async fn start(
     let network = Network::new(id, &cluster_key, Arc::clone(&faults), tls.peer_http()?)
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    let snapshot_metrics = state_machine.snapshot_metrics().clone();
     {
         let machine = state_machine.clone();
         tokio::task::spawn_blocking(move || machine.finish_interrupted_install())
@@ -202,7 +203,11 @@ pub async fn start(
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(super::metrics::Metrics::new(
         &dir,
-        log_store_handle.fsync_seconds().clone(),
+        super::metrics::Sources {
+            log_fsync: log_store_handle.fsync_seconds().clone(),
+            snapshots: snapshot_metrics,
+            service_batches: services.batch_durations().clone(),
+        },
     ));
     metrics.set_certificate_expiry("client", tls.client_not_after);
     metrics.set_certificate_expiry("peer", tls.peer_not_after);
