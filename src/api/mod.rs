@@ -64,6 +64,8 @@ pub struct AppState {
     reads: Arc<read_pool::ReadPool>,
     /// Node-wide bytes of request bodies being read and validated (`limits.body_bytes_max`).
     pub bodies: body::BodyBudget,
+    /// Dashboard documents being gathered at once (each asks every peer).
+    pub dashboards: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
             bodies: body::BodyBudget::new(config.limits.body_bytes_max),
+            dashboards: Arc::new(tokio::sync::Semaphore::new(dashboard::DOCUMENTS_MAX)),
             node,
             config,
         })

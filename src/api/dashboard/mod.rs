@@ -9,7 +9,7 @@
 //!   lag, the last hour of ingest rate and latency, and the services — gathered from
 //!   every member in parallel, each with [`PEER_TIMEOUT`], so a dead or paused node shows
 //!   as unreachable within that time instead of holding the page up
-//!   ([`aggregate::aggregate`]).
+//!   ([`aggregate::aggregate`]). At most [`DOCUMENTS_MAX`] are gathered at once.
 //! - `GET /internal/dashboard/node` (on the peer listener, cluster key): this node's own
 //!   [`NodeReport`](crate::node::report::NodeReport), what the others ask for over the
 //!   peer connection (mutual TLS where the cluster uses it).
@@ -38,6 +38,9 @@ use aggregate::{Member, aggregate};
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Largest peer report accepted, bytes (one hour of samples is ~50 KB).
 pub const REPORT_BYTES_MAX: usize = 1 << 20;
+/// Dashboard documents gathered at once by one node; more are answered 429 at once
+/// (each fans out to every peer, so this bounds the peer requests it causes).
+pub const DOCUMENTS_MAX: usize = 8;
 /// Path of the internal report route.
 pub const REPORT_PATH: &str = "/internal/dashboard/node";
 
@@ -91,6 +94,13 @@ pub async fn document(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Read)?;
+    let Ok(_permit) = state.dashboards.try_acquire() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "dashboard_busy",
+            format!("{DOCUMENTS_MAX} dashboard documents are being gathered; retry shortly"),
+        ));
+    };
     let serving = state.node.report();
     let view = crate::cluster::membership::view(state.node.raft());
     let members: Vec<Member> = view
