@@ -157,6 +157,18 @@ pub fn aggregate(
     reports: &BTreeMap<u64, Result<NodeReport, String>>,
     now_ms: i64,
 ) -> Dashboard {
+    // A node not in its own membership (started with --join, not added yet) still shows
+    // itself.
+    let mut members = members.to_vec();
+    if !members.iter().any(|m| m.id == serving.id) {
+        members.push(Member {
+            id: serving.id,
+            url: serving.url.clone(),
+            region: serving.region.clone(),
+            role: "not a member".into(),
+        });
+    }
+    let members = members.as_slice();
     let answered = |id: u64| -> Option<&NodeReport> {
         if id == serving.id {
             return Some(serving);
@@ -415,6 +427,16 @@ mod tests {
         assert_eq!(d.leader, Some(2));
         assert_eq!(node(&d, 1).replication_lag_entries, None);
         assert!(node(&d, 2).is_leader && !node(&d, 2).reachable);
+    }
+
+    #[test]
+    fn a_node_outside_its_membership_still_shows_itself() {
+        let mut serving = report(4, "Learner", 0, None);
+        serving.region = "r9".into();
+        let d = aggregate(&serving, &[], &BTreeMap::new(), 0);
+        assert_eq!((d.reachable, d.members), (1, 1));
+        assert_eq!(d.regions[0].region, "r9");
+        assert_eq!(node(&d, 4).role, "not a member");
     }
 
     #[test]
