@@ -4,7 +4,7 @@
 # of 500,000 events (distinct seeds: ~50,000 new profiles each, so 20 chunks give ~1M),
 # then /metrics is scraped SCRAPES times 10 per second, first idle, then while one more
 # chunk is being ingested. Prints each phase's p50/p99/max (curl time_total) and the
-# node's profile count.
+# node's profile count, and the node's own (server-side) latency histogram of /metrics.
 #
 # Usage: tools/bench-metrics-1m.sh [DATA_PARENT] [CHUNKS] [SCRAPES]   (defaults: temp dir, 20, 300)
 # Needs a release build and curl. Stops only the node it started, by pid; removes its data.
@@ -47,6 +47,11 @@ scrape_phase() {
         p50 = int(NR*0.5)+1; p99 = int(NR*0.99)+1; if (p99 > NR) p99 = NR
         printf "%s: %d scrapes, p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
             name, NR, v[p50]*1000, v[p99]*1000, v[NR]*1000 }'
+    # The node's own view of the same scrapes (router to response, no accept or queueing
+    # before it): cumulative buckets of its /metrics latency histogram.
+    echo "  server-side /metrics buckets so far (le: count): $(curl -s "$URL/metrics" |
+        grep 'tandem_http_request_duration_seconds_bucket{.*endpoint="/metrics"}' |
+        sed -E 's/.*le="([^"]*)".* ([0-9]+)$/\1:\2/' | tr '\n' ' ')"
 }
 scrape_phase idle
 load_chunk $((CHUNKS + 1)) >"$D/last-chunk.txt" &
