@@ -165,3 +165,157 @@ async fn counters_move_by_what_was_sent_and_names_follow_conventions() {
         assert!(family, "{series} has no # TYPE");
     }
 }
+
+#[tokio::test]
+async fn request_bytes_refusals_and_service_batches_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A quota of one event per second, burst 20: the second large batch is refused 429.
+    let node = NodeProcess::start(
+        dir.path(),
+        &[
+            ("TANDEM_QUOTAS__EVENTS_PER_SEC", "1"),
+            ("TANDEM_QUOTAS__BURST_EVENTS", "20"),
+            ("TANDEM_LIMITS__BATCH_EVENTS_MAX", "20"),
+        ],
+    );
+    let before = scrape(&node.url).await;
+    let bytes = r#"tandem_http_request_bytes_total{endpoint="/v1/batch"}"#;
+    let refused = r#"tandem_http_refusals_total{endpoint="/v1/batch",status="429",reason="source_quota_exceeded"}"#;
+
+    let body = batch("q", 20);
+    let sent = body.to_string().len() as f64;
+    assert_eq!(post(&node.url, "/v1/batch", &body).await.status, 200);
+    let reply = post(&node.url, "/v1/batch", &batch("r", 20)).await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(reply.code(), "source_quota_exceeded");
+
+    let after = wait_for("a service batch measured", Duration::from_secs(20), || {
+        let url = node.url.clone();
+        async move {
+            let after = scrape(&url).await;
+            let batches =
+                after.value(r#"tandem_service_batch_duration_seconds_count{service="traits"}"#);
+            (batches >= 1.0).then_some(after)
+        }
+    })
+    .await;
+    // The quota is checked before the body is read in full only when Content-Length
+    // says it is over the limit; here both bodies were read.
+    let read = after.value(bytes) - before.value(bytes);
+    assert!(read >= sent, "request bytes {read} < one body of {sent}");
+    assert!(
+        read <= 2.0 * sent + 100.0,
+        "request bytes {read} > two bodies of ~{sent}"
+    );
+    assert_eq!(after.value(refused) - before.value(refused), 1.0);
+    // Health answers are not refusals, and a node that serves nothing refused nothing else.
+    let other: f64 = after
+        .series("tandem_http_refusals_total")
+        .filter(|(s, _)| !s.contains("source_quota_exceeded"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(other, 0.0);
+    for service in ["traits", "segments", "recommendations"] {
+        let sum = format!(r#"tandem_service_batch_duration_seconds_sum{{service="{service}"}}"#);
+        assert!(after.samples.contains_key(&sum), "{sum} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_builds_installs_and_follower_heartbeat_age_are_measured() {
+    use support::cluster::{TestCluster, admin_get, admin_post};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One node that snapshots every second and keeps no log behind its snapshots: a node
+    // added later must install a snapshot.
+    let mut cluster = TestCluster::start_with_env(
+        dir.path(),
+        &["r1"],
+        &[
+            ("TANDEM_CLUSTER__SNAPSHOT_INTERVAL_SECS", "1"),
+            ("TANDEM_CLUSTER__LOG_KEEP_AFTER_SNAPSHOT", "0"),
+        ],
+    )
+    .await;
+    let first = cluster.urls[&1].clone();
+    for tag in ["s1", "s2", "s3"] {
+        assert_eq!(post(&first, "/v1/batch", &batch(tag, 50)).await.status, 200);
+    }
+    let (_, status) = admin_get(&first, "/v1/admin/status").await;
+    let written = status["raft"]["last_applied"]
+        .as_u64()
+        .expect("last applied");
+    cluster
+        .wait(
+            "a snapshot of the writes, log purged",
+            Duration::from_secs(30),
+            |_| {
+                let url = first.clone();
+                async move {
+                    let (_, status) = admin_get(&url, "/v1/admin/status").await;
+                    (status["raft"]["purged"].as_u64()? >= written).then_some(())
+                }
+            },
+        )
+        .await;
+    let built = scrape(&first).await;
+    assert!(built.value(r#"tandem_snapshot_duration_seconds_count{kind="build"}"#) >= 1.0);
+    assert!(built.value(r#"tandem_snapshot_bytes_total{kind="build"}"#) > 0.0);
+    assert_eq!(
+        built.value(r#"tandem_snapshot_failures_total{kind="build"}"#),
+        0.0
+    );
+    assert_eq!(
+        built.value(r#"tandem_snapshot_duration_seconds_count{kind="install"}"#),
+        0.0,
+        "nothing installed on the node that built it"
+    );
+
+    let url = cluster.spawn_joining(2, "r2");
+    let (code, body) = admin_post(
+        &first,
+        "/v1/admin/cluster/learners",
+        &json!({"node_id": 2, "url": url, "peer_url": cluster.peer_urls[&2], "region": "r2"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let installed = wait_for(
+        "the snapshot installed on node 2",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let scrape = scrape(&url).await;
+                let count =
+                    scrape.value(r#"tandem_snapshot_duration_seconds_count{kind="install"}"#);
+                (count >= 1.0).then_some(scrape)
+            }
+        },
+    )
+    .await;
+    assert!(installed.value(r#"tandem_snapshot_bytes_total{kind="install"}"#) > 0.0);
+
+    // The leader measures how long ago each follower acknowledged it; heartbeats every
+    // 30 ms keep it small.
+    let age = r#"tandem_raft_follower_heartbeat_age_seconds{follower="2"}"#;
+    let leader = wait_for(
+        "node 2's heartbeat age on the leader",
+        Duration::from_secs(10),
+        || {
+            let first = first.clone();
+            async move {
+                let scrape = scrape(&first).await;
+                scrape.samples.contains_key(age).then_some(scrape)
+            }
+        },
+    )
+    .await;
+    assert!(leader.value(age) < 5.0, "age {}", leader.value(age));
+    assert!(
+        scrape(&url)
+            .await
+            .series("tandem_raft_follower_heartbeat_age_seconds")
+            .next()
+            .is_none(),
+        "only the leader reports followers"
+    );
+}

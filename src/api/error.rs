@@ -66,6 +66,11 @@ impl ApiError {
     }
 }
 
+/// The `code` of an error reply, carried in the response's extensions so the request
+/// metrics can count refusals by reason.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = self
@@ -76,6 +81,8 @@ impl IntoResponse for ApiError {
             map.extend(extra);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        // For the metrics middleware: why a request was refused, without parsing the body.
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

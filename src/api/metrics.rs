@@ -11,7 +11,10 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use futures::TryStreamExt;
+
 use super::AppState;
+use super::error::ErrorCode;
 
 /// The exposition format `prometheus-client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,7 +43,28 @@ pub async fn instrument(State(state): State<AppState>, request: Request, next: N
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
-    let response = next.run(request).await;
+    // Count body bytes as the handler reads them (a body never read is never counted).
+    let counter = state.node.metrics().request_bytes_counter(&endpoint);
+    let (parts, body) = request.into_parts();
+    let body = axum::body::Body::from_stream(body.into_data_stream().inspect_ok(move |chunk| {
+        counter.inc_by(chunk.len() as u64);
+    }));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let status = response.status();
+    // A 503 from a health endpoint is its answer (not ready, not the leader), not a
+    // refusal.
+    let refused = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE && !endpoint.starts_with("/health/"));
+    if refused {
+        let reason = response
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or("other", |code| code.0);
+        state
+            .node
+            .metrics()
+            .record_refusal(&endpoint, status.as_u16(), reason);
+    }
     state.node.metrics().record_request(
         &endpoint,
         method.as_str(),

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod consistency;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -63,6 +64,8 @@ pub struct AppState {
     reads: Arc<read_pool::ReadPool>,
     /// Node-wide bytes of request bodies being read and validated (`limits.body_bytes_max`).
     pub bodies: body::BodyBudget,
+    /// Dashboard documents being gathered at once (each asks every peer).
+    pub dashboards: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
             bodies: body::BodyBudget::new(config.limits.body_bytes_max),
+            dashboards: Arc::new(tokio::sync::Semaphore::new(dashboard::DOCUMENTS_MAX)),
             node,
             config,
         })
@@ -169,11 +173,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/faults/services", post(services::set_fault))
         .route("/v1/admin/services", get(services::status))
         .route("/v1/admin/alerts", get(alerts::list))
+        .route("/v1/admin/dashboard", get(dashboard::document))
         .route_layer(from_fn_with_state(state.clone(), auth::known_key_required));
     Router::new()
         .merge(ingestion)
         .merge(keyed)
         .route("/metrics", get(metrics::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/health/leader", get(leader))

@@ -54,6 +54,10 @@ pub fn routes() -> Router<AppState> {
         .route(reads::READ_INDEX_PATH, post(read_index))
         .route(reads::LEASE_READ_INDEX_PATH, post(lease_read_index))
         .route("/internal/command", post(command))
+        .route(
+            super::dashboard::REPORT_PATH,
+            axum::routing::get(super::dashboard::node_report),
+        )
 }
 
 /// A postcard `Result<T, E>` reply.
@@ -75,6 +79,12 @@ impl IntoResponse for Refusal {
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal(status, message.into())
+}
+
+/// [`admit`] for internal routes outside this module: the sender's id, or the refusal's
+/// status and reason.
+pub fn admit_peer(state: &AppState, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
+    admit(state, headers).map_err(|Refusal(status, message)| (status, message))
 }
 
 /// Checks the cluster key and fault injection; returns the sender's id.

@@ -232,6 +232,10 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
             node.spec.id, node.url, node.spec.region, node.peer_url
         );
     }
+    println!(
+        "  dashboard      {url}/dashboard#key={}   (every node serves /dashboard; what follows # never leaves the browser)",
+        fragment_escape(key)
+    );
     println!("  write key      {}   (source \"default\")", args.write_key);
     println!("  admin key      {key}");
     println!(
@@ -268,6 +272,20 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     println!(
         "API reference: docs/api.md; operations: docs/operations.md. Ctrl-C stops everything."
     );
+}
+
+/// `text` percent-encoded for a URL fragment (the dashboard decodes it), so any key
+/// survives the link.
+fn fragment_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Segments the demo defines (unless they exist), so there is something to look at.
@@ -329,4 +347,16 @@ fn first_identity(acked: &Path) -> Option<String> {
     load::acked::parse_line(line)
         .ok()
         .map(|(_, identity)| identity.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_escaped_for_the_dashboard_link() {
+        assert_eq!(
+            super::fragment_escape("demo-admin-key-not-secret"),
+            "demo-admin-key-not-secret"
+        );
+        assert_eq!(super::fragment_escape("a&b=c%d e"), "a%26b%3Dc%25d%20e");
+    }
 }

@@ -57,6 +57,91 @@ struct AppliedState {
     membership: StoredMembership,
 }
 
+/// Labels of a snapshot measurement: `build` (made here) or `install` (received).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct SnapshotKind {
+    /// `build` or `install`.
+    pub kind: &'static str,
+}
+
+/// A histogram family's constructor (a plain fn, so the family type can be named).
+type HistogramFn = fn() -> prometheus_client::metrics::histogram::Histogram;
+
+fn snapshot_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    // 10 ms … ~5.5 min: a snapshot of a small state takes milliseconds, of a large one
+    // minutes.
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 16),
+    )
+}
+
+/// What snapshots cost, for the node's registry (`tandem_snapshot_*`): durations of the
+/// builds and installs that completed, and the bytes they covered (state file plus
+/// hard-linked log segments). Clones share the values.
+#[derive(Clone, Debug)]
+pub struct SnapshotMetrics {
+    /// Seconds per completed build or install; the count is the number of them.
+    pub duration: prometheus_client::metrics::family::Family<
+        SnapshotKind,
+        prometheus_client::metrics::histogram::Histogram,
+        HistogramFn,
+    >,
+    /// Bytes of the snapshots built or installed.
+    pub bytes: prometheus_client::metrics::family::Family<
+        SnapshotKind,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Builds or installs that failed.
+    pub failures: prometheus_client::metrics::family::Family<
+        SnapshotKind,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Default for SnapshotMetrics {
+    fn default() -> Self {
+        let metrics = SnapshotMetrics {
+            duration: prometheus_client::metrics::family::Family::new_with_constructor(
+                snapshot_histogram,
+            ),
+            bytes: Default::default(),
+            failures: Default::default(),
+        };
+        // Both kinds exist from the start, so a scrape shows zeros rather than nothing.
+        for kind in ["build", "install"] {
+            let labels = SnapshotKind { kind };
+            drop(metrics.duration.get_or_create(&labels));
+            drop(metrics.bytes.get_or_create(&labels));
+            drop(metrics.failures.get_or_create(&labels));
+        }
+        metrics
+    }
+}
+
+impl SnapshotMetrics {
+    /// Records one build or install that ended with `result` after `started`.
+    fn record<T>(
+        &self,
+        kind: &'static str,
+        started: std::time::Instant,
+        result: &io::Result<T>,
+        bytes: impl FnOnce(&T) -> u64,
+    ) {
+        let labels = SnapshotKind { kind };
+        match result {
+            Ok(done) => {
+                self.duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                self.bytes.get_or_create(&labels).inc_by(bytes(done));
+            }
+            Err(_) => {
+                self.failures.get_or_create(&labels).inc();
+            }
+        }
+    }
+}
+
 /// The state machine handle; clones share everything.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -69,6 +154,8 @@ pub struct StateMachine {
     /// Held while importing services' state, so an install and an attach never import at
     /// once.
     services_import: Arc<Mutex<()>>,
+    /// Snapshot builds and installs, for the node's metrics.
+    metrics: SnapshotMetrics,
 }
 
 fn io(error: impl std::fmt::Display) -> io::Error {
@@ -94,7 +181,13 @@ impl StateMachine {
             applied: Arc::new(Mutex::new(None)),
             services: Arc::new(OnceLock::new()),
             services_import: Arc::new(Mutex::new(())),
+            metrics: SnapshotMetrics::default(),
         }
+    }
+
+    /// Snapshot builds and installs so far (shared with every clone).
+    pub fn snapshot_metrics(&self) -> &SnapshotMetrics {
+        &self.metrics
     }
 
     /// Gives snapshots access to the running services (once; a second call is ignored),
@@ -237,7 +330,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> io::Result<()> {
         let (machine, meta) = (self.clone(), meta.clone());
         let installed_meta = meta.clone();
-        blocking(move || {
+        let started = std::time::Instant::now();
+        let installed = blocking(move || {
             let _guard = machine.services_import.lock().map_err(io)?;
             let snapshots = &machine.snapshots;
             let file = snapshots.adopt(&snapshot)?;
@@ -252,15 +346,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshots.set_store_pending(&file)?;
             crate::crash::point("snapshot-install:marked");
             let mut input = replace_store(&machine.store, snapshots, &file, &meta)?;
-            tracing::info!(records = contents.records, services = contents.sections.len(), bytes = file.bytes().unwrap_or(0), last_log_id = ?meta.last_log_id, "installed snapshot");
+            let bytes = file.bytes().unwrap_or(0);
+            tracing::info!(records = contents.records, services = contents.sections.len(), bytes, last_log_id = ?meta.last_log_id, "installed snapshot");
             let Some(supervisor) = machine.services.get() else {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");
-                return Ok(());
+                return Ok(bytes);
             };
             import_sections(supervisor.as_ref(), &mut input)?;
-            snapshots.clear_services_pending()
+            snapshots.clear_services_pending()?;
+            Ok(bytes)
         })
-        .await?;
+        .await;
+        self.metrics
+            .record("install", started, &installed, |bytes| *bytes);
+        installed?;
         *self.applied.lock().map_err(io)? = Some(AppliedState {
             last_applied: installed_meta.last_log_id,
             membership: installed_meta.last_membership.clone(),
@@ -281,7 +380,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let (store, snapshots) = (Arc::clone(&self.store), self.snapshots.clone());
         let services = self.services.get().cloned();
-        blocking(move || {
+        let metrics = self.metrics.clone();
+        let built = blocking(move || {
             let started = std::time::Instant::now();
             // The log up to this snapshot may be purged once it exists: make the state
             // that covers it durable first.
@@ -322,20 +422,27 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: state.membership,
             };
             snapshots.set_current(&meta, &file)?;
+            let bytes = file.bytes().unwrap_or(0);
             tracing::info!(
                 records = exported.records,
                 services,
-                bytes = file.bytes().unwrap_or(0),
+                bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 last_log_id = ?meta.last_log_id,
                 "built snapshot"
             );
-            Ok(Snapshot {
-                meta,
-                snapshot: file,
-            })
-        })
-        .await
+            Ok((
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+                bytes,
+            ))
+        });
+        let started = std::time::Instant::now();
+        let built = built.await;
+        metrics.record("build", started, &built, |(_, bytes)| *bytes);
+        built.map(|(snapshot, _)| snapshot)
     }
 }
 

@@ -62,6 +62,19 @@ pub struct EventLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a refused request: the route, the status (`429`, `503`) and the reason —
+/// the error code of the reply (`overloaded`, `quota_exceeded`, `no_leader`, …), or
+/// `other` for a reply without one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The matched route.
+    pub endpoint: String,
+    /// `429` or `503`.
+    pub status: &'static str,
+    /// The error code.
+    pub reason: &'static str,
+}
+
 /// Labels of a per-follower gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FollowerLabels {
@@ -126,6 +139,10 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Submissions refused with 429.
     pub overloaded: Counter,
+    /// Bytes of request bodies read, by endpoint.
+    pub request_bytes: Family<EndpointLabels, Counter>,
+    /// Requests answered 429 or 503, by endpoint, status and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
     /// Events per log entry this node proposed and got committed.
     pub commit_events: Histogram,
     /// Propose-to-commit (and apply) latency of this node's entries.
@@ -143,6 +160,9 @@ pub struct Metrics {
     pub alerts_firing: Family<AlertLabels, U64Gauge>,
     /// Alert notifications by receiver and outcome.
     pub alert_notifications: Family<NotificationLabels, Counter>,
+    /// Latencies of client requests (`/v1/` but not `/v1/admin/`), for the dashboard's
+    /// samples (not exported: the histogram above carries them by endpoint).
+    pub dashboard_latency: super::samples::LatencyTally,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -164,6 +184,8 @@ pub(super) struct Scraped {
     pub applied_index: U64Gauge,
     /// On the leader: each follower's matched index.
     pub matched_index: Family<FollowerLabels, U64Gauge>,
+    /// On the leader: seconds since each follower last acknowledged an append or heartbeat.
+    pub heartbeat_age: Family<FollowerLabels, Gauge<f64, AtomicU64>>,
     /// Events stored, mirrored from the replicated state.
     pub events_stored: Counter,
     /// Events admitted and not answered.
@@ -191,6 +213,30 @@ pub(super) struct Scraped {
 /// The parts of the data dir whose sizes are reported, and their directory names.
 const PARTS: [&str; 4] = ["log", "store", "services", "snapshots"];
 
+/// Instruments that lower layers own and update, registered here.
+pub struct Sources {
+    /// The Raft log's fsync durations.
+    pub log_fsync: Histogram,
+    /// Snapshot builds and installs.
+    pub snapshots: crate::cluster::state_machine::SnapshotMetrics,
+    /// The services' batch durations.
+    pub service_batches: crate::services::supervisor::BatchDurations,
+}
+
+impl Sources {
+    /// Sources with the log's fsync histogram and fresh, unshared snapshot and service
+    /// instruments (for tests of the registry).
+    pub fn with_log_fsync(log_fsync: Histogram) -> Sources {
+        Sources {
+            log_fsync,
+            snapshots: Default::default(),
+            service_batches: crate::services::supervisor::BatchDurations::new_with_constructor(
+                || Histogram::new([1.0]),
+            ),
+        }
+    }
+}
+
 impl Metrics {
     /// Records when `listener`'s certificate expires; `None` (no TLS) records nothing.
     pub fn set_certificate_expiry(&self, listener: &'static str, not_after: Option<i64>) {
@@ -213,15 +259,22 @@ impl Metrics {
             .collect()
     }
 
-    /// Builds and registers every family, for a node whose data lives in `data_dir` and
-    /// whose Raft log measures its fsyncs into `log_fsync`.
-    pub fn new(data_dir: &Path, log_fsync: Histogram) -> Metrics {
+    /// Builds and registers every family, for a node whose data lives in `data_dir`, with
+    /// the instruments of lower layers in `sources`.
+    pub fn new(data_dir: &Path, sources: Sources) -> Metrics {
+        let Sources {
+            log_fsync,
+            snapshots,
+            service_batches,
+        } = sources;
         let mut m = Metrics {
             registry: Registry::with_prefix("tandem"),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
             events: Family::default(),
             overloaded: Counter::default(),
+            request_bytes: Family::default(),
+            refusals: Family::default(),
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_duration: latency_histogram(),
             leader_changes: Counter::default(),
@@ -234,6 +287,7 @@ impl Metrics {
             },
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
+            dashboard_latency: super::samples::LatencyTally::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -255,6 +309,17 @@ impl Metrics {
             "ingest_events",
             "Events received through this node by source and outcome (accepted, duplicate, rejected)",
             m.events.clone(),
+        );
+        r.register_with_unit(
+            "http_request",
+            "Bytes of request bodies read, by route template",
+            Unit::Bytes,
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "http_refusals",
+            "Requests answered 429 or 503 (shed or refused), by route template, status and reason",
+            m.refusals.clone(),
         );
         r.register(
             "overloaded_refusals",
@@ -308,6 +373,35 @@ impl Metrics {
             "raft_follower_matched_index",
             "On the leader: last log index known replicated to each follower",
             s.matched_index.clone(),
+        );
+        r.register_with_unit(
+            "raft_follower_heartbeat_age",
+            "On the leader: time since each follower last acknowledged an append or heartbeat",
+            Unit::Seconds,
+            s.heartbeat_age.clone(),
+        );
+        r.register_with_unit(
+            "snapshot_duration",
+            "Duration of each completed snapshot build or install (kind)",
+            Unit::Seconds,
+            snapshots.duration,
+        );
+        r.register_with_unit(
+            "snapshot",
+            "Bytes of the snapshots built or installed (state file and log segments)",
+            Unit::Bytes,
+            snapshots.bytes,
+        );
+        r.register(
+            "snapshot_failures",
+            "Snapshot builds or installs that failed",
+            snapshots.failures,
+        );
+        r.register_with_unit(
+            "service_batch_duration",
+            "Duration of each batch of feed entries a CDP service processed and committed",
+            Unit::Seconds,
+            service_batches,
         );
         r.register(
             "service_up",
@@ -410,6 +504,29 @@ impl Metrics {
         }
     }
 
+    /// The counter of body bytes read on `endpoint` (shared: a clone counts into it).
+    pub fn request_bytes_counter(&self, endpoint: &str) -> Counter {
+        self.request_bytes.get_or_create_owned(&EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// Counts one request answered 429 or 503 with error code `reason`.
+    pub fn record_refusal(&self, endpoint: &str, status: u16, reason: &'static str) {
+        let status = match status {
+            429 => "429",
+            503 => "503",
+            _ => return,
+        };
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                endpoint: endpoint.to_owned(),
+                status,
+                reason,
+            })
+            .inc();
+    }
+
     /// Counts one answered HTTP request.
     pub fn record_request(&self, endpoint: &str, method: &str, status: u16, seconds: f64) {
         self.request_classes[0].fetch_add(1, Ordering::Relaxed);
@@ -431,6 +548,9 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .observe(seconds);
+        if endpoint.starts_with("/v1/") && !endpoint.starts_with("/v1/admin/") {
+            self.dashboard_latency.observe(seconds);
+        }
     }
 
     /// Sets the process and disk gauges, then encodes the registry as OpenMetrics text.

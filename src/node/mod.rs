@@ -28,6 +28,8 @@ pub mod metrics;
 mod peer;
 mod proposer;
 pub mod reads;
+pub mod report;
+pub mod samples;
 mod shares;
 mod start;
 mod ticker;
@@ -199,6 +201,8 @@ pub struct Node {
     metrics: Arc<metrics::Metrics>,
     /// The alert evaluator's view and delivery.
     alerts: Arc<alerts::Alerts>,
+    /// The last hour of samples for the dashboard (bounded ring).
+    samples: Arc<std::sync::Mutex<samples::SampleRing>>,
 }
 
 impl Node {
@@ -350,6 +354,11 @@ impl Node {
         &self.alerts
     }
 
+    /// The HTTP client for peer requests (connect timeout 1 s; callers bound the rest).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The node's metrics, for instrumenting requests.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
@@ -372,9 +381,20 @@ impl Node {
         s.commit_index.set(committed.map_or(0, |id| id.index));
         s.applied_index
             .set(raft.last_applied.as_ref().map_or(0, |id| id.index));
-        // Followers are only known on the leader; elsewhere the family is emptied so a
+        // Followers are only known on the leader; elsewhere the families are emptied so a
         // former leader does not report stale progress.
         s.matched_index.clear();
+        s.heartbeat_age.clear();
+        for (follower, acked) in raft.heartbeat.iter().flatten() {
+            use openraft::Instant as _;
+            if let (true, Some(at)) = (*follower != raft.id, acked) {
+                s.heartbeat_age
+                    .get_or_create(&metrics::FollowerLabels {
+                        follower: *follower,
+                    })
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
         for (follower, matched) in raft.replication.iter().flatten() {
             if *follower != raft.id {
                 s.matched_index

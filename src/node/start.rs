@@ -158,6 +158,7 @@ pub async fn start(
     let network = Network::new(id, &cluster_key, Arc::clone(&faults), tls.peer_http()?)
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
+    let snapshot_metrics = state_machine.snapshot_metrics().clone();
     {
         let machine = state_machine.clone();
         tokio::task::spawn_blocking(move || machine.finish_interrupted_install())
@@ -202,13 +203,25 @@ pub async fn start(
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(super::metrics::Metrics::new(
         &dir,
-        log_store_handle.fsync_seconds().clone(),
+        super::metrics::Sources {
+            log_fsync: log_store_handle.fsync_seconds().clone(),
+            snapshots: snapshot_metrics,
+            service_batches: services.batch_durations().clone(),
+        },
     ));
     metrics.set_certificate_expiry("client", tls.client_not_after);
     metrics.set_certificate_expiry("peer", tls.peer_not_after);
     tokio::spawn(super::metrics::watch_leader(
         raft.clone(),
         Arc::clone(&metrics),
+    ));
+    let samples = Arc::new(std::sync::Mutex::new(super::samples::SampleRing::new(
+        super::samples::SAMPLES_MAX,
+    )));
+    tokio::spawn(super::samples::run(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Arc::clone(&samples),
     ));
     let failed = Arc::new(AtomicBool::new(false));
     let (queue, receiver) = mpsc::unbounded_channel();
@@ -287,6 +300,7 @@ pub async fn start(
         failed,
         stats,
         metrics,
+        samples,
         alerts: Arc::clone(&alerts),
     });
     if config.alerts.enabled {

@@ -6,6 +6,7 @@ pub mod alerting;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod tools;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

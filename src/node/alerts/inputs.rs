@@ -179,7 +179,10 @@ mod tests {
     fn fsync_totals_read_back_the_shared_histogram() {
         let dir = tempfile::tempdir().expect("tempdir");
         let histogram = prometheus_client::metrics::histogram::Histogram::new([0.1, 1.0]);
-        let metrics = crate::node::metrics::Metrics::new(dir.path(), histogram.clone());
+        let metrics = crate::node::metrics::Metrics::new(
+            dir.path(),
+            crate::node::metrics::Sources::with_log_fsync(histogram.clone()),
+        );
         assert_eq!(metrics.fsync_totals(), (0, 0.0));
         histogram.observe(0.5);
         histogram.observe(0.25);

@@ -174,9 +174,36 @@ pub struct ServiceStatus {
     pub fault: Fault,
 }
 
+/// Labels of a per-service measurement.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ServiceLabel {
+    /// The service's name.
+    pub service: &'static str,
+}
+
+/// A histogram family's constructor (a plain fn, so the family type can be named).
+pub type HistogramFn = fn() -> prometheus_client::metrics::histogram::Histogram;
+
+/// Durations of the batches each service processed and committed, for the node's
+/// registry (`tandem_service_batch_duration_seconds`).
+pub type BatchDurations = prometheus_client::metrics::family::Family<
+    ServiceLabel,
+    prometheus_client::metrics::histogram::Histogram,
+    HistogramFn,
+>;
+
+fn batch_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    // 0.1 ms … ~3.3 s: a hung batch (over HANG_TIMEOUT) is replaced, not measured.
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+    )
+}
+
 /// What workers and the supervisor share about one service.
 struct Shared {
     name: &'static str,
+    /// Seconds per batch processed and committed by this service's workers.
+    batch_seconds: prometheus_client::metrics::histogram::Histogram,
     db: ServiceDb,
     store: Arc<Store>,
     factory: Factory,
@@ -210,6 +237,8 @@ struct WorkerState {
 /// Supervises a set of services.
 pub struct Supervisor {
     services: Vec<Arc<Shared>>,
+    /// Every service's batch durations.
+    batch_durations: BatchDurations,
 }
 
 impl Supervisor {
@@ -218,12 +247,15 @@ impl Supervisor {
         store: Arc<Store>,
         services: Vec<(&'static str, ServiceDb, Factory)>,
     ) -> Arc<Supervisor> {
+        let batch_durations = BatchDurations::new_with_constructor(batch_histogram);
         let services: Vec<Arc<Shared>> = services
             .into_iter()
             .map(|(name, db, factory)| {
                 let cursor = db.cursor().unwrap_or(0);
                 Arc::new(Shared {
                     name,
+                    batch_seconds: batch_durations
+                        .get_or_create_owned(&ServiceLabel { service: name }),
                     db,
                     store: Arc::clone(&store),
                     factory,
@@ -250,7 +282,10 @@ impl Supervisor {
         for shared in &services {
             spawn_worker(shared);
         }
-        let supervisor = Arc::new(Supervisor { services });
+        let supervisor = Arc::new(Supervisor {
+            services,
+            batch_durations,
+        });
         let watched = Arc::clone(&supervisor);
         tokio::spawn(async move {
             loop {
@@ -261,6 +296,11 @@ impl Supervisor {
             }
         });
         supervisor
+    }
+
+    /// Every service's batch durations (shared with the workers), for the node's metrics.
+    pub fn batch_durations(&self) -> &BatchDurations {
+        &self.batch_durations
     }
 
     /// Every service's status.
@@ -491,6 +531,7 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
             continue;
         }
         mark_busy(shared);
+        let started = Instant::now();
         apply_fault(shared, generation)?;
         let mut writes = Writes::default();
         let applied = service
@@ -512,6 +553,9 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         if !commit(shared, generation, writes, next)? {
             return Ok(());
         }
+        shared
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
         cursor = next;
         let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
         shared.wants_ticks.store(wants, Ordering::Release);
