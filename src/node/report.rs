@@ -37,6 +37,10 @@ pub struct NodeReport {
     pub services: Vec<ServiceHealth>,
     /// Its last hour, oldest first.
     pub samples: Vec<Sample>,
+    /// Its evaluator's pending and firing alerts (`GET /v1/admin/alerts`' `alerts`); the
+    /// cluster-scoped ones only on the leader. Absent from a node that predates it.
+    #[serde(default)]
+    pub alerts: Vec<serde_json::Value>,
 }
 
 /// The leader's view of one follower (or learner).
@@ -129,6 +133,15 @@ impl super::Node {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .samples(),
+            alerts: match self
+                .alerts()
+                .view()
+                .get_mut("alerts")
+                .map(serde_json::Value::take)
+            {
+                Some(serde_json::Value::Array(alerts)) => alerts,
+                _ => Vec::new(),
+            },
         }
     }
 }

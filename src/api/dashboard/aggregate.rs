@@ -57,6 +57,9 @@ pub struct Dashboard {
     pub latency: Vec<LatencySeries>,
     /// Each CDP service across the reachable nodes.
     pub services: Vec<ServiceView>,
+    /// Pending and firing alerts of every reachable node (cluster-scoped ones from the
+    /// leader), each with `reported_by`, firing first.
+    pub alerts: Vec<serde_json::Value>,
 }
 
 /// One region and its members.
@@ -265,7 +268,40 @@ pub fn aggregate(
             })
             .collect(),
         services: services(&answering),
+        alerts: alerts(&answering),
     }
+}
+
+/// Every reporting node's alerts, tagged with who reported them; an alert reported by two
+/// nodes alike (a deposed leader's cluster alert not yet dropped) is shown once.
+fn alerts(reports: &[&NodeReport]) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut all = Vec::new();
+    for report in reports {
+        for alert in &report.alerts {
+            let null = serde_json::Value::Null;
+            let key = format!(
+                "{}|{}",
+                alert.get("name").unwrap_or(&null),
+                alert.get("labels").unwrap_or(&null)
+            );
+            if !seen.insert(key) {
+                continue;
+            }
+            let mut alert = alert.clone();
+            if let Some(fields) = alert.as_object_mut() {
+                fields.insert("reported_by".into(), report.id.into());
+            }
+            all.push(alert);
+        }
+    }
+    let rank = |a: &serde_json::Value| match a.get("state").and_then(|s| s.as_str()) {
+        Some("firing") => 0,
+        Some("pending") => 1,
+        _ => 2,
+    };
+    all.sort_by_key(rank);
+    all
 }
 
 /// Each service across the reporting nodes, by name.
@@ -338,6 +374,7 @@ mod tests {
                 latency_p50_ms: Some(1.0),
                 latency_p99_ms: Some(8.0),
             }],
+            alerts: Vec::new(),
         }
     }
 
@@ -453,6 +490,43 @@ mod tests {
         assert_eq!(
             (on_two.node, on_two.health.reason.as_deref()),
             (2, Some("hung"))
+        );
+    }
+
+    #[test]
+    fn every_nodes_alerts_are_shown_once_firing_first() {
+        let alert = |name: &str, state: &str, node: &str| serde_json::json!({"name": name, "state": state, "labels": {"node": node}});
+        let mut leader = report(1, "Leader", 3, Some(1));
+        leader.alerts = vec![
+            alert("TandemFsyncSlow", "pending", "1"),
+            serde_json::json!({"name": "TandemIngestionDrop", "state": "firing", "labels": {}}),
+        ];
+        let mut follower = report(2, "Follower", 3, Some(1));
+        follower.alerts = vec![alert("TandemDiskSpaceLow", "firing", "2")];
+        let mut deposed = report(3, "Follower", 3, Some(1));
+        deposed.alerts = vec![
+            serde_json::json!({"name": "TandemIngestionDrop", "state": "firing", "labels": {}}),
+        ];
+        let reports = BTreeMap::from([(2, Ok(follower)), (3, Ok(deposed))]);
+        let members = [member(1, "a"), member(2, "b"), member(3, "c")];
+        let d = aggregate(&leader, &members, &reports, 2_000);
+        let shown: Vec<(String, u64)> = d
+            .alerts
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap().to_owned(),
+                    a["reported_by"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("TandemIngestionDrop".to_owned(), 1),
+                ("TandemDiskSpaceLow".to_owned(), 2),
+                ("TandemFsyncSlow".to_owned(), 1),
+            ]
         );
     }
 }

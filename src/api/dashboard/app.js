@@ -1,4 +1,4 @@
-// Tandem's dashboard: fetches GET /v1/admin/dashboard (and /v1/admin/alerts) with the
+// Tandem's dashboard: fetches GET /v1/admin/dashboard with the
 // read or admin key every REFRESH_MS and draws the cluster, two SVG charts, the alerts
 // and the services. No framework, no external resource; every value from the server
 // reaches the page through textContent or an SVG attribute, never as HTML.
@@ -86,7 +86,7 @@
     $("forget").hidden = false;
     $("status").textContent = "";
     render(doc);
-    await renderAlerts(key);
+    renderAlerts(doc);
     schedule();
   }
 
@@ -179,30 +179,16 @@
     }
   }
 
-  async function renderAlerts(key) {
+  // Every reachable node's pending and firing alerts, gathered into the document by the
+  // node that answered (cluster-scoped ones come from the leader).
+  function renderAlerts(doc) {
     const box = $("alerts");
-    let response;
-    try { response = await get("/v1/admin/alerts", key); } catch (error) {
-      box.replaceChildren(el("p", { class: "unavailable" }, "alerts: no answer (" + error.message + ")"));
-      return;
-    }
-    if (response.status === 404) {
+    if (!Array.isArray(doc.alerts)) {
       box.replaceChildren(el("p", { class: "unavailable", "data-testid": "alerts-unavailable" },
-        "alerts: not available on this node"));
+        "alerts: not available from this node"));
       return;
     }
-    if (response.status === 401 || response.status === 403) {
-      box.replaceChildren(el("p", { class: "unavailable" }, "alerts: this key may not read them (" +
-        response.status + "); the admin key can."));
-      return;
-    }
-    if (!response.ok) {
-      box.replaceChildren(el("p", { class: "unavailable" }, "alerts: request failed with " + response.status));
-      return;
-    }
-    let doc;
-    try { doc = await response.json(); } catch (_) { doc = {}; }
-    const alerts = Array.isArray(doc.alerts) ? doc.alerts.slice() : [];
+    const alerts = doc.alerts.slice();
     const order = { firing: 0, pending: 1 };
     alerts.sort((a, b) => (order[a.state] ?? 2) - (order[b.state] ?? 2));
     if (alerts.length === 0) {
@@ -217,7 +203,8 @@
     const card = el("div", { class: "alert", "data-state": String(a.state), "data-testid": "alert" });
     const title = el("div", { class: "title" });
     title.append(el("strong", {}, String(a.name)));
-    title.append(document.createTextNode(" · " + a.state + " · " + (a.severity || "") + " · " + (a.scope || "")));
+    title.append(document.createTextNode(" · " + a.state + " · " + (a.severity || "") + " · " + (a.scope || "") +
+      (a.reported_by !== undefined ? " · reported by node " + a.reported_by : "")));
     card.append(title);
     if (notes.summary) card.append(el("div", {}, String(notes.summary)));
     const labels = Object.entries(a.labels || {}).map(([k, v]) => k + "=" + v).join(", ");
