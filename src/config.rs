@@ -59,6 +59,8 @@ pub struct Config {
     pub faults: FaultsConfig,
     /// The built-in alert evaluator and where it delivers.
     pub alerts: AlertsConfig,
+    /// Where backups go (`tandem backup`, `POST /v1/admin/backups`).
+    pub backup: BackupConfig,
     /// Computed traits kept per profile (`[[computed_traits]]`; see `tandem.example.toml`).
     pub computed_traits: Vec<crate::services::traits::TraitDef>,
     /// Certificates of the client listener (HTTPS) and the peer listener (mutual TLS).
@@ -97,6 +99,20 @@ impl TlsConfig {
     }
 }
 
+/// `[backup]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The backup repository: a directory (`/var/backups/tandem` or `file:///…`) or
+    /// S3-compatible storage (`s3://bucket/prefix`, endpoint and credentials from the
+    /// `AWS_*` environment). Empty: this node takes no backups.
+    pub repo: String,
+    /// File holding the repository key (64 hex characters), readable by its owner only:
+    /// it names chunks and authenticates manifests. Nodes never hold the key that
+    /// decrypts backups (see docs/security.md).
+    pub repo_key_file: PathBuf,
+}
+
 /// `[faults]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +136,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             faults: FaultsConfig::default(),
             alerts: AlertsConfig::default(),
+            backup: BackupConfig::default(),
             computed_traits: crate::services::traits::default_defs(),
             tls: TlsConfig::default(),
         }
@@ -779,6 +796,20 @@ impl Config {
             external_types_max: i.max_external_types,
             identities_max: i.max_identities,
         }
+    }
+
+    /// The settings that change how the log is applied — identity rules, dedup window,
+    /// retention, the clock step, computed-trait definitions — as one JSON value. A backup
+    /// records it; a restore under other settings would not reproduce the same state from
+    /// the same log, so it is refused unless forced.
+    pub fn apply_record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "identity": self.identity,
+            "ingest.dedup_window_hours": self.ingest.dedup_window_hours,
+            "ingest.retention_days": self.ingest.retention_days,
+            "limits.clock_step_ms_max": self.limits.clock_step_ms_max,
+            "computed_traits": self.computed_traits,
+        })
     }
 
     /// What the state machine needs.
