@@ -12,13 +12,14 @@
 use std::io::Read;
 
 /// Smallest chunk, bytes (except a file's last).
-pub const CHUNK_BYTES_MIN: usize = 128 << 10;
+pub const CHUNK_BYTES_MIN: usize = 64 << 10;
 /// Typical chunk, bytes.
-pub const CHUNK_BYTES_AVG: usize = 512 << 10;
+pub const CHUNK_BYTES_AVG: usize = 256 << 10;
 /// Largest chunk, bytes.
-pub const CHUNK_BYTES_MAX: usize = 2 << 20;
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
 
-const MASK: u64 = (CHUNK_BYTES_AVG as u64 - 1) << (64 - 19);
+/// The top 18 bits of the gear hash: a cut about every 256 KiB past the minimum.
+const MASK: u64 = (CHUNK_BYTES_AVG as u64 - 1) << (64 - 18);
 
 fn gear() -> &'static [u64; 256] {
     static GEAR: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();

@@ -293,13 +293,14 @@ pub fn new_backup_id(ms: i64) -> String {
     let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let stamp = format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
         time.year(),
         u8::from(time.month()),
         time.day(),
         time.hour(),
         time.minute(),
-        time.second()
+        time.second(),
+        time.millisecond()
     );
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{stamp}-{suffix}")

@@ -28,6 +28,8 @@ pub const GRACE_DEFAULT_MS: i64 = 3_600_000;
 /// How many backups to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Retention {
+    /// The N newest backups, whatever their dates.
+    pub last: usize,
     /// The newest backup of each of the last N days that have one.
     pub daily: usize,
     /// … of each of the last M ISO weeks (Monday to Sunday, UTC).
@@ -39,13 +41,13 @@ pub struct Retention {
 const DAY_MS: i64 = 86_400_000;
 
 /// The ids of the backups `policy` keeps among `backups` (`(id, started ms)`): the newest
-/// always, then the newest of each day, week and month up to each count. Pure.
+/// always (and the `last` newest), then the newest of each day, week and month up to each count. Pure.
 pub fn keep(backups: &[(String, i64)], policy: Retention) -> BTreeSet<String> {
     let mut sorted: Vec<&(String, i64)> = backups.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     let mut kept = BTreeSet::new();
-    if let Some(newest) = sorted.first() {
-        kept.insert(newest.0.clone());
+    for (id, _) in sorted.iter().take(policy.last.max(1)) {
+        kept.insert(id.clone());
     }
     let day = |ms: i64| ms.div_euclid(DAY_MS);
     // 1970-01-01 was a Thursday: shifting by 3 days starts weeks on Mondays.

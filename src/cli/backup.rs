@@ -97,6 +97,9 @@ pub enum BackupCommand {
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
+        /// Keep the N newest backups whatever their dates (the newest is always kept).
+        #[arg(long, default_value_t = 1)]
+        keep_last: usize,
         /// Keep the newest backup of each of the last N days.
         #[arg(long, default_value_t = 7)]
         keep_daily: usize,
@@ -302,6 +305,7 @@ async fn run_command(command: BackupCommand) -> Result<i32, BackupError> {
         }
         BackupCommand::Prune {
             repo,
+            keep_last,
             keep_daily,
             keep_weekly,
             keep_monthly,
@@ -310,6 +314,7 @@ async fn run_command(command: BackupCommand) -> Result<i32, BackupError> {
         } => {
             let repository = open(&repo).await?;
             let policy = Retention {
+                last: keep_last,
                 daily: keep_daily,
                 weekly: keep_weekly,
                 monthly: keep_monthly,
