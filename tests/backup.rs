@@ -23,14 +23,21 @@ struct Repo {
     url: String,
     key: PathBuf,
     identity: PathBuf,
+    /// Environment of every process that uses it (S3 endpoint and credentials).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Repo {
     fn init(root: &Path) -> Repo {
+        Repo::init_at(root, root.join("repo").display().to_string(), Vec::new())
+    }
+
+    fn init_at(root: &Path, url: String, env: Vec<(&'static str, String)>) -> Repo {
         let repo = Repo {
-            url: root.join("repo").display().to_string(),
+            url,
             key: root.join("repo.key"),
             identity: root.join("identity.age"),
+            env,
         };
         let out = repo.tandem(&["backup", "init", "--identity", path(&repo.identity)], &[]);
         assert!(out.contains("repository created"), "{out}");
@@ -50,6 +57,7 @@ impl Repo {
             .args(args)
             .args(["--repo", &self.url, "--repo-key", path(&self.key)])
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .output()
             .expect("run tandem");
@@ -62,13 +70,15 @@ impl Repo {
 
     /// The environment a node that backs up into this repository runs with.
     fn node_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = self.env.clone();
+        env.extend([
             ("TANDEM_BACKUP__REPO", self.url.clone()),
             ("TANDEM_BACKUP__REPO_KEY_FILE", path(&self.key).to_owned()),
             ("TANDEM_CLUSTER__CLUSTER_KEY", CLUSTER_KEY.to_owned()),
             // No ticks while the test compares hashes: the state moves only with ingest.
             ("TANDEM_CLUSTER__TICK_INTERVAL_MS", "3600000".to_owned()),
-        ]
+        ]);
+        env
     }
 
     fn restore(&self, data_dir: &Path, extra: &[&str]) -> (bool, String, String) {
@@ -120,6 +130,7 @@ async fn ingest(url: &str, events: usize, tag: &str) -> support::history::Acked 
 /// Asks the node for a backup and returns the new backup's id.
 fn backup_now(repo: &Repo, node: &NodeProcess) -> String {
     let output = Command::new(binary())
+        .envs(repo.env.iter().map(|(k, v)| (*k, v.as_str())))
         .args([
             "backup",
             "create",
@@ -501,6 +512,7 @@ async fn damaged_objects_are_named_by_verify_and_refused_by_restore() {
             url: copy.display().to_string(),
             key: repo.key.clone(),
             identity: repo.identity.clone(),
+            env: Vec::new(),
         };
         let (ok, stdout, stderr) = damaged.try_tandem(
             &[
@@ -536,4 +548,110 @@ async fn damaged_objects_are_named_by_verify_and_refused_by_restore() {
             target.display()
         );
     }
+}
+
+/// A `moto_server` (PyPI `moto[server]`, an S3-compatible server) on a free port, killed by
+/// pid when dropped.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    /// Starts one, or says why it cannot (not installed).
+    fn start() -> Result<Moto, String> {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("moto_server: {e} (pip install 'moto[server]')"))?;
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(at) = line.find("Running on http://") {
+                        let url = line[at + "Running on ".len()..].trim().to_owned();
+                        return Ok(Moto { child, url });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("moto_server did not report its address within 30 s".into());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same round trip through S3: a real S3-compatible server started here (moto).
+/// Skipped with the reason when moto is not installed, except under CI (`CI` set), where
+/// it must run (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_round_trip_through_an_s3_compatible_server() {
+    let moto = match Moto::start() {
+        Ok(moto) => moto,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            println!("SKIPPED backups_round_trip_through_an_s3_compatible_server: {why}");
+            return;
+        }
+        Err(why) => panic!("CI is set and the S3 test cannot run: {why}"),
+    };
+    let bucket = "tandem-backups";
+    let created = support::client()
+        .put(format!("{}/{bucket}", moto.url))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(created.status().is_success(), "{}", created.status());
+    let env = vec![
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ];
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init_at(root.path(), format!("s3://{bucket}/cluster-a"), env);
+    let source = start(&root.path().join("source"), &[], &repo.node_env());
+    let acked = ingest(&source.url, 300, "s3").await;
+    let before = settled_hashes(&source.url).await;
+    let id = backup_now(&repo, &source);
+    let verified = repo.tandem(
+        &["backup", "verify", "--identity", path(&repo.identity)],
+        &[],
+    );
+    assert!(verified.contains("verified 1 backup(s)"), "{verified}");
+    let dir = root.path().join("restored");
+    let (ok, stdout, stderr) = repo.restore(&dir, &["--backup", &id]);
+    assert!(ok, "restore:\n{stdout}\n{stderr}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("RESTORED")).expect("RESTORED"))
+            .expect("json");
+    assert_eq!(record["state_hash"], before["state_hash"]);
+    assert_eq!(record["services_hash"], before["services_hash"]);
+    let node_id = record["node_id"].as_u64().expect("id").to_string();
+    let restored = start(&dir, &["--node-id", &node_id], &repo.node_env());
+    check_exactly_once(&restored.url, &acked)
+        .await
+        .expect("every acknowledged event exactly once");
 }
