@@ -143,43 +143,99 @@ pub fn upload(
     let last = info.meta.last_log_id.ok_or_else(|| {
         BackupError::Invalid("the node has applied nothing yet: there is nothing to back up".into())
     })?;
-    let lock_name = format!("{LOCKS}/backup-{id}");
-    runtime.block_on(take_lock(repository, &lock_name, "backup"))?;
-    let result = upload_locked(repository, runtime, checkpoint, info, progress, &id, last);
-    // A lock left behind only delays GC until it expires.
-    if let Err(error) = runtime.block_on(repository.repo.delete(&lock_name)) {
-        tracing::warn!(%error, "could not remove the backup lock");
+    // One backup at a time per node: a lock of this node's from before is a crashed
+    // backup's, and goes now rather than when it expires.
+    let own = format!("{LOCKS}/backup-n{}-", info.node_id);
+    for stale in runtime.block_on(repository.repo.list(LOCKS))? {
+        if stale.name.starts_with(&own) {
+            runtime.block_on(repository.repo.delete(&stale.name))?;
+        }
     }
+    let lock_name = format!("{own}{id}");
+    let lock = runtime.block_on(take_lock(repository, &lock_name, "backup"))?;
+    let result = upload_locked(repository, runtime, checkpoint, info, progress, &id, last);
+    runtime.block_on(lock.release(repository));
     let manifest = result?;
     tracing::info!(id = %manifest.id, elapsed_ms = started.elapsed().as_millis() as u64, "backup uploaded");
     Ok(manifest)
 }
 
-/// Writes lock `name`, then checks that no other kind of fresh lock exists; if one does,
-/// removes its own and reports busy. Both sides write before they look, so of a backup
-/// and a GC starting together at least one sees the other.
-pub async fn take_lock(repository: &Repository, name: &str, kind: &str) -> Result<(), BackupError> {
-    let now = crate::clock::now_ms();
-    let lock = Lock {
-        kind: kind.to_owned(),
-        started_ms: now,
+/// A held lock: refreshed every [`LOCK_REFRESH_MS`] while held, so that a lock not
+/// refreshed for [`super::prune::LOCK_TTL_MS`] is known to be a crashed holder's.
+pub struct LockGuard {
+    name: String,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+/// How often a held lock is rewritten, ms.
+pub const LOCK_REFRESH_MS: u64 = 30_000;
+
+impl LockGuard {
+    /// Removes the lock (a lock left behind only delays the other kind until it expires).
+    pub async fn release(self, repository: &Repository) {
+        self.refresher.abort();
+        if let Err(error) = repository.repo.delete(&self.name).await {
+            tracing::warn!(%error, lock = %self.name, "could not remove a repository lock");
+        }
+    }
+}
+
+/// Takes lock `name` of `kind` (`backup` or `gc`): writes it, then checks that no fresh
+/// lock of the other kind exists; if one does, removes its own and reports busy. Both
+/// sides write before they look, so of a backup and a GC starting together at least one
+/// sees the other. Backups do not exclude backups, nor GCs GCs: each GC deletes only
+/// what no manifest it read names, and only GCs delete manifests.
+pub async fn take_lock(
+    repository: &Repository,
+    name: &str,
+    kind: &str,
+) -> Result<LockGuard, BackupError> {
+    let body = |now: i64| {
+        serde_json::to_vec(&Lock {
+            kind: kind.to_owned(),
+            started_ms: now,
+        })
+        .unwrap_or_default()
     };
-    let body = serde_json::to_vec(&lock).map_err(|e| BackupError::Invalid(e.to_string()))?;
-    repository.repo.put(name, body).await?;
+    let now = crate::clock::now_ms();
+    repository.repo.put(name, body(now)).await?;
     let others = repository.repo.list(LOCKS).await?;
+    let other_kind = if kind == "gc" { "backup-" } else { "gc-" };
     let conflicting = others.iter().find(|l| {
         l.name != name
             && now - l.modified_ms < super::prune::LOCK_TTL_MS
-            && (kind == "gc" || l.name.starts_with(&format!("{LOCKS}/gc-")))
+            && l.name.starts_with(&format!("{LOCKS}/{other_kind}"))
     });
     if let Some(other) = conflicting {
         let _ = repository.repo.delete(name).await;
         return Err(BackupError::Busy(format!(
-            "{} holds the repository; retry when it ends",
-            other.name
+            "{} holds the repository; retry when it ends (a crashed holder's lock expires \
+             {} s after its last refresh)",
+            other.name,
+            super::prune::LOCK_TTL_MS / 1000
         )));
     }
-    Ok(())
+    let refresher = {
+        let (repository, name) = (repository.clone(), name.to_owned());
+        let kind = kind.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(LOCK_REFRESH_MS)).await;
+                let lock = Lock {
+                    kind: kind.clone(),
+                    started_ms: now,
+                };
+                let bytes = serde_json::to_vec(&lock).unwrap_or_default();
+                if let Err(error) = repository.repo.put(&name, bytes).await {
+                    tracing::warn!(%error, "could not refresh a repository lock");
+                }
+            }
+        })
+    };
+    Ok(LockGuard {
+        name: name.to_owned(),
+        refresher,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

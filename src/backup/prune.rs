@@ -6,7 +6,7 @@
 //! the next run removes. A chunk is deleted only if (1) no manifest in the repository
 //! names it — the list of manifests is read after the lock is taken, and a manifest that
 //! fails its checks stops the sweep (nothing is decided on a partial list) — and (2) it
-//! is older than the grace period, and (3) no backup holds a fresh lock. A backup in
+//! is older than the grace period, and (3) no backup holds a fresh lock (refreshed within [`LOCK_TTL_MS`]). A backup in
 //! progress may rely on a chunk it found already stored but no manifest names yet (a
 //! crashed backup's leftovers): (3) protects it, and (2) protects one that started
 //! uploading just before the lock was checked.
@@ -19,9 +19,9 @@ use super::create::LOCKS;
 use super::manifest::{self, Manifest};
 use super::{BackupError, Repository};
 
-/// A lock older than this is a crashed operation's and is ignored, ms (24 h: no backup
-/// may run longer).
-pub const LOCK_TTL_MS: i64 = 24 * 3_600_000;
+/// A lock not refreshed for this long is a crashed holder's and is ignored, ms (holders
+/// refresh every [`super::create::LOCK_REFRESH_MS`]).
+pub const LOCK_TTL_MS: i64 = 5 * 60_000;
 /// Default grace period of unreferenced chunks, ms.
 pub const GRACE_DEFAULT_MS: i64 = 3_600_000;
 
@@ -107,11 +107,9 @@ pub async fn prune(
         "{LOCKS}/gc-{}",
         super::new_backup_id(crate::clock::now_ms())
     );
-    super::create::take_lock(repository, &lock, "gc").await?;
+    let guard = super::create::take_lock(repository, &lock, "gc").await?;
     let result = prune_locked(repository, policy, grace_ms, dry_run).await;
-    if let Err(error) = repository.repo.delete(&lock).await {
-        tracing::warn!(%error, "could not remove the GC lock");
-    }
+    guard.release(repository).await;
     result
 }
 
