@@ -100,7 +100,7 @@ impl TlsConfig {
 }
 
 /// `[backup]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
     /// The backup repository: a directory (`/var/backups/tandem` or `file:///…`) or
@@ -111,6 +111,21 @@ pub struct BackupConfig {
     /// it names chunks and authenticates manifests. Nodes never hold the key that
     /// decrypts backups (see docs/security.md).
     pub repo_key_file: PathBuf,
+    /// When the cluster takes a backup: a cron expression (UTC; five fields, or six with
+    /// seconds first). Only the leader runs it, and it runs when the newest backup in the
+    /// repository is older than the last due time, so a failover neither skips nor repeats
+    /// one. Empty: no schedule (`tandem backup create` only).
+    pub schedule: String,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            repo: String::new(),
+            repo_key_file: PathBuf::new(),
+            schedule: "0 2 * * *".into(),
+        }
+    }
 }
 
 /// `[faults]`
@@ -514,6 +529,19 @@ impl Config {
         self.validate_identity(&mut problem);
         self.validate_cluster(&mut problem);
         self.validate_alerts(&mut problem);
+        if !self.backup.schedule.is_empty() && self.backup.schedule.parse::<croner::Cron>().is_err()
+        {
+            problem(format!(
+                "backup.schedule = {:?} is not a cron expression; use five fields such as \
+                 \"0 2 * * *\" (02:00 UTC daily), or \"\" for no schedule",
+                self.backup.schedule
+            ));
+        }
+        if self.backup.repo.is_empty() != self.backup.repo_key_file.as_os_str().is_empty() {
+            problem(
+                "backup.repo and backup.repo_key_file go together: set both (or neither)".into(),
+            );
+        }
         if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {
             problem(format!("computed_traits: {error}"));
         }

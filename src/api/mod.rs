@@ -76,13 +76,23 @@ impl AppState {
     pub fn new(node: Arc<Node>, config: Arc<Config>) -> std::io::Result<AppState> {
         let reads =
             read_pool::ReadPool::start(read_pool::default_threads(), read_pool::READ_QUEUE_MAX)?;
+        let backups: Arc<crate::backup::job::Jobs> = Arc::default();
+        // Scheduled backups (nothing without `[backup] repo` and `schedule`); needs the
+        // runtime, which every caller runs in.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(crate::backup::schedule::run(
+                Arc::clone(&backups),
+                Arc::clone(&node),
+                Arc::clone(&config),
+            ));
+        }
         Ok(AppState {
             keys: Arc::new(Keys::from_config(&config)),
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
             bodies: body::BodyBudget::new(config.limits.body_bytes_max),
             dashboards: Arc::new(tokio::sync::Semaphore::new(dashboard::DOCUMENTS_MAX)),
-            backups: Arc::default(),
+            backups,
             node,
             config,
         })

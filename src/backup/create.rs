@@ -57,6 +57,9 @@ pub struct Lock {
 pub struct Summary {
     /// The backup's id.
     pub id: String,
+    /// The node that took it, and when it started (ms since the epoch).
+    pub node_id: u64,
+    pub started_ms: i64,
     /// The log position it holds.
     pub log_index: u64,
     /// State and services hashes there.
@@ -81,6 +84,8 @@ impl Summary {
         let t = &manifest.totals;
         Summary {
             id: manifest.id.clone(),
+            node_id: manifest.node_id,
+            started_ms: manifest.started_ms,
             log_index: manifest.log_index,
             state_hash: manifest.state_hash.clone(),
             services_hash: manifest.services_hash.clone(),

@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
 pub mod verify;
 
 use std::sync::Mutex;

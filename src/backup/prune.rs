@@ -187,6 +187,7 @@ mod tests {
             super::keep(
                 &backups,
                 Retention {
+                    last: 0,
                     daily,
                     weekly,
                     monthly,
@@ -214,16 +215,17 @@ mod tests {
             combined.len() <= 7 + 4 + 3 && combined.len() >= 7,
             "{combined:?}"
         );
-        assert!(
-            super::keep(
-                &[],
-                Retention {
-                    daily: 1,
-                    weekly: 1,
-                    monthly: 1
-                }
-            )
-            .is_empty()
+        let last = Retention {
+            last: 4,
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        };
+        assert_eq!(
+            super::keep(&backups, last),
+            BTreeSet::from(["d69b".into(), "d69a".into(), "d68b".into(), "d68a".into()])
         );
+        let empty: &[(String, i64)] = &[];
+        assert!(super::keep(empty, last).is_empty());
     }
 }

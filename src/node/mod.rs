@@ -341,6 +341,12 @@ impl Node {
         self.shutting_down.store(true, Ordering::Release);
     }
 
+    /// Whether this node leads the cluster now (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        self.cluster.raft.metrics().borrow_watched().current_leader == Some(self.cluster.id)
+    }
+
     /// Whether new work is refused because of shutdown.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
