@@ -757,7 +757,7 @@ async fn crashes_during_backup_gc_and_restore_leave_nothing_half_valid() {
         .expect("prune");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("gc:chunk-deleted"));
-    assert_eq!(list(&repo), [third.clone()]);
+    assert_eq!(list(&repo), [third]);
     let verified = repo.tandem(
         &["backup", "verify", "--identity", path(&repo.identity)],
         &[],
