@@ -237,6 +237,36 @@ async fn a_restored_backup_is_a_new_cluster_with_the_same_state() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
+    // Another node joins the restored cluster as usual: it receives the restored snapshot
+    // (and the segments) from the new leader and adopts the new cluster's id.
+    let joiner_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let joiner = NodeProcess::start_with_args(
+        &root.path().join("joiner"),
+        &["--node-id", "9", "--join"],
+        &joiner_env,
+        true,
+        false,
+    );
+    let (status, body) = admin_post(
+        &restored.url,
+        "/v1/admin/cluster/learners",
+        &json!({"node_id": 9, "url": joiner.url, "region": "r2"}),
+    )
+    .await;
+    assert!(status < 300, "{status} {body}");
+    wait_for(
+        "the joiner to hold every event",
+        Duration::from_secs(60),
+        || async { check_exactly_once(&joiner.url, &acked).await.ok() },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("joiner").join("CLUSTER"))
+            .expect("the joiner recorded a cluster id")
+            .trim(),
+        record["cluster_id"].as_str().expect("cluster id")
+    );
+
     // The old cluster and the new one never exchange Raft traffic, although they share
     // the cluster key: each refuses the other's cluster id.
     let (status, body) = admin_post(
@@ -883,4 +913,36 @@ async fn scheduled_backups_run_once_per_due_time_on_the_leader_across_a_failover
             "two runs for one due time: {all:?}"
         );
     }
+}
+
+/// A backup taken under other apply settings (here: another dedup window) is refused with
+/// the setting named, unless forced; the forced restore says what it overrode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_under_other_apply_settings_is_refused_unless_forced() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init(root.path());
+    let source = start(&root.path().join("source"), &[], &repo.node_env());
+    ingest(&source.url, 100, "s").await;
+    let id = backup_now(&repo, &source);
+    let config = root.path().join("other.toml");
+    std::fs::write(&config, "[ingest]\ndedup_window_hours = 48\n").expect("config");
+    let (ok, _, stderr) = repo.restore(
+        &root.path().join("refused"),
+        &["--backup", &id, "--config", path(&config)],
+    );
+    assert!(!ok, "a restore under other settings must be refused");
+    assert!(
+        stderr.contains("ingest.dedup_window_hours") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!root.path().join("refused").exists());
+    let (ok, stdout, stderr) = repo.restore(
+        &root.path().join("forced"),
+        &["--backup", &id, "--config", path(&config), "--force"],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("FORCED") && stdout.contains("ingest.dedup_window_hours"),
+        "{stdout}"
+    );
 }
