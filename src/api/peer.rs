@@ -117,9 +117,12 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<u64, Refusal> {
     let presented = headers
         .get(crate::cluster::identity::CLUSTER_HEADER)
         .and_then(|v| v.to_str().ok());
-    let fresh = {
+    // Whether this node has no Raft state yet (only then may it adopt a cluster id):
+    // looked at only when it matters, not on every heartbeat.
+    let fresh = || {
         use openraft::async_runtime::WatchReceiver;
-        let metrics = cluster.raft().metrics().borrow_watched().clone();
+        let metrics = cluster.raft().metrics();
+        let metrics = metrics.borrow_watched();
         metrics.last_log_index.is_none()
             && metrics
                 .membership_config

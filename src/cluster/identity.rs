@@ -89,9 +89,9 @@ impl ClusterIdentity {
     }
 
     /// Decides on a request that presented `presented` (the header's value, if any).
-    /// `fresh` says this node has no Raft state yet (never initialized, never joined):
-    /// only then may it adopt the sender's id.
-    pub fn admit(&self, presented: Option<&str>, fresh: bool) -> Admission {
+    /// `fresh` tells whether this node has no Raft state yet (never initialized, never
+    /// joined): only then may it adopt the sender's id. It is asked only in that case.
+    pub fn admit(&self, presented: Option<&str>, fresh: impl FnOnce() -> bool) -> Admission {
         match (self.get(), presented) {
             (Some(own), Some(theirs)) if own == theirs => Admission::Accept,
             (Some(own), Some(theirs)) => Admission::Refuse(format!(
@@ -102,7 +102,7 @@ impl ClusterIdentity {
                 "this node belongs to cluster {own} and the request names no cluster"
             )),
             (None, None) => Admission::Accept,
-            (None, Some(theirs)) if fresh && valid(theirs) => match self.set(theirs) {
+            (None, Some(theirs)) if valid(theirs) && fresh() => match self.set(theirs) {
                 Ok(()) => Admission::Adopted,
                 Err(e) => Admission::Refuse(format!("cannot record the cluster id: {e}")),
             },
@@ -139,24 +139,24 @@ mod tests {
     fn ids_are_checked_adopted_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let joiner = ClusterIdentity::load(dir.path()).unwrap();
-        assert_eq!(joiner.admit(None, true), Admission::Accept);
+        assert_eq!(joiner.admit(None, || true), Admission::Accept);
         assert!(matches!(
-            joiner.admit(Some("abc"), false),
+            joiner.admit(Some("abc"), || false),
             Admission::Refuse(_)
         ));
-        assert_eq!(joiner.admit(Some("abc"), true), Admission::Adopted);
-        assert_eq!(joiner.admit(Some("abc"), false), Admission::Accept);
+        assert_eq!(joiner.admit(Some("abc"), || true), Admission::Adopted);
+        assert_eq!(joiner.admit(Some("abc"), || false), Admission::Accept);
         assert!(matches!(
-            joiner.admit(Some("other"), true),
+            joiner.admit(Some("other"), || true),
             Admission::Refuse(_)
         ));
-        assert!(matches!(joiner.admit(None, true), Admission::Refuse(_)));
+        assert!(matches!(joiner.admit(None, || true), Admission::Refuse(_)));
         let reloaded = ClusterIdentity::load(dir.path()).unwrap();
         assert_eq!(reloaded.get().as_deref(), Some("abc"));
         let created = reloaded.create().unwrap();
         assert_ne!(created, "abc");
         assert!(matches!(
-            reloaded.admit(Some("abc"), false),
+            reloaded.admit(Some("abc"), || false),
             Admission::Refuse(_)
         ));
     }

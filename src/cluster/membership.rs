@@ -302,8 +302,8 @@ pub async fn transfer_leader(raft: &Raft, to: u64) -> Result<(), MembershipError
 /// Waits until this node (`id`) leads, then makes its own membership entry say `me` (its
 /// current address and region) if it says something else — the case of a node restored
 /// from a backup, whose membership was written before it knew its address, or of a node
-/// restarted on another address. Returns once the entry is right while leading (or Raft
-/// stops); a failed change is retried at the next leadership change.
+/// restarted on another address. Returns once the entry is right (or Raft stops); a
+/// failed change is retried at the next leadership change.
 pub async fn refresh_own_address(raft: Raft, id: u64, me: Member) {
     use openraft::async_runtime::WatchReceiver;
     let mut watch = raft.metrics();
@@ -321,9 +321,11 @@ pub async fn refresh_own_address(raft: Raft, id: u64, me: Member) {
                     .cloned(),
             )
         };
+        if listed.as_ref() == Some(&me) {
+            return;
+        }
         if leading {
             match listed {
-                Some(listed) if listed == me => return,
                 Some(listed) if tried_term != Some(term) => {
                     tried_term = Some(term);
                     tracing::info!(node_id = id, old = %listed.url, new = %me.url, "updating this node's address in the membership");
