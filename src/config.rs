@@ -462,6 +462,19 @@ impl Config {
     /// Loads defaults ← `file` ← `TANDEM_*` environment ← `overrides` (command-line flags),
     /// then validates.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Config, ConfigError> {
+        let config = Config::load_settings(file, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads the settings as [`Config::load`] does, without validating them as a node's
+    /// configuration (no listener, keys or TLS files are needed): for tools that read a
+    /// node's settings without running one (`tandem restore` compares the apply settings).
+    /// Validates what such tools use: the computed-trait definitions.
+    pub fn load_settings(
+        file: Option<&Path>,
+        overrides: &CliOverrides,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -488,7 +501,11 @@ impl Config {
             config.cluster.cluster_key = read_secret_file(&config.cluster.cluster_key_file)
                 .map_err(|e| ConfigError::Load(format!("cluster.cluster_key_file: {e}")))?;
         }
-        config.validate()?;
+        if let Err(error) = crate::services::traits::validate_defs(&config.computed_traits) {
+            return Err(ConfigError::Invalid(vec![format!(
+                "computed_traits: {error}"
+            )]));
+        }
         Ok(config)
     }
 

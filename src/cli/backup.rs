@@ -445,13 +445,8 @@ pub async fn run_restore(args: RestoreArgs) -> i32 {
 
 async fn restore(args: RestoreArgs) -> Result<(), BackupError> {
     // A restore uses the configuration's apply settings and storage sizes; it serves no
-    // requests, so a configuration without sources is fine: a stand-in write key keeps
-    // validation from asking for one.
-    let overrides = CliOverrides {
-        write_key: Some("restore-serves-no-requests".into()),
-        ..CliOverrides::default()
-    };
-    let config = Config::load(args.config.as_deref(), &overrides)
+    // requests, so it needs no sources, keys or TLS files.
+    let config = Config::load_settings(args.config.as_deref(), &CliOverrides::default())
         .map_err(|e| BackupError::Invalid(e.to_string()))?;
     let identities = Identities::read(&args.identity)?;
     let repository = open(&args.repo).await?;
