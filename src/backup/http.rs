@@ -1,12 +1,12 @@
 //! object_store's HTTP client for S3-compatible repositories, over the reqwest client the
 //! rest of Tandem uses, plain http only.
 //!
-//! Why not object_store's own reqwest client: it needs reqwest's TLS, and reqwest's only
-//! TLS choices are aws-lc-rs (cmake, a slow build) or "bring your own provider", which
-//! makes every reqwest client in the process (the node's, the tests') panic unless a
-//! provider was installed first. Until the node gets TLS (a separate piece of work, with
-//! rustls and ring), repositories on S3 are reached over http — a local MinIO/moto, or
-//! a TLS-terminating proxy — and an https endpoint is refused with that explanation.
+//! Why not object_store's own reqwest client: its `reqwest` feature turns on reqwest's
+//! default TLS, aws-lc-rs (cmake, a slow build). This client is the node's own reqwest.
+//! Repositories on S3 are reached over plain http for now — a local MinIO/moto, or a
+//! TLS-terminating proxy — and an https endpoint is refused with that explanation: the
+//! process now has rustls with ring (the node's TLS), so allowing https here is a small
+//! change, left until it can be tested against an https S3 endpoint.
 
 use axum::body::Bytes;
 use http_body_util::BodyExt;
