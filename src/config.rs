@@ -59,6 +59,8 @@ pub struct Config {
     pub faults: FaultsConfig,
     /// The built-in alert evaluator and where it delivers.
     pub alerts: AlertsConfig,
+    /// Where backups go (`tandem backup`, `POST /v1/admin/backups`).
+    pub backup: BackupConfig,
     /// Computed traits kept per profile (`[[computed_traits]]`; see `tandem.example.toml`).
     pub computed_traits: Vec<crate::services::traits::TraitDef>,
     /// Certificates of the client listener (HTTPS) and the peer listener (mutual TLS).
@@ -97,6 +99,35 @@ impl TlsConfig {
     }
 }
 
+/// `[backup]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The backup repository: a directory (`/var/backups/tandem` or `file:///…`) or
+    /// S3-compatible storage (`s3://bucket/prefix`, endpoint and credentials from the
+    /// `AWS_*` environment). Empty: this node takes no backups.
+    pub repo: String,
+    /// File holding the repository key (64 hex characters), readable by its owner only:
+    /// it names chunks and authenticates manifests. Nodes never hold the key that
+    /// decrypts backups (see docs/security.md).
+    pub repo_key_file: PathBuf,
+    /// When the cluster takes a backup: a cron expression (UTC; five fields, or six with
+    /// seconds first). Only the leader runs it, and it runs when the newest backup in the
+    /// repository is older than the last due time, so a failover neither skips nor repeats
+    /// one. Empty: no schedule (`tandem backup create` only).
+    pub schedule: String,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            repo: String::new(),
+            repo_key_file: PathBuf::new(),
+            schedule: "0 2 * * *".into(),
+        }
+    }
+}
+
 /// `[faults]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +151,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             faults: FaultsConfig::default(),
             alerts: AlertsConfig::default(),
+            backup: BackupConfig::default(),
             computed_traits: crate::services::traits::default_defs(),
             tls: TlsConfig::default(),
         }
@@ -430,6 +462,19 @@ impl Config {
     /// Loads defaults ← `file` ← `TANDEM_*` environment ← `overrides` (command-line flags),
     /// then validates.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Config, ConfigError> {
+        let config = Config::load_settings(file, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads the settings as [`Config::load`] does, without validating them as a node's
+    /// configuration (no listener, keys or TLS files are needed): for tools that read a
+    /// node's settings without running one (`tandem restore` compares the apply settings).
+    /// Validates what such tools use: the computed-trait definitions.
+    pub fn load_settings(
+        file: Option<&Path>,
+        overrides: &CliOverrides,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -456,7 +501,11 @@ impl Config {
             config.cluster.cluster_key = read_secret_file(&config.cluster.cluster_key_file)
                 .map_err(|e| ConfigError::Load(format!("cluster.cluster_key_file: {e}")))?;
         }
-        config.validate()?;
+        if let Err(error) = crate::services::traits::validate_defs(&config.computed_traits) {
+            return Err(ConfigError::Invalid(vec![format!(
+                "computed_traits: {error}"
+            )]));
+        }
         Ok(config)
     }
 
@@ -497,6 +546,19 @@ impl Config {
         self.validate_identity(&mut problem);
         self.validate_cluster(&mut problem);
         self.validate_alerts(&mut problem);
+        if !self.backup.schedule.is_empty() && self.backup.schedule.parse::<croner::Cron>().is_err()
+        {
+            problem(format!(
+                "backup.schedule = {:?} is not a cron expression; use five fields such as \
+                 \"0 2 * * *\" (02:00 UTC daily), or \"\" for no schedule",
+                self.backup.schedule
+            ));
+        }
+        if self.backup.repo.is_empty() != self.backup.repo_key_file.as_os_str().is_empty() {
+            problem(
+                "backup.repo and backup.repo_key_file go together: set both (or neither)".into(),
+            );
+        }
         if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {
             problem(format!("computed_traits: {error}"));
         }
@@ -779,6 +841,20 @@ impl Config {
             external_types_max: i.max_external_types,
             identities_max: i.max_identities,
         }
+    }
+
+    /// The settings that change how the log is applied — identity rules, dedup window,
+    /// retention, the clock step, computed-trait definitions — as one JSON value. A backup
+    /// records it; a restore under other settings would not reproduce the same state from
+    /// the same log, so it is refused unless forced.
+    pub fn apply_record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "identity": self.identity,
+            "ingest.dedup_window_hours": self.ingest.dedup_window_hours,
+            "ingest.retention_days": self.ingest.retention_days,
+            "limits.clock_step_ms_max": self.limits.clock_step_ms_max,
+            "computed_traits": self.computed_traits,
+        })
     }
 
     /// What the state machine needs.

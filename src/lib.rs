@@ -22,6 +22,10 @@
 //! - [`node`]: a running node — its Raft member, the write pipeline (admission, duplicate
 //!   screening, group commit, forwarding to the leader), read consistency, log upkeep,
 //!   the built-in alert evaluator and its delivery;
+//! - [`backup`]: backups — a node's checkpoint uploaded as compressed, encrypted,
+//!   content-addressed chunks with an authenticated manifest; verify, retention and GC;
+//!   restore into a new cluster. After [`node`] because a backup is taken of a running
+//!   node and a restore writes a node's data directory; before [`api`], which serves it;
 //! - [`api`]: the HTTP API (Segment-compatible ingestion, profile reads, health, admin) and
 //!   the receiving side of peer RPCs;
 //! - [`gateway`]: the load-balancing HTTP front over several nodes (tower's p2c balancer;
@@ -29,6 +33,7 @@
 //! - [`cli`]: the `tandem` command line.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -165,12 +165,35 @@ async fn the_event_limit_holds_after_the_batch_context_is_merged() {
     assert_eq!(reply.body["accepted"], 1, "{}", reply.body);
 }
 
-/// A POST to a peer route with `key` (if any) as the cluster key.
-async fn peer_post(url: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> (u16, String) {
+/// A POST to a peer route at `url` (one of `node`'s listeners) with `key` (if any) as the
+/// cluster key, presenting `node`'s own cluster id as a peer of its cluster would (peers
+/// of another cluster are refused: see `peer_routes_refuse_outsiders_and_ingest_commands`).
+async fn peer_post(
+    node: &NodeProcess,
+    url: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let cluster = std::fs::read_to_string(node.data_dir.join("CLUSTER")).unwrap_or_default();
+    peer_post_as(url, cluster.trim(), path, key, body).await
+}
+
+/// POSTs to a peer route at `url` presenting cluster id `cluster` (none if empty).
+async fn peer_post_as(
+    url: &str,
+    cluster: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
     let mut request = client()
         .post(format!("{url}{path}"))
         .header("x-tandem-from", "2")
         .body(body);
+    if !cluster.is_empty() {
+        request = request.header("x-tandem-cluster", cluster);
+    }
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
@@ -222,17 +245,32 @@ async fn peer_routes_refuse_outsiders_and_ingest_commands() {
             Some(ADMIN_KEY),
         ] {
             // The client listener does not serve peer routes at all, key or not.
-            let (status, text) = peer_post(&node.url, path, key, bytes.clone()).await;
+            let (status, text) = peer_post(&node, &node.url, path, key, bytes.clone()).await;
             assert_eq!(
                 status, 404,
                 "{path} on the client port with {key:?}: {text}"
             );
             // The peer listener (plaintext here: a lone node) still checks the cluster key.
-            let (status, text) = peer_post(&node.peer_url, path, key, bytes.clone()).await;
+            let (status, text) = peer_post(&node, &node.peer_url, path, key, bytes.clone()).await;
             assert_eq!(status, 401, "{path} with {key:?}: {text}");
         }
     }
+    // The right key from another cluster (a cluster restored from a backup shares it), or
+    // no cluster id: refused before anything is read.
+    for cluster in ["", "another-cluster-id"] {
+        let (status, text) = peer_post_as(
+            &node.peer_url,
+            cluster,
+            "/internal/command",
+            Some(CLUSTER_KEY),
+            bytes.clone(),
+        )
+        .await;
+        assert_eq!(status, 409, "cluster id {cluster:?}: {text}");
+        assert!(text.contains("cluster_mismatch"), "{text}");
+    }
     let (status, text) = peer_post(
+        &node,
         &node.url,
         "/internal/command",
         Some(CLUSTER_KEY),
@@ -244,6 +282,7 @@ async fn peer_routes_refuse_outsiders_and_ingest_commands() {
         "the cluster key opens nothing on the client port: {text}"
     );
     let (status, text) = peer_post(
+        &node,
         &node.peer_url,
         "/internal/command",
         Some(CLUSTER_KEY),
@@ -289,10 +328,17 @@ fn a_cluster_key_file_others_can_read_is_refused() {
     let node = NodeProcess::start(&dir.path().join("ok"), &env);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (status, text) =
-            peer_post(&node.peer_url, "/internal/read-index", None, Vec::new()).await;
+        let (status, text) = peer_post(
+            &node,
+            &node.peer_url,
+            "/internal/read-index",
+            None,
+            Vec::new(),
+        )
+        .await;
         assert_eq!(status, 401, "{text}");
         let (status, text) = peer_post(
+            &node,
             &node.peer_url,
             "/internal/read-index",
             Some(CLUSTER_KEY),

@@ -87,12 +87,19 @@ fn tls_client_alpn(ca: &Path, identity: Option<(&Path, &Path)>, alpn: &[&[u8]]) 
         .expect("client")
 }
 
-/// POSTs an empty read-index request with the cluster key; the status, or the error.
-async fn read_index(client: &reqwest::Client, peer_url: &str) -> Result<u16, String> {
+/// POSTs an empty read-index request with the cluster key and `node`'s cluster id (as a
+/// peer of its cluster would) to `peer_url`; the status, or the error.
+async fn read_index(
+    client: &reqwest::Client,
+    node: &NodeProcess,
+    peer_url: &str,
+) -> Result<u16, String> {
+    let cluster = std::fs::read_to_string(node.data_dir.join("CLUSTER")).unwrap_or_default();
     client
         .post(format!("{peer_url}/internal/read-index"))
         .bearer_auth(CLUSTER_KEY)
         .header("x-tandem-from", "2")
+        .header("x-tandem-cluster", cluster.trim())
         .send()
         .await
         .map(|r| r.status().as_u16())
@@ -149,27 +156,31 @@ async fn the_peer_port_refuses_whoever_lacks_a_cluster_certificate() {
     // The control: a cluster certificate (node 2's) and the key get an answer.
     let node2 = cluster_pki.node(2).expect("node 2");
     let member = tls_client(&files.ca, Some((&node2.cert, &node2.key)));
-    assert_eq!(read_index(&member, &node.peer_url).await, Ok(200));
+    assert_eq!(read_index(&member, &node, &node.peer_url).await, Ok(200));
 
     // No client certificate: the handshake is refused.
     let anonymous = tls_client(&files.ca, None);
-    let refused = read_index(&anonymous, &node.peer_url).await;
+    let refused = read_index(&anonymous, &node, &node.peer_url).await;
     assert!(refused.is_err(), "no client certificate: {refused:?}");
     // A certificate from another CA (trusting the right server all the same).
     let stranger = valid(dir.path(), "stranger");
     let other_ca = tls_client(&files.ca, Some((&stranger.cert, &stranger.key)));
-    let refused = read_index(&other_ca, &node.peer_url).await;
+    let refused = read_index(&other_ca, &node, &node.peer_url).await;
     assert!(refused.is_err(), "another CA's certificate: {refused:?}");
     // Plain HTTP to the peer port.
     let plain_url = node.peer_url.replacen("https://", "http://", 1);
-    let refused = read_index(&support::client(), &plain_url).await;
+    let refused = read_index(&support::client(), &node, &plain_url).await;
     assert!(
         refused.as_ref().map_or(true, |status| *status != 200),
         "plain HTTP: {refused:?}"
     );
     // And a client that trusts another CA does not accept the node as a server.
     let wrong_roots = tls_client(&stranger.ca, Some((&node2.cert, &node2.key)));
-    assert!(read_index(&wrong_roots, &node.peer_url).await.is_err());
+    assert!(
+        read_index(&wrong_roots, &node, &node.peer_url)
+            .await
+            .is_err()
+    );
 
     // Peer routes are not on the client port; the node is unharmed and still serves.
     let on_client_port = send(
@@ -179,7 +190,7 @@ async fn the_peer_port_refuses_whoever_lacks_a_cluster_certificate() {
     )
     .await;
     assert_eq!(on_client_port.status, 404, "{}", on_client_port.body);
-    assert_eq!(read_index(&member, &node.peer_url).await, Ok(200));
+    assert_eq!(read_index(&member, &node, &node.peer_url).await, Ok(200));
     assert_eq!(get(&node.url, "/health/live").await.status, 200);
 }
 
@@ -544,7 +555,7 @@ async fn the_peer_listener_keeps_the_connection_limits() {
     assert_eq!(get(&node.url, "/health/live").await.status, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if read_index(&member, &node.peer_url).await == Ok(200) {
+        if read_index(&member, &node, &node.peer_url).await == Ok(200) {
             break;
         }
         assert!(

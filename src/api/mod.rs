@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod backups;
 pub mod body;
 pub mod cluster;
 pub mod consistency;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub bodies: body::BodyBudget,
     /// Dashboard documents being gathered at once (each asks every peer).
     pub dashboards: Arc<tokio::sync::Semaphore>,
+    /// This node's backup jobs.
+    pub backups: Arc<crate::backup::job::Jobs>,
 }
 
 impl AppState {
@@ -73,12 +76,23 @@ impl AppState {
     pub fn new(node: Arc<Node>, config: Arc<Config>) -> std::io::Result<AppState> {
         let reads =
             read_pool::ReadPool::start(read_pool::default_threads(), read_pool::READ_QUEUE_MAX)?;
+        let backups: Arc<crate::backup::job::Jobs> = Arc::default();
+        // Scheduled backups (nothing without `[backup] repo` and `schedule`); needs the
+        // runtime, which every caller runs in.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(crate::backup::schedule::run(
+                Arc::clone(&backups),
+                Arc::clone(&node),
+                Arc::clone(&config),
+            ));
+        }
         Ok(AppState {
             keys: Arc::new(Keys::from_config(&config)),
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
             bodies: body::BodyBudget::new(config.limits.body_bytes_max),
             dashboards: Arc::new(tokio::sync::Semaphore::new(dashboard::DOCUMENTS_MAX)),
+            backups,
             node,
             config,
         })
@@ -160,6 +174,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/segment-transitions", get(segments::transitions))
         .route("/v1/admin/status", get(admin_status))
         .route("/v1/admin/state-hash", get(admin_state_hash))
+        .route(
+            "/v1/admin/backups",
+            get(backups::list).post(backups::create),
+        )
+        .route("/v1/admin/backups/status", get(backups::status))
         .route("/v1/admin/cluster", get(cluster::status))
         .route("/v1/admin/cluster/learners", post(cluster::add_learner))
         .route("/v1/admin/cluster/voters", post(cluster::promote))
@@ -392,16 +411,10 @@ async fn admin_state_hash(
     Ok(axum::Json(body).into_response())
 }
 
-/// One hash over every service's name, cursor and state hash: two nodes agree on it when
-/// every service is at the same cursor with the same state.
 fn services_hash(services: &[crate::services::supervisor::ServiceHash]) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for service in services {
-        hasher.update(service.name.as_bytes());
-        hasher.update(&service.cursor.to_le_bytes());
-        hasher.update(service.hash.as_bytes());
-    }
-    hasher.finalize().to_hex().to_string()
+    crate::services::supervisor::combined_hash(
+        services.iter().map(|s| (s.name, s.cursor, s.hash.as_str())),
+    )
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

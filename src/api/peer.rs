@@ -14,6 +14,9 @@
 //!   leader, confirmed by a quorum round or by its leader lease (see
 //!   [`crate::node::reads`]).
 //!
+//! Requests from another cluster (a different `x-tandem-cluster` id, see
+//! [`crate::cluster::identity`]) are refused with 409 `cluster_mismatch`.
+//!
 //! Requests from a peer blocked by fault injection are refused with 503, completing the
 //! symmetric partition that [`crate::cluster::network::Faults`] starts on the sending side.
 //!
@@ -34,6 +37,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use super::AppState;
+use crate::cluster::identity::Admission;
 use crate::cluster::network::{FROM_HEADER, SNAPSHOT_HEADER};
 use crate::cluster::snapshot::SnapshotFile;
 use crate::cluster::types::{Snapshot, SnapshotMeta, Vote};
@@ -110,6 +114,40 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<u64, Refusal> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "missing x-tandem-from"))?;
+    let presented = headers
+        .get(crate::cluster::identity::CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    // Whether this node has no Raft state yet (only then may it adopt a cluster id):
+    // looked at only when it matters, not on every heartbeat.
+    let fresh = || {
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = cluster.raft().metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.last_log_index.is_none()
+            && metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .next()
+                .is_none()
+    };
+    match cluster.identity().admit(presented, fresh) {
+        Admission::Accept => {}
+        Admission::Adopted => {
+            tracing::info!(
+                cluster = presented.unwrap_or(""),
+                from,
+                "joined cluster: adopted its id"
+            );
+        }
+        Admission::Refuse(why) => {
+            tracing::warn!(from, %why, "refused a peer request from another cluster");
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("cluster_mismatch: {why}"),
+            ));
+        }
+    }
     if cluster.faults().is_blocked(from) {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,6 @@
 //! The `tandem` command line: one binary, one subcommand per job.
 
+pub mod backup;
 pub mod bench;
 pub mod bench_reco;
 pub mod bench_segments;
@@ -48,6 +49,10 @@ pub enum Command {
     ReadBench(load::ReadBenchArgs),
     /// Run the load-balancing gateway in front of several nodes.
     Gateway(gateway::GatewayArgs),
+    /// Backups: create a repository, take, list, show, verify and prune backups.
+    Backup(backup::BackupArgs),
+    /// Build a new node's data directory from a backup: the first node of a new cluster.
+    Restore(backup::RestoreArgs),
 }
 
 /// `tandem node`
@@ -131,6 +136,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::ReadBench(args) => load::run_read_bench(args).await,
         Command::Gateway(args) => gateway::run_gateway(args).await,
         Command::Cluster(args) => cluster::run(args).await,
+        Command::Backup(args) => backup::run(args).await,
+        Command::Restore(args) => backup::run_restore(args).await,
         Command::BenchFailover(args) => bench::run_failover(args).await,
         Command::BenchReco(args) => bench_reco::run_reco(args).await,
         Command::BenchSegments(args) => {

@@ -495,3 +495,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+/// Prepares `log` (just replaced by a restored backup's segments, ending at `last`) to be
+/// the log of a **new** one-voter cluster led by `node_id`: every entry up to `last` is
+/// recorded as purged (a snapshot covers it: openraft reads none of the old cluster's
+/// membership entries and appends after it) and committed, and the vote is set to the
+/// restored term for `node_id`, so the new cluster's first election moves to a later term
+/// than any entry it holds. Durable when it returns.
+pub fn start_new_cluster(log: &Log, last: LogId, node_id: u64) -> Result<(), std::io::Error> {
+    let vote = Vote::new(last.leader_id.term, node_id);
+    log.write_meta(PURGED, &encode(&last)?, true).map_err(io)?;
+    log.write_meta(COMMITTED, &encode(&Some(last))?, true)
+        .map_err(io)?;
+    log.write_meta(VOTE, &encode(&vote)?, true).map_err(io)
+}

@@ -299,6 +299,51 @@ pub async fn transfer_leader(raft: &Raft, to: u64) -> Result<(), MembershipError
     raft.trigger().transfer_leader(to).await.map_err(raft_error)
 }
 
+/// Waits until this node (`id`) leads, then makes its own membership entry say `me` (its
+/// current address and region) if it says something else — the case of a node restored
+/// from a backup, whose membership was written before it knew its address, or of a node
+/// restarted on another address. Returns once the entry is right (or Raft stops); a
+/// failed change is retried at the next leadership change.
+pub async fn refresh_own_address(raft: Raft, id: u64, me: Member) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut watch = raft.metrics();
+    let mut tried_term = None;
+    loop {
+        let (term, leading, listed) = {
+            let metrics = watch.borrow_watched();
+            (
+                metrics.current_term,
+                metrics.current_leader == Some(id),
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .cloned(),
+            )
+        };
+        if listed.as_ref() == Some(&me) {
+            return;
+        }
+        if leading {
+            match listed {
+                Some(listed) if tried_term != Some(term) => {
+                    tried_term = Some(term);
+                    tracing::info!(node_id = id, old = %listed.url, new = %me.url, "updating this node's address in the membership");
+                    let change = ChangeMembers::SetNodes(BTreeMap::from([(id, me.clone())]));
+                    if let Err(error) = raft.change_membership(change, false).await {
+                        tracing::warn!(%error, "could not update this node's address");
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@
 //! Why openraft 0.10 (pinned `=0.10.0-alpha.37`) and not 0.9: see `docs/architecture.md`.
 
 pub mod derived;
+pub mod identity;
 pub mod log_store;
 pub mod membership;
 pub mod network;

@@ -69,17 +69,20 @@ pub struct Network {
     self_id: u64,
     cluster_key: Arc<str>,
     faults: Arc<Faults>,
+    /// This node's cluster id, sent on every request (see [`super::identity`]).
+    identity: Arc<super::identity::ClusterIdentity>,
 }
 
 impl Network {
-    /// A network for node `self_id`, authenticating with `cluster_key`, its calls made by
-    /// a client from `http` (which carries the node's TLS identity and the cluster CA when
-    /// peers use mutual TLS).
+    /// A network for node `self_id`, authenticating with `cluster_key` and presenting the
+    /// cluster id of `identity`, its calls made by a client from `http` (which carries the
+    /// node's TLS identity and the cluster CA when peers use mutual TLS).
     pub fn new(
         self_id: u64,
         cluster_key: &str,
         faults: Arc<Faults>,
         http: reqwest::ClientBuilder,
+        identity: Arc<super::identity::ClusterIdentity>,
     ) -> Result<Network, reqwest::Error> {
         // HTTP/2 only (h2 by ALPN over TLS, prior knowledge in plaintext): one multiplexed
         // connection per peer carries heartbeats, appends and votes side by side, so a
@@ -95,6 +98,7 @@ impl Network {
             self_id,
             cluster_key: cluster_key.into(),
             faults,
+            identity,
         })
     }
 }
@@ -128,13 +132,17 @@ impl PeerClient {
                 self.target
             ))));
         }
-        Ok(self
+        let request = self
             .network
             .http
             .post(format!("{}{path}", self.url))
             .bearer_auth(&*self.network.cluster_key)
             .header(FROM_HEADER, self.network.self_id)
-            .timeout(timeout))
+            .timeout(timeout);
+        Ok(match self.network.identity.get() {
+            Some(id) => request.header(super::identity::CLUSTER_HEADER, id),
+            None => request,
+        })
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(

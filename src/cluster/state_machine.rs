@@ -383,49 +383,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let metrics = self.metrics.clone();
         let built = blocking(move || {
             let started = std::time::Instant::now();
-            // The log up to this snapshot may be purged once it exists: make the state
-            // that covers it durable first.
-            store.persist().map_err(store_io)?;
             let file = snapshots.new_snapshot("built")?;
-            let mut out = BufWriter::new(File::create(file.state_path())?);
-            // The services' views first: each cursor is then at or behind the store's
-            // feed head, as it always is on a running node.
-            let services = services.map(|supervisor| supervisor.export());
-            let exported = store.export(&mut out).map_err(store_io)?;
-            let mut sections = SectionWriter::new(&mut out);
-            if let Some(services) = &services {
-                services.write(&mut sections).map_err(io)?;
-            }
-            let services = sections.finish().map_err(store_io)?;
-            out.flush()?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            // Every applied entry is in the log on a running node; the bound only matters
-            // to state machines driven without a log (openraft's storage suite).
-            let covered = exported
-                .applied_index
-                .checked_sub(1)
-                .zip(store.log().last_index())
-                .map(|(applied, last)| applied.min(last));
-            if let Some(last) = covered {
-                store
-                    .log()
-                    .checkpoint_to(&file.path.join(super::snapshot::LOG_DIR), last)
-                    .map_err(io)?;
-            }
-            File::open(&file.path)?.sync_all()?;
-            let state: AppliedState = match exported.raft_state {
-                Some(bytes) => postcard::from_bytes(&bytes).map_err(io)?,
-                None => AppliedState::default(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.membership,
-            };
+            let meta = write_checkpoint(&store, services.as_deref(), &file)?;
             snapshots.set_current(&meta, &file)?;
             let bytes = file.bytes().unwrap_or(0);
             tracing::info!(
-                records = exported.records,
-                services,
                 bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 last_log_id = ?meta.last_log_id,
@@ -444,6 +406,112 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         metrics.record("build", started, &built, |(_, bytes)| *bytes);
         built.map(|(snapshot, _)| snapshot)
     }
+}
+
+/// Writes a consistent checkpoint of `store` (and of `services`' state, if given) into
+/// `file`, a fresh snapshot directory: the state file, then the log's segments up to the
+/// state's applied index, hard-linked; everything fsync'd. Returns its Raft metadata.
+/// Raft snapshots and backups (`crate::backup`) are both built this way; a backup's
+/// checkpoint lives outside `snapshots/` so Raft never replaces it mid-upload. Blocking.
+pub fn write_checkpoint(
+    store: &Store,
+    services: Option<&dyn DerivedState>,
+    file: &SnapshotFile,
+) -> io::Result<SnapshotMeta> {
+    // The log up to this checkpoint may be purged once it is a snapshot: make the state
+    // that covers it durable first.
+    store.persist().map_err(store_io)?;
+    let mut out = BufWriter::new(File::create(file.state_path())?);
+    // The services' views first: each cursor is then at or behind the store's feed head,
+    // as it always is on a running node.
+    let services = services.map(|supervisor| supervisor.export());
+    let exported = store.export(&mut out).map_err(store_io)?;
+    let mut sections = SectionWriter::new(&mut out);
+    if let Some(services) = &services {
+        services.write(&mut sections).map_err(io)?;
+    }
+    let services = sections.finish().map_err(store_io)?;
+    out.flush()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // Every applied entry is in the log on a running node; the bound only matters to
+    // state machines driven without a log (openraft's storage suite).
+    let covered = exported
+        .applied_index
+        .checked_sub(1)
+        .zip(store.log().last_index())
+        .map(|(applied, last)| applied.min(last));
+    if let Some(last) = covered {
+        store
+            .log()
+            .checkpoint_to(&file.path.join(super::snapshot::LOG_DIR), last)
+            .map_err(io)?;
+    }
+    File::open(&file.path)?.sync_all()?;
+    let state: AppliedState = match exported.raft_state {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(io)?,
+        None => AppliedState::default(),
+    };
+    tracing::debug!(records = exported.records, services, "checkpoint written");
+    Ok(SnapshotMeta {
+        last_log_id: state.last_applied,
+        last_membership: state.membership,
+    })
+}
+
+/// Makes a restored state (just imported into `store`) the start of a **new cluster**
+/// whose only voter is `node_id` (by default one above every id of the old cluster) at
+/// `member`: the applied log id stays, the membership is replaced (durably). Returns the
+/// snapshot metadata to install the restored snapshot under and the node id. The old
+/// cluster's membership must not survive a restore: a node that believed it would try to
+/// rejoin the old cluster with a rewound log; and reusing an old id is refused, since an
+/// old leader may remember how far that id's log went.
+pub fn rebase_for_new_cluster(
+    store: &Store,
+    node_id: Option<u64>,
+    member: super::Member,
+) -> io::Result<(SnapshotMeta, u64)> {
+    let state: AppliedState = match store.raft_state().map_err(store_io)? {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(io)?,
+        None => AppliedState::default(),
+    };
+    let last = state
+        .last_applied
+        .ok_or_else(|| io("the restored state has applied no log entry; nothing to restore"))?;
+    let old: std::collections::BTreeSet<u64> = state
+        .membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    let node_id = match node_id {
+        Some(id) if old.contains(&id) => {
+            return Err(io(format!(
+                "node id {id} belonged to the backed-up cluster (ids {old:?}); a restored \
+                 cluster is new and takes new ids: pick another or leave it to the default"
+            )));
+        }
+        Some(0) => return Err(io("node ids start at 1")),
+        Some(id) => id,
+        None => old.last().map_or(1, |max| max + 1),
+    };
+    let membership = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([node_id])],
+        std::collections::BTreeMap::from([(node_id, member)]),
+    )
+    .map_err(io)?;
+    let stored = StoredMembership::new(Some(last), membership);
+    let rebased = AppliedState {
+        last_applied: Some(last),
+        membership: stored.clone(),
+    };
+    store
+        .set_raft_state(&postcard::to_stdvec(&rebased).map_err(io)?)
+        .map_err(store_io)?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: stored,
+    };
+    Ok((meta, node_id))
 }
 
 /// Replaces the store's state and log by those of `file` (current, verified, marked

@@ -16,6 +16,46 @@ pub const DATA_FORMAT: u32 = 3;
 /// The version file's name.
 const FILE: &str = "FORMAT";
 
+/// Written into a data directory when `tandem restore` starts, removed when it ends: a
+/// node refuses to start on a directory that holds it.
+pub const RESTORE_INCOMPLETE: &str = "restore-incomplete";
+/// Written when a restore ends: what was restored, and the node id to start with.
+pub const RESTORED: &str = "RESTORED";
+
+/// Checks, when a node starts on `dir`, that no restore was cut short there and that the
+/// node runs with the id the restore chose (`crate::backup::restore`).
+pub fn check_restored(dir: &Path, node_id: u64) -> Result<(), FormatError> {
+    if dir.join(RESTORE_INCOMPLETE).exists() {
+        return Err(FormatError::Mismatch(format!(
+            "{} holds an interrupted restore; delete the directory and run tandem restore again",
+            dir.display()
+        )));
+    }
+    let path = dir.join(RESTORED);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FormatError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let restored: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| FormatError::Mismatch(format!("{}: {e}", path.display())))?;
+    let wanted = restored["node_id"].as_u64().unwrap_or(0);
+    if wanted != node_id {
+        return Err(FormatError::Mismatch(format!(
+            "{} was restored from backup {} as node {wanted} of a new cluster; start it with \
+             --node-id {wanted} (it was started as node {node_id})",
+            dir.display(),
+            restored["backup"].as_str().unwrap_or("?"),
+        )));
+    }
+    Ok(())
+}
+
 /// Why a data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

@@ -163,6 +163,8 @@ pub struct Metrics {
     /// Latencies of client requests (`/v1/` but not `/v1/admin/`), for the dashboard's
     /// samples (not exported: the histogram above carries them by endpoint).
     pub dashboard_latency: super::samples::LatencyTally,
+    /// Backups taken by this node.
+    pub backup: BackupMetrics,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -288,6 +290,7 @@ impl Metrics {
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
             dashboard_latency: super::samples::LatencyTally::default(),
+            backup: BackupMetrics::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -469,6 +472,7 @@ impl Metrics {
             Unit::Bytes,
             s.disk.clone(),
         );
+        m.backup.register(&mut m.registry);
         m
     }
 
@@ -695,5 +699,53 @@ pub(super) async fn watch_leader(raft: crate::cluster::Raft, metrics: std::sync:
             metrics.leader_changes.inc();
             leader = now;
         }
+    }
+}
+
+/// Backups taken by this node (`crate::backup`), for alerting on an overdue or failing
+/// backup.
+#[derive(Default)]
+pub struct BackupMetrics {
+    /// When the last successful backup finished, seconds since the epoch (0: never).
+    pub last_success: U64Gauge,
+    /// How long the last successful backup took, ms.
+    pub last_duration_ms: U64Gauge,
+    /// Bytes the last successful backup covered (its checkpoint).
+    pub last_size: U64Gauge,
+    /// Bytes the last successful backup uploaded (new chunks, compressed and encrypted).
+    pub last_uploaded: U64Gauge,
+    /// Backups that failed.
+    pub failures: Counter,
+}
+
+impl BackupMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "backup_last_success_timestamp_seconds",
+            "When this node's last successful backup finished (0: never)",
+            self.last_success.clone(),
+        );
+        r.register(
+            "backup_last_duration_milliseconds",
+            "How long this node's last successful backup took",
+            self.last_duration_ms.clone(),
+        );
+        r.register_with_unit(
+            "backup_last_size",
+            "Bytes covered by this node's last successful backup",
+            Unit::Bytes,
+            self.last_size.clone(),
+        );
+        r.register_with_unit(
+            "backup_last_uploaded",
+            "Bytes uploaded by this node's last successful backup (new chunks only)",
+            Unit::Bytes,
+            self.last_uploaded.clone(),
+        );
+        r.register(
+            "backup_failures",
+            "Backups started on this node that failed",
+            self.failures.clone(),
+        );
     }
 }

@@ -22,7 +22,7 @@
 
 pub mod alerts;
 pub mod budget;
-mod format;
+pub mod format;
 pub mod housekeeping;
 pub mod metrics;
 mod peer;
@@ -132,9 +132,13 @@ pub struct Cluster {
     faults: Arc<Faults>,
     snapshots: Snapshots,
     cluster_key: String,
+    /// This cluster's id (see [`crate::cluster::identity`]).
+    identity: Arc<crate::cluster::identity::ClusterIdentity>,
     advertise_url: String,
     advertise_peer_url: String,
     region: String,
+    /// The data directory (backups write their checkpoints under it).
+    data_dir: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -157,6 +161,14 @@ impl Cluster {
     /// The shared secret of internal requests.
     pub fn cluster_key(&self) -> &str {
         &self.cluster_key
+    }
+    /// This cluster's id, if it has one.
+    pub fn identity(&self) -> &Arc<crate::cluster::identity::ClusterIdentity> {
+        &self.identity
+    }
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
     /// The URL clients reach this node's client listener at.
     pub fn advertise_url(&self) -> &str {
@@ -327,6 +339,12 @@ impl Node {
     /// Stops admitting new work.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Whether this node leads the cluster now (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        self.cluster.raft.metrics().borrow_watched().current_leader == Some(self.cluster.id)
     }
 
     /// Whether new work is refused because of shutdown.

@@ -41,6 +41,8 @@ pub(super) struct Peer<'a> {
     pub cluster_key: &'a str,
     /// This node's id, sent so the receiver can apply fault injection.
     pub self_id: u64,
+    /// This node's cluster id, if it has one (see [`crate::cluster::identity`]).
+    pub cluster_id: Option<String>,
 }
 
 impl Peer<'_> {
@@ -90,11 +92,15 @@ impl Peer<'_> {
                 unreachable(e)
             }
         };
-        let response = self
+        let mut request = self
             .http
             .post(format!("{url}{path}"))
             .bearer_auth(self.cluster_key)
-            .header(FROM_HEADER, self.self_id)
+            .header(FROM_HEADER, self.self_id);
+        if let Some(id) = &self.cluster_id {
+            request = request.header(crate::cluster::identity::CLUSTER_HEADER, id);
+        }
+        let response = request
             .timeout(timeout)
             .body(body)
             .send()

@@ -52,6 +52,8 @@ pub(super) struct Context {
     pub self_id: u64,
     pub http: reqwest::Client,
     pub cluster_key: String,
+    /// This cluster's id, sent with forwarded proposals.
+    pub identity: Arc<crate::cluster::identity::ClusterIdentity>,
     pub commit_events_max: usize,
     /// Stamps batch times (and the ticker's tick times).
     pub stamper: Arc<Stamper>,
@@ -460,6 +462,7 @@ pub(super) async fn execute(
             http,
             cluster_key: &cluster.cluster_key,
             self_id: cluster.id,
+            cluster_id: cluster.identity.get(),
         };
         return peer
             .call_write::<Result<(), SubmitError>>(
@@ -500,6 +503,7 @@ async fn forward(
         http: &context.http,
         cluster_key: &context.cluster_key,
         self_id: context.self_id,
+        cluster_id: context.identity.get(),
     };
     peer.call_write::<Result<Vec<EventOutcome>, SubmitError>>(
         leader,

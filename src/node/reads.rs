@@ -206,6 +206,7 @@ async fn read_index_from(
         http,
         cluster_key: &cluster.cluster_key,
         self_id: cluster.id,
+        cluster_id: cluster.identity.get(),
     };
     let path = if lease {
         LEASE_READ_INDEX_PATH

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Cluster, Node, Stats, format, housekeeping, proposer, ticker};
+use crate::cluster::identity::ClusterIdentity;
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{Faults, Network};
 use crate::cluster::snapshot::Snapshots;
@@ -85,6 +86,7 @@ pub async fn start(
     std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
     let started = std::time::Instant::now();
     format::check_or_stamp(&dir)?;
+    format::check_restored(&dir, config.cluster.node_id)?;
     let log_dir = dir.join("log");
     let log = {
         let intact_through = if log_dir.exists() {
@@ -155,8 +157,15 @@ pub async fn start(
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     let faults = Arc::new(Faults::default());
     let id = cluster_config.node_id;
-    let network = Network::new(id, &cluster_key, Arc::clone(&faults), tls.peer_http()?)
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let identity = Arc::new(ClusterIdentity::load(&dir).map_err(data_dir_error(&dir))?);
+    let network = Network::new(
+        id,
+        &cluster_key,
+        Arc::clone(&faults),
+        tls.peer_http()?,
+        Arc::clone(&identity),
+    )
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
     let snapshot_metrics = state_machine.snapshot_metrics().clone();
     {
@@ -186,10 +195,21 @@ pub async fn start(
             .map_err(|e| NodeError::Raft(e.to_string()))?
     {
         tracing::info!(node_id = id, "bootstrapping a one-node cluster");
-        raft.initialize(BTreeMap::from([(id, me)]))
+        if identity.get().is_none() {
+            let cluster = identity.create().map_err(data_dir_error(&dir))?;
+            tracing::info!(cluster, "new cluster id");
+        }
+        raft.initialize(BTreeMap::from([(id, me.clone())]))
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
     }
+    // A node whose address or region changed (a restored node, before anything else)
+    // corrects its own entry in the membership once it leads.
+    tokio::spawn(crate::cluster::membership::refresh_own_address(
+        raft.clone(),
+        id,
+        me,
+    ));
 
     let trait_defs = Arc::new(config.computed_traits.clone());
     let services = start_services(&dir, &store, &trait_defs)?;
@@ -253,6 +273,7 @@ pub async fn start(
         self_id: id,
         http: http.clone(),
         cluster_key: cluster_key.clone(),
+        identity: Arc::clone(&identity),
         commit_events_max: config.limits.commit_events_max,
         stamper: Arc::clone(&stamper),
         stats: Arc::clone(&stats),
@@ -285,9 +306,11 @@ pub async fn start(
             faults,
             snapshots,
             cluster_key,
+            identity,
             advertise_url,
             advertise_peer_url,
             region: cluster_config.region.clone(),
+            data_dir: dir.clone(),
         },
         queue,
         inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),

@@ -217,6 +217,73 @@ impl Store {
         reader.finish()
     }
 
+    /// The state hash ([`crate::store::read::Reader::state_hash`]) of the store's part of
+    /// the snapshot stream in `input`, computed from the stream without importing it, and
+    /// checked as it is read (trailer count and checksum). `input` is left where a
+    /// [`SectionReader`] reads on. Backups record it in their manifest; a restore compares
+    /// it with the hash of the state it imported.
+    pub fn hash_snapshot_state(input: &mut impl Read) -> Result<String, StoreError> {
+        let names = super::tables::STATE_KEYSPACES;
+        let mut hasher = blake3::Hasher::new();
+        let mut reader = SnapshotReader::new(input)?;
+        // The keyspace being hashed and its record count so far.
+        let mut current: Option<(usize, u64)> = None;
+        let close =
+            |hasher: &mut blake3::Hasher, upto: usize, current: &mut Option<(usize, u64)>| {
+                let start = match *current {
+                    Some((id, count)) => {
+                        hasher.update(&count.to_le_bytes());
+                        id + 1
+                    }
+                    None => 0,
+                };
+                for name in names.iter().take(upto).skip(start) {
+                    hasher.update(name.as_bytes());
+                    hasher.update(&0_u64.to_le_bytes());
+                }
+                *current = None;
+            };
+        while let Some((id, key, value)) = reader.next_record()? {
+            let id = usize::from(id);
+            if id >= names.len() {
+                return Err(StoreError::Corrupt(format!("snapshot names keyspace {id}")));
+            }
+            match current {
+                Some((at, ref mut count)) if at == id => *count += 1,
+                Some((at, _)) if at > id => {
+                    return Err(StoreError::Corrupt(
+                        "snapshot keyspaces out of order".into(),
+                    ));
+                }
+                _ => {
+                    close(&mut hasher, id, &mut current);
+                    hasher.update(names[id].as_bytes());
+                    current = Some((id, 1));
+                }
+            }
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(&key);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(&value);
+        }
+        close(&mut hasher, names.len(), &mut current);
+        reader.finish()?;
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// Replaces the cluster layer's applied-state blob (durably), leaving the state as it
+    /// is: a restore gives the restored state a new cluster's membership this way.
+    pub fn set_raft_state(&self, raft_state: &[u8]) -> Result<(), StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
+        let mut batch = self.db.batch();
+        batch.insert(&self.ks.meta, META_RAFT_STATE, raft_state);
+        batch.commit()?;
+        self.persist()
+    }
+
     /// Replaces the whole state with the store's part of the snapshot in `input` (which
     /// must have passed [`Store::verify_snapshot`]), then fsyncs. `input` is left where a
     /// [`SectionReader`] reads on.

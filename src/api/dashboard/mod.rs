@@ -129,15 +129,17 @@ pub async fn document(
 async fn ask_peer(state: &AppState, url: &str) -> Result<NodeReport, String> {
     let cluster = state.node.cluster();
     let asked = async {
-        let response = state
+        let mut request = state
             .node
             .http()
             .get(format!("{}{REPORT_PATH}", url.trim_end_matches('/')))
             .bearer_auth(cluster.cluster_key())
-            .header(FROM_HEADER, cluster.id())
-            .send()
-            .await
-            .map_err(|e| unreachable_reason(&e))?;
+            .header(FROM_HEADER, cluster.id());
+        // Peers refuse requests without their cluster's id (crate::cluster::identity).
+        if let Some(id) = cluster.identity().get() {
+            request = request.header(crate::cluster::identity::CLUSTER_HEADER, id);
+        }
+        let response = request.send().await.map_err(|e| unreachable_reason(&e))?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }

@@ -28,6 +28,39 @@ pub struct ServiceHash {
     pub hash: String,
 }
 
+/// One hash over every service's name, cursor and state hash (in the supervisor's order):
+/// two nodes agree on it when every service is at the same cursor with the same state.
+/// `GET /v1/admin/state-hash` reports it; backups record it from a snapshot's sections.
+pub fn combined_hash<'a>(services: impl IntoIterator<Item = (&'a str, u64, &'a str)>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for (name, cursor, hash) in services {
+        hasher.update(name.as_bytes());
+        hasher.update(&cursor.to_le_bytes());
+        hasher.update(hash.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The hash [`Supervisor::hashes`] gives a service's state, computed from its records in
+/// key order (a snapshot section's records): each key and value with its length, then the
+/// count.
+pub fn records_hash(
+    records: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), crate::store::StoreError>>,
+) -> Result<(u64, String), crate::store::StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut count = 0_u64;
+    for record in records {
+        let (key, value) = record?;
+        hasher.update(&(key.len() as u64).to_le_bytes());
+        hasher.update(&key);
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(&value);
+        count += 1;
+    }
+    hasher.update(&count.to_le_bytes());
+    Ok((count, hasher.finalize().to_hex().to_string()))
+}
+
 impl Supervisor {
     /// Takes one consistent view of every service's state and cursor, now, for a
     /// snapshot; [`ServicesExport::write`] streams them. Workers keep running meanwhile.

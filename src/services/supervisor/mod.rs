@@ -47,7 +47,7 @@ use crate::store::read::{FeedItem, Reader};
 
 mod handover;
 
-pub use handover::{ServiceHash, ServicesExport};
+pub use handover::{ServiceHash, ServicesExport, combined_hash, records_hash};
 
 /// Most feed entries one batch processes.
 pub const BATCH_MAX: usize = 512;

@@ -1,0 +1,217 @@
+//! A node taking a backup: at most one at a time, in the background, its progress and
+//! outcome kept for `GET /v1/admin/backups/status` and the metrics.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::create::{CheckpointInfo, Summary};
+use super::keys::RepoKey;
+use super::{BackupError, Progress, Repository};
+use crate::cluster::snapshot::{LOG_DIR, SnapshotFile};
+use crate::config::Config;
+use crate::node::Node;
+
+/// Where a node writes backup checkpoints, under its data directory.
+pub const STAGING: &str = "backup-staging";
+
+/// The node's backup jobs.
+#[derive(Default)]
+pub struct Jobs {
+    running: Mutex<Option<Running>>,
+    last: Mutex<Option<Outcome>>,
+}
+
+struct Running {
+    started_ms: i64,
+    progress: Arc<Progress>,
+}
+
+/// How the last backup ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It is in the repository.
+    Succeeded {
+        /// What it took.
+        summary: Summary,
+    },
+    /// It failed; nothing was added but unreferenced chunks (GC removes them).
+    Failed {
+        /// Why.
+        error: String,
+        /// When, ms since the epoch.
+        at_ms: i64,
+    },
+}
+
+/// What `GET /v1/admin/backups/status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The running backup, if any.
+    pub running: Option<RunningStatus>,
+    /// The last one's outcome.
+    pub last: Option<Outcome>,
+}
+
+/// A running backup's progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningStatus {
+    /// When it started, ms since the epoch.
+    pub started_ms: i64,
+    /// What it is doing.
+    pub phase: String,
+    /// Bytes of the checkpoint processed, of `bytes_total`.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes uploaded so far.
+    pub bytes_uploaded: u64,
+}
+
+impl Jobs {
+    /// The status.
+    pub fn status(&self) -> Status {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| {
+                let (done, total, uploaded) = r.progress.snapshot();
+                RunningStatus {
+                    started_ms: r.started_ms,
+                    phase: r.progress.current_phase(),
+                    bytes_done: done,
+                    bytes_total: total,
+                    bytes_uploaded: uploaded,
+                }
+            });
+        Status {
+            running,
+            last: self.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Starts a backup of `node` into the repository `config` names, in the background;
+    /// returns when it started. Refused while one runs, or when no repository is set.
+    pub fn start(
+        self: &Arc<Self>,
+        node: Arc<Node>,
+        config: Arc<Config>,
+    ) -> Result<i64, BackupError> {
+        if config.backup.repo.is_empty() || config.backup.repo_key_file.as_os_str().is_empty() {
+            return Err(BackupError::Invalid(
+                "backups are not configured on this node: set backup.repo and \
+                 backup.repo_key_file (docs/operations.md, \"Backups\")"
+                    .into(),
+            ));
+        }
+        let progress = Arc::new(Progress::default());
+        let started_ms = crate::clock::now_ms();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.is_some() {
+                return Err(BackupError::Busy(
+                    "a backup is already running on this node".into(),
+                ));
+            }
+            *running = Some(Running {
+                started_ms,
+                progress: Arc::clone(&progress),
+            });
+        }
+        let jobs = Arc::clone(self);
+        tokio::spawn(async move {
+            let begun = std::time::Instant::now();
+            let result = run(&node, &config, started_ms, &progress).await;
+            let metrics = &node.metrics().backup;
+            let outcome = match result {
+                Ok(summary) => {
+                    metrics
+                        .last_success
+                        .set((crate::clock::now_ms() / 1000).max(0) as u64);
+                    metrics
+                        .last_duration_ms
+                        .set(begun.elapsed().as_millis() as u64);
+                    metrics.last_size.set(summary.bytes_scanned);
+                    metrics.last_uploaded.set(summary.bytes_uploaded);
+                    tracing::info!(id = %summary.id, bytes = summary.bytes_scanned, uploaded = summary.bytes_uploaded, "backup succeeded");
+                    Outcome::Succeeded { summary }
+                }
+                Err(error) => {
+                    metrics.failures.inc();
+                    tracing::error!(%error, "backup failed");
+                    Outcome::Failed {
+                        error: error.to_string(),
+                        at_ms: crate::clock::now_ms(),
+                    }
+                }
+            };
+            *jobs.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            *jobs.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        });
+        Ok(started_ms)
+    }
+}
+
+/// One backup: checkpoint, upload, clean up.
+async fn run(
+    node: &Arc<Node>,
+    config: &Config,
+    started_ms: i64,
+    progress: &Arc<Progress>,
+) -> Result<Summary, BackupError> {
+    let key = RepoKey::read(&config.backup.repo_key_file)?;
+    let repository = Repository::open(&config.backup.repo, key).await?;
+    progress.phase("writing the checkpoint");
+    let staging: PathBuf = node.cluster().data_dir().join(STAGING);
+    let (checkpoint, meta) = {
+        let node = Arc::clone(node);
+        let staging = staging.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
+            // Leftovers of a crashed backup go first.
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(BackupError::io(&staging))?;
+            }
+            let file = SnapshotFile {
+                path: staging.join(format!("{}.snap", uuid::Uuid::new_v4().simple())),
+            };
+            std::fs::create_dir_all(file.path.join(LOG_DIR))
+                .map_err(BackupError::io(&file.path))?;
+            let services: &dyn crate::cluster::derived::DerivedState = node.services().as_ref();
+            let meta = crate::cluster::state_machine::write_checkpoint(
+                node.store(),
+                Some(services),
+                &file,
+            )
+            .map_err(BackupError::io(&file.path))?;
+            Ok((file, meta))
+        })
+        .await
+        .map_err(|e| BackupError::Invalid(format!("checkpoint worker: {e}")))??
+    };
+    let info = CheckpointInfo {
+        cluster_id: node.cluster().identity().get(),
+        node_id: node.cluster().id(),
+        started_ms,
+        apply: config.apply_record(),
+        meta,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let progress_upload = Arc::clone(progress);
+    let uploaded = tokio::task::spawn_blocking(move || {
+        let result =
+            super::create::upload(&repository, &runtime, &checkpoint, &info, &progress_upload);
+        let _ = std::fs::remove_dir_all(&checkpoint.path);
+        result
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("upload worker: {e}")))?;
+    let manifest = uploaded?;
+    progress
+        .done
+        .store(manifest.totals.bytes_scanned, Ordering::Relaxed);
+    Ok(Summary::of(&manifest))
+}
