@@ -82,6 +82,7 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
             cluster_key_file: key_file.clone(),
             write_key: "bench-write-key-not-secret".into(),
             admin_key: "bench-admin-key-not-secret".into(),
+            backup: None,
         })
         .collect();
     let admin = Admin::new("bench-admin-key-not-secret");

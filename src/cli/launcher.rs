@@ -39,6 +39,8 @@ pub struct NodeSpec {
     pub write_key: String,
     /// Admin key.
     pub admin_key: String,
+    /// The backup repository and its key file, if the cluster takes backups.
+    pub backup: Option<(String, PathBuf)>,
 }
 
 /// A running child node.
@@ -88,6 +90,11 @@ impl ChildNode {
             .stderr(Stdio::from(log));
         if !spec.bootstrap {
             command.arg("--join");
+        }
+        if let Some((repo, key_file)) = &spec.backup {
+            command
+                .env("TANDEM_BACKUP__REPO", repo)
+                .env("TANDEM_BACKUP__REPO_KEY_FILE", key_file);
         }
         let mut child = command
             .spawn()

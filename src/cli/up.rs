@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// Events per second of the demo workload.
     #[arg(long, default_value_t = 200.0)]
     pub demo_rate: f64,
+    /// Take no backups. By default the cluster backs itself up nightly (02:00 UTC) into
+    /// `<data-dir>/backups`, created with its keys on the first start.
+    #[arg(long)]
+    pub no_backups: bool,
 }
 
 /// Runs `tandem up` until Ctrl-C.
@@ -86,7 +90,18 @@ pub async fn run_up(args: UpArgs) -> i32 {
                 return 1;
             }
         };
-    let specs = node_specs(&args, &key, &pki);
+    let backups = if args.no_backups {
+        None
+    } else {
+        match ensure_local_backups(&args.data_dir).await {
+            Ok(backups) => Some(backups),
+            Err(error) => {
+                eprintln!("tandem up: local backup repository: {error}");
+                return 1;
+            }
+        }
+    };
+    let specs = node_specs(&args, &key, &pki, backups.as_ref());
     let nodes = match start_nodes(specs).await {
         Ok(nodes) => nodes,
         Err(error) => {
@@ -127,7 +142,7 @@ pub async fn run_up(args: UpArgs) -> i32 {
         GatewayOptions::new(urls),
         async move { gateway_stop.notified().await },
     ));
-    print_banner(&args, &gateway_url, &nodes);
+    print_banner(&args, &gateway_url, &nodes, backups.as_ref());
     if !args.no_demo {
         let seed = (crate::node::now_ms() / 1000) as u64;
         let acked = args.data_dir.join(format!("demo-acked-{seed}.tsv"));
@@ -161,6 +176,7 @@ fn node_specs(
     args: &UpArgs,
     key_file: &std::path::Path,
     pki: &crate::tls::issue::LocalPki,
+    backups: Option<&LocalBackups>,
 ) -> Vec<NodeSpec> {
     (1..=args.nodes as u64)
         .filter_map(|id| Some((id, pki.node(id)?)))
@@ -186,8 +202,64 @@ fn node_specs(
             cluster_key_file: key_file.to_owned(),
             write_key: args.write_key.clone(),
             admin_key: args.admin_key.clone(),
+            backup: backups.map(|b| (b.repo.clone(), b.repo_key.clone())),
         })
         .collect()
+}
+
+/// `tandem up`'s backup repository: a directory in the data dir, its repository key (which
+/// the nodes hold) and the age identity that decrypts it (which in a real deployment
+/// stays off the nodes; here one machine holds everything, so the demo can restore).
+struct LocalBackups {
+    /// The repository's directory, absolute.
+    repo: String,
+    /// The repository key file (0600).
+    repo_key: PathBuf,
+    /// The age identity file (0600).
+    identity: PathBuf,
+}
+
+/// Creates `<data-dir>/backups` and its keys in `<data-dir>/backup-keys/` on the first
+/// start; later starts reuse them.
+async fn ensure_local_backups(data_dir: &Path) -> Result<LocalBackups, String> {
+    use crate::backup::Repository;
+    use crate::backup::keys::{Identities, RepoKey};
+    let root = std::path::absolute(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let repo_dir = root.join("backups");
+    let keys = root.join("backup-keys");
+    let local = LocalBackups {
+        repo: repo_dir.display().to_string(),
+        repo_key: keys.join("repo.key"),
+        identity: keys.join("identity.txt"),
+    };
+    if repo_dir.join(crate::backup::manifest::CONFIG).exists() {
+        if !local.repo_key.exists() {
+            return Err(format!(
+                "{} holds a repository but its key {} is gone; move the repository away or pass --no-backups",
+                local.repo,
+                local.repo_key.display()
+            ));
+        }
+        return Ok(local);
+    }
+    // No repository yet: keys left by an interrupted first start never encrypted
+    // anything, so they are replaced.
+    for stale in [&local.repo_key, &local.identity] {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", stale.display())),
+        }
+    }
+    for dir in [&repo_dir, &keys] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let key = RepoKey::create(&local.repo_key).map_err(|e| e.to_string())?;
+    let public = Identities::create(&local.identity).map_err(|e| e.to_string())?;
+    Repository::init(&local.repo, key, vec![public])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(local)
 }
 
 /// Waits for Ctrl-C, SIGTERM or SIGHUP (a closed terminal), reporting any node that exits
@@ -218,7 +290,7 @@ async fn supervise(mut nodes: Vec<ChildNode>) -> Vec<ChildNode> {
     }
 }
 
-fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
+fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode], backups: Option<&LocalBackups>) {
     let key = &args.admin_key;
     println!();
     println!(
@@ -246,6 +318,14 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
         "  between nodes  mutual TLS (local CA: {}/tls/ca.pem); clients: plain HTTP on 127.0.0.1",
         args.data_dir.display()
     );
+    match backups {
+        Some(b) => println!(
+            "  backups        nightly at 02:00 UTC into {} (keys: {}/backup-keys/, owner-only)",
+            b.repo,
+            args.data_dir.display()
+        ),
+        None => println!("  backups        none (--no-backups)"),
+    }
     if !args.no_demo {
         println!(
             "  demo load      {} events at {}/s: e-commerce, support and social journeys",
@@ -269,6 +349,23 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode]) {
     println!(
         "  kill -9 a node's pid (see `ps`), and watch writes keep flowing through the gateway."
     );
+    if let Some(b) = backups {
+        println!(
+            "  tandem backup create --target {} --admin-key {key}    # a backup now",
+            nodes[0].url
+        );
+        println!(
+            "  tandem backup list --repo {} --repo-key {}",
+            b.repo,
+            b.repo_key.display()
+        );
+        println!(
+            "  tandem backup verify --repo {} --repo-key {} --identity {}",
+            b.repo,
+            b.repo_key.display(),
+            b.identity.display()
+        );
+    }
     println!(
         "API reference: docs/api.md; operations: docs/operations.md. Ctrl-C stops everything."
     );
