@@ -14,12 +14,12 @@ CHUNKS=${2:-20}
 D="$PARENT/bench-10m"; rm -rf "$D"; mkdir -p "$D"
 SOURCE=$(df --output=source "$PARENT" | tail -1)
 DISK=$(lsblk -no PKNAME "$SOURCE" 2>/dev/null | head -1); DISK=${DISK:-$(basename "$SOURCE")}
-"$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
     --admin-key bench-admin-key-not-secret >"$D/node.log" 2>&1 &
 NODE=$!
 trap 'kill -INT $NODE 2>/dev/null; sleep 3; kill -9 $NODE 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$D/node.log" && break; sleep 0.1; done
-URL=$(grep -ao "http://127.0.0.1:[0-9]*" "$D/node.log" | head -1)
+URL=$(grep -a "listening on" "$D/node.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
 echo "node pid $NODE at $URL, disk $DISK"
 for i in $(seq 1 "$CHUNKS"); do
     out=$("$TANDEM" load --target "$URL" --write-key bench-write-key-not-secret --events 500000 \

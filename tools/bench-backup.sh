@@ -38,11 +38,11 @@ echo "write $write, read $read_"
 
 "$TANDEM" backup init --repo "$WORK/repo" --repo-key "$WORK/repo.key" --identity "$WORK/identity.age" >/dev/null
 TANDEM_BACKUP__REPO="$WORK/repo" TANDEM_BACKUP__REPO_KEY_FILE="$WORK/repo.key" TANDEM_BACKUP__SCHEDULE="" \
-    "$TANDEM" node --data-dir "$WORK/node" --listen 127.0.0.1:0 --write-key "$WRITE" \
+    TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$WORK/node" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key "$WRITE" \
     --admin-key "$ADMIN" >"$WORK/node.log" 2>&1 &
 NODE=$!; PIDS+=("$NODE")
 for _ in $(seq 100); do grep -q "listening on" "$WORK/node.log" && break; sleep 0.1; done
-URL=$(grep -o "http://127.0.0.1:[0-9]*" "$WORK/node.log" | head -1)
+URL=$(grep "listening on" "$WORK/node.log" | grep -o "http://127.0.0.1:[0-9]*" | head -1)
 load() {
     "$TANDEM" load --target "$URL" --write-key "$WRITE" --events "$1" --concurrency 64 \
         --batch-size 100 --quiet --seed "$2" --replay | awk '/events\/s/ {print $2}'

@@ -16,13 +16,13 @@ CHUNKS=${2:-20}
 SCRAPES=${3:-300}
 [ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
 D="$PARENT/bench-metrics-1m"; rm -rf "$D"; mkdir -p "$D"
-"$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
     --admin-key bench-admin-key-not-secret >"$D/node.log" 2>&1 &
 NODE=$!
 LOADER=""
 trap 'kill $LOADER 2>/dev/null; kill -INT $NODE 2>/dev/null; sleep 3; kill -9 $NODE 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$D/node.log" && break; sleep 0.1; done
-URL=$(grep -ao "http://127.0.0.1:[0-9]*" "$D/node.log" | head -1)
+URL=$(grep -a "listening on" "$D/node.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
 echo "node pid $NODE at $URL"
 load_chunk() {
     "$TANDEM" load --target "$URL" --write-key bench-write-key-not-secret --events 500000 \

@@ -25,12 +25,12 @@ trap cleanup EXIT
 
 for mode in none scraped; do
     echo "== $mode"
-    "$TANDEM" node --data-dir "$WORK/$mode" --listen 127.0.0.1:0 \
+    TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$WORK/$mode" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 \
         --write-key bench-write-key-not-secret --admin-key bench-admin-key-not-secret \
         >"$WORK/$mode.log" 2>&1 &
     NODE=$!; PIDS+=("$NODE")
     for _ in $(seq 100); do grep -q "listening on" "$WORK/$mode.log" && break; sleep 0.1; done
-    URL=$(grep -o "http://127.0.0.1:[0-9]*" "$WORK/$mode.log" | head -1)
+    URL=$(grep "listening on" "$WORK/$mode.log" | grep -o "http://127.0.0.1:[0-9]*" | head -1)
     SCRAPER=""
     if [ "$mode" = scraped ]; then
         (while true; do

@@ -45,11 +45,12 @@ if [ -x "$PEERS/etcd-ingest.sh" ]; then
 fi
 
 echo "== one node"
-"$TANDEM" node --data-dir "$WORK/single" --listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$WORK/single" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
     --admin-key bench-admin-key-not-secret >"$WORK/single.log" 2>&1 &
 NODE=$!; PIDS+=("$NODE")
 for _ in $(seq 100); do grep -q "listening on" "$WORK/single.log" && break; sleep 0.1; done
-URL=$(grep -o "http://127.0.0.1:[0-9]*" "$WORK/single.log" | head -1)
+URL=$(grep "listening on" "$WORK/single.log" | grep -o "http://127.0.0.1:[0-9]*" | head -1)
+[ -n "$URL" ] || { echo "the node did not start:"; cat "$WORK/single.log"; exit 1; }
 SINGLE=()
 for run in $(seq "$RUNS"); do
     out=$("$TANDEM" load --target "$URL" --write-key bench-write-key-not-secret --events "$EVENTS" \
