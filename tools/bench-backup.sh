@@ -15,16 +15,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 TANDEM=$PWD/target/release/tandem
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    sleep 2
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-[ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
+# shellcheck source=tools/bench-common.sh
+source tools/bench-common.sh
 WRITE=bench-write-key-not-secret
 ADMIN=bench-admin-key-not-secret
 now() { date +%s.%N; }

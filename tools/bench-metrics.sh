@@ -12,16 +12,8 @@ cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 RUNS=${2:-2}
 TANDEM=${TANDEM:-target/release/tandem}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    sleep 2
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-[ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
+# shellcheck source=tools/bench-common.sh
+source tools/bench-common.sh
 
 for mode in none scraped; do
     echo "== $mode"

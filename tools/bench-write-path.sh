@@ -16,16 +16,8 @@ EVENTS=${1:-300000}
 RUNS=${2:-3}
 TANDEM=target/release/tandem
 PEERS=${PEERS_DIR:-../shared/bench}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null; done
-    sleep 2
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-[ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
+# shellcheck source=tools/bench-common.sh
+source tools/bench-common.sh
 # The block device under $WORK: a partition's parent disk, or the device itself if whole.
 SOURCE=$(df --output=source "$WORK" | tail -1)
 DISK=$(lsblk -no PKNAME "$SOURCE" 2>/dev/null | head -1)
