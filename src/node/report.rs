@@ -133,15 +133,7 @@ impl super::Node {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .samples(),
-            alerts: match self
-                .alerts()
-                .view()
-                .get_mut("alerts")
-                .map(serde_json::Value::take)
-            {
-                Some(serde_json::Value::Array(alerts)) => alerts,
-                _ => Vec::new(),
-            },
+            alerts: self.alerts().active(),
         }
     }
 }

@@ -110,6 +110,13 @@ impl Alerts {
         })
     }
 
+    /// This node's pending and firing alerts, as `view` lists them (the dashboard's
+    /// reports carry these alone).
+    pub fn active(&self) -> Vec<Value> {
+        let evaluator = self.evaluator.lock().unwrap_or_else(|p| p.into_inner());
+        evaluator.active().map(view).collect()
+    }
+
     /// `GET /v1/admin/alerts`: this node's pending and firing alerts and recent history.
     pub fn view(&self) -> Value {
         let rate = *self.last_rate.lock().unwrap_or_else(|p| p.into_inner());
