@@ -24,6 +24,8 @@
 //! name (chunks) is checked; a manifest never names a chunk that is not already stored;
 //! GC ([`prune`]) never deletes a chunk a remaining manifest names.
 
+pub mod archive;
+pub mod archiver;
 pub mod chunker;
 pub mod create;
 pub mod http;
