@@ -25,6 +25,7 @@
 //! GC ([`prune`]) never deletes a chunk a remaining manifest names.
 
 pub mod archive;
+pub mod archive_check;
 pub mod archiver;
 pub mod chunker;
 pub mod create;
@@ -32,6 +33,7 @@ pub mod http;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod pitr;
 pub mod prune;
 pub mod repo;
 pub mod restore;
