@@ -71,7 +71,10 @@ pub async fn coverage(
         };
         let reach = manifests
             .iter()
-            .filter(|m| archive::folder(m.cluster_id.as_deref()) == format!("{}/{cluster}", archive::ARCHIVE))
+            .filter(|m| {
+                archive::folder(m.cluster_id.as_deref())
+                    == format!("{}/{cluster}", archive::ARCHIVE)
+            })
             .map(|m| {
                 let end = archive::run_from(&ranges, m.log_index + 1).1;
                 (m.id.clone(), end.unwrap_or(m.log_index))
@@ -102,7 +105,10 @@ pub struct Report {
 }
 
 /// Downloads and checks every archive object, and the continuity of each cluster's ranges.
-pub async fn verify(repository: &Repository, identities: &Identities) -> Result<Report, BackupError> {
+pub async fn verify(
+    repository: &Repository,
+    identities: &Identities,
+) -> Result<Report, BackupError> {
     let mut report = Report::default();
     for (_, ranges) in by_cluster(repository).await? {
         report.problems.extend(archive::continuity(&ranges));

@@ -117,7 +117,9 @@ pub async fn restore_at(
     let ranges = archive::list(repository, base.cluster_id.as_deref()).await?;
     let (run, end) = archive::run_from(&ranges, base.log_index + 1);
     let run: Vec<Range> = run.into_iter().cloned().collect();
-    let after_gap = ranges.iter().find(|r| end.map_or(r.first > base.log_index + 1, |e| r.first > e + 1));
+    let after_gap = ranges
+        .iter()
+        .find(|r| end.map_or(r.first > base.log_index + 1, |e| r.first > e + 1));
     if let (Some(later), Target::Latest) = (after_gap, target) {
         return Err(BackupError::Invalid(format!(
             "the archive has a gap: after backup {} (index {}) it reaches index {}, then \
@@ -130,7 +132,10 @@ pub async fn restore_at(
         )));
     }
     super::restore::prepare_dir(&options.data_dir)?;
-    let result = restore_into(repository, identities, options, &manifests, &base, &run, target, forced, progress).await;
+    let result = restore_into(
+        repository, identities, options, &manifests, &base, &run, target, forced, progress,
+    )
+    .await;
     if result.is_err() {
         let _ = fs::remove_dir_all(&options.data_dir);
     }
@@ -180,11 +185,16 @@ async fn restore_into(
         if replay.passed {
             break;
         }
-        let bytes = repository.repo.get(&range.name).await?.ok_or_else(|| BackupError::Corrupt {
-            object: range.name.clone(),
-            check: "presence".into(),
-            detail: "listed but gone".into(),
-        })?;
+        let bytes =
+            repository
+                .repo
+                .get(&range.name)
+                .await?
+                .ok_or_else(|| BackupError::Corrupt {
+                    object: range.name.clone(),
+                    check: "presence".into(),
+                    detail: "listed but gone".into(),
+                })?;
         let (header, ciphertext) = archive::open(repository, &range.name, &bytes)?;
         let entries = archive::decode(identities, &range.name, &header, ciphertext)?;
         replay = tokio::task::spawn_blocking(move || replay.feed(entries).map(|()| replay))
@@ -211,9 +221,11 @@ async fn restore_into(
     }
     progress.phase("making it a new cluster");
     let (options, base, later) = (options.clone(), base.clone(), manifests.to_vec());
-    tokio::task::spawn_blocking(move || finish(&options, &base, &later, &snapshots, &file, replay, forced))
-        .await
-        .map_err(|e| BackupError::Invalid(format!("restore worker: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        finish(&options, &base, &later, &snapshots, &file, replay, forced)
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("restore worker: {e}")))?
 }
 
 /// The offline replay's state.
@@ -305,19 +317,30 @@ fn finish(
 ) -> Result<Restored, BackupError> {
     let dir = &options.data_dir;
     let io_err = super::restore::io_err(dir);
-    let Replay { log, store, landed, .. } = replay;
+    let Replay {
+        log,
+        store,
+        landed,
+        landed_ms,
+        ..
+    } = replay;
     // What the applier leaves held back is not part of the new log.
     if log.last_index().is_some_and(|last| last > landed) {
-        log.truncate_from(landed + 1).map_err(|e| BackupError::Invalid(e.to_string()))?;
+        log.truncate_from(landed + 1)
+            .map_err(|e| BackupError::Invalid(e.to_string()))?;
     }
-    log.sync().map_err(|e| BackupError::Invalid(format!("syncing the new log: {e}")))?;
+    log.sync()
+        .map_err(|e| BackupError::Invalid(format!("syncing the new log: {e}")))?;
     let corrupt = |e: StoreError| BackupError::Corrupt {
         object: "replayed state".into(),
         check: "state".into(),
         detail: e.to_string(),
     };
     let state_hash = store.reader().state_hash().map_err(corrupt)?;
-    if let Some(later) = manifests.iter().find(|m| m.log_index == landed && m.cluster_id == base.cluster_id) {
+    if let Some(later) = manifests
+        .iter()
+        .find(|m| m.log_index == landed && m.cluster_id == base.cluster_id)
+    {
         if later.state_hash != state_hash {
             return Err(BackupError::Corrupt {
                 object: Manifest::object_name(&later.id),
@@ -341,7 +364,9 @@ fn finish(
     let last = meta
         .last_log_id
         .filter(|id| id.index == landed)
-        .ok_or_else(|| BackupError::Invalid(format!("the replayed state is not at index {landed}")))?;
+        .ok_or_else(|| {
+            BackupError::Invalid(format!("the replayed state is not at index {landed}"))
+        })?;
     let file = snapshots.new_snapshot("restored").map_err(&io_err)?;
     let sections = BaseSections(base_file.state_path());
     let meta = crate::cluster::state_machine::write_checkpoint(&store, Some(&sections), &file)
@@ -370,13 +395,16 @@ fn finish(
         source_cluster_id: base.cluster_id.clone(),
         forced,
         bytes: base.totals.bytes_scanned,
+        log_time_ms: landed_ms,
     };
     let record =
         serde_json::to_vec_pretty(&restored).map_err(|e| BackupError::Invalid(e.to_string()))?;
     super::restore::write_durably(&dir.join(RESTORED), &record).map_err(&io_err)?;
     crate::crash::point("restore:before-complete");
     fs::remove_file(dir.join(INCOMPLETE)).map_err(&io_err)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(&io_err)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(&io_err)?;
     Ok(restored)
 }
 
@@ -427,7 +455,10 @@ mod tests {
     #[test]
     fn timestamps_parse_as_rfc3339_ms_or_now() {
         assert_eq!(Target::parse("now").unwrap(), Target::Latest);
-        assert_eq!(Target::parse("1764511200000").unwrap(), Target::At(1_764_511_200_000));
+        assert_eq!(
+            Target::parse("1764511200000").unwrap(),
+            Target::At(1_764_511_200_000)
+        );
         assert_eq!(
             Target::parse("2025-11-30T14:00:00Z").unwrap(),
             Target::At(1_764_511_200_000)

@@ -80,6 +80,9 @@ pub struct Restored {
     pub forced: Vec<String>,
     /// Bytes restored.
     pub bytes: u64,
+    /// Point-in-time restores: the log time of the last batch replayed, ms since the epoch.
+    #[serde(default)]
+    pub log_time_ms: Option<i64>,
 }
 
 /// Checks a manifest against this build and `config`; returns the mismatches.
@@ -398,6 +401,7 @@ fn build_data_dir(
         source_cluster_id: manifest.cluster_id.clone(),
         forced,
         bytes: manifest.totals.bytes_scanned,
+        log_time_ms: None,
     };
     let record =
         serde_json::to_vec_pretty(&restored).map_err(|e| BackupError::Invalid(e.to_string()))?;

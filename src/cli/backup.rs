@@ -539,8 +539,13 @@ async fn restore(args: RestoreArgs) -> Result<(), BackupError> {
             printer.abort();
             let restored = restored?;
             println!(
-                "point-in-time restore: backup {} replayed with the archive to log index {}",
-                restored.backup, restored.log_index
+                "point-in-time restore: backup {} replayed with the archive to log index {} \
+                 (last batch at {})",
+                restored.backup,
+                restored.log_index,
+                restored
+                    .log_time_ms
+                    .map_or("-".into(), crate::backup::pitr::show_ms)
             );
             restored
         }
