@@ -16,8 +16,8 @@
 //! Before each upload the leader lists what sorts after its next index, and objects are
 //! written create-only, so an old leader that still uploads is noticed (the new one
 //! resyncs) instead of both writing the same range. Where to start when the archive is
-//! empty: after this cluster's newest backup if the log still holds that, else at the
-//! first entry no snapshot covers.
+//! empty: at the first entry no snapshot covers, or earlier, after this cluster's newest
+//! backup, if the log still holds that.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -229,13 +229,12 @@ impl Archiver {
             .filter(|m| m.cluster_id == cluster)
             .map(|m| m.log_index + 1)
             .max();
-        if let Some(after_backup) = backup.filter(|b| *b >= first) {
-            return Ok(after_backup);
-        }
+        // Entries no snapshot covers yet are needed whatever the backups; entries after the
+        // newest backup are what a restore from it replays.
         let purged = crate::cluster::log_store::purged_index(log)
             .map_err(BackupError::from)?
             .map_or(0, |p| p + 1);
-        Ok(first.max(purged))
+        Ok(first.max(purged.min(backup.unwrap_or(u64::MAX))))
     }
 
     /// Uploads `[from, to]` (or its first [`archive::OBJECT_BYTES_MAX`]).
