@@ -320,8 +320,15 @@ fn timed_writers(
                     let ids: Vec<String> = (0..10).map(|i| format!("{user}-{n}-{i}")).collect();
                     let batch: Vec<Value> = ids.iter().map(|id| json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": id})).collect();
                     let url = &urls[node % urls.len()];
-                    let reply = support::send(support::client().post(format!("{url}/v1/batch")).basic_auth(support::WRITE_KEY, Some("")).timeout(Duration::from_secs(5)).json(&json!({"batch": batch}))).await;
-                    if reply.status == 200 {
+                    let status = support::client()
+                        .post(format!("{url}/v1/batch"))
+                        .basic_auth(support::WRITE_KEY, Some(""))
+                        .timeout(Duration::from_secs(5))
+                        .json(&json!({"batch": batch}))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if status.ok() == Some(200) {
                         acks.lock().expect("acks").push((user.clone(), ids, now_ms()));
                     } else {
                         node += 1;
