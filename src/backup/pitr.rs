@@ -207,17 +207,17 @@ async fn restore_into(
             replay.landed_ms.map_or("-".into(), show_ms)
         ));
     }
-    if let Target::At(at_ms) = target {
-        if !replay.passed {
-            let reach = run.last().map_or(base.log_index, |r| r.last);
-            return Err(BackupError::Invalid(format!(
-                "the archive does not reach {}: after backup {} it ends at index {reach} (last \
+    if let Target::At(at_ms) = target
+        && !replay.passed
+    {
+        let reach = run.last().map_or(base.log_index, |r| r.last);
+        return Err(BackupError::Invalid(format!(
+            "the archive does not reach {}: after backup {} it ends at index {reach} (last \
                  batch at {}); restore --at an earlier time, or --at now for all of it",
-                show_ms(at_ms),
-                base.id,
-                replay.landed_ms.map_or("no later batch".into(), show_ms)
-            )));
-        }
+            show_ms(at_ms),
+            base.id,
+            replay.landed_ms.map_or("no later batch".into(), show_ms)
+        )));
     }
     progress.phase("making it a new cluster");
     let (options, base, later) = (options.clone(), base.clone(), manifests.to_vec());
@@ -337,21 +337,19 @@ fn finish(
         detail: e.to_string(),
     };
     let state_hash = store.reader().state_hash().map_err(corrupt)?;
-    if let Some(later) = manifests
-        .iter()
-        .find(|m| m.log_index == landed && m.cluster_id == base.cluster_id)
-    {
-        if later.state_hash != state_hash {
-            return Err(BackupError::Corrupt {
-                object: Manifest::object_name(&later.id),
-                check: "replayed state hash".into(),
-                detail: format!(
-                    "replaying the archive to index {landed} gives {state_hash}, backup {} \
-                     recorded {}",
-                    later.id, later.state_hash
-                ),
-            });
-        }
+    // A later backup at the landing index recorded the state there: they must agree.
+    if let Some(later) = manifests.iter().find(|m| {
+        m.log_index == landed && m.cluster_id == base.cluster_id && m.state_hash != state_hash
+    }) {
+        return Err(BackupError::Corrupt {
+            object: Manifest::object_name(&later.id),
+            check: "replayed state hash".into(),
+            detail: format!(
+                "replaying the archive to index {landed} gives {state_hash}, backup {} \
+                 recorded {}",
+                later.id, later.state_hash
+            ),
+        });
     }
     let member = Member {
         url: String::new(),
