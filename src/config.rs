@@ -116,7 +116,18 @@ pub struct BackupConfig {
     /// repository is older than the last due time, so a failover neither skips nor repeats
     /// one. Empty: no schedule (`tandem backup create` only).
     pub schedule: String,
+    /// Continuous archiving of the committed log into the repository: the leader uploads
+    /// each sealed segment as it is sealed and, at least this often, the committed tail —
+    /// the recovery point after losing the whole cluster. 0: off (backups only).
+    pub archive_interval_secs: u64,
+    /// Most bytes of log segments a node keeps for the archive beyond what retention
+    /// would keep (the purge guard); past it, retention deletes them and the archive gets
+    /// a gap (alerted well before; see docs/operations.md, "Point-in-time restore").
+    pub archive_backlog_mb_max: u64,
 }
+
+/// Longest `backup.archive_interval_secs`.
+pub const ARCHIVE_INTERVAL_SECS_MAX: u64 = 3_600;
 
 impl Default for BackupConfig {
     fn default() -> Self {
@@ -124,6 +135,8 @@ impl Default for BackupConfig {
             repo: String::new(),
             repo_key_file: PathBuf::new(),
             schedule: "0 2 * * *".into(),
+            archive_interval_secs: 10,
+            archive_backlog_mb_max: 16 << 10,
         }
     }
 }
@@ -459,6 +472,11 @@ pub const TICK_INTERVAL_MS_MAX: u64 = 3_600_000;
 pub const KEY_CHARS_MIN: usize = 8;
 
 impl Config {
+    /// Whether continuous log archiving is on: a repository and a non-zero interval.
+    pub fn archiving(&self) -> bool {
+        !self.backup.repo.is_empty() && self.backup.archive_interval_secs > 0
+    }
+
     /// Loads defaults ← `file` ← `TANDEM_*` environment ← `overrides` (command-line flags),
     /// then validates.
     pub fn load(file: Option<&Path>, overrides: &CliOverrides) -> Result<Config, ConfigError> {
@@ -557,6 +575,21 @@ impl Config {
         if self.backup.repo.is_empty() != self.backup.repo_key_file.as_os_str().is_empty() {
             problem(
                 "backup.repo and backup.repo_key_file go together: set both (or neither)".into(),
+            );
+        }
+        if self.backup.archive_interval_secs > ARCHIVE_INTERVAL_SECS_MAX {
+            problem(format!(
+                "backup.archive_interval_secs = {} is longer than {ARCHIVE_INTERVAL_SECS_MAX}: \
+                 the recovery point after a lost cluster would be over an hour; use 1..=3600, \
+                 or 0 to turn archiving off",
+                self.backup.archive_interval_secs
+            ));
+        }
+        if self.archiving() && self.backup.archive_backlog_mb_max == 0 {
+            problem(
+                "backup.archive_backlog_mb_max must be at least 1 while archiving is on (it \
+                 bounds the log kept for the archive)"
+                    .into(),
             );
         }
         if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {

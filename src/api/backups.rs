@@ -1,7 +1,8 @@
 //! Backup administration over HTTP (admin key):
 //! - `POST /v1/admin/backups`: start a backup of this node into its configured repository
 //!   (202; one at a time: 409 `backup_running`);
-//! - `GET /v1/admin/backups/status`: the running backup's progress and the last outcome;
+//! - `GET /v1/admin/backups/status`: the running backup's progress and the last outcome,
+//!   and continuous archiving's state (`archive`: archived index and time, recovery point);
 //! - `GET /v1/admin/backups`: the repository's backups (their manifests, checked).
 //!
 //! Verify, prune and restore need the operator's keys (the age identity never lives on a
@@ -58,7 +59,9 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Admin)?;
-    Ok(axum::Json(state.backups.status()).into_response())
+    let mut body = serde_json::to_value(state.backups.status()).unwrap_or_default();
+    body["archive"] = crate::backup::archiver::status(&state.config, &state.node.metrics().archive);
+    Ok(axum::Json(body).into_response())
 }
 
 /// `GET /v1/admin/backups`

@@ -85,6 +85,11 @@ impl AppState {
                 Arc::clone(&node),
                 Arc::clone(&config),
             ));
+            // Continuous log archiving (nothing unless `[backup] archive_interval_secs`).
+            runtime.spawn(crate::backup::archiver::run(
+                Arc::clone(&node),
+                Arc::clone(&config),
+            ));
         }
         Ok(AppState {
             keys: Arc::new(Keys::from_config(&config)),

@@ -24,12 +24,16 @@
 //! name (chunks) is checked; a manifest never names a chunk that is not already stored;
 //! GC ([`prune`]) never deletes a chunk a remaining manifest names.
 
+pub mod archive;
+pub mod archive_check;
+pub mod archiver;
 pub mod chunker;
 pub mod create;
 pub mod http;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod pitr;
 pub mod prune;
 pub mod repo;
 pub mod restore;

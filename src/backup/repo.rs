@@ -7,7 +7,8 @@
 //! manifests/<backup id>      one authenticated manifest per complete backup
 //! chunks/<2 hex>/<64 hex>    age(zstd(chunk)), named by the chunk's keyed blake3
 //! locks/<id>                 a backup or GC in progress (see crate::backup::prune)
-//! archive/<16-digit index>   reserved for continuous log archiving (not built yet)
+//! archive/<cluster>/<first>-<last>   continuous archive of the committed log: consecutive
+//!                            index ranges, 20-digit zero-padded (crate::backup::archive)
 //! ```
 //! A manifest is written last (create-only): a backup without one never happened, and
 //! its chunks are garbage that GC removes after its grace period.
@@ -165,6 +166,25 @@ impl Repo {
         self.retry(prefix, "list", || async {
             self.store
                 .list(Some(&path))
+                .map_ok(|meta| Listed {
+                    name: meta.location.to_string(),
+                    size: meta.size,
+                    modified_ms: meta.last_modified.timestamp_millis(),
+                })
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+    }
+
+    /// Every object under `prefix` whose name sorts after `offset` (a full object name):
+    /// lets a listing start where the caller already knows the repository's content.
+    pub async fn list_after(&self, prefix: &str, offset: &str) -> Result<Vec<Listed>, BackupError> {
+        let path = ObjectPath::from(prefix);
+        let offset = ObjectPath::from(offset);
+        self.retry(prefix, "list", || async {
+            self.store
+                .list_with_offset(Some(&path), &offset)
                 .map_ok(|meta| Listed {
                     name: meta.location.to_string(),
                     size: meta.size,

@@ -80,6 +80,9 @@ pub struct Restored {
     pub forced: Vec<String>,
     /// Bytes restored.
     pub bytes: u64,
+    /// Point-in-time restores: the log time of the last batch replayed, ms since the epoch.
+    #[serde(default)]
+    pub log_time_ms: Option<i64>,
 }
 
 /// Checks a manifest against this build and `config`; returns the mismatches.
@@ -147,7 +150,7 @@ pub async fn restore(
     result
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), BackupError> {
+pub(super) fn prepare_dir(dir: &Path) -> Result<(), BackupError> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -202,7 +205,7 @@ async fn restore_into(
 
 /// Downloads one file of the backup into the snapshot directory, checking every chunk and
 /// the whole file's hash.
-async fn download_file(
+pub(super) async fn download_file(
     repository: &Repository,
     identities: &Identities,
     entry: &FileEntry,
@@ -268,18 +271,18 @@ fn local_path(into: &SnapshotFile, name: &str) -> Result<PathBuf, BackupError> {
         .join(segment))
 }
 
-fn io_err(dir: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+pub(super) fn io_err(dir: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     move |e| BackupError::io(dir)(e)
 }
 
-/// The local half: a data directory from the downloaded checkpoint. Blocking.
-fn build_data_dir(
+/// The downloaded checkpoint `file` of `manifest` made the content of a fresh log and store
+/// in `options.data_dir`: the state imported and checked against the manifest's hashes,
+/// the segments installed. Returns them with the state and services hashes. Blocking.
+pub(super) fn import_checkpoint(
     options: &Options,
     manifest: &Manifest,
-    snapshots: &Snapshots,
     file: &SnapshotFile,
-    forced: Vec<String>,
-) -> Result<Restored, BackupError> {
+) -> Result<(Log, Store, String, String), BackupError> {
     let dir = &options.data_dir;
     crate::node::format::check_or_stamp(dir).map_err(|e| BackupError::Invalid(e.to_string()))?;
     let log = Log::open(LogOptions {
@@ -341,6 +344,19 @@ fn build_data_dir(
             .map_err(|e| BackupError::Invalid(format!("installing the log: {e}")))?;
         let _ = fs::remove_dir_all(&staging);
     }
+    Ok((log, store, state_hash, services_hash))
+}
+
+/// The local half: a data directory from the downloaded checkpoint. Blocking.
+fn build_data_dir(
+    options: &Options,
+    manifest: &Manifest,
+    snapshots: &Snapshots,
+    file: &SnapshotFile,
+    forced: Vec<String>,
+) -> Result<Restored, BackupError> {
+    let dir = &options.data_dir;
+    let (log, store, state_hash, services_hash) = import_checkpoint(options, manifest, file)?;
     // The addresses are unknown until the node starts; it writes them in then
     // (`crate::cluster::membership::refresh_own_address`).
     let member = Member {
@@ -385,6 +401,7 @@ fn build_data_dir(
         source_cluster_id: manifest.cluster_id.clone(),
         forced,
         bytes: manifest.totals.bytes_scanned,
+        log_time_ms: None,
     };
     let record =
         serde_json::to_vec_pretty(&restored).map_err(|e| BackupError::Invalid(e.to_string()))?;
@@ -397,7 +414,7 @@ fn build_data_dir(
     Ok(restored)
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temp = path.with_extension("tmp");
     let mut out = File::create(&temp)?;
     out.write_all(bytes)?;

@@ -130,8 +130,13 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// The backup to restore (default: the newest).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub backup: Option<String>,
+    /// Point-in-time restore: the state after the last batch at or before this time (RFC
+    /// 3339 or ms since the epoch; `now` = as far as the archive reaches), from the newest
+    /// backup before it plus the archived log.
+    #[arg(long)]
+    pub at: Option<String>,
     /// Restore despite a format or apply-settings mismatch.
     #[arg(long)]
     pub force: bool,
@@ -237,12 +242,8 @@ async fn run_command(command: BackupCommand) -> Result<i32, BackupError> {
         } => create(&target, &admin_key, Duration::from_secs(timeout_secs)).await,
         BackupCommand::List { repo, json } => {
             let repository = open(&repo).await?;
-            let backups: Vec<Summary> = repository
-                .manifests()
-                .await?
-                .iter()
-                .map(Summary::of)
-                .collect();
+            let manifests = repository.manifests().await?;
+            let backups: Vec<Summary> = manifests.iter().map(Summary::of).collect();
             if json {
                 println!(
                     "{}",
@@ -259,6 +260,7 @@ async fn run_command(command: BackupCommand) -> Result<i32, BackupError> {
                         b.id, b.log_index, b.bytes_scanned, b.bytes_uploaded, b.dedup_ratio
                     );
                 }
+                print_coverage(&repository, &manifests).await?;
             }
             Ok(0)
         }
@@ -298,10 +300,16 @@ async fn run_command(command: BackupCommand) -> Result<i32, BackupError> {
                 report.bytes_checked,
                 progress.transferred.load(Ordering::Relaxed)
             );
-            for problem in &report.problems {
+            let archive = crate::backup::archive_check::verify(&repository, &identities).await?;
+            println!(
+                "verified {} archive object(s): {} log entries",
+                archive.objects_ok, archive.entries
+            );
+            for problem in report.problems.iter().chain(&archive.problems) {
                 println!("PROBLEM: {problem}");
             }
-            Ok(if report.problems.is_empty() { 0 } else { 1 })
+            let problems = report.problems.len() + archive.problems.len();
+            Ok(if problems == 0 { 0 } else { 1 })
         }
         BackupCommand::Prune {
             repo,
@@ -432,6 +440,47 @@ async fn create(target: &str, admin_key: &str, timeout: Duration) -> Result<i32,
     }
 }
 
+/// Prints the archive's coverage: per cluster, its ranges and the log time it reaches, and
+/// how far a point-in-time restore from each backup can go.
+async fn print_coverage(
+    repository: &Repository,
+    manifests: &[crate::backup::Manifest],
+) -> Result<(), BackupError> {
+    use crate::backup::pitr::show_ms;
+    for c in crate::backup::archive_check::coverage(repository, manifests).await? {
+        println!(
+            "archive of cluster {}: {} object(s), indexes {}..={}, last batch at {}",
+            c.cluster,
+            c.objects,
+            c.first.unwrap_or(0),
+            c.last.unwrap_or(0),
+            c.last_ms.map_or("-".into(), show_ms)
+        );
+        for (id, end) in &c.reach {
+            println!("  point-in-time restore from backup {id}: up to log index {end}");
+        }
+        for problem in &c.problems {
+            println!("  PROBLEM: {problem}");
+        }
+    }
+    Ok(())
+}
+
+/// Prints each new phase of `progress` to stderr (a long replay says how far it got).
+fn print_phases(progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut shown = String::new();
+        loop {
+            let phase = progress.current_phase();
+            if phase != shown {
+                eprintln!("{phase}");
+                shown = phase;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
 /// Runs `tandem restore`; returns the exit code.
 pub async fn run_restore(args: RestoreArgs) -> i32 {
     match restore(args).await {
@@ -463,12 +512,44 @@ async fn restore(args: RestoreArgs) -> Result<(), BackupError> {
     };
     let progress = Arc::new(Progress::default());
     let started = Instant::now();
-    let restored = with_bar(
-        &progress,
-        "restoring",
-        crate::backup::restore::restore(&repository, &identities, &options, &progress),
-    )
-    .await?;
+    let target = args
+        .at
+        .as_deref()
+        .map(crate::backup::pitr::Target::parse)
+        .transpose()?;
+    let restored = match target {
+        None => {
+            with_bar(
+                &progress,
+                "restoring",
+                crate::backup::restore::restore(&repository, &identities, &options, &progress),
+            )
+            .await?
+        }
+        Some(target) => {
+            let printer = print_phases(Arc::clone(&progress));
+            let restored = crate::backup::pitr::restore_at(
+                &repository,
+                &identities,
+                &options,
+                target,
+                &progress,
+            )
+            .await;
+            printer.abort();
+            let restored = restored?;
+            println!(
+                "point-in-time restore: backup {} replayed with the archive to log index {} \
+                 (last batch at {})",
+                restored.backup,
+                restored.log_index,
+                restored
+                    .log_time_ms
+                    .map_or("-".into(), crate::backup::pitr::show_ms)
+            );
+            restored
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     for forced in &restored.forced {
         println!("FORCED: {forced}");
@@ -480,14 +561,13 @@ async fn restore(args: RestoreArgs) -> Result<(), BackupError> {
         args.data_dir.display(),
         restored.bytes
     );
-    println!(
-        "  state hash     {} (equal to the backup's)",
-        restored.state_hash
-    );
-    println!(
-        "  services hash  {} (equal to the backup's)",
-        restored.services_hash
-    );
+    let of = if args.at.is_some() {
+        "of the replayed state; the services catch up from the base backup's on start"
+    } else {
+        "equal to the backup's"
+    };
+    println!("  state hash     {} ({of})", restored.state_hash);
+    println!("  services hash  {} ({of})", restored.services_hash);
     println!(
         "  a new cluster {} (the backup came from {}); its first node is node {}",
         restored.cluster_id,

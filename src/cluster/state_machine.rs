@@ -408,6 +408,46 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Applies committed `entries` (consecutive, after the store's applied index) to `store`
+/// offline, exactly as [`StateMachine`]'s `apply` does on a running node — the same
+/// applier, the applied log id and membership kept with the state — for a point-in-time
+/// restore replaying archived entries (`crate::backup::pitr`). The entries' records must
+/// already be in the store's log (event bodies are read back from it). Blocking.
+pub fn replay_committed(store: &Store, entries: &[super::types::Entry]) -> io::Result<()> {
+    let mut state: AppliedState = match store.raft_state().map_err(store_io)? {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(io)?,
+        None => AppliedState::default(),
+    };
+    let mut commands = Vec::with_capacity(entries.len());
+    for entry in entries {
+        state.last_applied = Some(entry.log_id);
+        commands.push(match &entry.payload {
+            EntryPayload::Normal(command) => Some(command),
+            EntryPayload::Membership(membership) => {
+                state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                None
+            }
+            EntryPayload::Blank => None,
+        });
+    }
+    let Some(last) = entries.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let blob = postcard::to_stdvec(&state).map_err(io)?;
+    let committed: Vec<Committed<'_>> = entries
+        .iter()
+        .zip(commands)
+        .enumerate()
+        .map(|(at, (entry, command))| Committed {
+            log_index: entry.log_id.index,
+            command,
+            raft_state: if at == last { blob.clone() } else { Vec::new() },
+        })
+        .collect();
+    store.apply_committed(&committed).map_err(store_io)?;
+    Ok(())
+}
+
 /// Writes a consistent checkpoint of `store` (and of `services`' state, if given) into
 /// `file`, a fresh snapshot directory: the state file, then the log's segments up to the
 /// state's applied index, hard-linked; everything fsync'd. Returns its Raft metadata.

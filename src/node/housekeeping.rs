@@ -10,7 +10,9 @@
 //! - **Segment retention**: a segment file is deleted once every entry in it is both
 //!   before the oldest entry the state still names (the change feed's first entry:
 //!   retention removes events from the state first) and covered by a snapshot (openraft
-//!   purged it). Neither the state nor Raft can then ask for it.
+//!   purged it). Neither the state nor Raft can then ask for it. While continuous
+//!   archiving is on, the purge guard ([`super::archive`]) also keeps the segments the
+//!   archive does not hold yet, up to its bound.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,8 +37,22 @@ pub struct SnapshotPolicy {
     pub interval: Duration,
 }
 
+/// The purge guard's settings, while continuous archiving is on.
+#[derive(Clone)]
+pub struct ArchiveGuard {
+    /// How far the archive got (read), and the counters the guard updates.
+    pub metrics: super::archive::ArchiveMetrics,
+    /// `backup.archive_backlog_mb_max`, bytes.
+    pub backlog_bytes_max: u64,
+}
+
 /// Runs the upkeep until the node stops.
-pub async fn run(raft: Raft, store: Arc<Store>, policy: SnapshotPolicy) {
+pub async fn run(
+    raft: Raft,
+    store: Arc<Store>,
+    policy: SnapshotPolicy,
+    guard: Option<ArchiveGuard>,
+) {
     let mut baseline_bytes = store.log().total_bytes();
     let mut baseline_at = Instant::now();
     let mut last_snapshot = raft.metrics().borrow_watched().snapshot;
@@ -70,8 +86,10 @@ pub async fn run(raft: Raft, store: Arc<Store>, policy: SnapshotPolicy) {
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = Instant::now();
-            let store = Arc::clone(&store);
-            let outcome = tokio::task::spawn_blocking(move || drop_old_segments(&store)).await;
+            let (store, guard) = (Arc::clone(&store), guard.clone());
+            let outcome =
+                tokio::task::spawn_blocking(move || drop_old_segments(&store, guard.as_ref()))
+                    .await;
             match outcome {
                 Ok(Ok(0)) => {}
                 Ok(Ok(deleted)) => tracing::info!(deleted, "retention deleted log segments"),
@@ -82,8 +100,9 @@ pub async fn run(raft: Raft, store: Arc<Store>, policy: SnapshotPolicy) {
     }
 }
 
-/// Deletes the segments nobody can ask for any more; returns how many.
-pub fn drop_old_segments(store: &Store) -> Result<usize, String> {
+/// Deletes the segments nobody can ask for any more (and, with `guard`, that the archive
+/// holds or the backlog bound gives up); returns how many.
+pub fn drop_old_segments(store: &Store, guard: Option<&ArchiveGuard>) -> Result<usize, String> {
     let log = store.log();
     let Some(purged) = purged_index(log).map_err(|e| e.to_string())? else {
         return Ok(0);
@@ -93,7 +112,27 @@ pub fn drop_old_segments(store: &Store) -> Result<usize, String> {
         .first_fed_log_index()
         .map_err(|e| e.to_string())?
         .unwrap_or(u64::MAX);
-    let keep_from = needed.min(purged.saturating_add(1));
+    let mut keep_from = needed.min(purged.saturating_add(1));
+    if let Some(guard) = guard {
+        let next = guard.metrics.next();
+        let decision =
+            super::archive::guard(&log.segments(), keep_from, next, guard.backlog_bytes_max);
+        if decision.unarchived_deleted > 0 {
+            tracing::error!(
+                segments = decision.unarchived_deleted,
+                archived_before = ?next,
+                bound_bytes = guard.backlog_bytes_max,
+                "the archive backlog reached backup.archive_backlog_mb_max: retention deletes \
+                 log segments the archive does not hold; point-in-time restore will not cross \
+                 this gap (take a full backup once archiving works again)"
+            );
+            guard
+                .metrics
+                .unarchived_deleted
+                .inc_by(decision.unarchived_deleted as u64);
+        }
+        keep_from = decision.keep_from;
+    }
     log.delete_segments_before(keep_from)
         .map_err(|e| e.to_string())
 }

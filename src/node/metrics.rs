@@ -165,6 +165,8 @@ pub struct Metrics {
     pub dashboard_latency: super::samples::LatencyTally,
     /// Backups taken by this node.
     pub backup: BackupMetrics,
+    /// Continuous archiving of the log, as this node sees it.
+    pub archive: super::archive::ArchiveMetrics,
     /// Scrape-time gauges.
     pub(super) scraped: Scraped,
     /// The data dir, for the disk sizes.
@@ -291,6 +293,7 @@ impl Metrics {
             alert_notifications: Family::default(),
             dashboard_latency: super::samples::LatencyTally::default(),
             backup: BackupMetrics::default(),
+            archive: super::archive::ArchiveMetrics::default(),
             scraped: Scraped::default(),
             data_dir: data_dir.to_owned(),
             disk_cache: Mutex::new(None),
@@ -473,6 +476,7 @@ impl Metrics {
             s.disk.clone(),
         );
         m.backup.register(&mut m.registry);
+        m.archive.register(&mut m.registry);
         m
     }
 

@@ -21,6 +21,7 @@
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
 pub mod alerts;
+pub mod archive;
 pub mod budget;
 pub mod format;
 pub mod housekeeping;

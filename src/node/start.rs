@@ -257,6 +257,10 @@ pub async fn start(
             log_bytes: cluster_config.snapshot_log_mb << 20,
             interval: std::time::Duration::from_secs(cluster_config.snapshot_interval_secs),
         },
+        config.archiving().then(|| housekeeping::ArchiveGuard {
+            metrics: metrics.archive.clone(),
+            backlog_bytes_max: config.backup.archive_backlog_mb_max << 20,
+        }),
     ));
     let stamper = Arc::new(proposer::Stamper::new(config.limits.clock_step_ms_max));
     tokio::spawn(ticker::run(ticker::Ticker {

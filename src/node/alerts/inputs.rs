@@ -160,6 +160,7 @@ pub fn gather(
         fsyncs: (rates.fsync_count, rates.fsync_seconds),
         disk_free_ratio: crate::node::metrics::disk_free_ratio(data_dir),
         services,
+        archive: archive_health(node),
         certificates: node
             .metrics()
             .certificate_expiries()
@@ -169,6 +170,18 @@ pub fn gather(
             })
             .collect(),
     }
+}
+
+/// Continuous archiving's state on `node`, if it is on.
+fn archive_health(node: &crate::node::Node) -> Option<super::rules::ArchiveHealth> {
+    let archive = &node.metrics().archive;
+    let interval = archive.interval_seconds.get();
+    (interval > 0).then(|| super::rules::ArchiveHealth {
+        unarchived_secs: archive.unarchived_seconds.get() as f64,
+        interval_secs: interval as f64,
+        backlog_bytes: archive.backlog_bytes.get() as f64,
+        backlog_limit_bytes: archive.backlog_limit_bytes.get() as f64,
+    })
 }
 
 #[cfg(test)]

@@ -63,6 +63,18 @@ pub struct ServiceHealth {
     pub lag: u64,
 }
 
+/// Continuous archiving as one node sees it (`crate::node::archive`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveHealth {
+    /// Seconds committed entries have waited for the archive (the recovery point).
+    pub unarchived_secs: f64,
+    /// `backup.archive_interval_secs`.
+    pub interval_secs: f64,
+    /// Bytes of log held for the archive, and their bound.
+    pub backlog_bytes: f64,
+    pub backlog_limit_bytes: f64,
+}
+
 /// Everything one evaluation looks at, gathered by the node (see `inputs.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inputs {
@@ -86,6 +98,8 @@ pub struct Inputs {
     pub disk_free_ratio: Option<f64>,
     /// The CDP services.
     pub services: Vec<ServiceHealth>,
+    /// Continuous archiving on this node, if on.
+    pub archive: Option<ArchiveHealth>,
     /// Days left before each TLS listener's certificate (or the cluster CA) expires:
     /// (`client` or `peer`, days); empty without TLS.
     pub certificates: Vec<(&'static str, f64)>,
@@ -387,6 +401,39 @@ pub const CATALOGUE: &[RuleSpec] = &[
         },
     },
     RuleSpec {
+        name: "archive_behind",
+        alertname: "TandemArchiveBehind",
+        scope: Scope::Node,
+        severity: Severity::Critical,
+        for_ms: 60_000,
+        threshold: 6.0,
+        summary: "Continuous archiving is behind: the recovery point after a lost cluster grows",
+        runbook: "The archive cannot keep up or the repository refuses uploads: check tandem_archive_failures_total and the leader's log (credentials, bucket, network); GET /v1/admin/backups/status shows the recovery point. Past backup.archive_backlog_mb_max retention deletes unarchived segments (docs/operations.md, \"Point-in-time restore\").",
+        measure: |i, threshold| match &i.archive {
+            Some(a) if a.unarchived_secs > threshold * a.interval_secs => vec![hit(
+                a.unarchived_secs,
+                format!(
+                    "committed entries have waited {:.0} s for the archive (more than {threshold} x {:.0} s)",
+                    a.unarchived_secs, a.interval_secs
+                ),
+            )],
+            Some(a)
+                if a.backlog_bytes
+                    >= crate::node::archive::BACKLOG_ALERT_RATIO * a.backlog_limit_bytes =>
+            {
+                vec![hit(
+                    a.unarchived_secs,
+                    format!(
+                        "{:.0} MB of log held for the archive, {:.0}% of backup.archive_backlog_mb_max",
+                        a.backlog_bytes / 1e6,
+                        100.0 * a.backlog_bytes / a.backlog_limit_bytes.max(1.0)
+                    ),
+                )]
+            }
+            _ => Vec::new(),
+        },
+    },
+    RuleSpec {
         name: "certificate_expiry",
         alertname: "TandemCertificateExpiry",
         scope: Scope::Node,
@@ -510,6 +557,7 @@ mod tests {
                 lag: 0,
             }],
             certificates: vec![("peer", 300.0)],
+            archive: None,
         }
     }
 
