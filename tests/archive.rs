@@ -462,3 +462,73 @@ async fn a_lost_cluster_comes_back_from_the_archive_across_a_leader_failover() {
         "the archive lagged {tail_ms} ms behind the lost cluster"
     );
 }
+
+/// The alert's view on `url`: the states of `TandemArchiveBehind` there.
+async fn archive_alert_state(url: &str) -> Option<String> {
+    let view = get(url, "/v1/admin/alerts").await.body;
+    view["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == "TandemArchiveBehind")
+        .and_then(|a| a["state"].as_str().map(str::to_owned))
+}
+
+/// A repository that refuses uploads (its directory replaced by a file, which stops even
+/// root) holds the recovery point back: `TandemArchiveBehind` fires and failures are
+/// counted; once the repository is back, the archive catches up with no gap or overlap
+/// (`verify`) and the alert resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_archive_fires_its_alert_and_catches_up_without_a_gap() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init(root.path());
+    let mut env = repo.node_env();
+    env.push(("TANDEM_ALERTS__EVALUATION_INTERVAL_MS", "250".to_owned()));
+    env.push((
+        "TANDEM_ALERTS__RULES__ARCHIVE_BEHIND__FOR_MS",
+        "1000".to_owned(),
+    ));
+    let node = start(&root.path().join("node"), &[], &env);
+
+    send(&node.url, "before", 100).await;
+    let head = settled(&node.url).await["applied_index"]
+        .as_u64()
+        .expect("applied_index")
+        - 1;
+    archived_through(&node.url, head).await;
+    assert_eq!(archive_alert_state(&node.url).await, None);
+
+    let moved = root.path().join("repo.away");
+    std::fs::rename(&repo.dir, &moved).expect("move the repository away");
+    std::fs::write(&repo.dir, b"not a directory").expect("a file in its place");
+    send(&node.url, "during", 100).await;
+    wait_for(
+        "TandemArchiveBehind to fire",
+        Duration::from_secs(60),
+        || async {
+            (archive_alert_state(&node.url).await.as_deref() == Some("firing")).then_some(())
+        },
+    )
+    .await;
+    let (_, status) = admin_get(&node.url, "/v1/admin/backups/status").await;
+    let archive = &status["archive"];
+    assert!(archive["failures"].as_u64() > Some(0), "{archive}");
+    assert!(archive["unarchived_secs"].as_u64() > Some(6), "{archive}");
+    assert!(
+        archive["archived_index"].as_u64() < Some(head + 1),
+        "{archive}"
+    );
+
+    std::fs::remove_file(&repo.dir).expect("remove the file");
+    std::fs::rename(&moved, &repo.dir).expect("put the repository back");
+    let head = settled(&node.url).await["applied_index"]
+        .as_u64()
+        .expect("applied_index")
+        - 1;
+    archived_through(&node.url, head).await;
+    wait_for("the alert to resolve", Duration::from_secs(60), || async {
+        (archive_alert_state(&node.url).await.as_deref() != Some("firing")).then_some(())
+    })
+    .await;
+    let (ok, out, err) = repo.tandem(&["backup", "verify", "--identity", path(&repo.identity)]);
+    assert!(ok, "verify after the stall:\n{out}\n{err}");
+}
