@@ -196,6 +196,17 @@ async fn tandem_up_runs_the_demo_survives_a_kill_and_stops_cleanly() {
     assert_eq!(listed.len(), 1, "one backup listed:\n{text}");
     assert!(listed[0]["log_index"].as_u64() > Some(0), "{text}");
 
+    // ... and the log is archived continuously into the same repository.
+    let status_url = format!("{live}/v1/admin/backups/status");
+    wait_for("the log archived", Duration::from_secs(60), || {
+        let request = client().get(&status_url).bearer_auth(admin);
+        async move {
+            let status: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+            (status["archive"]["archived_index"].as_u64()? > 0).then_some(())
+        }
+    })
+    .await;
+
     // Ctrl-C: the gateway and both remaining nodes stop, and `tandem up` exits 0.
     let code = up.interrupt(Duration::from_secs(60));
     assert_eq!(code, Some(0), "tandem up's exit:\n{}", up.output());

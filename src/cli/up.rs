@@ -320,7 +320,7 @@ fn print_banner(args: &UpArgs, url: &str, nodes: &[ChildNode], backups: Option<&
     );
     match backups {
         Some(b) => println!(
-            "  backups        nightly at 02:00 UTC into {} (keys: {}/backup-keys/, owner-only)",
+            "  backups        nightly at 02:00 UTC, and the log archived every 10 s, into {} (keys: {}/backup-keys/, owner-only)",
             b.repo,
             args.data_dir.display()
         ),
