@@ -246,3 +246,10 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Now, ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

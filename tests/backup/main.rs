@@ -16,3 +16,4 @@ mod gc;
 mod roundtrip;
 mod s3;
 mod schedule;
+mod verify;
