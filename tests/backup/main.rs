@@ -12,8 +12,10 @@ mod common;
 
 mod corruption;
 mod crash;
+mod fault_proxy;
 mod gc;
 mod roundtrip;
 mod s3;
+mod s3_faults;
 mod schedule;
 mod verify;
