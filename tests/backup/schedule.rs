@@ -1,4 +1,4 @@
-//! Scheduled backups on a three-node cluster across a failover.
+//! Scheduled backups and verifications on a three-node cluster across a failover.
 
 use std::time::Duration;
 
@@ -7,18 +7,21 @@ use serde_json::Value;
 use crate::common::*;
 use crate::support::{self, wait_for};
 
-/// A three-node cluster with a schedule every 2 seconds: only the leader takes the
-/// backups, one per due time, and after the leader is killed the new one goes on without
-/// repeating a run.
+/// A three-node cluster with a backup schedule every 2 seconds and a verification
+/// schedule every 5: only the leader takes the backups and verifies them, one run per due
+/// time, and after the leader is killed the new one goes on without repeating a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_backups_run_once_per_due_time_on_the_leader_across_a_failover() {
     let root = tempfile::tempdir().expect("tempdir");
     let repo = Repo::init(root.path());
     let key = path(&repo.key).to_owned();
+    let identity = path(&repo.identity).to_owned();
     let env = [
         ("TANDEM_BACKUP__REPO", repo.url.as_str()),
         ("TANDEM_BACKUP__REPO_KEY_FILE", key.as_str()),
         ("TANDEM_BACKUP__SCHEDULE", "*/2 * * * * *"),
+        ("TANDEM_BACKUP__VERIFY_SCHEDULE", "*/5 * * * * *"),
+        ("TANDEM_BACKUP__VERIFY_IDENTITY_FILE", identity.as_str()),
     ];
     let mut cluster = support::cluster::TestCluster::start_with_env(
         &root.path().join("cluster"),
@@ -64,6 +67,29 @@ async fn scheduled_backups_run_once_per_due_time_on_the_leader_across_a_failover
         },
     )
     .await;
+    wait_for(
+        "a verification by the new leader",
+        Duration::from_secs(90),
+        || async {
+            verifications(&repo)
+                .iter()
+                .any(|(node, _, _)| *node == second_leader)
+                .then_some(())
+        },
+    )
+    .await;
+    let runs = verifications(&repo);
+    assert!(
+        runs.iter()
+            .all(|(node, _, ok)| *ok && [first_leader, second_leader].contains(node)),
+        "only leaders verify, and the backups verify: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].1 / 5_000 > pair[0].1 / 5_000,
+            "two verifications for one due time: {runs:?}"
+        );
+    }
     let mut all = backups(&repo);
     all.sort_by_key(|(_, ms)| *ms);
     // The schedule falls due at every even second: between two runs there is always a
@@ -74,4 +100,30 @@ async fn scheduled_backups_run_once_per_due_time_on_the_leader_across_a_failover
             "two runs for one due time: {all:?}"
         );
     }
+}
+
+/// The verification records in the local repository: (node, started ms, ok), oldest
+/// first. A record is a header line (its MAC) and JSON.
+fn verifications(repo: &Repo) -> Vec<(u64, i64, bool)> {
+    let dir = std::path::Path::new(&repo.url).join("verifications");
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|path| {
+            let bytes = std::fs::read(path).ok()?;
+            let json = &bytes[bytes.iter().position(|b| *b == b'\n')? + 1..];
+            let record: Value = serde_json::from_slice(json).ok()?;
+            Some((
+                record["node_id"].as_u64()?,
+                record["started_ms"].as_i64()?,
+                record["ok"].as_bool()?,
+            ))
+        })
+        .collect()
 }
