@@ -216,6 +216,25 @@ struct Watcher {
     leading_since_ms: Option<i64>,
     /// When the loop started (the first verification is due after it).
     started_ms: i64,
+    /// When this node last started a scheduled verification: a run whose record could
+    /// not be written is not started again before the next due time.
+    verify_started_ms: Option<i64>,
+}
+
+impl Watcher {
+    /// Whether the leader should verify now: there is a backup, and `cron` fell due since
+    /// the newest verification (recorded, or started here) or since the loop started.
+    fn verification_due(&self, view: &RepoView, cron: Option<&Cron>, now: i64) -> bool {
+        let Some(cron) = cron.filter(|_| view.newest.is_some()) else {
+            return false;
+        };
+        let since = view
+            .verify_last
+            .as_ref()
+            .map_or(self.started_ms, |r| r.started_ms)
+            .max(self.verify_started_ms.unwrap_or(0));
+        super::schedule::due_since(cron, since, now).is_some()
+    }
 }
 
 /// Watches the repository of `config` from `node` until the process ends (nothing
@@ -244,6 +263,7 @@ pub async fn run(jobs: Arc<Jobs>, node: Arc<Node>, config: Arc<Config>) {
         looked_ms: None,
         leading_since_ms: None,
         started_ms: crate::clock::now_ms(),
+        verify_started_ms: None,
     };
     loop {
         tokio::time::sleep(super::schedule::CHECK_INTERVAL).await;
@@ -259,7 +279,11 @@ pub async fn run(jobs: Arc<Jobs>, node: Arc<Node>, config: Arc<Config>) {
                 continue;
             }
         }
-        let leading_since = *watcher.leading_since_ms.get_or_insert(now);
+        let leading_since = if leading {
+            *watcher.leading_since_ms.get_or_insert(now)
+        } else {
+            now
+        };
         let view = match open_and_look(&config, &mut watcher.cache).await {
             Ok(view) => view,
             Err(error) => {
@@ -277,20 +301,13 @@ pub async fn run(jobs: Arc<Jobs>, node: Arc<Node>, config: Arc<Config>) {
                 .stale_since
                 .set(seconds(view.newest_finished_ms.unwrap_or(leading_since)));
         }
-        let due = leading
-            && view.newest.is_some()
-            && verify_cron.as_ref().is_some_and(|cron| {
-                let since = view
-                    .verify_last
-                    .as_ref()
-                    .map_or(watcher.started_ms, |r| r.started_ms);
-                super::schedule::due_since(cron, since, now).is_some()
-            });
+        let due = leading && watcher.verification_due(&view, verify_cron.as_ref(), now);
         jobs.set_view(view);
         if due && jobs.status().verifying.is_none() {
             tracing::info!("a scheduled backup verification is due; starting it");
-            if let Err(error) = start_verification(&jobs, &node, &config) {
-                tracing::warn!(%error, "could not start the scheduled verification");
+            match start_verification(&jobs, &node, &config) {
+                Ok(started) => watcher.verify_started_ms = Some(started),
+                Err(error) => tracing::warn!(%error, "could not start the scheduled verification"),
             }
         }
     }
