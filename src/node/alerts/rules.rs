@@ -674,7 +674,7 @@ mod tests {
     fn a_healthy_node_trips_no_rule_and_each_fault_trips_its_own() {
         assert_eq!(firing(&quiet()), Vec::<&str>::new());
         type Fault = fn(&mut Inputs);
-        let cases: [(&str, Fault); 16] = [
+        let cases: [(&str, Fault); 15] = [
             ("no_leader", |i| i.leader = None),
             ("leader_churn", |i| i.leader_changes = 4),
             ("node_unreachable", |i| i.peers[0].heartbeat_age_ms = None),
