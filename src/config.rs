@@ -124,6 +124,17 @@ pub struct BackupConfig {
     /// would keep (the purge guard); past it, retention deletes them and the archive gets
     /// a gap (alerted well before; see docs/operations.md, "Point-in-time restore").
     pub archive_backlog_mb_max: u64,
+    /// When the cluster proves its newest backup restorable: a cron expression (UTC, as
+    /// `schedule`; default weekly, Sundays 04:00). The leader restores the newest backup
+    /// into a scratch directory under the data directory and compares its state and
+    /// services hashes with the manifest's (`crate::backup::verify_schedule`). Runs only
+    /// with `verify_identity_file` set. Empty: no scheduled verification.
+    pub verify_schedule: String,
+    /// An age identity file (from `tandem backup init --identity`, or a second identity
+    /// whose recipient the repository also encrypts to) that lets nodes decrypt backups
+    /// for scheduled verification. Empty: no scheduled verification (nodes then cannot
+    /// read backups at all; see docs/operations.md, "Scheduled verification").
+    pub verify_identity_file: PathBuf,
 }
 
 /// Longest `backup.archive_interval_secs`.
@@ -137,6 +148,8 @@ impl Default for BackupConfig {
             schedule: "0 2 * * *".into(),
             archive_interval_secs: 10,
             archive_backlog_mb_max: 16 << 10,
+            verify_schedule: "0 4 * * 0".into(),
+            verify_identity_file: PathBuf::new(),
         }
     }
 }
@@ -571,6 +584,22 @@ impl Config {
                  \"0 2 * * *\" (02:00 UTC daily), or \"\" for no schedule",
                 self.backup.schedule
             ));
+        }
+        if !self.backup.verify_schedule.is_empty()
+            && self.backup.verify_schedule.parse::<croner::Cron>().is_err()
+        {
+            problem(format!(
+                "backup.verify_schedule = {:?} is not a cron expression; use five fields such \
+                 as \"0 4 * * 0\" (Sundays 04:00 UTC), or \"\" for no scheduled verification",
+                self.backup.verify_schedule
+            ));
+        }
+        if !self.backup.verify_identity_file.as_os_str().is_empty() && self.backup.repo.is_empty() {
+            problem(
+                "backup.verify_identity_file is set but backup.repo is not: scheduled \
+                 verification needs the repository"
+                    .into(),
+            );
         }
         if self.backup.repo.is_empty() != self.backup.repo_key_file.as_os_str().is_empty() {
             problem(

@@ -3,6 +3,11 @@
 //!   (202; one at a time: 409 `backup_running`);
 //! - `GET /v1/admin/backups/status`: the running backup's progress and the last outcome,
 //!   and continuous archiving's state (`archive`: archived index and time, recovery point);
+//!   the running verification, and the repository as this node last watched it (newest
+//!   backup, the cluster's last verification results);
+//! - `POST /v1/admin/backups/verify`: verify the newest backup by restoring it into a
+//!   scratch directory now, as the schedule does (202; needs
+//!   `backup.verify_identity_file`; one at a time: 409 `backup_running`);
 //! - `GET /v1/admin/backups`: the repository's backups (their manifests, checked).
 //!
 //! Verify, prune and restore need the operator's keys (the age identity never lives on a
@@ -46,6 +51,22 @@ pub async fn create(
         .backups
         .start(state.node.clone(), state.config.clone())
         .map_err(api_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"started_ms": started_ms, "status": "/v1/admin/backups/status"})),
+    )
+        .into_response())
+}
+
+/// `POST /v1/admin/backups/verify`
+pub async fn verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.keys.require(&headers, Access::Admin)?;
+    let started_ms =
+        crate::backup::watch::start_verification(&state.backups, &state.node, &state.config)
+            .map_err(api_error)?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"started_ms": started_ms, "status": "/v1/admin/backups/status"})),

@@ -90,6 +90,13 @@ impl AppState {
                 Arc::clone(&node),
                 Arc::clone(&config),
             ));
+            // The repository watch and scheduled verification (cleans a crashed
+            // verification's scratch directory even without a repository).
+            runtime.spawn(crate::backup::watch::run(
+                Arc::clone(&backups),
+                Arc::clone(&node),
+                Arc::clone(&config),
+            ));
         }
         Ok(AppState {
             keys: Arc::new(Keys::from_config(&config)),
@@ -184,6 +191,7 @@ pub fn router(state: AppState) -> Router {
             get(backups::list).post(backups::create),
         )
         .route("/v1/admin/backups/status", get(backups::status))
+        .route("/v1/admin/backups/verify", post(backups::verify))
         .route("/v1/admin/cluster", get(cluster::status))
         .route("/v1/admin/cluster/learners", post(cluster::add_learner))
         .route("/v1/admin/cluster/voters", post(cluster::promote))

@@ -8,6 +8,8 @@
 //! process now has rustls with ring (the node's TLS), so allowing https here is a small
 //! change, left until it can be tested against an https S3 endpoint.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use http_body_util::BodyExt;
 use object_store::ClientOptions;
@@ -16,6 +18,16 @@ use object_store::client::{
     HttpResponseBody, HttpService,
 };
 
+/// Longest wait to connect to the S3 endpoint, ms.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Longest a whole request may take, sending and receiving included, ms: a chunk is at
+/// most `chunker::CHUNK_BYTES_MAX` (a few MiB), so a minute allows for a slow link and
+/// still turns a stalled server into a retry well within the repository's retry budget.
+pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Longest `Retry-After` honoured, ms: a 503 or 429 that asks for longer waits this long
+/// (then the repository's own backoff applies).
+pub const RETRY_AFTER_MAX_MS: u64 = 10_000;
+
 /// Builds [`PlainHttp`] clients.
 #[derive(Debug, Default)]
 pub struct PlainHttpConnector;
@@ -23,8 +35,8 @@ pub struct PlainHttpConnector;
 impl HttpConnector for PlainHttpConnector {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
         let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()
             .map_err(|e| object_store::Error::Generic {
                 store: "S3",
@@ -67,6 +79,10 @@ impl HttpService for PlainHttp {
             .map_err(|e| HttpError::new(kind_of(&e), e))?;
         let status = response.status();
         let headers = response.headers().clone();
+        if let Some(wait) = retry_after(status, &headers) {
+            // The caller retries this failure; the server asked it to wait first.
+            tokio::time::sleep(wait).await;
+        }
         let bytes = response
             .bytes()
             .await
@@ -75,5 +91,61 @@ impl HttpService for PlainHttp {
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
+    }
+}
+
+/// How long a 503 or 429 asks to wait (`Retry-After` in seconds), capped at
+/// [`RETRY_AFTER_MAX_MS`]; `None` for any other reply or without the header.
+pub fn retry_after(
+    status: axum::http::StatusCode,
+    headers: &axum::http::HeaderMap,
+) -> Option<Duration> {
+    use axum::http::StatusCode;
+    if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let seconds: u64 = headers
+        .get(axum::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(
+        seconds.saturating_mul(1000).min(RETRY_AFTER_MAX_MS),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+
+    #[test]
+    fn retry_after_is_honoured_on_503_and_429_only_and_capped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(retry_after(StatusCode::SERVICE_UNAVAILABLE, &headers), two);
+        assert_eq!(retry_after(StatusCode::TOO_MANY_REQUESTS, &headers), two);
+        assert_eq!(
+            retry_after(StatusCode::INTERNAL_SERVER_ERROR, &headers),
+            None
+        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+        assert_eq!(
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, &headers),
+            Some(Duration::from_millis(RETRY_AFTER_MAX_MS))
+        );
+        // An HTTP date is not understood: the backoff alone applies.
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(StatusCode::SERVICE_UNAVAILABLE, &headers), None);
+        assert_eq!(
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()),
+            None
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! A node taking a backup: at most one at a time, in the background, its progress and
-//! outcome kept for `GET /v1/admin/backups/status` and the metrics.
+//! outcome kept for `GET /v1/admin/backups/status` and the metrics; beside it, the
+//! repository as this node last watched it ([`super::watch`]) and a running scheduled
+//! verification ([`super::verify_schedule`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -22,6 +24,10 @@ pub const STAGING: &str = "backup-staging";
 pub struct Jobs {
     running: Mutex<Option<Running>>,
     last: Mutex<Option<Outcome>>,
+    /// The repository as last watched.
+    view: Mutex<Option<super::watch::RepoView>>,
+    /// The running verification, if any.
+    verifying: Mutex<Option<Running>>,
 }
 
 struct Running {
@@ -54,6 +60,11 @@ pub struct Status {
     pub running: Option<RunningStatus>,
     /// The last one's outcome.
     pub last: Option<Outcome>,
+    /// The running verification by restore, if any (on the leader).
+    pub verifying: Option<RunningStatus>,
+    /// The repository as this node last saw it: its newest backup and the cluster's last
+    /// verifications (`None` before the first look, or without a repository).
+    pub repository: Option<super::watch::RepoView>,
 }
 
 /// A running backup's progress.
@@ -70,28 +81,62 @@ pub struct RunningStatus {
     pub bytes_uploaded: u64,
 }
 
+impl Running {
+    fn status(&self) -> RunningStatus {
+        let (done, total, transferred) = self.progress.snapshot();
+        RunningStatus {
+            started_ms: self.started_ms,
+            phase: self.progress.current_phase(),
+            bytes_done: done,
+            bytes_total: total,
+            bytes_uploaded: transferred,
+        }
+    }
+}
+
 impl Jobs {
     /// The status.
     pub fn status(&self) -> Status {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|r| {
-                let (done, total, uploaded) = r.progress.snapshot();
-                RunningStatus {
-                    started_ms: r.started_ms,
-                    phase: r.progress.current_phase(),
-                    bytes_done: done,
-                    bytes_total: total,
-                    bytes_uploaded: uploaded,
-                }
-            });
+        let lock = |m: &Mutex<Option<Running>>| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(Running::status)
+        };
         Status {
-            running,
+            running: lock(&self.running),
             last: self.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            verifying: lock(&self.verifying),
+            repository: self.view(),
         }
+    }
+
+    /// The repository as last watched.
+    pub fn view(&self) -> Option<super::watch::RepoView> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the repository as just watched.
+    pub fn set_view(&self, view: super::watch::RepoView) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// Marks a verification as running with `progress`; `false` if one already runs.
+    pub fn begin_verifying(&self, started_ms: i64, progress: Arc<Progress>) -> bool {
+        let mut verifying = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        if verifying.is_some() {
+            return false;
+        }
+        *verifying = Some(Running {
+            started_ms,
+            progress,
+        });
+        true
+    }
+
+    /// Marks the running verification as ended.
+    pub fn end_verifying(&self) {
+        *self.verifying.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Starts a backup of `node` into the repository `config` names, in the background;
@@ -142,6 +187,9 @@ impl Jobs {
                 }
                 Err(error) => {
                     metrics.failures.inc();
+                    metrics
+                        .last_failure
+                        .set((crate::clock::now_ms() / 1000).max(0) as u64);
                     tracing::error!(%error, "backup failed");
                     Outcome::Failed {
                         error: error.to_string(),

@@ -39,6 +39,8 @@ pub mod repo;
 pub mod restore;
 pub mod schedule;
 pub mod verify;
+pub mod verify_schedule;
+pub mod watch;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,10 +22,31 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::BackupError;
 
-/// Attempts per request before giving up (transient errors: 5xx, dropped connections).
-const ATTEMPTS_MAX: u32 = 5;
-/// First retry delay; doubles per attempt.
-const RETRY_FIRST_MS: u64 = 100;
+/// Attempts per request before giving up (transient errors: 5xx, 429, dropped
+/// connections, timeouts). The only retry layer: object_store's own is off for S3
+/// (`max_retries = 0`), so a request is sent at most this many times, and every request
+/// Tandem makes is safe to repeat (chunks are content-addressed, locks are overwritten,
+/// deletes of a missing object succeed, and a create-only write that finds its own bytes
+/// already stored counts as done — see [`Repo::put_new`]).
+const ATTEMPTS_MAX: u32 = 6;
+/// First retry delay; doubles per attempt up to [`RETRY_DELAY_MAX_MS`], with up to 50%
+/// random jitter added so that many clients do not retry in step. Six attempts wait at
+/// most 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s (×1.5 with jitter), about 9 s, on top of the
+/// requests themselves (each bounded by [`super::http::REQUEST_TIMEOUT_MS`]); a 503's
+/// `Retry-After` is honoured first, capped (`super::http::RETRY_AFTER_MAX_MS`).
+const RETRY_FIRST_MS: u64 = 200;
+/// Longest delay between two attempts.
+const RETRY_DELAY_MAX_MS: u64 = 5_000;
+
+/// A pseudo-random delay up to `max`, for retry jitter (not security: the clock's
+/// nanoseconds, which differ between processes and attempts).
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let max_ms = max.as_millis() as u64;
+    Duration::from_millis(if max_ms == 0 { 0 } else { nanos % (max_ms + 1) })
+}
 
 /// One stored object as listed.
 #[derive(Debug, Clone)]
@@ -72,8 +93,14 @@ impl Repo {
                      server, or a TLS-terminating proxy); got {endpoint:?}"
                 )));
             }
+            // Retries are ours alone (`Repo::retry`): object_store's would multiply them.
+            let no_retries = object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            };
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(no_retries)
                 .with_http_connector(super::http::PlainHttpConnector)
                 .build()
                 .map_err(|e| invalid(e.to_string()))?;
@@ -116,10 +143,13 @@ impl Repo {
             .map(drop)
     }
 
-    /// Stores `bytes` at `name` only if nothing is there; `Ok(false)` if something was.
+    /// Stores `bytes` at `name` only if nothing is there; `Ok(false)` if something else
+    /// was. An object holding exactly `bytes` counts as written: an attempt whose reply was
+    /// lost (a dropped connection after the server stored it) is retried and then finds
+    /// its own write.
     pub async fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<bool, BackupError> {
         let path = ObjectPath::from(name);
-        let payload = PutPayload::from(bytes);
+        let payload = PutPayload::from(bytes.clone());
         let result = self
             .retry(name, "put", || {
                 self.store
@@ -128,7 +158,9 @@ impl Repo {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(BackupError::Store { exists: true, .. }) => Ok(false),
+            Err(BackupError::Store { exists: true, .. }) => {
+                Ok(self.get(name).await?.is_some_and(|stored| stored == bytes))
+            }
             Err(e) => Err(e),
         }
     }
@@ -232,8 +264,8 @@ impl Repo {
                         });
                     }
                     tracing::warn!(object = name, %error, attempt, "repository request failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(delay + jitter(delay / 2)).await;
+                    delay = (delay * 2).min(Duration::from_millis(RETRY_DELAY_MAX_MS));
                     attempt += 1;
                 }
             }

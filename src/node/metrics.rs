@@ -639,7 +639,7 @@ fn resident_bytes() -> Option<u64> {
 // The statvfs field types differ between targets (u32 on some 32-bit ones); the
 // conversions are identities only on 64-bit Linux.
 #[allow(clippy::useless_conversion)]
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own and reads the NUL-terminated path.
@@ -720,6 +720,25 @@ pub struct BackupMetrics {
     pub last_uploaded: U64Gauge,
     /// Backups that failed.
     pub failures: Counter,
+    /// When this node's last failed backup attempt ended, seconds since the epoch (0: none
+    /// since start).
+    pub last_failure: U64Gauge,
+    /// The backup schedule's period (between its next two due times), seconds; 0 without a
+    /// schedule or a repository.
+    pub schedule_period: U64Gauge,
+    /// On the leader: what backup staleness is measured from — the newest backup in the
+    /// repository, or when this leader began watching an empty repository; seconds since
+    /// the epoch. 0 on followers and without a schedule.
+    pub stale_since: U64Gauge,
+    /// When the cluster's last successful scheduled verification (restore into scratch,
+    /// hashes equal) finished, seconds since the epoch (0: none recorded).
+    pub verify_last_success: U64Gauge,
+    /// When the cluster's last failed verification finished (0: none recorded).
+    pub verify_last_failure: U64Gauge,
+    /// How long the cluster's last verification took, ms.
+    pub verify_last_duration_ms: U64Gauge,
+    /// Verifications run by this node that failed.
+    pub verify_failures: Counter,
 }
 
 impl BackupMetrics {
@@ -750,6 +769,41 @@ impl BackupMetrics {
             "backup_failures",
             "Backups started on this node that failed",
             self.failures.clone(),
+        );
+        r.register(
+            "backup_last_failure_timestamp_seconds",
+            "When this node's last failed backup attempt ended (0: none since start)",
+            self.last_failure.clone(),
+        );
+        r.register(
+            "backup_schedule_period_seconds",
+            "The backup schedule's period (0: no schedule)",
+            self.schedule_period.clone(),
+        );
+        r.register(
+            "backup_stale_since_timestamp_seconds",
+            "On the leader: the newest backup's finish, or when it began watching an empty repository (0: followers, no schedule)",
+            self.stale_since.clone(),
+        );
+        r.register(
+            "backup_verify_last_success_timestamp_seconds",
+            "When the cluster's last successful backup verification (restore, hashes equal) finished (0: none)",
+            self.verify_last_success.clone(),
+        );
+        r.register(
+            "backup_verify_last_failure_timestamp_seconds",
+            "When the cluster's last failed backup verification finished (0: none)",
+            self.verify_last_failure.clone(),
+        );
+        r.register(
+            "backup_verify_last_duration_milliseconds",
+            "How long the cluster's last backup verification took",
+            self.verify_last_duration_ms.clone(),
+        );
+        r.register(
+            "backup_verify_failures",
+            "Backup verifications run by this node that failed",
+            self.verify_failures.clone(),
         );
     }
 }

@@ -121,6 +121,38 @@
     chart($("chart-latency"), doc.generated_at_ms, latency);
     legend($("latency-legend"), latency);
     renderServices(doc.services);
+    renderBackups(doc.backups);
+  }
+
+  // The newest backup and the last verification by restore (DR drills stay a placeholder).
+  function renderBackups(b) {
+    const box = document.querySelector('[data-testid="backups"]');
+    if (!box || !b || !b.configured) return;
+    const now = Date.now();
+    const ago = (ms) => {
+      const s = Math.max(0, (now - ms) / 1000);
+      return s < 120 ? fmt(s) + " s ago" : s < 7200 ? fmt(s / 60) + " min ago" :
+        s < 172800 ? fmt(s / 3600, 1) + " h ago" : fmt(s / 86400, 1) + " days ago";
+    };
+    const mb = (bytes) => fmt(bytes / 1048576, 1) + " MB";
+    const repo = b.repository || {};
+    const rows = [el("h2", {}, "Backups")];
+    const newest = repo.newest;
+    rows.push(el("p", { "data-testid": "backups-last", "data-id": newest ? newest.id : "" }, newest
+      ? "last backup " + newest.id + " · " + ago(repo.newest_finished_ms) + " · " + mb(newest.bytes_scanned) +
+        " (" + mb(newest.bytes_uploaded) + " uploaded) · " + fmt(repo.backups) + " kept"
+      : (b.repository ? "no backup yet" : "repository not read yet")));
+    const v = repo.verify_last;
+    const verify = el("p", { "data-testid": "backups-verify", "data-result": v ? (v.ok ? "ok" : "failed") : "none" },
+      v ? "last verification " + (v.ok ? "passed" : "FAILED: " + (v.error || "")) + " · backup " + (v.backup || "–") +
+        " · " + ago(v.finished_ms) + " · took " + fmt((v.finished_ms - v.started_ms) / 1000, 1) + " s"
+        : (b.verify_schedule ? "no verification yet (schedule " + b.verify_schedule + ")" : "scheduled verification off"));
+    rows.push(verify);
+    if (b.running || b.verifying) {
+      rows.push(el("p", {}, (b.running ? "a backup" : "a verification") + " is running on this node"));
+    }
+    box.classList.remove("placeholder");
+    box.replaceChildren(...rows);
   }
 
   function renderRegions(regions) {

@@ -14,6 +14,10 @@
 //!   [`NodeReport`](crate::node::report::NodeReport), what the others ask for over the
 //!   peer connection (mutual TLS where the cluster uses it).
 //!
+//! The document also carries `backups`: the newest backup in the repository, its age and
+//! size, and the cluster's last verification by restore, as this node last watched the
+//! repository ([`crate::backup::watch`]); `{"configured": false}` without a repository.
+//!
 //! Alerts are fetched by the page itself from `GET /v1/admin/alerts`, so this document
 //! does not depend on the evaluator; where that route is absent the page says so.
 
@@ -121,7 +125,39 @@ pub async fn document(
     let reports: BTreeMap<u64, Result<NodeReport, String>> =
         futures::future::join_all(asks).await.into_iter().collect();
     let document = aggregate(&serving, &members, &reports, crate::clock::now_ms());
+    let mut document = serde_json::to_value(document).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "dashboard",
+            e.to_string(),
+        )
+    })?;
+    if let Some(object) = document.as_object_mut() {
+        object.insert("backups".into(), backups_panel(&state));
+    }
     Ok(Json(document).into_response())
+}
+
+/// The backup panel: the repository as this node last watched it, and this node's own
+/// running backup or verification.
+fn backups_panel(state: &AppState) -> serde_json::Value {
+    let config = &state.config.backup;
+    if config.repo.is_empty() {
+        return serde_json::json!({"configured": false});
+    }
+    let status = state.backups.status();
+    serde_json::json!({
+        "configured": true,
+        "schedule": config.schedule,
+        "verify_schedule": if config.verify_identity_file.as_os_str().is_empty() {
+            ""
+        } else {
+            config.verify_schedule.as_str()
+        },
+        "repository": status.repository,
+        "running": status.running.is_some(),
+        "verifying": status.verifying.is_some(),
+    })
 }
 
 /// One peer's report from its peer listener at `url`, or why there is none, within

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use openraft::Instant as _;
 
 use super::anomaly::{self, Verdict};
-use super::rules::{Inputs, Peer, ServiceHealth};
+use super::rules::{BackupHealth, Inputs, Peer, ServiceHealth};
 use crate::config::IngestRateConfig;
 use crate::node::Node;
 use crate::store::StoreError;
@@ -169,6 +169,21 @@ pub fn gather(
                 (listener, (not_after * 1000 - now_ms) as f64 / 86_400_000.0)
             })
             .collect(),
+        backup: backup_health(node, now_ms),
+    }
+}
+
+/// The backup metrics as the rules read them.
+fn backup_health(node: &Node, now_ms: i64) -> BackupHealth {
+    let m = &node.metrics().backup;
+    let since = m.stale_since.get();
+    BackupHealth {
+        last_success_s: m.last_success.get(),
+        last_failure_s: m.last_failure.get(),
+        period_s: m.schedule_period.get(),
+        stale_for_s: (since > 0).then(|| ((now_ms / 1000).max(0) as u64).saturating_sub(since)),
+        verify_last_success_s: m.verify_last_success.get(),
+        verify_last_failure_s: m.verify_last_failure.get(),
     }
 }
 

@@ -103,6 +103,25 @@ pub struct Inputs {
     /// Days left before each TLS listener's certificate (or the cluster CA) expires:
     /// (`client` or `peer`, days); empty without TLS.
     pub certificates: Vec<(&'static str, f64)>,
+    /// Backups and their verification, from the backup metrics.
+    pub backup: BackupHealth,
+}
+
+/// Backups as the node's metrics report them (seconds since the epoch; 0: never).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackupHealth {
+    /// The newest successful backup's finish (the repository's newest, or this node's own).
+    pub last_success_s: u64,
+    /// This node's last failed backup attempt.
+    pub last_failure_s: u64,
+    /// The schedule's period, seconds (0: no schedule).
+    pub period_s: u64,
+    /// On the leader with a schedule: seconds since the newest backup finished (or since
+    /// it began leading over an empty repository); `None` elsewhere.
+    pub stale_for_s: Option<u64>,
+    /// The cluster's last successful and failed verifications by restore.
+    pub verify_last_success_s: u64,
+    pub verify_last_failure_s: u64,
 }
 
 /// One alert whose condition holds.
@@ -461,6 +480,79 @@ pub const CATALOGUE: &[RuleSpec] = &[
                 .collect()
         },
     },
+    RuleSpec {
+        name: "backup_failed",
+        alertname: "TandemBackupFailed",
+        scope: Scope::Node,
+        severity: Severity::Warning,
+        for_ms: 0,
+        threshold: 0.0,
+        summary: "This node's last backup attempt failed",
+        runbook: "GET /v1/admin/backups/status on the node gives the error (repository unreachable, key file, disk); fix it and run `tandem backup create` (docs/operations.md, \"When a backup alert fires\").",
+        measure: |i, _| {
+            let b = &i.backup;
+            if b.last_failure_s > b.last_success_s {
+                vec![hit(
+                    b.last_failure_s as f64,
+                    format!(
+                        "the last backup attempt on node {} failed at {} s since the epoch; the newest success is at {}",
+                        i.node_id, b.last_failure_s, b.last_success_s
+                    ),
+                )]
+            } else {
+                Vec::new()
+            }
+        },
+    },
+    RuleSpec {
+        name: "backup_stale",
+        alertname: "TandemBackupStale",
+        scope: Scope::Cluster,
+        severity: Severity::Critical,
+        for_ms: 0,
+        threshold: 3_600.0,
+        summary: "No successful backup within the schedule's period and a grace",
+        runbook: "Is the schedule running (the leader's log, GET /v1/admin/backups/status)? Are backups failing (TandemBackupFailed)? Take one now with `tandem backup create` (docs/operations.md, \"When a backup alert fires\").",
+        measure: |i, grace_s| {
+            let b = &i.backup;
+            match b.stale_for_s {
+                Some(age) if b.period_s > 0 && age as f64 > b.period_s as f64 + grace_s => {
+                    vec![hit(
+                        age as f64,
+                        format!(
+                            "the newest backup is {age} s old; the schedule runs every {} s (grace {grace_s:.0} s)",
+                            b.period_s
+                        ),
+                    )]
+                }
+                _ => Vec::new(),
+            }
+        },
+    },
+    RuleSpec {
+        name: "backup_verify_failed",
+        alertname: "TandemBackupVerifyFailed",
+        scope: Scope::Cluster,
+        severity: Severity::Critical,
+        for_ms: 0,
+        threshold: 0.0,
+        summary: "The last verification by restore of the newest backup failed",
+        runbook: "GET /v1/admin/backups/status (repository.verify_last_failure.error) names the object and the check; run `tandem backup verify` for every problem, then take a new full backup (docs/operations.md, \"When a backup alert fires\").",
+        measure: |i, _| {
+            let b = &i.backup;
+            if b.verify_last_failure_s > b.verify_last_success_s {
+                vec![hit(
+                    b.verify_last_failure_s as f64,
+                    format!(
+                        "the verification that finished at {} s since the epoch failed; the last success is at {}",
+                        b.verify_last_failure_s, b.verify_last_success_s
+                    ),
+                )]
+            } else {
+                Vec::new()
+            }
+        },
+    },
 ];
 
 fn error_share(total: u64, errors: u64, threshold: f64, class: &str) -> Vec<Hit> {
@@ -558,6 +650,14 @@ mod tests {
             }],
             certificates: vec![("peer", 300.0)],
             archive: None,
+            backup: BackupHealth {
+                last_success_s: 1_000,
+                last_failure_s: 500,
+                period_s: 86_400,
+                stale_for_s: Some(3_600),
+                verify_last_success_s: 900,
+                verify_last_failure_s: 0,
+            },
         }
     }
 
@@ -574,7 +674,7 @@ mod tests {
     fn a_healthy_node_trips_no_rule_and_each_fault_trips_its_own() {
         assert_eq!(firing(&quiet()), Vec::<&str>::new());
         type Fault = fn(&mut Inputs);
-        let cases: [(&str, Fault); 12] = [
+        let cases: [(&str, Fault); 15] = [
             ("no_leader", |i| i.leader = None),
             ("leader_churn", |i| i.leader_changes = 4),
             ("node_unreachable", |i| i.peers[0].heartbeat_age_ms = None),
@@ -597,6 +697,13 @@ mod tests {
             ("disk_space_low", |i| i.disk_free_ratio = Some(0.05)),
             ("service_degraded", |i| i.services[0].status = "hung".into()),
             ("certificate_expiry", |i| i.certificates[0].1 = 3.5),
+            ("backup_failed", |i| i.backup.last_failure_s = 1_001),
+            ("backup_stale", |i| {
+                i.backup.stale_for_s = Some(86_400 + 3_601)
+            }),
+            ("backup_verify_failed", |i| {
+                i.backup.verify_last_failure_s = 950
+            }),
         ];
         for (rule, fault) in cases {
             let mut inputs = quiet();
@@ -643,6 +750,18 @@ mod tests {
             .filter(|rule| !rule.measure(inputs).is_empty())
             .map(|rule| rule.spec.name)
             .collect()
+    }
+
+    #[test]
+    fn backup_staleness_counts_only_on_the_leader_with_a_schedule() {
+        let mut inputs = quiet();
+        inputs.backup.stale_for_s = Some(86_400 + 3_599);
+        assert!(firing(&inputs).is_empty(), "within the grace");
+        inputs.backup.stale_for_s = None;
+        assert!(firing(&inputs).is_empty(), "not the leader");
+        inputs.backup.stale_for_s = Some(10 * 86_400);
+        inputs.backup.period_s = 0;
+        assert!(firing(&inputs).is_empty(), "no schedule");
     }
 
     #[test]
