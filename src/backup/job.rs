@@ -249,9 +249,16 @@ async fn run(
     };
     let runtime = tokio::runtime::Handle::current();
     let progress_upload = Arc::clone(progress);
+    let parallelism = super::pipeline::Parallelism::new(config.backup.workers);
     let uploaded = tokio::task::spawn_blocking(move || {
-        let result =
-            super::create::upload(&repository, &runtime, &checkpoint, &info, &progress_upload);
+        let result = super::create::upload(
+            &repository,
+            &runtime,
+            &checkpoint,
+            &info,
+            &progress_upload,
+            parallelism,
+        );
         let _ = std::fs::remove_dir_all(&checkpoint.path);
         result
     })

@@ -33,6 +33,7 @@ pub mod http;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod pipeline;
 pub mod pitr;
 pub mod prune;
 pub mod repo;
@@ -248,9 +249,7 @@ impl Repository {
 
     /// Compresses and encrypts a chunk for upload.
     pub fn seal_chunk(&self, plaintext: &[u8]) -> Result<Vec<u8>, BackupError> {
-        let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL)
-            .map_err(|e| BackupError::Crypto(format!("compressing a chunk: {e}")))?;
-        Recipients::parse(&self.config.recipients)?.encrypt(&compressed)
+        seal_chunk_to(&Recipients::parse(&self.config.recipients)?, plaintext)
     }
 
     /// Decrypts, decompresses and checks chunk `id` (length and name).
@@ -293,6 +292,13 @@ impl Repository {
         }
         Ok(plain)
     }
+}
+
+/// A chunk's stored form: zstd, then age to `recipients`.
+pub fn seal_chunk_to(recipients: &Recipients, plaintext: &[u8]) -> Result<Vec<u8>, BackupError> {
+    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL)
+        .map_err(|e| BackupError::Crypto(format!("compressing a chunk: {e}")))?;
+    recipients.encrypt(&compressed)
 }
 
 /// A backup id for a backup started at `ms`: sorts by time, unique.
