@@ -72,6 +72,11 @@ impl Parallelism {
     }
 }
 
+/// Seals a chunk: its plaintext to its stored form.
+pub type SealFn<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, BackupError> + Sync + 'a;
+/// Stores a sealed chunk under its name.
+pub type StoreFn<'a> = dyn Fn(&str, Vec<u8>) -> Result<(), BackupError> + Sync + 'a;
+
 /// What the pipeline does at each stage; [`super::create`] fills it from a repository,
 /// tests with their own failures.
 pub struct Stages<'a> {
@@ -80,9 +85,9 @@ pub struct Stages<'a> {
     /// A new whole-file hasher (keyed blake3).
     pub file_hasher: &'a (dyn Fn() -> blake3::Hasher + Sync),
     /// A chunk's stored form (compressed, encrypted).
-    pub seal: &'a (dyn Fn(&[u8]) -> Result<Vec<u8>, BackupError> + Sync),
+    pub seal: &'a SealFn<'a>,
     /// Writes a sealed chunk under its name (blocking; retried inside).
-    pub store: &'a (dyn Fn(&str, Vec<u8>) -> Result<(), BackupError> + Sync),
+    pub store: &'a StoreFn<'a>,
 }
 
 /// The files of a backup, cut, sealed and stored: one entry per file in the given order,

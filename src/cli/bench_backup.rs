@@ -57,8 +57,12 @@ fn thread_cpu_s() -> f64 {
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
-/// The chunks of every file under `paths`, split into state and log.
-fn load(paths: &[PathBuf]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, f64), String> {
+/// Chunks of plaintext.
+type Chunks = Vec<Vec<u8>>;
+
+/// The chunks of every file under `paths`, split into state and log, and the CPU seconds
+/// cutting them took.
+fn load(paths: &[PathBuf]) -> Result<(Chunks, Chunks, f64), String> {
     let mut files = Vec::new();
     for path in paths {
         collect(path, &mut files)?;
