@@ -64,12 +64,18 @@ backup() {
     read -r SCANNED UPLOADED NEW CHUNKS MS < <(echo "$out" | awk '/scanned/ {print $2, $5, $8, $10, $(NF-1)}')
     echo "  $SCANNED bytes scanned, $UPLOADED uploaded ($NEW of $CHUNKS chunks new) in $MS ms: $(awk -v b="$SCANNED" -v ms="$MS" 'BEGIN { printf "%.0f", b / ms / 1e3 }') MB/s, node CPU $CPU s ($(awk -v c="$CPU" -v b="$SCANNED" 'BEGIN { printf "%.1f", c * 1e9 / b }') ms/MB)"
 }
+phases() {
+    grep -a "backup phases\|checkpoint written" "$WORK/node.log" | tail -2 | sed 's/\x1b\[[0-9;]*m//g' |
+        grep -o "checkpoint_ms=[0-9]*\|chunks_ms=[0-9]*\|hashes_ms=[0-9]*\|workers=[0-9]*" | tr '\n' ' '
+}
 echo "== full backup"
 backup
+echo "  phases in the node: $(phases)"
 FULL_UP=$UPLOADED; FULL_MBPS=$(awk -v b="$SCANNED" -v ms="$MS" 'BEGIN { printf "%.1f", b / ms / 1e3 }')
 echo "== incremental backup after 1% more events"
 load $((EVENTS / 100)) 2 >/dev/null
 backup
+echo "  phases in the node: $(phases)"
 INC_EVENTS=$UPLOADED
 echo "== incremental backup after 1% of the profiles change (one identify each)"
 python3 - "$WORK/acked" "$URL" "$WRITE" <<'EOF'
@@ -87,6 +93,7 @@ for start in range(0, len(pick), 100):
 print(f"  changed {len(pick)} of {len(ids)} profiles")
 EOF
 backup
+echo "  phases in the node: $(phases)"
 INC_PROFILES=$UPLOADED
 
 echo "== restore"
@@ -102,7 +109,7 @@ echo "== verify (every backup)"
 { time "$TANDEM" backup verify --repo "$WORK/repo" --repo-key "$WORK/repo.key" --identity "$WORK/identity.age" \
     >"$WORK/verify.out"; } 2>"$WORK/verify.time"
 read -r secs user sys <"$WORK/verify.time"
-checked=$(awk '/verified/ {print $7}' "$WORK/verify.out")
+checked=$(awk '/verified/ {print $6}' "$WORK/verify.out")
 VERIFY_MBPS=$(awk -v b="$checked" -v s="$secs" 'BEGIN { printf "%.1f", b / s / 1e6 }')
 echo "  $(head -1 "$WORK/verify.out"): $VERIFY_MBPS MB/s, CPU $user s user + $sys s system"
 

@@ -313,10 +313,23 @@ fn upload_locked(
     let (hashes, uploaded) = std::thread::scope(|scope| {
         let hashes = scope.spawn(|| {
             super::pipeline::lower_priority();
-            checkpoint_hashes(&state_path)
+            let started = Instant::now();
+            let hashes = checkpoint_hashes(&state_path);
+            (hashes, started.elapsed().as_millis() as u64)
         });
+        let started = Instant::now();
         let uploaded = super::pipeline::run(&stages, &paths, present, parallelism, progress);
-        (hashes.join(), uploaded)
+        let chunks_ms = started.elapsed().as_millis() as u64;
+        let hashes = hashes.join();
+        if let Ok((_, hashes_ms)) = &hashes {
+            tracing::info!(
+                chunks_ms,
+                hashes_ms,
+                workers = parallelism.workers,
+                "backup phases"
+            );
+        }
+        (hashes.map(|(h, _)| h), uploaded)
     });
     let (files, totals) = uploaded?;
     let (state_hash, services) =

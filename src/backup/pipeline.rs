@@ -114,36 +114,59 @@ pub fn run(
     let job_rx = Mutex::new(job_rx);
     let sealed_rx = Mutex::new(sealed_rx);
     let (cut, outcomes) = std::thread::scope(|scope| {
-        let cutter = scope.spawn(|| {
-            lower_priority();
-            cut_files(stages, files, job_tx, &shared)
-        });
         for _ in 0..workers {
             let (sealed_tx, result_tx) = (sealed_tx.clone(), result_tx.clone());
             let (job_rx, shared) = (&job_rx, &shared);
-            scope.spawn(move || {
-                lower_priority();
-                seal_chunks(stages, job_rx, &sealed_tx, &result_tx, shared);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("backup-seal".into())
+                .spawn_scoped(scope, move || {
+                    lower_priority();
+                    seal_chunks(stages, job_rx, &sealed_tx, &result_tx, shared);
+                });
+            if let Err(error) = spawned {
+                shared.fail(BackupError::Invalid(format!(
+                    "starting a backup worker: {error}"
+                )));
+            }
         }
         drop(sealed_tx);
         for _ in 0..uploaders {
             let result_tx = result_tx.clone();
             let (sealed_rx, shared) = (&sealed_rx, &shared);
-            scope.spawn(move || {
-                lower_priority();
-                store_chunks(stages, sealed_rx, &result_tx, shared);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("backup-put".into())
+                .spawn_scoped(scope, move || {
+                    lower_priority();
+                    store_chunks(stages, sealed_rx, &result_tx, shared);
+                });
+            if let Err(error) = spawned {
+                shared.fail(BackupError::Invalid(format!(
+                    "starting a backup uploader: {error}"
+                )));
+            }
         }
         drop(result_tx);
+        // The cutter starts last: if a worker could not start, it sees the abort before
+        // its first chunk rather than filling a queue nobody drains.
+        let cutter = std::thread::Builder::new()
+            .name("backup-cut".into())
+            .spawn_scoped(scope, || {
+                lower_priority();
+                cut_files(stages, files, job_tx, &shared)
+            });
         // Every sender is held by a stage now: the loop ends when the last one ends.
         let outcomes: Vec<Outcome> = result_rx.iter().collect();
-        (cutter.join(), outcomes)
+        let cut = match cutter {
+            Ok(handle) => handle
+                .join()
+                .map_err(|_| BackupError::Invalid("the backup's cutter panicked".into())),
+            Err(error) => Err(BackupError::Invalid(format!(
+                "starting the cutter: {error}"
+            ))),
+        };
+        (cut, outcomes)
     });
-    let cut = match cut {
-        Ok(cut) => cut,
-        Err(_) => return Err(BackupError::Invalid("the backup's cutter panicked".into())),
-    };
+    let cut = cut?;
     if let Some(error) = shared.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(error);
     }
