@@ -77,6 +77,8 @@ load $((EVENTS / 100)) 2 >/dev/null
 backup
 echo "  phases in the node: $(phases)"
 INC_EVENTS=$UPLOADED
+PREV=$("$TANDEM" backup list --repo "$WORK/repo" --repo-key "$WORK/repo.key" --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)[-1]["id"])')
 echo "== incremental backup after 1% of the profiles change (one identify each)"
 python3 - "$WORK/acked" "$URL" "$WRITE" <<'EOF'
 import base64, json, random, sys, urllib.request
@@ -113,8 +115,12 @@ checked=$(awk '/verified/ {print $6}' "$WORK/verify.out")
 VERIFY_MBPS=$(awk -v b="$checked" -v s="$secs" 'BEGIN { printf "%.1f", b / s / 1e6 }')
 echo "  $(head -1 "$WORK/verify.out"): $VERIFY_MBPS MB/s, CPU $user s user + $sys s system"
 
-echo "== CPU per MB, stage by stage, on the restored checkpoint"
-"$TANDEM" bench-backup-stages --work-dir "$WORK" "$WORK"/restored/snapshots/*/
+echo "== CPU per MB, stage by stage, on the restored checkpoint (and the state's chunks"
+echo "   against the backup before the 1% profile change, by chunk size)"
+"$TANDEM" restore --repo "$WORK/repo" --repo-key "$WORK/repo.key" --identity "$WORK/identity.age" \
+    --backup "$PREV" --data-dir "$WORK/before" >/dev/null
+"$TANDEM" bench-backup-stages --work-dir "$WORK" --previous-state "$(echo "$WORK"/before/snapshots/*/state)" \
+    "$WORK"/restored/snapshots/*/
 
 echo "== ingest while backups run back to back"
 ( while kill -0 "$NODE" 2>/dev/null && [ ! -e "$WORK/stop" ]; do

@@ -28,6 +28,10 @@ pub struct StagesArgs {
     /// afterwards): put it on the repository's disk.
     #[arg(long, default_value = ".")]
     pub work_dir: PathBuf,
+    /// An older checkpoint's state file: report, for several chunk sizes, how much of
+    /// the new state's chunks an incremental backup would upload.
+    #[arg(long)]
+    pub previous_state: Option<PathBuf>,
 }
 
 /// Runs the benchmark; returns the exit code.
@@ -115,6 +119,9 @@ fn row(stage: &str, kind: &str, bytes: usize, cpu_s: f64, extra: &str) {
 }
 
 fn measure(args: &StagesArgs, scratch: &Path) -> Result<(), String> {
+    if let Some(previous) = &args.previous_state {
+        compare_sizes(previous, &args.paths)?;
+    }
     let (state, log, cut_s) = load(&args.paths)?;
     let all: usize = state.iter().chain(&log).map(Vec::len).sum();
     if all == 0 {
@@ -207,6 +214,81 @@ fn measure(args: &StagesArgs, scratch: &Path) -> Result<(), String> {
                 "(wall-clock, one at a time)",
             );
         }
+    }
+    Ok(())
+}
+
+/// Chunk sizes compared for the state: today's, and two finer ones.
+const STATE_SIZES: [chunker::Sizes; 3] = [
+    chunker::SIZES,
+    chunker::Sizes {
+        min: 16 << 10,
+        avg_bits: 16,
+        max: 256 << 10,
+    },
+    chunker::Sizes {
+        min: 4 << 10,
+        avg_bits: 14,
+        max: 64 << 10,
+    },
+];
+
+/// For each of [`STATE_SIZES`]: the new state's chunks, those not in the previous state,
+/// and their bytes (plain and zstd level 1) against the whole state's.
+fn compare_sizes(previous: &Path, paths: &[PathBuf]) -> Result<(), String> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect(path, &mut files)?;
+    }
+    let state = files
+        .iter()
+        .find(|f| f.file_name().is_some_and(|n| n == "state"))
+        .ok_or("no state file among the paths")?;
+    let old = std::fs::read(previous).map_err(|e| format!("{}: {e}", previous.display()))?;
+    let new = std::fs::read(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    println!(
+        "state {:.1} MB, previous {:.1} MB: what an incremental backup uploads of it",
+        new.len() as f64 / 1e6,
+        old.len() as f64 / 1e6
+    );
+    for sizes in STATE_SIZES {
+        let cut = |bytes: &[u8]| {
+            let mut chunks = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let at = chunker::next_cut_sized(rest, sizes);
+                chunks.push(rest[..at].to_vec());
+                rest = &rest[at..];
+            }
+            chunks
+        };
+        let known: std::collections::HashSet<blake3::Hash> =
+            cut(&old).iter().map(|c| blake3::hash(c)).collect();
+        let chunks = cut(&new);
+        let (mut fresh, mut fresh_bytes, mut fresh_zstd, mut all_zstd) = (0, 0, 0, 0);
+        for chunk in &chunks {
+            let packed = zstd::bulk::compress(chunk, 1)
+                .map_err(|e| e.to_string())?
+                .len();
+            all_zstd += packed;
+            if !known.contains(&blake3::hash(chunk)) {
+                fresh += 1;
+                fresh_bytes += chunk.len();
+                fresh_zstd += packed;
+            }
+        }
+        println!(
+            "  chunks {}..~{}..{} KiB: {} chunks, {} new ({:.3} of the bytes); zstd-1 new {:.2} MB of {:.2} MB ({:.3})",
+            sizes.min >> 10,
+            (sizes.min + (1 << sizes.avg_bits)) >> 10,
+            sizes.max >> 10,
+            chunks.len(),
+            fresh,
+            fresh_bytes as f64 / new.len().max(1) as f64,
+            fresh_zstd as f64 / 1e6,
+            all_zstd as f64 / 1e6,
+            fresh_zstd as f64 / all_zstd.max(1) as f64
+        );
     }
     Ok(())
 }
