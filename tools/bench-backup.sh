@@ -55,9 +55,22 @@ echo "== ingest without a backup"
 BASE=$(load "$EVENTS" 1 "$WORK/acked")
 echo "events/s $BASE"
 
+# Waits (at most 120 s) until every service has processed the whole feed, so that a
+# backup's CPU figure is the backup's, not the services catching up after ingest.
+settle() {
+    for _ in $(seq 1200); do
+        curl -s -H "Authorization: Bearer $ADMIN" "$URL/v1/admin/state-hash" | python3 -c '
+import json, sys
+b = json.load(sys.stdin)
+sys.exit(0 if all(s["cursor"] == b["feed_head"] for s in b["services"]) else 1)' && return 0
+        sleep 0.1
+    done
+    echo "  (services did not catch up in 120 s)"
+}
 # Runs a backup; sets SCANNED, UPLOADED, MS, CPU (node CPU seconds during it).
 backup() {
     local before out
+    settle
     before=$(cpu_of "$NODE")
     out=$("$TANDEM" backup create --target "$URL" --admin-key "$ADMIN") || { echo "backup failed"; exit 1; }
     CPU=$(awk -v a="$before" -v b="$(cpu_of "$NODE")" 'BEGIN { printf "%.2f", b - a }')

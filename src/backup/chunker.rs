@@ -37,12 +37,6 @@ pub const SIZES: Sizes = Sizes {
     max: CHUNK_BYTES_MAX,
 };
 
-/// The sizes a backup file named `name` (`state`, `log/<n>.seg`) is cut with.
-pub fn sizes_for(name: &str) -> Sizes {
-    let _ = name;
-    SIZES
-}
-
 fn gear() -> &'static [u64; 256] {
     static GEAR: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
     GEAR.get_or_init(|| {

@@ -245,25 +245,20 @@ fn cut_files(
         let cut = File::open(path)
             .map_err(BackupError::io(path))
             .and_then(|mut input| {
-                let sizes = super::chunker::sizes_for(name);
-                super::chunker::for_each_chunk_sized(
-                    &mut input,
-                    sizes,
-                    |chunk| -> Result<(), BackupError> {
-                        if shared.aborted() {
-                            return Err(BackupError::Invalid("stopped".into()));
-                        }
-                        hasher.update(chunk);
-                        let job = Job {
-                            seq,
-                            data: chunk.to_vec(),
-                        };
-                        seq += 1;
-                        // A send fails only when every worker has gone, which only an abort does.
-                        jobs.send(job)
-                            .map_err(|_| BackupError::Invalid("stopped".into()))
-                    },
-                )
+                super::chunker::for_each_chunk(&mut input, |chunk| -> Result<(), BackupError> {
+                    if shared.aborted() {
+                        return Err(BackupError::Invalid("stopped".into()));
+                    }
+                    hasher.update(chunk);
+                    let job = Job {
+                        seq,
+                        data: chunk.to_vec(),
+                    };
+                    seq += 1;
+                    // A send fails only when every worker has gone, which only an abort does.
+                    jobs.send(job)
+                        .map_err(|_| BackupError::Invalid("stopped".into()))
+                })
                 .map_err(|e| match e {
                     BackupError::Io { source, .. } => BackupError::io(path)(source),
                     other => other,
