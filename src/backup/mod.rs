@@ -52,7 +52,7 @@ pub use repo::Repo;
 use keys::{Identities, Recipients, RepoKey};
 
 /// zstd level of chunks. Measured on a real checkpoint (docs/benchmarks.md, "Backups"):
-/// level 1 spends ~37% less CPU than 3 on the state for ~2% more bytes, and the log's
+/// level 1 spends about a third less CPU than 3 on the state for 2–3% more bytes, and the log's
 /// event bodies are already compressed (any level leaves them at 1.00 of their size, and
 /// level 1 costs a tenth of encrypting them). Any level writes a plain zstd frame, so the
 /// choice is not part of the repository format.
