@@ -99,6 +99,10 @@ impl TlsConfig {
     }
 }
 
+/// Most backup worker threads (`backup.workers`): beyond the cores there is nothing to
+/// gain, and each holds chunks in memory.
+pub const BACKUP_WORKERS_MAX: usize = 16;
+
 /// `[backup]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -135,6 +139,9 @@ pub struct BackupConfig {
     /// for scheduled verification. Empty: no scheduled verification (nodes then cannot
     /// read backups at all; see docs/operations.md, "Scheduled verification").
     pub verify_identity_file: PathBuf,
+    /// Threads that name, compress and encrypt a backup's chunks (at a lower priority than
+    /// ingest); 0: one per core. At most [`BACKUP_WORKERS_MAX`].
+    pub workers: usize,
 }
 
 /// Longest `backup.archive_interval_secs`.
@@ -150,6 +157,7 @@ impl Default for BackupConfig {
             archive_backlog_mb_max: 16 << 10,
             verify_schedule: "0 4 * * 0".into(),
             verify_identity_file: PathBuf::new(),
+            workers: 0,
         }
     }
 }
@@ -600,6 +608,12 @@ impl Config {
                  verification needs the repository"
                     .into(),
             );
+        }
+        if self.backup.workers > BACKUP_WORKERS_MAX {
+            problem(format!(
+                "backup.workers = {} is more than {}; use 0 for one per core",
+                self.backup.workers, BACKUP_WORKERS_MAX
+            ));
         }
         if self.backup.repo.is_empty() != self.backup.repo_key_file.as_os_str().is_empty() {
             problem(

@@ -15,11 +15,27 @@ use std::io::Read;
 pub const CHUNK_BYTES_MIN: usize = 64 << 10;
 /// Typical chunk, bytes.
 pub const CHUNK_BYTES_AVG: usize = 256 << 10;
-/// Largest chunk, bytes.
+/// Largest chunk of any kind, bytes (what a restore accepts).
 pub const CHUNK_BYTES_MAX: usize = 1 << 20;
 
-/// The top 18 bits of the gear hash: a cut about every 256 KiB past the minimum.
-const MASK: u64 = (CHUNK_BYTES_AVG as u64 - 1) << (64 - 18);
+/// Where one kind of file is cut: past `min` bytes, where the top `avg_bits` bits of the
+/// gear hash are zero (about every `2^avg_bits` bytes), and at `max` at the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Smallest chunk, bytes (except a file's last).
+    pub min: usize,
+    /// log2 of the typical distance past `min` to a cut.
+    pub avg_bits: u32,
+    /// Largest chunk, bytes (at most [`CHUNK_BYTES_MAX`]).
+    pub max: usize,
+}
+
+/// The default sizes (log segments): 64 KiB / ~256 KiB / 1 MiB.
+pub const SIZES: Sizes = Sizes {
+    min: CHUNK_BYTES_MIN,
+    avg_bits: 18,
+    max: CHUNK_BYTES_MAX,
+};
 
 fn gear() -> &'static [u64; 256] {
     static GEAR: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
@@ -42,16 +58,23 @@ fn gear() -> &'static [u64; 256] {
 /// is found before it (the caller passes at least [`CHUNK_BYTES_MAX`] bytes unless at the
 /// end of the file).
 pub fn next_cut(data: &[u8]) -> usize {
-    let end = data.len().min(CHUNK_BYTES_MAX);
-    if end <= CHUNK_BYTES_MIN {
+    next_cut_sized(data, SIZES)
+}
+
+/// [`next_cut`] with other sizes.
+pub fn next_cut_sized(data: &[u8], sizes: Sizes) -> usize {
+    let end = data.len().min(sizes.max).min(CHUNK_BYTES_MAX);
+    if end <= sizes.min {
         return end;
     }
+    let bits = sizes.avg_bits.clamp(1, 63);
+    let mask = ((1_u64 << bits) - 1) << (64 - bits);
     let gear = gear();
     let mut hash = 0_u64;
-    for (i, byte) in data[CHUNK_BYTES_MIN..end].iter().enumerate() {
+    for (i, byte) in data[sizes.min..end].iter().enumerate() {
         hash = (hash << 1).wrapping_add(gear[usize::from(*byte)]);
-        if hash & MASK == 0 {
-            return CHUNK_BYTES_MIN + i + 1;
+        if hash & mask == 0 {
+            return sizes.min + i + 1;
         }
     }
     end
@@ -61,6 +84,18 @@ pub fn next_cut(data: &[u8]) -> usize {
 /// bytes read.
 pub fn for_each_chunk<E>(
     input: &mut impl Read,
+    each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E>
+where
+    E: From<std::io::Error>,
+{
+    for_each_chunk_sized(input, SIZES, each)
+}
+
+/// [`for_each_chunk`] with other sizes.
+pub fn for_each_chunk_sized<E>(
+    input: &mut impl Read,
+    sizes: Sizes,
     mut each: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<u64, E>
 where
@@ -81,7 +116,7 @@ where
         if filled == 0 {
             return Ok(total);
         }
-        let cut = next_cut(&buf[..filled]);
+        let cut = next_cut_sized(&buf[..filled], sizes);
         each(&buf[..cut])?;
         total += cut as u64;
         buf.copy_within(cut..filled, 0);

@@ -3,7 +3,9 @@
 //! Order, and why it is crash-safe: (1) a lock object says a backup is in progress (GC
 //! does not sweep while one is fresh, see [`super::prune`]); (2) the chunks already in
 //! the repository are listed once; (3) each file is chunked, and each chunk the
-//! repository lacks is compressed, encrypted and uploaded; (4) the manifest is written,
+//! repository lacks is compressed, encrypted and uploaded — in parallel, by the bounded
+//! pipeline of [`super::pipeline`], which returns only once every write has ended and
+//! fails as a whole if any chunk failed; (4) the manifest is written,
 //! create-only — only then does the backup exist; (5) the lock is removed. A crash before
 //! (4) leaves chunks no manifest names, which GC removes once they are older than its
 //! grace period; a crash between (4) and (5) leaves a stale lock that expires.
@@ -18,7 +20,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{self, ChunkRef, FileEntry, Manifest, ServiceEntry, Totals};
+use super::keys::Recipients;
+use super::manifest::{self, Manifest, ServiceEntry};
+use super::pipeline::{Parallelism, Stages};
 use super::{BackupError, Progress, Repository};
 use crate::cluster::snapshot::SnapshotFile;
 use crate::cluster::types::SnapshotMeta;
@@ -135,13 +139,15 @@ pub fn services_hash(services: &[ServiceEntry]) -> String {
 }
 
 /// Uploads the checkpoint in `checkpoint` as a new backup; returns its manifest.
-/// Blocking: call from a blocking thread; repository requests run on `runtime`.
+/// Blocking: call from a blocking thread; repository requests run on `runtime`, chunks
+/// are sealed on `parallelism.workers` threads at a lower priority.
 pub fn upload(
     repository: &Repository,
     runtime: &tokio::runtime::Handle,
     checkpoint: &SnapshotFile,
     info: &CheckpointInfo,
     progress: &Arc<Progress>,
+    parallelism: Parallelism,
 ) -> Result<Manifest, BackupError> {
     let started = Instant::now();
     let id = super::new_backup_id(info.started_ms);
@@ -158,7 +164,16 @@ pub fn upload(
     }
     let lock_name = format!("{own}{id}");
     let lock = runtime.block_on(take_lock(repository, &lock_name, "backup"))?;
-    let result = upload_locked(repository, runtime, checkpoint, info, progress, &id, last);
+    let result = upload_locked(
+        repository,
+        runtime,
+        checkpoint,
+        info,
+        progress,
+        &id,
+        last,
+        parallelism,
+    );
     runtime.block_on(lock.release(repository));
     let manifest = result?;
     tracing::info!(id = %manifest.id, elapsed_ms = started.elapsed().as_millis() as u64, "backup uploaded");
@@ -252,11 +267,10 @@ fn upload_locked(
     progress: &Arc<Progress>,
     id: &str,
     last: crate::cluster::types::LogId,
+    parallelism: Parallelism,
 ) -> Result<Manifest, BackupError> {
-    progress.phase("hashing the checkpoint");
     let state_path = checkpoint.state_path();
-    let (state_hash, services) = checkpoint_hashes(&state_path)?;
-    let mut paths = vec![("state".to_owned(), state_path)];
+    let mut paths = vec![("state".to_owned(), state_path.clone())];
     for path in checkpoint
         .log_files()
         .map_err(BackupError::io(&checkpoint.path))?
@@ -275,60 +289,51 @@ fn upload_locked(
     }
     progress.total.store(total, Ordering::Relaxed);
     progress.phase("listing the repository's chunks");
-    let mut present: HashSet<String> = runtime
+    let present: HashSet<String> = runtime
         .block_on(repository.repo.list(manifest::CHUNKS))?
         .into_iter()
         .filter_map(|l| l.name.rsplit('/').next().map(str::to_owned))
         .collect();
     progress.phase("uploading");
-    let mut totals = Totals::default();
-    let mut files = Vec::with_capacity(paths.len());
-    for (name, path) in paths {
-        let mut input = File::open(&path).map_err(BackupError::io(&path))?;
-        let mut hasher = repository.key.file_hasher();
-        let mut chunks = Vec::new();
-        let size = super::chunker::for_each_chunk(&mut input, |chunk| -> Result<(), BackupError> {
-            hasher.update(chunk);
-            let chunk_id = repository.key.chunk_name(chunk);
-            totals.chunks += 1;
-            if !present.contains(&chunk_id) {
-                let sealed = repository.seal_chunk(chunk)?;
-                let sealed_len = sealed.len() as u64;
-                runtime.block_on(
-                    repository
-                        .repo
-                        .put(&manifest::chunk_object(&chunk_id), sealed),
-                )?;
-                crate::crash::point("backup:chunk-uploaded");
-                totals.chunks_uploaded += 1;
-                totals.bytes_new += chunk.len() as u64;
-                totals.bytes_uploaded += sealed_len;
-                progress
-                    .transferred
-                    .fetch_add(sealed_len, Ordering::Relaxed);
-                present.insert(chunk_id.clone());
-            }
-            progress
-                .done
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            chunks.push(ChunkRef {
-                id: chunk_id,
-                len: chunk.len() as u64,
-            });
-            Ok(())
-        })
-        .map_err(|e| match e {
-            BackupError::Io { source, .. } => BackupError::io(&path)(source),
-            other => other,
-        })?;
-        totals.bytes_scanned += size;
-        files.push(FileEntry {
-            name,
-            size,
-            hash: hasher.finalize().to_hex().to_string(),
-            chunks,
+    let recipients = Recipients::parse(&repository.config.recipients)?;
+    let name = |plain: &[u8]| repository.key.chunk_name(plain);
+    let file_hasher = || repository.key.file_hasher();
+    let seal = |plain: &[u8]| super::seal_chunk_to(&recipients, plain);
+    let store = |id: &str, sealed: Vec<u8>| {
+        runtime.block_on(repository.repo.put(&manifest::chunk_object(id), sealed))
+    };
+    let stages = Stages {
+        name: &name,
+        file_hasher: &file_hasher,
+        seal: &seal,
+        store: &store,
+    };
+    // The state and services hashes read the state file once more; they run beside the
+    // upload (at the pipeline's priority) rather than before it.
+    let (hashes, uploaded) = std::thread::scope(|scope| {
+        let hashes = scope.spawn(|| {
+            super::pipeline::lower_priority();
+            let started = Instant::now();
+            let hashes = checkpoint_hashes(&state_path);
+            (hashes, started.elapsed().as_millis() as u64)
         });
-    }
+        let started = Instant::now();
+        let uploaded = super::pipeline::run(&stages, &paths, present, parallelism, progress);
+        let chunks_ms = started.elapsed().as_millis() as u64;
+        let hashes = hashes.join();
+        if let Ok((_, hashes_ms)) = &hashes {
+            tracing::info!(
+                chunks_ms,
+                hashes_ms,
+                workers = parallelism.workers,
+                "backup phases"
+            );
+        }
+        (hashes.map(|(h, _)| h), uploaded)
+    });
+    let (files, totals) = uploaded?;
+    let (state_hash, services) =
+        hashes.map_err(|_| BackupError::Invalid("hashing the checkpoint panicked".into()))??;
     let mut manifest = Manifest {
         format: manifest::FORMAT_VERSION,
         id: id.to_owned(),

@@ -214,6 +214,7 @@ async fn run(
     let key = RepoKey::read(&config.backup.repo_key_file)?;
     let repository = Repository::open(&config.backup.repo, key).await?;
     progress.phase("writing the checkpoint");
+    let checkpoint_started = std::time::Instant::now();
     let staging: PathBuf = node.cluster().data_dir().join(STAGING);
     let (checkpoint, meta) = {
         let node = Arc::clone(node);
@@ -240,6 +241,10 @@ async fn run(
         .await
         .map_err(|e| BackupError::Invalid(format!("checkpoint worker: {e}")))??
     };
+    tracing::info!(
+        checkpoint_ms = checkpoint_started.elapsed().as_millis() as u64,
+        "backup checkpoint written"
+    );
     let info = CheckpointInfo {
         cluster_id: node.cluster().identity().get(),
         node_id: node.cluster().id(),
@@ -249,9 +254,16 @@ async fn run(
     };
     let runtime = tokio::runtime::Handle::current();
     let progress_upload = Arc::clone(progress);
+    let parallelism = super::pipeline::Parallelism::new(config.backup.workers);
     let uploaded = tokio::task::spawn_blocking(move || {
-        let result =
-            super::create::upload(&repository, &runtime, &checkpoint, &info, &progress_upload);
+        let result = super::create::upload(
+            &repository,
+            &runtime,
+            &checkpoint,
+            &info,
+            &progress_upload,
+            parallelism,
+        );
         let _ = std::fs::remove_dir_all(&checkpoint.path);
         result
     })

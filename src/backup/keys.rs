@@ -163,6 +163,7 @@ impl Recipients {
 }
 
 /// Private keys that decrypt chunks (an age identity file).
+#[derive(Clone)]
 pub struct Identities(Vec<age::x25519::Identity>);
 
 impl Identities {

@@ -118,9 +118,13 @@ impl Repo {
                 ));
             }
             std::fs::create_dir_all(dir).map_err(|e| invalid(e.to_string()))?;
+            // fsync: every write is durable (file and directory entry) before it returns,
+            // as S3's are, so a manifest written after its chunks never outlives them
+            // across a power cut.
             Arc::new(
                 object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| invalid(e.to_string()))?,
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_fsync(true),
             )
         };
         Ok(Repo {

@@ -28,10 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Identities;
-use super::manifest::{self, FileEntry, Manifest};
+use super::manifest::{self, ChunkRef, FileEntry, Manifest};
+use super::pipeline::Parallelism;
 use super::{BackupError, Progress, Repository};
 use crate::cluster::Member;
 use crate::cluster::snapshot::{SnapshotFile, Snapshots};
@@ -40,6 +42,9 @@ use crate::log::{Log, LogOptions};
 use crate::store::{Store, StoreConfig};
 
 use crate::node::format::{RESTORE_INCOMPLETE as INCOMPLETE, RESTORED};
+
+/// Buffer of a restored file's writes, bytes: a few chunks per write call.
+const WRITE_BUFFER_BYTES: usize = 4 << 20;
 
 /// What to restore, where.
 #[derive(Debug, Clone)]
@@ -204,7 +209,9 @@ async fn restore_into(
 }
 
 /// Downloads one file of the backup into the snapshot directory, checking every chunk and
-/// the whole file's hash.
+/// the whole file's hash. Chunks are fetched and opened (decrypted, decompressed, name
+/// checked) [`Parallelism::in_flight`] at a time on blocking threads, and written in
+/// order as they come.
 pub(super) async fn download_file(
     repository: &Repository,
     identities: &Identities,
@@ -213,24 +220,20 @@ pub(super) async fn download_file(
     progress: &Arc<Progress>,
 ) -> Result<(), BackupError> {
     let path = local_path(into, &entry.name)?;
-    let mut out = BufWriter::new(File::create(&path).map_err(BackupError::io(&path))?);
+    let mut out = BufWriter::with_capacity(
+        WRITE_BUFFER_BYTES,
+        File::create(&path).map_err(BackupError::io(&path))?,
+    );
     let mut hasher = repository.key.file_hasher();
     let mut size = 0_u64;
-    for chunk in &entry.chunks {
-        let object = manifest::chunk_object(&chunk.id);
-        let sealed = repository
-            .repo
-            .get(&object)
-            .await?
-            .ok_or_else(|| BackupError::Corrupt {
-                object: object.clone(),
-                check: "presence".into(),
-                detail: format!("missing, and backup needs it for {}", entry.name),
-            })?;
-        progress
-            .transferred
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        let plain = repository.open_chunk(identities, &chunk.id, chunk.len, &sealed)?;
+    let parallelism = Parallelism::new(0);
+    let context = Arc::new((repository.clone(), identities.clone()));
+    let mut opened = futures::stream::iter(entry.chunks.iter().cloned())
+        .map(|chunk| open_chunk(Arc::clone(&context), chunk, &entry.name))
+        .buffered(parallelism.in_flight);
+    while let Some(chunk) = opened.next().await {
+        let (stored, plain) = chunk?;
+        progress.transferred.fetch_add(stored, Ordering::Relaxed);
         hasher.update(&plain);
         out.write_all(&plain).map_err(BackupError::io(&path))?;
         size += plain.len() as u64;
@@ -251,6 +254,34 @@ pub(super) async fn download_file(
         });
     }
     Ok(())
+}
+
+/// Fetches chunk `chunk` of file `file` and opens it on a blocking thread; returns its
+/// stored size and its checked plaintext.
+async fn open_chunk(
+    context: Arc<(Repository, Identities)>,
+    chunk: ChunkRef,
+    file: &str,
+) -> Result<(u64, Vec<u8>), BackupError> {
+    let object = manifest::chunk_object(&chunk.id);
+    let sealed = context
+        .0
+        .repo
+        .get(&object)
+        .await?
+        .ok_or_else(|| BackupError::Corrupt {
+            object: object.clone(),
+            check: "presence".into(),
+            detail: format!("missing, and backup needs it for {file}"),
+        })?;
+    let stored = sealed.len() as u64;
+    let plain = tokio::task::spawn_blocking(move || {
+        let (repository, identities) = &*context;
+        repository.open_chunk(identities, &chunk.id, chunk.len, &sealed)
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("restore worker: {e}")))??;
+    Ok((stored, plain))
 }
 
 /// Where a backup file goes in the snapshot directory; refuses any other name.

@@ -1,15 +1,18 @@
 //! `tandem backup verify`: download, decrypt and check every chunk the chosen backups
 //! need, and every manifest's MAC; report each problem by object and check rather than
-//! stopping at the first.
+//! stopping at the first. Each distinct chunk is checked once, several at a time
+//! ([`Parallelism`]); a backup is reported good only if every chunk it needs is.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::keys::Identities;
 use super::manifest::{self, Manifest};
+use super::pipeline::Parallelism;
 use super::{BackupError, Progress, Repository};
 
 /// What a verification found.
@@ -58,12 +61,15 @@ pub async fn verify(
     let total: u64 = manifests.iter().map(|m| m.totals.bytes_scanned).sum();
     progress.total.store(total, Ordering::Relaxed);
     progress.phase("checking chunks");
-    let mut checked: HashSet<String> = HashSet::new();
-    for manifest in &manifests {
-        let before = report.problems.len();
+    // Each distinct chunk once, with the first backup and file that need it (for the
+    // message); checked `in_flight` at a time, in any order.
+    let mut bad_manifests: HashSet<usize> = HashSet::new();
+    let mut first_need: HashMap<&str, (usize, &str, u64)> = HashMap::new();
+    for (at, manifest) in manifests.iter().enumerate() {
         for file in &manifest.files {
             let sum: u64 = file.chunks.iter().map(|c| c.len).sum();
             if sum != file.size {
+                bad_manifests.insert(at);
                 report.problems.push(format!(
                     "{}: file {} has chunks of {sum} bytes but a size of {}",
                     Manifest::object_name(&manifest.id),
@@ -72,24 +78,43 @@ pub async fn verify(
                 ));
             }
             for chunk in &file.chunks {
-                progress.done.fetch_add(chunk.len, Ordering::Relaxed);
-                if !checked.insert(chunk.id.clone()) {
-                    continue;
-                }
-                match check_chunk(repository, identities, &chunk.id, chunk.len).await {
-                    Ok(bytes) => {
-                        report.chunks_checked += 1;
-                        report.bytes_checked += chunk.len;
-                        progress.transferred.fetch_add(bytes, Ordering::Relaxed);
-                    }
-                    Err(e) => report.problems.push(format!(
-                        "{e} (needed by backup {}, file {})",
-                        manifest.id, file.name
-                    )),
-                }
+                first_need
+                    .entry(chunk.id.as_str())
+                    .or_insert((at, file.name.as_str(), chunk.len));
             }
         }
-        if report.problems.len() == before {
+    }
+    let context = Arc::new((repository.clone(), identities.clone()));
+    let mut checks = futures::stream::iter(first_need.iter())
+        .map(|(id, (_, _, len))| {
+            let (context, id, len) = (Arc::clone(&context), (*id).to_owned(), *len);
+            async move { (check_chunk(context, &id, len).await, id, len) }
+        })
+        .buffer_unordered(Parallelism::new(0).in_flight);
+    let mut failed: HashSet<String> = HashSet::new();
+    while let Some((outcome, id, len)) = checks.next().await {
+        progress.done.fetch_add(len, Ordering::Relaxed);
+        match outcome {
+            Ok(bytes) => {
+                report.chunks_checked += 1;
+                report.bytes_checked += len;
+                progress.transferred.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let (at, file, _) = first_need[id.as_str()];
+                report.problems.push(format!(
+                    "{e} (needed by backup {}, file {file})",
+                    manifests[at].id
+                ));
+                failed.insert(id);
+            }
+        }
+    }
+    drop(checks);
+    for (at, manifest) in manifests.iter().enumerate() {
+        // A backup is good only if every chunk it needs is, whichever backup's check
+        // found a bad one first.
+        if !bad_manifests.contains(&at) && !manifest.chunk_ids().any(|id| failed.contains(id)) {
             report.backups_ok.push(manifest.id.clone());
         }
     }
@@ -99,13 +124,13 @@ pub async fn verify(
 
 /// Downloads and checks one chunk; returns its stored size.
 async fn check_chunk(
-    repository: &Repository,
-    identities: &Identities,
+    context: Arc<(Repository, Identities)>,
     id: &str,
     len: u64,
 ) -> Result<u64, BackupError> {
     let object = manifest::chunk_object(id);
-    let sealed = repository
+    let sealed = context
+        .0
         .repo
         .get(&object)
         .await?
@@ -115,6 +140,12 @@ async fn check_chunk(
             detail: "missing".into(),
         })?;
     let stored = sealed.len() as u64;
-    repository.open_chunk(identities, id, len, &sealed)?;
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (repository, identities) = &*context;
+        repository.open_chunk(identities, &id, len, &sealed)
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("verify worker: {e}")))??;
     Ok(stored)
 }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod bench;
+pub mod bench_backup;
 pub mod bench_reco;
 pub mod bench_segments;
 pub mod cluster;
@@ -43,6 +44,8 @@ pub enum Command {
     BenchReco(bench_reco::RecoArgs),
     /// Measure real-time segment evaluation per event and the backfill rate.
     BenchSegments(bench_segments::SegmentsArgs),
+    /// Measure a backup's CPU per MB, stage by stage, on checkpoint files.
+    BenchBackupStages(bench_backup::StagesArgs),
     /// Administer cluster membership: status, add/remove/replace nodes, transfer leadership.
     Cluster(cluster::ClusterArgs),
     /// Measure profile read latency (run it during a load to measure reads while ingesting).
@@ -142,6 +145,11 @@ pub async fn run(cli: Cli) -> i32 {
         Command::BenchReco(args) => bench_reco::run_reco(args).await,
         Command::BenchSegments(args) => {
             tokio::task::spawn_blocking(move || bench_segments::run_segments(args))
+                .await
+                .unwrap_or(1)
+        }
+        Command::BenchBackupStages(args) => {
+            tokio::task::spawn_blocking(move || bench_backup::run_stages(args))
                 .await
                 .unwrap_or(1)
         }
