@@ -86,7 +86,54 @@ impl Facts for ProfileFacts<'_, '_> {
     }
 }
 
+/// What the segments an evaluation may cover read.
+struct Needs {
+    /// Computed-trait values (a rule reads one, or `Scope::Changed` compares them).
+    values: bool,
+    /// The profile's event index (a rule counts or tests events).
+    events: bool,
+}
+
 impl Segments {
+    /// Whether some rule reads a computed value (else a touch need not note the values
+    /// before the entry).
+    pub(super) fn reads_values(&self) -> bool {
+        self.segments
+            .iter()
+            .flat_map(|s| s.values())
+            .any(|s| s.rule.is_some() && !s.value_names.is_empty())
+    }
+
+    /// What evaluating in `scope` may read; `None` when no segment can be re-evaluated.
+    /// Conservative: every segment the scope could reach counts, whether or not its
+    /// inputs turn out to have changed.
+    fn needs(&self, scope: Scope<'_>) -> Option<Needs> {
+        let segments = self.segments.as_ref()?;
+        let mut needs: Option<Needs> = None;
+        for segment in segments.values().filter(|s| s.rule.is_some()) {
+            let reachable = match scope {
+                Scope::All | Scope::Targets(_) => true,
+                // Its events happened, its traits may have changed, a computed value or a
+                // membership it reads may have changed.
+                Scope::Changed(touch) => {
+                    segment.events.iter().any(|e| touch.events.contains(e))
+                        || (touch.traits_changed && segment.reads_traits)
+                        || !segment.value_names.is_empty()
+                        || !segment.refs.is_empty()
+                }
+            };
+            if reachable {
+                let needs = needs.get_or_insert(Needs {
+                    values: false,
+                    events: false,
+                });
+                needs.values |= !segment.value_names.is_empty();
+                needs.events |= !segment.events.is_empty();
+            }
+        }
+        needs
+    }
+
     /// Re-evaluates profile `profile_id` (the service's copy `subject`; `None` when it has
     /// none — merged away) against the segments in `scope` and those that depend on a
     /// segment whose membership it changes, at `moment`, recording every change with
@@ -109,12 +156,20 @@ impl Segments {
         let Some(segments) = self.segments.as_ref() else {
             return Ok(());
         };
+        // What the segments that may be re-evaluated read, decided before reading it: a
+        // superset of what evaluation needs, so the outcome is the same as reading it all,
+        // and a profile no rule can be re-evaluated for costs no reads.
+        let Some(needs) = self.needs(scope) else {
+            return Ok(());
+        };
         let computed = match subject {
-            Some(subject) => subject.computed.values(&self.trait_defs, moment.at_ms),
-            None => BTreeMap::new(),
+            Some(subject) if needs.values => {
+                subject.computed.values(&self.trait_defs, moment.at_ms)
+            }
+            _ => BTreeMap::new(),
         };
         let event_times = match subject {
-            Some(subject) if !self.event_names.is_empty() => state.event_times(
+            Some(subject) if needs.events => state.event_times(
                 &subject.ids(),
                 &self.event_names,
                 EVENT_SCAN_MAX,

@@ -298,3 +298,14 @@ fn memberships_and_transitions_follow_log_time() {
     assert_eq!(bulk.members, 602, "the backfill reached every customer");
     assert!(bulk.sweep.is_none(), "and finished, moved on by ticks");
 }
+
+/// The derived state of [`log`], as the service wrote it before its per-entry work was
+/// coalesced (each profile read once per entry, written once). A change here changes
+/// every replica's state: it must come with a new `LAYOUT`, never silently.
+const GOLDEN_HASH: &str = "148147f5c716228bdc26a23b72dd15778b9f2a37fe31a3b0016cdc2ebea938ea";
+
+#[test]
+fn the_state_of_a_known_log_is_unchanged_by_how_the_work_is_done() {
+    let (_, hash) = far_behind(BATCH_MAX, false).hash();
+    assert_eq!(hash, GOLDEN_HASH, "the segments state of the test log changed");
+}
