@@ -18,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 ROUNDS=${2:-2}
-TANDEM=target/release/tandem
+TANDEM=${TANDEM:-target/release/tandem}
 # shellcheck source=tools/bench-common.sh
 source tools/bench-common.sh
 ADMIN=demo-admin-key-not-secret

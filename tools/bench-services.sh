@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 SEGMENTS=${2:-0}
-TANDEM=target/release/tandem
+TANDEM=${TANDEM:-target/release/tandem}
 # shellcheck source=tools/bench-common.sh
 source tools/bench-common.sh
 ADMIN=bench-admin-key-not-secret
@@ -52,22 +52,26 @@ for n in $(seq 0 $((SEGMENTS - 1))); do
     [ "$code" = 201 ] || { echo "defining seg-$n: HTTP $code $(cat "$WORK/seg.out")"; exit 1; }
 done
 
-# CPU ticks per thread name (comm), and of the whole process.
-ticks() {
+# CPU ticks of every thread ("TID NAME TICKS"), sampled every second into $WORK/samples
+# so that a thread that exits (a worker replaced as hung) still counts up to its last
+# sample; per name, the sum over its threads of (last - first) ticks.
+sample() {
     for task in /proc/"$NODE"/task/*; do
         name=$(tr ' ' '_' <"$task/comm" 2>/dev/null) || continue
         # Fields after the ")" closing comm: utime and stime are the 12th and 13th.
         stat=$(sed 's/.*) //' "$task/stat" 2>/dev/null) || continue
-        echo "$name $(echo "$stat" | awk '{print $12 + $13}')"
-    done | awk '{t[$1] += $2} END {for (n in t) print n, t[n]}'
-    echo "TOTAL $(sed 's/.*) //' "/proc/$NODE/stat" | awk '{print $12 + $13}')"
+        echo "${task##*/} $name $(echo "$stat" | awk '{print $12 + $13}')"
+    done
+    echo "0 TOTAL $(sed 's/.*) //' "/proc/$NODE/stat" | awk '{print $12 + $13}')"
 }
 lag_total() {
     curl -s -H "Authorization: Bearer $ADMIN" "$URL/v1/admin/services" |
         python3 -c 'import json,sys; d=json.load(sys.stdin); s=d.get("services", d); print(sum(x["lag"] for x in s))'
 }
 
-ticks >"$WORK/before"
+sample >"$WORK/samples"
+( while kill -0 "$NODE" 2>/dev/null; do sample >>"$WORK/samples"; sleep 1; done ) &
+SAMPLER=$!; PIDS+=("$SAMPLER")
 started=$(date +%s)
 "$TANDEM" load --target "$URL" --write-key bench-write-key-not-secret --events "$EVENTS" \
     --concurrency 64 --batch-size 100 --quiet --seed 1 --replay --watch-pid "$NODE" |
@@ -78,17 +82,21 @@ until [ "$(lag_total)" = 0 ]; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "services did not catch up in ${CATCH_UP_S_MAX}s"; exit 1; }
     sleep 1
 done
-ticks >"$WORK/after"
+sample >>"$WORK/samples"
+kill "$SAMPLER" 2>/dev/null
 echo "services caught up $(( $(date +%s) - load_done )) s after the load ended ($(( $(date +%s) - started )) s in all)"
 
 HZ=$(getconf CLK_TCK)
 echo "== CPU per event, $EVENTS events, $SEGMENTS segments (thread: CPU s, µs per event, share of the node)"
-join <(sort "$WORK/before") <(sort "$WORK/after") | awk -v hz="$HZ" -v ev="$EVENTS" '
-    $1 == "TOTAL" {total = ($3 - $2) / hz}
-    {cpu[$1] = ($3 - $2) / hz}
+awk -v hz="$HZ" -v ev="$EVENTS" '
+    !($1 in first) {first[$1] = $3; name[$1] = $2}
+    {last[$1] = $3}
     END {
+        for (t in first) cpu[name[t]] += (last[t] - first[t]) / hz
+        total = cpu["TOTAL"]
         for (n in cpu) if (n != "TOTAL" && cpu[n] > 0)
             printf "%-18s %8.2f s %8.1f µs %5.1f%%\n", n, cpu[n], cpu[n] * 1e6 / ev, 100 * cpu[n] / total
         printf "%-18s %8.2f s %8.1f µs\n", "node total", total, total * 1e6 / ev
-    }' | sort -k4 -n -r
+    }' "$WORK/samples" | sort -k4 -n -r
+grep -c "service hung" "$WORK/node.log" | xargs echo "workers replaced as hung:"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

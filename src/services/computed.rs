@@ -67,7 +67,7 @@ impl Service for ComputedTraits {
     ) -> Result<usize, ServiceError> {
         // Every profile the batch touched, as it stands (`None`: merged away).
         let mut held: HashMap<u64, Option<ProfileTraits>> = HashMap::new();
-        let mut fetch = |held: &mut HashMap<u64, Option<ProfileTraits>>, profile: u64| {
+        let fetch = |held: &mut HashMap<u64, Option<ProfileTraits>>, profile: u64| {
             if !held.contains_key(&profile) {
                 held.insert(profile, Some(load(db, writes, profile)?));
             }
