@@ -57,7 +57,7 @@ struct ProfileFacts<'a, 'b> {
     /// Memberships decided in this evaluation.
     decided: BTreeMap<&'b str, bool>,
     /// Stored memberships (before this evaluation).
-    stored: &'a BTreeSet<String>,
+    stored: &'a keys::Memberships,
 }
 
 impl Facts for ProfileFacts<'_, '_> {
@@ -81,7 +81,7 @@ impl Facts for ProfileFacts<'_, '_> {
     fn in_segment(&self, id: &str) -> bool {
         match self.decided.get(id) {
             Some(member) => *member,
-            None => self.stored.contains(id),
+            None => self.stored.contains_key(id),
         }
     }
 }
@@ -239,19 +239,29 @@ impl Segments {
             if self.referenced.contains(id) {
                 facts.decided.insert(id.as_str(), member);
             }
-            if member != stored.contains(id.as_str()) {
+            if member != stored.contains_key(id.as_str()) {
                 changed_ids.insert(id.as_str());
                 changes.push((id.clone(), member));
             }
         }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut memberships = stored.clone();
         for (id, entered) in changes {
+            if entered {
+                memberships.insert(id.clone(), moment.at_ms);
+            } else {
+                memberships.remove(&id);
+            }
             self.record_change(writes, &id, profile_id, entered, (cause, moment));
         }
-        Ok(())
+        keys::store_memberships(writes, profile_id, &memberships)
     }
 
-    /// Applies one membership change: both indexes, the member count, the transition,
-    /// stamped with the entry's time.
+    /// Applies one membership change to the segment's side — its member index, its
+    /// member count — and records the transition, stamped with the entry's time. The
+    /// caller updates the profile's [`keys::Memberships`], once for all its changes.
     pub(super) fn record_change(
         &mut self,
         writes: &mut Writes,
@@ -266,13 +276,8 @@ impl Segments {
                 keys::member_key(id, profile_id),
                 at_ms.to_be_bytes().to_vec(),
             );
-            writes.put(
-                keys::profile_key(profile_id, id),
-                at_ms.to_be_bytes().to_vec(),
-            );
         } else {
             writes.delete(keys::member_key(id, profile_id));
-            writes.delete(keys::profile_key(profile_id, id));
         }
         if let Some(segment) = self.segments.as_mut().and_then(|s| s.get_mut(id)) {
             let members = &mut segment.record.members;

@@ -70,9 +70,11 @@ pub const TRANSITIONS_MAX: u64 = 1_000_000;
 /// decides where commits fall, never what is derived), well under the supervisor's hang
 /// timeout.
 const BATCH_TIME_MAX: Duration = Duration::from_millis(500);
-/// Layout of the records: 2 keeps a [`keys::Subject`] per profile (layout 1 kept computed
-/// traits only, and evaluated with the wall clock).
-const LAYOUT: u32 = 2;
+/// Layout of the records: 3 keeps a profile's segments in one record (layout 2 kept one
+/// key per membership, read with a prefix scan); 2 keeps a [`keys::Subject`] per profile
+/// (layout 1 kept computed traits only, and evaluated with the wall clock). A node that
+/// finds another layout rebuilds the service's state from the feed.
+const LAYOUT: u32 = 3;
 
 /// A segment as the service knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
