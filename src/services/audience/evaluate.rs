@@ -6,7 +6,7 @@
 //! events indexed in the node's state up to that entry — never the node's wall clock, and
 //! never what later entries changed, however far the node's state has moved on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -52,7 +52,8 @@ impl Touch {
 struct ProfileFacts<'a, 'b> {
     profile: Option<&'a Profile>,
     computed: &'a BTreeMap<String, Value>,
-    event_times: &'a [(String, i64)],
+    /// Times of the profile's events, by name, ascending.
+    event_times: &'a HashMap<String, Vec<i64>>,
     now_ms: i64,
     /// Memberships decided in this evaluation.
     decided: BTreeMap<&'b str, bool>,
@@ -71,11 +72,15 @@ impl Facts for ProfileFacts<'_, '_> {
     }
 
     fn event_count(&self, name: &str, within_ms: Option<i64>) -> u64 {
-        let since = within_ms.map(|w| self.now_ms.saturating_sub(w));
-        self.event_times
-            .iter()
-            .filter(|(n, at)| n == name && since.is_none_or(|since| *at > since))
-            .count() as u64
+        let Some(times) = self.event_times.get(name) else {
+            return 0;
+        };
+        // Events strictly after `since` count.
+        let older = match within_ms.map(|w| self.now_ms.saturating_sub(w)) {
+            Some(since) => times.partition_point(|at| *at <= since),
+            None => 0,
+        };
+        (times.len() - older) as u64
     }
 
     fn in_segment(&self, id: &str) -> bool {
@@ -168,15 +173,21 @@ impl Segments {
             }
             _ => BTreeMap::new(),
         };
-        let event_times = match subject {
-            Some(subject) if needs.events => state.event_times(
+        let mut event_times: HashMap<String, Vec<i64>> = HashMap::new();
+        if let Some(subject) = subject.filter(|_| needs.events) {
+            // Grouped by name and sorted once, so each event condition is a lookup and a
+            // binary search rather than a pass over the whole history.
+            let events = state.event_times(
                 &subject.ids(),
                 &self.event_names,
                 EVENT_SCAN_MAX,
                 moment.before_seq,
-            )?,
-            _ => Vec::new(),
-        };
+            )?;
+            for (name, at) in events {
+                event_times.entry(name).or_default().push(at);
+            }
+            event_times.values_mut().for_each(|times| times.sort_unstable());
+        }
         let stored = keys::memberships(db, writes, profile_id)?;
         let mut facts = ProfileFacts {
             profile: subject.map(|s| &s.profile),
