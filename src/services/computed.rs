@@ -68,8 +68,8 @@ impl Service for ComputedTraits {
         // Every profile the batch touched, as it stands (`None`: merged away).
         let mut held: HashMap<u64, Option<ProfileTraits>> = HashMap::new();
         let fetch = |held: &mut HashMap<u64, Option<ProfileTraits>>, profile: u64| {
-            if !held.contains_key(&profile) {
-                held.insert(profile, Some(load(db, writes, profile)?));
+            if let std::collections::hash_map::Entry::Vacant(slot) = held.entry(profile) {
+                slot.insert(Some(load(db, writes, profile)?));
             }
             Ok::<_, ServiceError>(())
         };
@@ -81,7 +81,8 @@ impl Service for ComputedTraits {
                         .get_mut(profile)
                         .map(|slot| slot.get_or_insert_with(ProfileTraits::new));
                     if let Some(traits) = traits {
-                        traits.observe(&self.defs, &ServiceEvent::from_feed(*seq, *profile, stored));
+                        traits
+                            .observe(&self.defs, &ServiceEvent::from_feed(*seq, *profile, stored));
                     }
                 }
                 // Never emitted by the state; mirrors what a read-modify-write would do.
@@ -94,7 +95,7 @@ impl Service for ComputedTraits {
                     let absorbed = held
                         .insert(*from, None)
                         .flatten()
-                        .unwrap_or_else(ProfileTraits::new);
+                        .unwrap_or_default();
                     if let Some(slot) = held.get_mut(into) {
                         slot.get_or_insert_with(ProfileTraits::new)
                             .merge(absorbed, &self.defs);

@@ -57,7 +57,12 @@ fn log() -> Vec<Command> {
         // Ties the anonymous profile to the customer: a merge in the middle of the entry.
         first.push(json!({"type": "identify", "messageId": format!("i{n}"),
                           "userId": format!("u{n}"), "anonymousId": anon}));
-        first.push(order(&format!("c{n}"), (&format!("u{n}"), ""), 5 * n, "Toys"));
+        first.push(order(
+            &format!("c{n}"),
+            (&format!("u{n}"), ""),
+            5 * n,
+            "Toys",
+        ));
     }
     let second = vec![
         json!({"type": "alias", "messageId": "al1", "userId": "u1", "previousId": "u2"}),
@@ -117,7 +122,10 @@ fn run(limit: usize) -> (String, u64) {
 #[test]
 fn folding_a_batch_in_memory_gives_the_state_of_one_record_at_a_time() {
     let (one_by_one, records) = run(1);
-    assert!(records >= 19, "a profile per customer, merged ones gone: {records}");
+    assert!(
+        records >= 19,
+        "a profile per customer, merged ones gone: {records}"
+    );
     let (batched, batched_records) = run(BATCH_MAX);
     assert_eq!(
         (batched, batched_records),

@@ -186,7 +186,9 @@ impl Segments {
             for (name, at) in events {
                 event_times.entry(name).or_default().push(at);
             }
-            event_times.values_mut().for_each(|times| times.sort_unstable());
+            event_times
+                .values_mut()
+                .for_each(|times| times.sort_unstable());
         }
         let stored = keys::memberships(db, writes, profile_id)?;
         let mut facts = ProfileFacts {

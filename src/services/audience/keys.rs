@@ -220,9 +220,11 @@ pub fn members(
 
 /// The segments `profile` is a member of, with when it entered, in segment id order.
 pub fn segments_of(db: &ServiceDb, profile: u64) -> Result<Vec<(String, i64)>, ServiceError> {
-    Ok(decode_memberships(db.get(&memberships_key(profile))?.as_deref())?
-        .into_iter()
-        .collect())
+    Ok(
+        decode_memberships(db.get(&memberships_key(profile))?.as_deref())?
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// Up to `limit` transitions after `after`, oldest first.

@@ -291,15 +291,7 @@ impl Segments {
                 None => (Scope::All, "event"),
             };
             let subject = held.get(&profile).and_then(Option::as_ref);
-            self.evaluate_profile(
-                db,
-                state,
-                writes,
-                profile,
-                subject,
-                scope,
-                (cause, moment),
-            )?;
+            self.evaluate_profile(db, state, writes, profile, subject, scope, (cause, moment))?;
         }
         self.start_due_refreshes(moment);
         let budget = if tick {

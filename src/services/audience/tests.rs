@@ -347,6 +347,13 @@ fn the_state_of_a_known_log_is_unchanged_by_how_the_work_is_done() {
             from_profiles.push((profile, id, at));
         }
     }
-    assert!(from_segments.len() > 600, "{} memberships", from_segments.len());
-    assert_eq!(from_profiles, from_segments, "the two membership indexes agree");
+    assert!(
+        from_segments.len() > 600,
+        "{} memberships",
+        from_segments.len()
+    );
+    assert_eq!(
+        from_profiles, from_segments,
+        "the two membership indexes agree"
+    );
 }
