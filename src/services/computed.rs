@@ -92,10 +92,7 @@ impl Service for ComputedTraits {
                 (FeedRecord::Merged { into, from }, _) => {
                     fetch(&mut held, *from)?;
                     fetch(&mut held, *into)?;
-                    let absorbed = held
-                        .insert(*from, None)
-                        .flatten()
-                        .unwrap_or_default();
+                    let absorbed = held.insert(*from, None).flatten().unwrap_or_default();
                     if let Some(slot) = held.get_mut(into) {
                         slot.get_or_insert_with(ProfileTraits::new)
                             .merge(absorbed, &self.defs);
