@@ -6,7 +6,7 @@
 //! events indexed in the node's state up to that entry — never the node's wall clock, and
 //! never what later entries changed, however far the node's state has moved on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -52,12 +52,13 @@ impl Touch {
 struct ProfileFacts<'a, 'b> {
     profile: Option<&'a Profile>,
     computed: &'a BTreeMap<String, Value>,
-    event_times: &'a [(String, i64)],
+    /// Times of the profile's events, by name, ascending.
+    event_times: &'a HashMap<String, Vec<i64>>,
     now_ms: i64,
     /// Memberships decided in this evaluation.
     decided: BTreeMap<&'b str, bool>,
     /// Stored memberships (before this evaluation).
-    stored: &'a BTreeSet<String>,
+    stored: &'a keys::Memberships,
 }
 
 impl Facts for ProfileFacts<'_, '_> {
@@ -71,22 +72,73 @@ impl Facts for ProfileFacts<'_, '_> {
     }
 
     fn event_count(&self, name: &str, within_ms: Option<i64>) -> u64 {
-        let since = within_ms.map(|w| self.now_ms.saturating_sub(w));
-        self.event_times
-            .iter()
-            .filter(|(n, at)| n == name && since.is_none_or(|since| *at > since))
-            .count() as u64
+        let Some(times) = self.event_times.get(name) else {
+            return 0;
+        };
+        // Events strictly after `since` count.
+        let older = match within_ms.map(|w| self.now_ms.saturating_sub(w)) {
+            Some(since) => times.partition_point(|at| *at <= since),
+            None => 0,
+        };
+        (times.len() - older) as u64
     }
 
     fn in_segment(&self, id: &str) -> bool {
         match self.decided.get(id) {
             Some(member) => *member,
-            None => self.stored.contains(id),
+            None => self.stored.contains_key(id),
         }
     }
 }
 
+/// What the segments an evaluation may cover read.
+struct Needs {
+    /// Computed-trait values (a rule reads one, or `Scope::Changed` compares them).
+    values: bool,
+    /// The profile's event index (a rule counts or tests events).
+    events: bool,
+}
+
 impl Segments {
+    /// Whether some rule reads a computed value (else a touch need not note the values
+    /// before the entry).
+    pub(super) fn reads_values(&self) -> bool {
+        self.segments
+            .iter()
+            .flat_map(|s| s.values())
+            .any(|s| s.rule.is_some() && !s.value_names.is_empty())
+    }
+
+    /// What evaluating in `scope` may read; `None` when no segment can be re-evaluated.
+    /// Conservative: every segment the scope could reach counts, whether or not its
+    /// inputs turn out to have changed.
+    fn needs(&self, scope: Scope<'_>) -> Option<Needs> {
+        let segments = self.segments.as_ref()?;
+        let mut needs: Option<Needs> = None;
+        for segment in segments.values().filter(|s| s.rule.is_some()) {
+            let reachable = match scope {
+                Scope::All | Scope::Targets(_) => true,
+                // Its events happened, its traits may have changed, a computed value or a
+                // membership it reads may have changed.
+                Scope::Changed(touch) => {
+                    segment.events.iter().any(|e| touch.events.contains(e))
+                        || (touch.traits_changed && segment.reads_traits)
+                        || !segment.value_names.is_empty()
+                        || !segment.refs.is_empty()
+                }
+            };
+            if reachable {
+                let needs = needs.get_or_insert(Needs {
+                    values: false,
+                    events: false,
+                });
+                needs.values |= !segment.value_names.is_empty();
+                needs.events |= !segment.events.is_empty();
+            }
+        }
+        needs
+    }
+
     /// Re-evaluates profile `profile_id` (the service's copy `subject`; `None` when it has
     /// none — merged away) against the segments in `scope` and those that depend on a
     /// segment whose membership it changes, at `moment`, recording every change with
@@ -109,19 +161,35 @@ impl Segments {
         let Some(segments) = self.segments.as_ref() else {
             return Ok(());
         };
-        let computed = match subject {
-            Some(subject) => subject.computed.values(&self.trait_defs, moment.at_ms),
-            None => BTreeMap::new(),
+        // What the segments that may be re-evaluated read, decided before reading it: a
+        // superset of what evaluation needs, so the outcome is the same as reading it all,
+        // and a profile no rule can be re-evaluated for costs no reads.
+        let Some(needs) = self.needs(scope) else {
+            return Ok(());
         };
-        let event_times = match subject {
-            Some(subject) if !self.event_names.is_empty() => state.event_times(
+        let computed = match subject {
+            Some(subject) if needs.values => {
+                subject.computed.values(&self.trait_defs, moment.at_ms)
+            }
+            _ => BTreeMap::new(),
+        };
+        let mut event_times: HashMap<String, Vec<i64>> = HashMap::new();
+        if let Some(subject) = subject.filter(|_| needs.events) {
+            // Grouped by name and sorted once, so each event condition is a lookup and a
+            // binary search rather than a pass over the whole history.
+            let events = state.event_times(
                 &subject.ids(),
                 &self.event_names,
                 EVENT_SCAN_MAX,
                 moment.before_seq,
-            )?,
-            _ => Vec::new(),
-        };
+            )?;
+            for (name, at) in events {
+                event_times.entry(name).or_default().push(at);
+            }
+            event_times
+                .values_mut()
+                .for_each(|times| times.sort_unstable());
+        }
         let stored = keys::memberships(db, writes, profile_id)?;
         let mut facts = ProfileFacts {
             profile: subject.map(|s| &s.profile),
@@ -184,19 +252,29 @@ impl Segments {
             if self.referenced.contains(id) {
                 facts.decided.insert(id.as_str(), member);
             }
-            if member != stored.contains(id.as_str()) {
+            if member != stored.contains_key(id.as_str()) {
                 changed_ids.insert(id.as_str());
                 changes.push((id.clone(), member));
             }
         }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut memberships = stored.clone();
         for (id, entered) in changes {
+            if entered {
+                memberships.insert(id.clone(), moment.at_ms);
+            } else {
+                memberships.remove(&id);
+            }
             self.record_change(writes, &id, profile_id, entered, (cause, moment));
         }
-        Ok(())
+        keys::store_memberships(writes, profile_id, &memberships)
     }
 
-    /// Applies one membership change: both indexes, the member count, the transition,
-    /// stamped with the entry's time.
+    /// Applies one membership change to the segment's side — its member index, its
+    /// member count — and records the transition, stamped with the entry's time. The
+    /// caller updates the profile's [`keys::Memberships`], once for all its changes.
     pub(super) fn record_change(
         &mut self,
         writes: &mut Writes,
@@ -211,13 +289,8 @@ impl Segments {
                 keys::member_key(id, profile_id),
                 at_ms.to_be_bytes().to_vec(),
             );
-            writes.put(
-                keys::profile_key(profile_id, id),
-                at_ms.to_be_bytes().to_vec(),
-            );
         } else {
             writes.delete(keys::member_key(id, profile_id));
-            writes.delete(keys::profile_key(profile_id, id));
         }
         if let Some(segment) = self.segments.as_mut().and_then(|s| s.get_mut(id)) {
             let members = &mut segment.record.members;

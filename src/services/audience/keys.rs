@@ -4,14 +4,18 @@
 //! Keys (one byte of prefix, then the rest):
 //! - `s` + segment id → [`SegmentRecord`];
 //! - `m` + segment id + `\0` + profile → entered-at (ms), for paginated member lists;
-//! - `p` + profile + segment id → entered-at (ms), for a profile's segments;
+//! - `p` + profile → [`Memberships`]: the profile's segments with when it entered each,
+//!   one record read with a point lookup (a prefix scan over a large tree costs several
+//!   times more) and written once per evaluation that changes it;
 //! - `t` + profile → [`Subject`];
 //! - `x` + sequence → [`Transition`];
 //! - `n:transition` → the next transition's sequence.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{SEGMENTS_MAX, SegmentRecord, Transition};
+use super::{SegmentRecord, Transition};
 use crate::model::profile::Profile;
 use crate::services::db::{ServiceDb, ServiceError, Writes};
 use crate::services::event::ServiceEvent;
@@ -88,15 +92,12 @@ pub(super) fn member_key(id: &str, profile: u64) -> Vec<u8> {
     key
 }
 
-fn profile_prefix(profile: u64) -> Vec<u8> {
+/// A profile's segments, each with when it entered (log time, ms since the epoch).
+pub(super) type Memberships = BTreeMap<String, i64>;
+
+fn memberships_key(profile: u64) -> Vec<u8> {
     let mut key = vec![PROFILE];
     key.extend_from_slice(&profile.to_be_bytes());
-    key
-}
-
-pub(super) fn profile_key(profile: u64, id: &str) -> Vec<u8> {
-    let mut key = profile_prefix(profile);
-    key.extend_from_slice(id.as_bytes());
     key
 }
 
@@ -153,20 +154,36 @@ pub(super) fn store_subject(
     Ok(())
 }
 
-/// The segments `profile` is a stored member of, staged writes included: one prefix scan
-/// rather than a lookup per segment (a profile holds at most one membership per segment).
+/// The segments `profile` is a stored member of, staged writes included.
 pub(super) fn memberships(
     db: &ServiceDb,
     writes: &Writes,
     profile: u64,
-) -> Result<std::collections::BTreeSet<String>, ServiceError> {
-    let prefix = profile_prefix(profile);
-    let id_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-    Ok(writes
-        .scan(db, &prefix, None, SEGMENTS_MAX)?
-        .iter()
-        .map(|(key, _)| id_of(key))
-        .collect())
+) -> Result<Memberships, ServiceError> {
+    decode_memberships(writes.get(db, &memberships_key(profile))?.as_deref())
+}
+
+fn decode_memberships(bytes: Option<&[u8]>) -> Result<Memberships, ServiceError> {
+    match bytes {
+        Some(bytes) => postcard::from_bytes(bytes).map_err(|e| corrupt("memberships", e)),
+        None => Ok(Memberships::new()),
+    }
+}
+
+/// Stages `profile`'s memberships (none: the record is deleted).
+pub(super) fn store_memberships(
+    writes: &mut Writes,
+    profile: u64,
+    memberships: &Memberships,
+) -> Result<(), ServiceError> {
+    let key = memberships_key(profile);
+    if memberships.is_empty() {
+        writes.delete(key);
+    } else {
+        let bytes = postcard::to_stdvec(memberships).map_err(|e| corrupt("memberships", e))?;
+        writes.put(key, bytes);
+    }
+    Ok(())
 }
 
 // ---- reads (the API) ---------------------------------------------------------------------
@@ -201,17 +218,13 @@ pub fn members(
         .collect()
 }
 
-/// The segments `profile` is a member of, with when it entered.
+/// The segments `profile` is a member of, with when it entered, in segment id order.
 pub fn segments_of(db: &ServiceDb, profile: u64) -> Result<Vec<(String, i64)>, ServiceError> {
-    let prefix = profile_prefix(profile);
-    let page = db.scan(&prefix, None, 10_000)?;
-    page.into_iter()
-        .map(|(key, value)| {
-            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let at = decode_u64(&value, "entered at")? as i64;
-            Ok((id, at))
-        })
-        .collect()
+    Ok(
+        decode_memberships(db.get(&memberships_key(profile))?.as_deref())?
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// Up to `limit` transitions after `after`, oldest first.

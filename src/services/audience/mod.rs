@@ -29,7 +29,8 @@
 //! Event conditions are answered from the node's state (the profile's event index, up to
 //! the entry being processed), the last [`EVENT_SCAN_MAX`] events of a profile at most.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,9 +70,11 @@ pub const TRANSITIONS_MAX: u64 = 1_000_000;
 /// decides where commits fall, never what is derived), well under the supervisor's hang
 /// timeout.
 const BATCH_TIME_MAX: Duration = Duration::from_millis(500);
-/// Layout of the records: 2 keeps a [`keys::Subject`] per profile (layout 1 kept computed
-/// traits only, and evaluated with the wall clock).
-const LAYOUT: u32 = 2;
+/// Layout of the records: 3 keeps a profile's segments in one record (layout 2 kept one
+/// key per membership, read with a prefix scan); 2 keeps a [`keys::Subject`] per profile
+/// (layout 1 kept computed traits only, and evaluated with the wall clock). A node that
+/// finds another layout rebuilds the service's state from the feed.
+const LAYOUT: u32 = 3;
 
 /// A segment as the service knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +215,9 @@ impl Segments {
             return Ok(());
         };
         let moment = Moment::of(first);
+        // Every profile the entry touched, as it stands after the entry (`None`: merged
+        // away, or never seen): read once, folded in memory, written once below.
+        let mut held: HashMap<u64, Option<keys::Subject>> = HashMap::new();
         // Per touched profile: what changed (`None`: a merge or a new profile — evaluate
         // everything).
         let mut touched: BTreeMap<u64, Option<Touch>> = BTreeMap::new();
@@ -220,36 +226,45 @@ impl Segments {
         for item in entry {
             match (&item.record, &item.event) {
                 (FeedRecord::Event { seq, profile }, Some(stored)) => {
-                    let known = keys::load_subject(db, writes, *profile)?;
+                    let slot = hold(&mut held, db, writes, *profile)?;
                     if !touched.contains_key(profile) {
                         // A profile new to the service is evaluated against everything:
                         // rules such as `orders_count == 0` hold before any input changes.
-                        let touch = known.as_ref().map(|subject| {
-                            Touch::new(subject.computed.values(&self.trait_defs, moment.at_ms))
+                        let reads_values = self.reads_values();
+                        let touch = slot.as_ref().map(|subject| {
+                            Touch::new(if reads_values {
+                                subject.computed.values(&self.trait_defs, moment.at_ms)
+                            } else {
+                                BTreeMap::new()
+                            })
                         });
                         touched.insert(*profile, touch);
                     }
                     let event = ServiceEvent::from_feed(*seq, *profile, stored);
                     if let Some(Some(touch)) = touched.get_mut(profile) {
-                        touch.events.insert(event.name.clone());
+                        if !touch.events.contains(&event.name) {
+                            touch.events.insert(event.name.clone());
+                        }
                         // Only identify and group calls carry profile traits.
                         touch.traits_changed |= !matches!(
                             event.kind,
                             MessageType::Track | MessageType::Page | MessageType::Screen
                         );
                     }
-                    let mut subject = known.unwrap_or_else(|| keys::Subject::new(*profile));
-                    subject.observe(&self.trait_defs, &event, stored.traits_json.as_deref());
-                    keys::store_subject(writes, *profile, &subject)?;
+                    slot.get_or_insert_with(|| keys::Subject::new(*profile))
+                        .observe(&self.trait_defs, &event, stored.traits_json.as_deref());
                 }
                 (FeedRecord::Merged { into, from }, _) => {
-                    let absorbed = keys::load_subject(db, writes, *from)?
+                    let absorbed = hold(&mut held, db, writes, *from)?
+                        .take()
                         .unwrap_or_else(|| keys::Subject::new(*from));
-                    let mut survivor = keys::load_subject(db, writes, *into)?
-                        .unwrap_or_else(|| keys::Subject::new(*into));
-                    survivor.absorb(absorbed, &self.trait_defs);
-                    keys::store_subject(writes, *into, &survivor)?;
-                    writes.delete(keys::subject_key(*from));
+                    // (`into == from` never comes from the state; it leaves the profile
+                    // deleted, as a read-modify-write per record would.)
+                    if into != from {
+                        hold(&mut held, db, writes, *into)?
+                            .get_or_insert_with(|| keys::Subject::new(*into))
+                            .absorb(absorbed, &self.trait_defs);
+                    }
                     touched.insert(*into, None);
                     touched.insert(*from, None);
                     merged.insert(*into);
@@ -263,22 +278,20 @@ impl Segments {
                 (FeedRecord::Event { .. }, None) => {}
             }
         }
+        for (profile, subject) in &held {
+            match subject {
+                Some(subject) => keys::store_subject(writes, *profile, subject)?,
+                None => writes.delete(keys::subject_key(*profile)),
+            }
+        }
         for (profile, touch) in touched {
             let (scope, cause) = match &touch {
                 Some(touch) => (Scope::Changed(touch), "event"),
                 None if merged.contains(&profile) => (Scope::All, "merge"),
                 None => (Scope::All, "event"),
             };
-            let subject = keys::load_subject(db, writes, profile)?;
-            self.evaluate_profile(
-                db,
-                state,
-                writes,
-                profile,
-                subject.as_ref(),
-                scope,
-                (cause, moment),
-            )?;
+            let subject = held.get(&profile).and_then(Option::as_ref);
+            self.evaluate_profile(db, state, writes, profile, subject, scope, (cause, moment))?;
         }
         self.start_due_refreshes(moment);
         let budget = if tick {
@@ -288,6 +301,20 @@ impl Segments {
         };
         self.advance_sweeps(db, state, writes, budget, moment)
     }
+}
+
+/// The slot of `profile` in `held`, loaded from the service's records (staged writes
+/// included) the first time the entry touches it.
+fn hold<'a>(
+    held: &'a mut HashMap<u64, Option<keys::Subject>>,
+    db: &ServiceDb,
+    writes: &Writes,
+    profile: u64,
+) -> Result<&'a mut Option<keys::Subject>, ServiceError> {
+    Ok(match held.entry(profile) {
+        Entry::Occupied(slot) => slot.into_mut(),
+        Entry::Vacant(slot) => slot.insert(keys::load_subject(db, writes, profile)?),
+    })
 }
 
 impl Service for Segments {

@@ -81,6 +81,9 @@ impl Segments {
         let page = writes.scan(db, &prefix, None, limit)?;
         for (key, _) in &page {
             let profile = keys::decode_u64(&key[prefix.len()..], "member key")?;
+            let mut memberships = keys::memberships(db, writes, profile)?;
+            memberships.remove(id);
+            keys::store_memberships(writes, profile, &memberships)?;
             self.record_change(writes, id, profile, false, ("deleted", moment));
         }
         if let Some(segment) = self.segments.as_mut().and_then(|s| s.get_mut(id)) {
