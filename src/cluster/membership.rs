@@ -180,6 +180,9 @@ fn raft_error(error: impl std::fmt::Display) -> MembershipError {
     MembershipError::Raft(error.to_string())
 }
 
+/// How long `add_learner` waits for a committed learner to show in the metrics.
+const LEARNER_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Adds `id` as a learner (it starts catching up at once). Idempotent for the same node.
 pub async fn add_learner(raft: &Raft, id: u64, member: Member) -> Result<(), MembershipError> {
     let view = require_leader(raft)?;
@@ -197,6 +200,16 @@ pub async fn add_learner(raft: &Raft, id: u64, member: Member) -> Result<(), Mem
         )));
     }
     raft.add_learner(id, member, false)
+        .await
+        .map_err(raft_error)?;
+    // The change is committed, but the membership views (and so `promote`) read openraft's
+    // metrics, which publish it a moment later: reply only once the learner is visible, so
+    // "add, then promote" never fails with "not a learner".
+    raft.wait(Some(LEARNER_VISIBLE_WAIT))
+        .metrics(
+            |m| m.membership_config.membership().get_node(&id).is_some(),
+            "the new learner in the membership metrics",
+        )
         .await
         .map_err(raft_error)?;
     Ok(())
