@@ -35,7 +35,7 @@
 //! event index by the entry's position), so a store ahead of its cursor changes nothing.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,12 +46,14 @@ use crate::store::Store;
 use crate::store::read::{FeedItem, Reader};
 
 mod handover;
+mod progress;
 
 pub use handover::{ServiceHash, ServicesExport, combined_hash, records_hash};
 
 /// Most feed entries one batch processes.
 pub const BATCH_MAX: usize = 512;
-/// A worker busy on one batch for longer than this is considered hung and replaced.
+/// A worker busy on one batch for longer than this without getting CPU (or having spent
+/// this much CPU on it) is considered hung and replaced; see [`progress`].
 pub const HANG_TIMEOUT: Duration = Duration::from_secs(3);
 /// A worker busy on one batch for longer than this is reported degraded (slow).
 pub const SLOW_BATCH: Duration = Duration::from_secs(1);
@@ -213,6 +215,9 @@ struct Shared {
     commit_lock: Mutex<()>,
     /// When the current batch started (ms since an epoch of the supervisor), 0 when idle.
     busy_since_ms: AtomicU64,
+    /// The current worker's thread id (0: not started yet), whose CPU clock tells a hung
+    /// batch from a starved one.
+    worker_tid: AtomicI32,
     cursor: AtomicU64,
     /// What the service last said [`Service::wants_ticks`].
     wants_ticks: AtomicBool,
@@ -232,6 +237,8 @@ struct WorkerState {
     healthy_since: Option<Instant>,
     /// The cursor of the last state imported from a snapshot.
     imported_cursor: Option<u64>,
+    /// The current batch's CPU use, as the supervisor saw it.
+    progress: progress::Progress,
 }
 
 /// Supervises a set of services.
@@ -262,6 +269,7 @@ impl Supervisor {
                     generation: AtomicU64::new(0),
                     commit_lock: Mutex::new(()),
                     busy_since_ms: AtomicU64::new(0),
+                    worker_tid: AtomicI32::new(0),
                     cursor: AtomicU64::new(cursor),
                     wants_ticks: AtomicBool::new(false),
                     fault: AtomicU8::new(0),
@@ -274,6 +282,7 @@ impl Supervisor {
                         lag: 0,
                         healthy_since: None,
                         imported_cursor: None,
+                        progress: progress::Progress::default(),
                     }),
                     epoch: Instant::now(),
                 })
@@ -380,6 +389,10 @@ fn spawn_worker(shared: &Arc<Shared>) {
         .name(format!("tandem-svc-{}", shared.name))
         .spawn(move || {
             lower_priority(worker.name);
+            // SAFETY: gettid takes nothing and returns the calling thread's id.
+            worker
+                .worker_tid
+                .store(unsafe { libc::gettid() }, Ordering::Release);
             catch_unwind(AssertUnwindSafe(|| run(&worker, generation)))
                 .unwrap_or_else(|panic| Err(panic_message(&panic)))
         });
@@ -444,15 +457,27 @@ fn watch(shared: &Arc<Shared>) {
         state.restart_at = Some(Instant::now() + state.backoff);
         state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
     }
+    if busy_since != 0 {
+        let tid = shared.worker_tid.load(Ordering::Acquire);
+        let cpu = if tid > 0 {
+            progress::thread_cpu_ns(tid)
+        } else {
+            None
+        };
+        state.progress.observe(busy_since, now, cpu);
+    }
     if busy_since != 0
-        && now.saturating_sub(busy_since) > HANG_TIMEOUT.as_millis() as u64
+        && state.progress.hung(busy_since, now, HANG_TIMEOUT)
         && state.thread.is_some()
     {
         tracing::error!(
             service = shared.name,
+            busy_ms = now.saturating_sub(busy_since),
             "service hung; starting a replacement worker"
         );
-        state.degraded = Some(format!("hung for more than {HANG_TIMEOUT:?}; replaced"));
+        state.degraded = Some(format!(
+            "hung (no progress for more than {HANG_TIMEOUT:?}); replaced"
+        ));
         // The hung thread is abandoned: fenced off by the generation, it exits if it ever
         // wakes up.
         state.thread = None;
