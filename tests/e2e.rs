@@ -289,13 +289,24 @@ impl Up {
     }
 
     /// The pids of `tandem up`'s child processes (its nodes).
+    /// (Each thread lists the children it spawned, and `tandem up` spawns its nodes from
+    /// blocking-pool threads, so every thread's list is read.)
     fn children(&self) -> Vec<u32> {
         let pid = self.child.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        let mut children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        children.sort_unstable();
+        children.dedup();
+        children
     }
 
     fn remember(&mut self, nodes: &[u32]) {
@@ -320,9 +331,13 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        for pid in &self.nodes {
-            if alive(*pid) {
-                kill(*pid, "-KILL");
+        // The nodes it has now as well as those seen before: a test that fails before
+        // `remember` must not orphan them when `tandem up` itself is killed.
+        let mut nodes = self.children();
+        nodes.extend(&self.nodes);
+        for pid in nodes {
+            if alive(pid) {
+                kill(pid, "-KILL");
             }
         }
         let _ = self.child.kill();
