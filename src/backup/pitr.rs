@@ -30,7 +30,6 @@ use super::keys::Identities;
 use super::manifest::Manifest;
 use super::restore::{Options, Restored};
 use super::{BackupError, Progress, Repository};
-use crate::cluster::Member;
 use crate::cluster::derived::{DerivedExport, DerivedState};
 use crate::cluster::snapshot::{SnapshotFile, Snapshots};
 use crate::cluster::types::Entry;
@@ -351,14 +350,7 @@ fn finish(
             ),
         });
     }
-    let member = Member {
-        url: String::new(),
-        peer_url: String::new(),
-        region: options.region.clone(),
-    };
-    let (meta, node_id) =
-        crate::cluster::state_machine::rebase_for_new_cluster(&store, options.node_id, member)
-            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+    let (meta, node_id) = super::restore::rebase_as_new_cluster(&store, options)?;
     let last = meta
         .last_log_id
         .filter(|id| id.index == landed)

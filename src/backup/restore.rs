@@ -378,6 +378,23 @@ pub(super) fn import_checkpoint(
     Ok((log, store, state_hash, services_hash))
 }
 
+/// Makes the restored `store` the state of a new cluster whose only voter is the new node
+/// (`options.node_id`, or one above every old id); returns the new snapshot meta and id.
+pub(super) fn rebase_as_new_cluster(
+    store: &Store,
+    options: &Options,
+) -> Result<(crate::cluster::types::SnapshotMeta, u64), BackupError> {
+    // The addresses are unknown until the node starts; it writes them in then
+    // (`crate::cluster::membership::refresh_own_address`).
+    let member = Member {
+        url: String::new(),
+        peer_url: String::new(),
+        region: options.region.clone(),
+    };
+    crate::cluster::state_machine::rebase_for_new_cluster(store, options.node_id, member)
+        .map_err(|e| BackupError::Invalid(e.to_string()))
+}
+
 /// The local half: a data directory from the downloaded checkpoint. Blocking.
 fn build_data_dir(
     options: &Options,
@@ -388,16 +405,7 @@ fn build_data_dir(
 ) -> Result<Restored, BackupError> {
     let dir = &options.data_dir;
     let (log, store, state_hash, services_hash) = import_checkpoint(options, manifest, file)?;
-    // The addresses are unknown until the node starts; it writes them in then
-    // (`crate::cluster::membership::refresh_own_address`).
-    let member = Member {
-        url: String::new(),
-        peer_url: String::new(),
-        region: options.region.clone(),
-    };
-    let (meta, node_id) =
-        crate::cluster::state_machine::rebase_for_new_cluster(&store, options.node_id, member)
-            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+    let (meta, node_id) = rebase_as_new_cluster(&store, options)?;
     let last = meta
         .last_log_id
         .ok_or_else(|| BackupError::Invalid("the backup has no log position".into()))?;
