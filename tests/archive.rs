@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::cluster::{TestCluster, admin_get, admin_post};
-use support::{NodeProcess, binary, get, wait_for};
+use support::{NodeProcess, binary, get, settled_hashes, wait_for};
 
 /// A repository in a temporary directory, with its keys.
 struct Repo {
@@ -103,20 +103,6 @@ async fn send(url: &str, user: &str, events: usize) {
     }
 }
 
-/// The state hash report once the services processed the whole feed.
-async fn settled(url: &str) -> Value {
-    wait_for("services to catch up", Duration::from_secs(30), || async {
-        let body = get(url, "/v1/admin/state-hash").await.body;
-        let head = body["feed_head"].as_u64()?;
-        let caught_up = body["services"]
-            .as_array()?
-            .iter()
-            .all(|s| s["cursor"].as_u64() == Some(head));
-        caught_up.then_some(body)
-    })
-    .await
-}
-
 /// Takes a backup on `url` through the admin API; returns its summary.
 async fn backup(url: &str) -> Value {
     let (status, body) = admin_post(url, "/v1/admin/backups", &json!({})).await;
@@ -163,14 +149,14 @@ async fn point_in_time_restore_lands_on_the_last_batch_at_or_before_the_time() {
     send(&source.url, "phase-a", 300).await;
     let b1 = backup(&source.url).await;
     send(&source.url, "phase-b1", 200).await;
-    let mid = settled(&source.url).await;
+    let mid = settled_hashes(&source.url).await;
     let t_mid = now_ms();
     wait_for("the clock to move on", Duration::from_secs(5), || async {
         (now_ms() > t_mid + 20).then_some(())
     })
     .await;
     send(&source.url, "phase-b2", 200).await;
-    let at_b2 = settled(&source.url).await;
+    let at_b2 = settled_hashes(&source.url).await;
     let t_b_end = now_ms();
     // B2 starts strictly after the time restored to, so the restore must replay from B1.
     wait_for("the clock to move on", Duration::from_secs(5), || async {
@@ -183,7 +169,7 @@ async fn point_in_time_restore_lands_on_the_last_batch_at_or_before_the_time() {
         at_b2["applied_index"].as_u64()
     );
     send(&source.url, "phase-c", 200).await;
-    let live = settled(&source.url).await;
+    let live = settled_hashes(&source.url).await;
     let last = live["applied_index"].as_u64().expect("applied") - 1;
     archived_through(&source.url, last).await;
 
@@ -203,7 +189,7 @@ async fn point_in_time_restore_lands_on_the_last_batch_at_or_before_the_time() {
     let mut restored = start(&dir, &["--node-id", &node_id], &env);
     // Started, its services catch up from B1's sections over the replayed feed to B2's
     // (the state hash moves on with the new cluster's own first entries).
-    let after = settled(&restored.url).await;
+    let after = settled_hashes(&restored.url).await;
     assert_eq!(after["services_hash"], b2["services_hash"], "{after}");
     let reply = get(
         &restored.url,
@@ -490,7 +476,7 @@ async fn a_stalled_archive_fires_its_alert_and_catches_up_without_a_gap() {
     let node = start(&root.path().join("node"), &[], &env);
 
     send(&node.url, "before", 100).await;
-    let head = settled(&node.url).await["applied_index"]
+    let head = settled_hashes(&node.url).await["applied_index"]
         .as_u64()
         .expect("applied_index")
         - 1;
@@ -520,7 +506,7 @@ async fn a_stalled_archive_fires_its_alert_and_catches_up_without_a_gap() {
 
     std::fs::remove_file(&repo.dir).expect("remove the file");
     std::fs::rename(&moved, &repo.dir).expect("put the repository back");
-    let head = settled(&node.url).await["applied_index"]
+    let head = settled_hashes(&node.url).await["applied_index"]
         .as_u64()
         .expect("applied_index")
         - 1;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::history::Writers;
-use crate::support::{self, NodeProcess, binary, get, wait_for};
+pub use crate::support::settled_hashes;
+use crate::support::{self, NodeProcess, binary, wait_for};
 
 /// The shared cluster key: the same on the old cluster and the restored one, so that only
 /// the cluster id keeps them apart.
@@ -98,20 +99,6 @@ pub fn path(p: &Path) -> &str {
 pub fn start(data_dir: &Path, args: &[&str], env: &[(&'static str, String)]) -> NodeProcess {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     NodeProcess::start_with_args(data_dir, args, &env, true, true)
-}
-
-/// The node's state hash report once its services have processed the whole feed.
-pub async fn settled_hashes(url: &str) -> Value {
-    wait_for("services to catch up", Duration::from_secs(30), || async {
-        let body = get(url, "/v1/admin/state-hash").await.body;
-        let head = body["feed_head"].as_u64()?;
-        let caught_up = body["services"]
-            .as_array()?
-            .iter()
-            .all(|s| s["cursor"].as_u64() == Some(head));
-        caught_up.then_some(body)
-    })
-    .await
 }
 
 /// Ingests through `url` until at least `events` are acknowledged.

@@ -357,3 +357,18 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The node's `GET /v1/admin/state-hash` report once every service has processed the whole
+/// feed (so its services hash is final for that state).
+pub async fn settled_hashes(url: &str) -> Value {
+    wait_for("services to catch up", Duration::from_secs(30), || async {
+        let body = get(url, "/v1/admin/state-hash").await.body;
+        let head = body["feed_head"].as_u64()?;
+        let caught_up = body["services"]
+            .as_array()?
+            .iter()
+            .all(|s| s["cursor"].as_u64() == Some(head));
+        caught_up.then_some(body)
+    })
+    .await
+}
