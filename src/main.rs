@@ -3,6 +3,11 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: under ingest, glibc's allocator (malloc, free and
+/// their consolidation) took about a third of a node's CPU; see docs/architecture.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = tandem::cli::Cli::parse();
     // Every TLS configuration Tandem builds names ring itself; this makes ring the process
