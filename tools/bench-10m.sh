@@ -3,8 +3,12 @@
 # so ~1M profiles at the end): per chunk the rate, latency, the node's CPU per event and peak
 # memory, bytes written to the disk, and the data directory's parts. See docs/benchmarks.md.
 #
-# Usage: tools/bench-10m.sh [DATA_PARENT] [CHUNKS]    (defaults: a temporary directory, 20)
-# Needs a release build. Stops only the node it started, by pid.
+# With CATCH_UP=1, a second, empty node then joins as a learner (`tandem cluster add-node
+# --learner-only`): how long it takes to catch up (from the latest snapshot plus the log
+# after it) and how big that snapshot is, beside the time the node took to build it.
+#
+# Usage: [CATCH_UP=1] tools/bench-10m.sh [DATA_PARENT] [CHUNKS]    (defaults: a temporary directory, 20)
+# Needs a release build. Stops only the nodes it started, by pid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TANDEM=target/release/tandem
@@ -14,10 +18,12 @@ CHUNKS=${2:-20}
 D="$PARENT/bench-10m"; rm -rf "$D"; mkdir -p "$D"
 SOURCE=$(df --output=source "$PARENT" | tail -1)
 DISK=$(lsblk -no PKNAME "$SOURCE" 2>/dev/null | head -1); DISK=${DISK:-$(basename "$SOURCE")}
-TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+CLUSTER_KEY=bench-cluster-key-not-secret
+TANDEM_CLUSTER__CLUSTER_KEY=$CLUSTER_KEY TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
     --admin-key bench-admin-key-not-secret >"$D/node.log" 2>&1 &
 NODE=$!
-trap 'kill -INT $NODE 2>/dev/null; sleep 3; kill -9 $NODE 2>/dev/null; rm -rf "$D"' EXIT
+NODE2=""
+trap 'kill -INT $NODE $NODE2 2>/dev/null; sleep 3; kill -9 $NODE $NODE2 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$D/node.log" && break; sleep 0.1; done
 URL=$(grep -a "listening on" "$D/node.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
 echo "node pid $NODE at $URL, disk $DISK"
@@ -30,3 +36,23 @@ for i in $(seq 1 "$CHUNKS"); do
 done
 curl -s -H "Authorization: Bearer bench-admin-key-not-secret" "$URL/v1/admin/status"; echo
 grep -a "built snapshot" "$D/node.log" | tail -3
+
+[ "${CATCH_UP:-0}" = 1 ] || exit 0
+echo "== a new node catches up"
+TANDEM_CLUSTER__NODE_ID=2 TANDEM_CLUSTER__BOOTSTRAP=false TANDEM_CLUSTER__CLUSTER_KEY=$CLUSTER_KEY \
+    TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data2" --listen 127.0.0.1:0 \
+    --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+    --admin-key bench-admin-key-not-secret >"$D/node2.log" 2>&1 &
+NODE2=$!
+for _ in $(seq 100); do grep -q "listening on" "$D/node2.log" && break; sleep 0.1; done
+URL2=$(grep -a "listening on" "$D/node2.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
+PEER2=$(grep -a "peer listener on" "$D/node2.log" | grep -ao "127.0.0.1:[0-9]*" | head -1)
+[ -n "$URL2" ] && [ -n "$PEER2" ] || { echo "the second node did not start:"; cat "$D/node2.log"; exit 1; }
+started=$(date +%s.%N)
+"$TANDEM" cluster add-node --target "$URL" --admin-key bench-admin-key-not-secret --node-id 2 \
+    --url "$URL2" --peer-url "http://$PEER2" --region default --learner-only || exit 1
+echo "caught up in $(echo "$(date +%s.%N) - $started" | bc) s"
+echo "snapshots built by node 1 (bytes, elapsed_ms):"
+grep -a "built snapshot" "$D/node.log" | grep -o "bytes=[0-9]* elapsed_ms=[0-9]*"
+echo "installed on node 2:"; grep -a -i "snapshot" "$D/node2.log" | tail -3
+echo "  node 2 on disk (MiB): $(du -sm "$D/data2"/* | awk '{printf "%s %s  ", $2, $1}' | sed "s|$D/data2/||g")"
