@@ -30,6 +30,7 @@
 //! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+pub mod body;
 #[cfg(test)]
 mod bounds_tests;
 pub mod dedup;
