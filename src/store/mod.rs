@@ -32,6 +32,8 @@
 pub mod apply;
 pub mod body;
 #[cfg(test)]
+mod body_tests;
+#[cfg(test)]
 mod bounds_tests;
 pub mod dedup;
 pub mod direct;
