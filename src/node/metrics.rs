@@ -200,6 +200,14 @@ pub(super) struct Scraped {
     pub service_lag: Family<ServiceLabels, U64Gauge>,
     /// Worker restarts, mirrored from the supervisor.
     pub service_restarts: Family<ServiceLabels, Counter>,
+    /// Decoded blocks found in the store's block cache (events API and services).
+    pub block_cache_hits: Counter,
+    /// Blocks read from the log and decoded, because the cache did not hold them.
+    pub block_cache_misses: Counter,
+    /// Approximate bytes the block cache holds.
+    pub block_cache_bytes: U64Gauge,
+    /// Event `properties` parsed for the services (once per event per cached block).
+    pub feed_properties_parsed: Counter,
     /// Resident set size in bytes.
     pub resident_memory: U64Gauge,
     /// Open file descriptors.
@@ -423,6 +431,27 @@ impl Metrics {
             "service_restarts",
             "Service worker restarts (crashes, error loops, hung workers replaced)",
             s.service_restarts.clone(),
+        );
+        r.register(
+            "block_cache_hits",
+            "Decoded log blocks found in the block cache (event reads and CDP services)",
+            s.block_cache_hits.clone(),
+        );
+        r.register(
+            "block_cache_misses",
+            "Log blocks read and decoded because the block cache did not hold them",
+            s.block_cache_misses.clone(),
+        );
+        r.register_with_unit(
+            "block_cache",
+            "Approximate bytes held by the block cache",
+            Unit::Bytes,
+            s.block_cache_bytes.clone(),
+        );
+        r.register(
+            "feed_properties_parsed",
+            "Event properties parsed for the CDP services (once per event while its block is cached)",
+            s.feed_properties_parsed.clone(),
         );
         r.register_with_unit(
             "process_resident_memory",

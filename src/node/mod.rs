@@ -426,6 +426,15 @@ impl Node {
         if let Ok(stored) = self.store.reader().events_stored() {
             metrics::mirror(&s.events_stored, stored);
         }
+        let blocks = self.store.block_cache();
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        metrics::mirror(&s.block_cache_hits, load(&blocks.stats().hits));
+        metrics::mirror(&s.block_cache_misses, load(&blocks.stats().misses));
+        metrics::mirror(
+            &s.feed_properties_parsed,
+            load(&blocks.stats().properties_parsed),
+        );
+        s.block_cache_bytes.set(blocks.bytes());
         metrics::mirror(&m.overloaded, self.stats.overloaded.load(Ordering::Relaxed));
         s.inflight_events.set(self.inflight_events() as u64);
         for status in self.services.statuses() {

@@ -1,10 +1,9 @@
 //! The event as services see it: a committed, stored event with its profile.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use crate::model::event::MessageType;
+use crate::store::body::EventBody;
 
 /// One committed event, in feed order.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,9 +18,9 @@ pub struct ServiceEvent {
     pub name: String,
     /// Corrected event time, ms since the epoch.
     pub timestamp_ms: i64,
-    /// The normalised Segment event (`properties`, `traits`, `context`, …), parsed once
-    /// per node and shared by every service.
-    pub body: Arc<Value>,
+    /// The normalised Segment event (`properties`, `traits`, `context`, …); services read
+    /// its [`EventBody::properties`], parsed once per node and shared by every service.
+    pub body: EventBody,
 }
 
 impl ServiceEvent {
@@ -37,7 +36,7 @@ impl ServiceEvent {
             kind: event.kind,
             name: event.name.clone(),
             timestamp_ms: event.timestamp_ms,
-            body: Arc::clone(&event.body),
+            body: event.body.clone(),
         }
     }
 
@@ -48,11 +47,17 @@ impl ServiceEvent {
     /// group calls.
     pub fn to_feed_item(&self, feed_seq: u64) -> crate::store::read::FeedItem {
         let sets_traits = matches!(self.kind, MessageType::Identify | MessageType::Group);
-        let traits_json = self
-            .body
-            .get("traits")
-            .filter(|traits| sets_traits && traits.is_object())
-            .map(Value::to_string);
+        let traits_json = match &self.body {
+            EventBody::Block { block, ordinal } => block
+                .head
+                .events
+                .get(*ordinal)
+                .and_then(|meta| meta.traits_json.clone()),
+            EventBody::Parsed(body) => body
+                .get("traits")
+                .filter(|traits| sets_traits && traits.is_object())
+                .map(Value::to_string),
+        };
         crate::store::read::FeedItem {
             feed_seq,
             log_index: feed_seq,
@@ -66,7 +71,7 @@ impl ServiceEvent {
                 name: self.name.clone(),
                 timestamp_ms: self.timestamp_ms,
                 traits_json,
-                body: Arc::clone(&self.body),
+                body: self.body.clone(),
             }),
             definition: None,
         }

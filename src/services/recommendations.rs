@@ -399,7 +399,7 @@ mod tests {
             kind: MessageType::Track,
             name: name.into(),
             timestamp_ms: T0 + seq as i64 * 1_000,
-            body: std::sync::Arc::new(json!({ "properties": properties })),
+            body: crate::store::body::EventBody::parsed(json!({ "properties": properties })),
         }
     }
 
@@ -560,7 +560,9 @@ mod tests {
             kind: MessageType::Identify,
             name: String::new(),
             timestamp_ms: T0,
-            body: std::sync::Arc::new(json!({"traits": {"email": "ada@example.com"}})),
+            body: crate::store::body::EventBody::parsed(
+                json!({"traits": {"email": "ada@example.com"}}),
+            ),
         };
         let quiet = track(2, 1, "Signed Up", json!({}));
         let mut writes = Writes::default();

@@ -4,12 +4,12 @@
 //! ([`super::tables::seq_position`]). Reading one decodes the whole block, so decoded
 //! blocks are kept in a bounded cache shared by every reader: a page of a profile's events
 //! and the three services reading the same fresh entries each decode a block once. The
-//! services want each body as a JSON tree: a cached block parses its bodies at most once
-//! too ([`CachedBlock::parsed`]), whichever service asks first.
+//! services want only some events' `properties`: a cached block parses each of those at
+//! most once too, on first use, whichever service asks first ([`super::body`]).
 
 use std::sync::Arc;
-
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_cache::Weighter;
 use serde_json::Value;
@@ -19,26 +19,20 @@ use super::{Store, StoreError, entry};
 use crate::model::block::Block;
 use crate::model::command::Command;
 
-/// A decoded block, and its bodies parsed into JSON trees once someone asked.
+/// What the cache weighs a block at, per byte of its bodies, on top of the block itself:
+/// room for the `properties` trees parsed into it ([`super::body`]). A parsed tree takes a
+/// few times its text, but properties are a part of each body and only the events the
+/// services' definitions name are parsed.
+const PROPERTIES_WEIGHT_PER_BODY_BYTE: usize = 2;
+
+/// A decoded block, and the `properties` of those of its events someone asked about.
 pub struct CachedBlock {
     /// The block.
     pub block: Block,
-    parsed: OnceLock<Vec<Arc<Value>>>,
-}
-
-impl CachedBlock {
-    /// Every event's body as a JSON tree, parsed on first use and shared after. A body
-    /// that does not parse (validation produced it, so only corruption could) is `null`.
-    pub fn parsed(&self) -> &[Arc<Value>] {
-        self.parsed.get_or_init(|| {
-            (0..self.block.len())
-                .map(|i| {
-                    let body = self.block.body(i).unwrap_or("null");
-                    Arc::new(serde_json::from_str(body).unwrap_or(Value::Null))
-                })
-                .collect()
-        })
-    }
+    /// Per event, its parsed `properties` once asked for ([`CachedBlock::properties`]).
+    pub(super) properties: Box<[OnceLock<Option<Value>>]>,
+    /// The cache's counters (properties parsed).
+    pub(super) stats: Arc<BlockCacheStats>,
 }
 
 impl std::ops::Deref for CachedBlock {
@@ -48,9 +42,21 @@ impl std::ops::Deref for CachedBlock {
     }
 }
 
+/// How the block cache is used, counted since the node started.
+#[derive(Debug, Default)]
+pub struct BlockCacheStats {
+    /// Blocks found in the cache.
+    pub hits: AtomicU64,
+    /// Blocks read from the log and decoded.
+    pub misses: AtomicU64,
+    /// Event `properties` parsed (at most once per event while its block stays cached).
+    pub properties_parsed: AtomicU64,
+}
+
 /// Decoded blocks by log index, bounded by their approximate size.
 pub struct BlockCache {
     cache: quick_cache::sync::Cache<u64, Arc<CachedBlock>, BlockWeight>,
+    stats: Arc<BlockCacheStats>,
 }
 
 #[derive(Clone)]
@@ -58,8 +64,10 @@ struct BlockWeight;
 
 impl Weighter<u64, Arc<CachedBlock>> for BlockWeight {
     fn weight(&self, _index: &u64, block: &Arc<CachedBlock>) -> u64 {
-        // Parsed trees take a few times the text; count them in up front.
-        (block.heap_bytes() * 4).max(1) as u64
+        // Room for parsed properties, counted in up front: the weight must not change
+        // while the block is cached.
+        let bodies = block.heap_bytes();
+        (bodies + bodies * PROPERTIES_WEIGHT_PER_BODY_BYTE).max(1) as u64
     }
 }
 
@@ -72,7 +80,18 @@ impl BlockCache {
                 bytes as u64,
                 BlockWeight,
             ),
+            stats: Arc::default(),
         }
+    }
+
+    /// How the cache has been used.
+    pub fn stats(&self) -> &BlockCacheStats {
+        &self.stats
+    }
+
+    /// Approximate bytes held (the blocks' weights).
+    pub fn bytes(&self) -> u64 {
+        self.cache.weight()
     }
 
     /// Forgets every block (the log was replaced).
@@ -86,8 +105,10 @@ impl Store {
     /// log (retention removed it, or it is not an ingest entry).
     pub fn block(&self, log_index: u64) -> Result<Option<Arc<CachedBlock>>, StoreError> {
         if let Some(block) = self.blocks.cache.get(&log_index) {
+            self.blocks.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(block));
         }
+        self.blocks.stats.misses.fetch_add(1, Ordering::Relaxed);
         let Some(record) = self.log.read(log_index)? else {
             return Ok(None);
         };
@@ -95,12 +116,19 @@ impl Store {
         let Some(Command::Ingest(encoded)) = entry::command(&record).map_err(corrupt)? else {
             return Ok(None);
         };
+        let block = encoded.decode().map_err(|e| corrupt(e.to_string()))?;
         let block = Arc::new(CachedBlock {
-            block: encoded.decode().map_err(|e| corrupt(e.to_string()))?,
-            parsed: OnceLock::new(),
+            properties: (0..block.len()).map(|_| OnceLock::new()).collect(),
+            block,
+            stats: Arc::clone(&self.blocks.stats),
         });
         self.blocks.cache.insert(log_index, Arc::clone(&block));
         Ok(Some(block))
+    }
+
+    /// The block cache: its counters and size, for the node's metrics.
+    pub fn block_cache(&self) -> &BlockCache {
+        &self.blocks
     }
 
     /// The command of log entry `log_index`, or `None` if that entry is not in the log or

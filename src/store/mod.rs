@@ -30,6 +30,9 @@
 //! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+pub mod body;
+#[cfg(test)]
+mod body_tests;
 #[cfg(test)]
 mod bounds_tests;
 pub mod dedup;

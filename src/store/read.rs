@@ -413,8 +413,9 @@ pub struct FeedItem {
     pub definition: Option<crate::model::command::SegmentDef>,
 }
 
-/// An event as the change feed hands it to services: its body already parsed, once per
-/// node, and shared by every service that reads it.
+/// An event as the change feed hands it to services: its head decoded, its body's
+/// `properties` parsed on first use, once per node, and shared by every service that reads
+/// it ([`super::body`]).
 #[derive(Debug, Clone)]
 pub struct FeedEvent {
     /// Message type.
@@ -426,7 +427,7 @@ pub struct FeedEvent {
     /// Profile traits the event sets, as a JSON object text (what the profile folded in).
     pub traits_json: Option<String>,
     /// The normalised Segment event.
-    pub body: std::sync::Arc<serde_json::Value>,
+    pub body: super::body::EventBody,
 }
 
 impl Reader<'_> {
@@ -470,16 +471,16 @@ impl Reader<'_> {
                 let event = match (&record, &block) {
                     (FeedRecord::Event { seq, .. }, Some(block)) => {
                         let ordinal = seq_position(*seq).1;
-                        match (block.head.events.get(ordinal), block.parsed().get(ordinal)) {
-                            (Some(meta), Some(body)) => Some(FeedEvent {
-                                kind: meta.kind,
-                                name: meta.name.clone(),
-                                timestamp_ms: meta.timestamp_ms,
-                                traits_json: meta.traits_json.clone(),
-                                body: std::sync::Arc::clone(body),
-                            }),
-                            _ => None,
-                        }
+                        block.head.events.get(ordinal).map(|meta| FeedEvent {
+                            kind: meta.kind,
+                            name: meta.name.clone(),
+                            timestamp_ms: meta.timestamp_ms,
+                            traits_json: meta.traits_json.clone(),
+                            body: super::body::EventBody::Block {
+                                block: std::sync::Arc::clone(block),
+                                ordinal,
+                            },
+                        })
                     }
                     _ => None,
                 };

@@ -45,7 +45,7 @@ pub fn of(event: &ServiceEvent) -> Option<Signal> {
     if event.kind != MessageType::Track {
         return None;
     }
-    let properties = event.body.get("properties")?;
+    let properties = event.body.properties()?;
     match event.name.as_str() {
         "Product Viewed" | "Product Added" => product(properties).map(Signal::Viewed),
         "Order Completed" => {
@@ -112,7 +112,7 @@ mod tests {
             kind: MessageType::Track,
             name: name.into(),
             timestamp_ms: 0,
-            body: std::sync::Arc::new(json!({ "properties": properties })),
+            body: crate::store::body::EventBody::parsed(json!({ "properties": properties })),
         }
     }
 

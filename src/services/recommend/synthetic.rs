@@ -66,7 +66,7 @@ pub fn events(seed: u64, total: u64, end_ms: i64) -> Vec<ServiceEvent> {
             kind: event.kind,
             name: event.name,
             timestamp_ms: event.timestamp_ms,
-            body: std::sync::Arc::new(event.body),
+            body: crate::store::body::EventBody::parsed(event.body),
         })
         .collect()
 }
@@ -108,7 +108,11 @@ mod tests {
         assert_eq!(events.len(), 5_000);
         assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
         assert!(events.iter().all(|e| e.timestamp_ms < END_MS));
-        assert!(events.iter().all(|e| e.body.get("context").is_none()));
+        assert!(
+            events
+                .iter()
+                .all(|e| e.body.to_value().get("context").is_none())
+        );
         let profiles: HashSet<u64> = events.iter().map(|e| e.profile_id).collect();
         // 500 customers; anonymous browsing folds into the customer who later identifies.
         assert!(profiles.len() <= 500, "{} profiles", profiles.len());

@@ -32,7 +32,7 @@ fn track(profile_id: u64, name: &str, at_ms: i64, properties: Value) -> ServiceE
         kind: MessageType::Track,
         name: name.into(),
         timestamp_ms: at_ms,
-        body: std::sync::Arc::new(json!({ "properties": properties })),
+        body: crate::store::body::EventBody::parsed(json!({ "properties": properties })),
     }
 }
 

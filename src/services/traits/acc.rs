@@ -185,7 +185,7 @@ pub fn contribution(def: &TraitDef, event: &ServiceEvent) -> Option<Acc> {
         TraitKind::LastAt => return Some(Acc::LastAt(at)),
         _ => {}
     }
-    let properties = event.body.get("properties")?;
+    let properties = event.body.properties()?;
     let found = def.property.as_ref()?.extract(properties);
     if def.kind.is_distinct() || matches!(def.kind, TraitKind::First | TraitKind::Last) {
         from_scalars(

@@ -155,6 +155,24 @@ impl Fnv {
         }
     }
 
+    /// Hashes `number` as its decimal text would be by [`Fnv::text`], without allocating
+    /// it (fingerprints are computed on every event, and stored: the value must not move).
+    fn decimal(&mut self, mut number: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (number % 10) as u8;
+            number /= 10;
+            if number == 0 {
+                break;
+            }
+        }
+        for &byte in digits[start..].iter().chain(&[0xff]) {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(Fnv::PRIME);
+        }
+    }
+
     fn finish(&self) -> u64 {
         self.0
     }
@@ -219,7 +237,7 @@ impl EventFilter {
                     one.text(name);
                     set = set.wrapping_add(one.finish());
                 }
-                hash.text(&set.to_string());
+                hash.decimal(set);
             }
         }
     }
@@ -316,6 +334,21 @@ impl From<EventFilter> for FilterWire {
                 },
                 message_type: Some(kind.as_str().to_owned()),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod fnv_tests {
+    use super::Fnv;
+
+    #[test]
+    fn decimal_hashes_like_the_number_text() {
+        for number in [0, 7, 10, 99, 1_000_000_007, 0x8000_0000_0000_0000, u64::MAX] {
+            let (mut text, mut decimal) = (Fnv::new(), Fnv::new());
+            text.text(&number.to_string());
+            decimal.decimal(number);
+            assert_eq!(text.finish(), decimal.finish(), "{number}");
         }
     }
 }

@@ -50,8 +50,11 @@ impl ProfileTraits {
     /// Folds `event` into `def`'s trait, discarding state built for an older version of
     /// `def`; returns whether `def` now holds state.
     fn observe_one(&mut self, def: &TraitDef, event: &ServiceEvent) -> bool {
-        let fingerprint = def.fingerprint();
         let contribution = contribution(def, event);
+        if contribution.is_none() && !self.states.contains_key(&def.name) {
+            return false;
+        }
+        let fingerprint = def.fingerprint();
         let timestamp_ms = event.timestamp_ms;
         match (self.states.get_mut(&def.name), contribution) {
             (Some(state), Some(acc)) if state.fits(def, fingerprint) => {

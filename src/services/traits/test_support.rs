@@ -28,7 +28,7 @@ pub fn track(seq: u64, name: &str, timestamp_ms: i64, properties: Value) -> Serv
         kind: MessageType::Track,
         name: name.to_owned(),
         timestamp_ms,
-        body: std::sync::Arc::new(
+        body: crate::store::body::EventBody::parsed(
             json!({"type": "track", "event": name, "properties": properties}),
         ),
     }
@@ -42,7 +42,9 @@ pub fn page(seq: u64, name: &str, timestamp_ms: i64) -> ServiceEvent {
         kind: MessageType::Page,
         name: name.to_owned(),
         timestamp_ms,
-        body: std::sync::Arc::new(json!({"type": "page", "name": name, "properties": {}})),
+        body: crate::store::body::EventBody::parsed(
+            json!({"type": "page", "name": name, "properties": {}}),
+        ),
     }
 }
 
