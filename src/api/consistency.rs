@@ -74,12 +74,19 @@ fn position(name: &str, text: &str) -> Result<u64, ApiError> {
 /// The `read` object of a reply: how fresh it is and where it was served.
 pub fn read_json(state: &AppState, requirement: ReadRequirement) -> Value {
     let metrics = state.node.raft().metrics().borrow_watched().clone();
+    // The state machine's signal can be ahead of Raft's metrics (see `node::reads`): the
+    // store shows at least this index, and lags the commit index by no more than this.
+    let applied = state.node.applied_index();
+    let lag = super::lag_entries(&metrics);
+    let behind_metrics = applied
+        .unwrap_or(0)
+        .saturating_sub(metrics.last_applied.map_or(0, |id| id.index));
     json!({
         "consistency": requirement.consistency.name(),
         "after": requirement.after,
         "node_id": metrics.id,
-        "applied_index": metrics.last_applied.map(|id| id.index),
-        "lag_entries": super::lag_entries(&metrics),
+        "applied_index": applied,
+        "lag_entries": lag.saturating_sub(behind_metrics),
     })
 }
 

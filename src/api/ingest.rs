@@ -124,17 +124,36 @@ struct BatchBody<'a> {
     write_key: Option<String>,
 }
 
-/// `POST /v1/batch` and `POST /v1/import`.
+/// `POST /v1/batch` and `POST /v1/import`. The body is parsed and validated in the ingest
+/// pool ([`AppState::ingest_work`]), not on the async workers a read's request crosses.
 pub async fn batch(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     refuse_if_shutting_down(&state)?;
-    let limits = &state.config.limits;
     let keyed = state.keys.source_from_header(&headers)?;
     let (bytes, _reservation) = read_body(&state, &headers, body, keyed.is_some()).await?;
-    let parsed: BatchBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let parsing = state.clone();
+    let (source, events, rejected) = state
+        .ingest_work(move || parse_batch(&parsing, keyed, &bytes))
+        .await?;
+    let outcomes = state.node.submit(events).await?;
+    Ok(reply(&state, &source.name, &outcomes, &rejected))
+}
+
+/// A parsed batch: its source, its valid events and its rejected items.
+type ParsedBatch = (Arc<Source>, Vec<Event>, Vec<Rejected>);
+
+/// A batch body's source (from the header key, or else the body's `writeKey`), its valid
+/// events and its rejected items; an error if nothing in it can be accepted.
+fn parse_batch(
+    state: &AppState,
+    keyed: Option<Arc<Source>>,
+    bytes: &[u8],
+) -> Result<ParsedBatch, ApiError> {
+    let limits = &state.config.limits;
+    let parsed: BatchBody = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(
                 "invalid_batch",
@@ -191,8 +210,7 @@ pub async fn batch(
             Some(json!({"rejected": rejected.iter().map(Rejected::to_json).collect::<Vec<_>>()}));
         return Err(error);
     }
-    let outcomes = state.node.submit(events).await?;
-    Ok(reply(&state, &source.name, &outcomes, &rejected))
+    Ok((source, events, rejected))
 }
 
 /// The body of a request whose key came in its headers (`keyed`) or is to be found inside,

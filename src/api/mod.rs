@@ -4,7 +4,8 @@
 //! [`error`]). Handlers never panic on input and never block the async workers on disk:
 //! writes go through the [`crate::node`] pipeline; reads wait for the freshness the client
 //! asked for ([`consistency`]), then run on a store snapshot in the read pool's own
-//! threads ([`read_pool`]), which nothing else uses.
+//! threads ([`pool`]), which nothing else uses; ingest bodies are parsed and validated in
+//! a pool of their own, off the async workers that every read's request crosses.
 //!
 //! Connections are accepted and timed by [`mod@serve`] and [`watchdog`] (header, body and
 //! idle limits, a connection cap); keys are checked by [`auth`] before any body is read;
@@ -21,9 +22,9 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod peer;
+pub mod pool;
 pub mod profiles;
 pub mod quota;
-pub mod read_pool;
 pub mod recommendations;
 pub mod segments;
 pub mod serve;
@@ -62,7 +63,9 @@ pub struct AppState {
     /// Junk identity values.
     pub blocklist: Arc<Blocklist>,
     /// The threads every store read runs on.
-    reads: Arc<read_pool::ReadPool>,
+    reads: Arc<pool::WorkPool>,
+    /// The threads ingest bodies are parsed and validated on.
+    ingest: Arc<pool::WorkPool>,
     /// Node-wide bytes of request bodies being read and validated (`limits.body_bytes_max`).
     pub bodies: body::BodyBudget,
     /// Dashboard documents being gathered at once (each asks every peer).
@@ -75,7 +78,13 @@ impl AppState {
     /// State for a node running with `config`; starts the read threads.
     pub fn new(node: Arc<Node>, config: Arc<Config>) -> std::io::Result<AppState> {
         let reads =
-            read_pool::ReadPool::start(read_pool::default_threads(), read_pool::READ_QUEUE_MAX)?;
+            pool::WorkPool::start("read", pool::default_threads(), pool::READ_QUEUE_MAX, 0)?;
+        let ingest = pool::WorkPool::start(
+            "ingest",
+            pool::default_threads(),
+            pool::INGEST_QUEUE_MAX,
+            crate::node::priority::INGEST_NICE,
+        )?;
         let backups: Arc<crate::backup::job::Jobs> = Arc::default();
         // Scheduled backups (nothing without `[backup] repo` and `schedule`); needs the
         // runtime, which every caller runs in.
@@ -102,6 +111,7 @@ impl AppState {
             keys: Arc::new(Keys::from_config(&config)),
             blocklist: Arc::new(Blocklist::new(&config.identity.blocklist)),
             reads: Arc::new(reads),
+            ingest: Arc::new(ingest),
             bodies: body::BodyBudget::new(config.limits.body_bytes_max),
             dashboards: Arc::new(tokio::sync::Semaphore::new(dashboard::DOCUMENTS_MAX)),
             backups,
@@ -126,19 +136,37 @@ impl AppState {
         &self,
         read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        match self.reads.run(read).await {
-            Ok(result) => result,
-            Err(full @ read_pool::PoolError::Full { .. }) => Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "read_overloaded",
-                format!("{full}; retry shortly"),
-            )),
-            Err(failed @ read_pool::PoolError::Failed) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                failed.to_string(),
-            )),
-        }
+        pooled(&self.reads, "read_overloaded", read).await
+    }
+
+    /// Runs `work` (parsing and validating an ingest body) in the ingest pool. A full
+    /// queue is answered 429 `overloaded` at once, like a full commit pipeline.
+    pub async fn ingest_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        pooled(&self.ingest, "overloaded", work).await
+    }
+}
+
+/// Runs `work` in `pool`; a full queue is 429 `full_code`.
+async fn pooled<T: Send + 'static>(
+    pool: &pool::WorkPool,
+    full_code: &'static str,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match pool.run(work).await {
+        Ok(result) => result,
+        Err(full @ pool::PoolError::Full { .. }) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            full_code,
+            format!("{full}; retry shortly"),
+        )),
+        Err(failed @ pool::PoolError::Failed { .. }) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            failed.to_string(),
+        )),
     }
 }
 

@@ -132,8 +132,8 @@ pub struct ReadBenchArgs {
     #[arg(long, env = "TANDEM_ADMIN_KEY")]
     pub key: String,
     /// An acknowledged-events file (from `tandem load --acked`) to take identities from.
-    #[arg(long)]
-    pub acked: PathBuf,
+    #[arg(long, required_unless_present = "path")]
+    pub acked: Option<PathBuf>,
     /// Seconds to read for.
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
@@ -155,6 +155,10 @@ pub struct ReadBenchArgs {
     /// CA certificate (PEM) to trust for an https:// target.
     #[arg(long, env = "TANDEM_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Read this path (e.g. /health/live) instead of profiles: the HTTP path's own
+    /// latency, to set beside the profile reads'. `--acked` is then not needed.
+    #[arg(long)]
+    pub path: Option<String>,
 }
 
 /// Runs `tandem read-bench`.
@@ -162,13 +166,14 @@ pub async fn run_read_bench(args: ReadBenchArgs) -> i32 {
     let options = load::readbench::ReadBenchOptions {
         target: args.target,
         key: args.key,
-        acked: args.acked,
+        acked: args.acked.unwrap_or_default(),
         duration: std::time::Duration::from_secs(args.seconds),
         concurrency: args.concurrency,
         consistency: args.consistency,
         after: args.after,
         rate: args.rate,
         ca_file: args.ca_file,
+        path: args.path,
     };
     match load::readbench::run(&options).await {
         Ok(report) => {

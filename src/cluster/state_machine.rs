@@ -156,6 +156,11 @@ pub struct StateMachine {
     services_import: Arc<Mutex<()>>,
     /// Snapshot builds and installs, for the node's metrics.
     metrics: SnapshotMetrics,
+    /// The last log index whose effects the store shows, published the moment an apply
+    /// batch is committed (from the applying thread) or a snapshot installed — before
+    /// openraft's own metrics learn of it through its core task. Reads wait on it
+    /// ([`StateMachine::applied_index`]).
+    applied_index: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn io(error: impl std::fmt::Display) -> io::Error {
@@ -182,7 +187,26 @@ impl StateMachine {
             services: Arc::new(OnceLock::new()),
             services_import: Arc::new(Mutex::new(())),
             metrics: SnapshotMetrics::default(),
+            applied_index: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// The last log index the store shows the effects of (0 until the first apply or
+    /// install of this run; a reader of it also checks Raft's own applied index). It only
+    /// grows, and the state is visible to a new store reader before it moves.
+    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// Publishes `index` as applied, unless a later index already is.
+    fn publish_applied(applied: &tokio::sync::watch::Sender<u64>, index: u64) {
+        applied.send_if_modified(|current| {
+            let later = index > *current;
+            if later {
+                *current = index;
+            }
+            later
+        });
     }
 
     /// Snapshot builds and installs so far (shared with every clone).
@@ -286,6 +310,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let blob = postcard::to_stdvec(&state).map_err(io)?;
         let store = Arc::clone(&self.store);
+        let published = Arc::clone(&self.applied_index);
         let (batch, results) = blocking(move || {
             let last = batch.len() - 1;
             let committed: Vec<Committed<'_>> = batch
@@ -302,6 +327,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tracing::error!(%error, "applying committed entries failed; this node stops (fail-stop)");
                 store_io(error)
             })?;
+            // The batch is committed: a read waiting for it may go now, without waiting
+            // for this task and openraft's core to be scheduled.
+            if let Some((index, _, _)) = batch.last() {
+                Self::publish_applied(&published, *index);
+            }
             Ok((batch, results))
         })
         .await?;
@@ -364,6 +394,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: installed_meta.last_log_id,
             membership: installed_meta.last_membership.clone(),
         });
+        if let Some(last) = installed_meta.last_log_id {
+            Self::publish_applied(&self.applied_index, last.index);
+        }
         Ok(())
     }
 

@@ -43,6 +43,9 @@ pub struct ReadBenchOptions {
     pub rate: Option<f64>,
     /// CA certificate (PEM) of an `https://` target; `None`: only `http://` targets.
     pub ca_file: Option<PathBuf>,
+    /// Read this path (e.g. `/health/live`) instead of profiles: the latency of the HTTP
+    /// path alone, to set beside the profile reads' (no identities are sampled).
+    pub path: Option<String>,
 }
 
 /// What a read benchmark measured.
@@ -65,7 +68,10 @@ pub struct ReadBenchReport {
 /// Runs the benchmark.
 pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> {
     let base = client::base_url(&opts.target)?;
-    let identities = Arc::new(sample(opts)?);
+    let identities = Arc::new(match &opts.path {
+        Some(_) => vec![String::new()],
+        None => sample(opts)?,
+    });
     if identities.is_empty() {
         return Err(LoadError::InvalidOptions(format!(
             "{} has no acknowledged events to take identities from",
@@ -97,6 +103,7 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
         let (http, auth, base) = (http.clone(), auth.clone(), base.clone());
         let (identities, shared) = (Arc::clone(&identities), Arc::clone(&shared));
         let query = Arc::clone(&query);
+        let path = opts.path.clone();
         readers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(reader as u64);
             // Readers start spread over one interval so their reads do not bunch up.
@@ -109,10 +116,13 @@ pub async fn run(opts: &ReadBenchOptions) -> Result<ReadBenchReport, LoadError> 
                     *at = (*at + interval).max(Instant::now());
                 }
                 let identity = &identities[rng.random_range(0..identities.len())];
-                let url = format!(
-                    "{base}/v1/profiles/{}{query}",
-                    client::encode_path_segment(identity)
-                );
+                let url = match &path {
+                    Some(path) => format!("{base}{path}"),
+                    None => format!(
+                        "{base}/v1/profiles/{}{query}",
+                        client::encode_path_segment(identity)
+                    ),
+                };
                 let sent = Instant::now();
                 let result = http.get(&url).header("authorization", &auth).send().await;
                 let outcome = match result {

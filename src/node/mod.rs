@@ -27,6 +27,7 @@ pub mod format;
 pub mod housekeeping;
 pub mod metrics;
 mod peer;
+pub mod priority;
 mod proposer;
 pub mod reads;
 pub mod report;
@@ -140,6 +141,9 @@ pub struct Cluster {
     region: String,
     /// The data directory (backups write their checkpoints under it).
     data_dir: std::path::PathBuf,
+    /// The last log index the store shows, as the state machine publishes it (ahead of
+    /// Raft's metrics); reads wait on it.
+    applied_index: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Cluster {
@@ -320,6 +324,22 @@ impl Node {
         requirement: reads::ReadRequirement,
     ) -> Result<(), reads::ReadError> {
         reads::prepare(&self.cluster, &self.http, requirement).await
+    }
+
+    /// The last log index this node's store shows: the state machine's own signal or
+    /// Raft's metrics, whichever is further (the signal runs ahead of the metrics).
+    pub fn applied_index(&self) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver;
+        let raft = self
+            .cluster
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|id| id.index);
+        let published = *self.cluster.applied_index.borrow();
+        raft.max((published > 0).then_some(published))
     }
 
     /// [`Node::prepare_read`] for a linearizable read.

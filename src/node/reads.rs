@@ -117,7 +117,7 @@ pub(super) async fn prepare(
     requirement: ReadRequirement,
 ) -> Result<(), ReadError> {
     if let Some(index) = requirement.after {
-        wait_applied(&cluster.raft, index).await?;
+        wait_applied(cluster, index).await?;
     }
     match requirement.consistency {
         Consistency::Local => Ok(()),
@@ -146,7 +146,7 @@ async fn linearize(
             )),
         };
         let error = match attempt {
-            Ok(index) => return wait_applied(raft, index).await,
+            Ok(index) => return wait_applied(cluster, index).await,
             Err(stopped @ ReadError::Stopped(_)) => return Err(stopped),
             Err(error) => error,
         };
@@ -240,31 +240,45 @@ async fn leadership_moves(raft: &Raft, leader: Option<u64>, until: Instant) {
 }
 
 /// Returns once this node has applied log index `index`, or fails after
-/// [`APPLY_WAIT_MAX`].
-async fn wait_applied(raft: &Raft, index: u64) -> Result<(), ReadError> {
-    let applied = || {
+/// [`APPLY_WAIT_MAX`]. "Applied" is whichever knows first: the state machine's own
+/// signal, published from the applying thread as its batch commits, or Raft's metrics,
+/// which learn of it a scheduling hop or two later through openraft's core task (and are
+/// the only source for an index applied before this run).
+async fn wait_applied(cluster: &Cluster, index: u64) -> Result<(), ReadError> {
+    let raft = &cluster.raft;
+    let raft_applied = || {
         raft.metrics()
             .borrow_watched()
             .last_applied
             .as_ref()
             .map(|id| id.index)
     };
-    if applied().is_some_and(|applied| applied >= index) {
+    let mut published = cluster.applied_index.clone();
+    if *published.borrow_and_update() >= index || raft_applied().is_some_and(|a| a >= index) {
         return Ok(());
     }
     let started = Instant::now();
-    match raft
-        .wait(Some(APPLY_WAIT_MAX))
-        .applied_index_at_least(Some(index), "a read's index applied")
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(openraft::metrics::WaitError::ShuttingDown) => {
-            Err(ReadError::Stopped("raft is shutting down".into()))
-        }
-        Err(openraft::metrics::WaitError::Timeout(..)) => Err(ReadError::NotCaughtUp {
+    let waiter = raft.wait(Some(APPLY_WAIT_MAX));
+    let from_raft = waiter.applied_index_at_least(Some(index), "a read's index applied");
+    let from_machine = tokio::time::timeout(APPLY_WAIT_MAX, published.wait_for(|a| *a >= index));
+    let outcome = tokio::select! {
+        outcome = from_raft => match outcome {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(Some("raft")),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(None),
+        },
+        outcome = from_machine => match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Some("the state machine")),
+            Err(_) => Err(None),
+        },
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Some(what)) => Err(ReadError::Stopped(format!("{what} is shutting down"))),
+        Err(None) => Err(ReadError::NotCaughtUp {
             index,
-            applied: applied(),
+            applied: raft_applied().max(Some(*published.borrow())),
             waited: started.elapsed(),
         }),
     }

@@ -111,13 +111,22 @@ pub async fn start(
         apply: config.apply_settings(),
     };
     let store_log = log.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, store_log))
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?
-        .map_err(|source| NodeError::Store {
-            path: store_path.display().to_string(),
-            source,
-        })?;
+    // Opened on a thread of its own at the storage priority, which the storage engine's
+    // background threads inherit (see `super::priority`).
+    let store = tokio::task::spawn_blocking(move || {
+        super::priority::spawn_niced(
+            "tandem-store-open",
+            super::priority::STORAGE_NICE,
+            move || Store::open(store_config, store_log),
+        )
+    })
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?
+    .map_err(|e| NodeError::Raft(format!("opening the store: {e}")))?
+    .map_err(|source| NodeError::Store {
+        path: store_path.display().to_string(),
+        source,
+    })?;
     let store = Arc::new(store);
     let log_store = LogStore::open(log).map_err(data_dir_error(&log_dir))?;
     let snapshots = Snapshots::open(&dir).map_err(data_dir_error(&dir))?;
@@ -179,6 +188,7 @@ pub async fn start(
     }
     // Raft owns the state machine; this handle shares it, to attach the services later.
     let services_slot = state_machine.clone();
+    let applied_index = state_machine.applied_index();
     let log_store_handle = log_store.clone();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, state_machine)
         .await
@@ -315,6 +325,7 @@ pub async fn start(
             advertise_peer_url,
             region: cluster_config.region.clone(),
             data_dir: dir.clone(),
+            applied_index,
         },
         queue,
         inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),
