@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod block;
+pub mod canonical;
 pub mod command;
 pub mod event;
 pub mod identity;
@@ -12,3 +13,4 @@ pub mod profile;
 pub mod resolve;
 pub mod time;
 pub mod validate;
+pub mod validate_raw;
