@@ -272,13 +272,12 @@ fn validate_items(
         };
         let (message_id, normalized) =
             fast.unwrap_or_else(|| validate_item(text, envelope, event_bytes_max));
-        let normalized =
-            normalized.and_then(
-                |event| match too_large_after_merge(&event, event_bytes_max) {
-                    Some(rejection) => Err(rejection),
-                    None => Ok(event),
-                },
-            );
+        let normalized = normalized.and_then(|event| {
+            match too_large_after_merge(&event, event_bytes_max) {
+                Some(rejection) => Err(rejection),
+                None => Ok(event),
+            }
+        });
         match normalized {
             Ok(event) => {
                 total_bytes += event.body_json.len();

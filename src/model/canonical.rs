@@ -83,9 +83,7 @@ pub fn scan(text: &str) -> Result<bool, Bail> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = at;
-                while at < bytes.len()
-                    && matches!(bytes[at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
+                while at < bytes.len() && matches!(bytes[at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     at += 1;
                 }
                 canonical &= number_is_canonical(&text[start..at])?;

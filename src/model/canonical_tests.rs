@@ -7,9 +7,7 @@ use super::*;
 
 /// What a `Value` round trip prints, or `None` if serde_json refuses the text.
 fn round_trip(text: &str) -> Option<String> {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .map(|v| v.to_string())
+    serde_json::from_str::<Value>(text).ok().map(|v| v.to_string())
 }
 
 #[test]
@@ -66,23 +64,8 @@ fn nesting_past_the_limit_bails() {
 #[test]
 fn canonical_texts_survive_a_round_trip_unchanged() {
     let atoms = [
-        "1",
-        "-3",
-        "0",
-        "2.5",
-        "1e3",
-        "-0",
-        "10.0",
-        "true",
-        "null",
-        r#""x""#,
-        r#""a\nb""#,
-        r#""\/""#,
-        r#""\u0041""#,
-        "[]",
-        "{}",
-        r#"[1,"s"]"#,
-        "[1, 2]",
+        "1", "-3", "0", "2.5", "1e3", "-0", "10.0", "true", "null", r#""x""#, r#""a\nb""#,
+        r#""\/""#, r#""\u0041""#, "[]", "{}", r#"[1,"s"]"#, "[1, 2]",
     ];
     let keys = ["a", "b", "B", "aa", "é", "a b", r#"q\"k"#];
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -100,11 +83,7 @@ fn canonical_texts_survive_a_round_trip_unchanged() {
             if i > 0 {
                 text.push(',');
             }
-            text.push_str(&format!(
-                "\"{}\":{}",
-                keys[next(keys.len())],
-                atoms[next(atoms.len())]
-            ));
+            text.push_str(&format!("\"{}\":{}", keys[next(keys.len())], atoms[next(atoms.len())]));
         }
         text.push('}');
         let Some(printed) = round_trip(&text) else {

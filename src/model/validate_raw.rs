@@ -56,10 +56,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an object key")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                text: &'de str,
-            ) -> Result<Key<'de>, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Key<'de>, E> {
                 Ok(Key(Cow::Borrowed(text)))
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Key<'de>, E> {

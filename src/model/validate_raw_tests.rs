@@ -56,12 +56,8 @@ fn check_all(envelope: &Envelope<'_>) -> usize {
             continue;
         };
         fast += 1;
-        let value: Value =
-            serde_json::from_str(text).expect("the fast path took an unparsable message");
-        let want_id = value
-            .get("messageId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let value: Value = serde_json::from_str(text).expect("the fast path took an unparsable message");
+        let want_id = value.get("messageId").and_then(Value::as_str).map(str::to_owned);
         let want = normalize(value, envelope, || "generated".into());
         assert_eq!(result, want, "{text}");
         match &result {
@@ -97,13 +93,7 @@ fn the_raw_path_agrees_with_the_value_path_without_batch_fields() {
     let fast = check_all(&envelope(&blocklist, None, None, None, None));
     // Only the non-objects, the out-of-range number, the surrogates fall back.
     assert!(fast >= MESSAGES.len() - 5, "{fast} of {}", MESSAGES.len());
-    check_all(&envelope(
-        &blocklist,
-        None,
-        None,
-        None,
-        Some(MessageType::Identify),
-    ));
+    check_all(&envelope(&blocklist, None, None, None, Some(MessageType::Identify)));
 }
 
 #[test]
@@ -139,19 +129,9 @@ fn an_ordinary_message_is_copied_not_reprinted() {
     let blocklist = Blocklist::default();
     let envelope = envelope(&blocklist, None, None, None, None);
     let prepared = Prepared::new(&envelope);
-    let (_, event) = prepared
-        .normalize(MESSAGES[0], || unreachable!())
-        .expect("fast path");
+    let (_, event) = prepared.normalize(MESSAGES[0], || unreachable!()).expect("fast path");
     let event = event.expect("valid");
     // The parts that arrived canonical are in the body verbatim.
-    assert!(
-        event
-            .body_json
-            .contains(r#""properties":{"price":12.99,"qty":2,"sku":"X"}"#)
-    );
-    assert!(
-        event
-            .body_json
-            .contains(r#""originalTimestamp":"2025-11-24T10:00:00.000Z""#)
-    );
+    assert!(event.body_json.contains(r#""properties":{"price":12.99,"qty":2,"sku":"X"}"#));
+    assert!(event.body_json.contains(r#""originalTimestamp":"2025-11-24T10:00:00.000Z""#));
 }
