@@ -5,7 +5,6 @@ pub mod bench;
 pub mod bench_backup;
 pub mod bench_reco;
 pub mod bench_segments;
-pub mod bench_validate;
 pub mod cluster;
 pub mod gateway;
 pub mod launcher;
@@ -47,8 +46,6 @@ pub enum Command {
     BenchSegments(bench_segments::SegmentsArgs),
     /// Measure a backup's CPU per MB, stage by stage, on checkpoint files.
     BenchBackupStages(bench_backup::StagesArgs),
-    /// Measure batch-item validation per event: the Value path against the raw path.
-    BenchValidate(bench_validate::ValidateArgs),
     /// Administer cluster membership: status, add/remove/replace nodes, transfer leadership.
     Cluster(cluster::ClusterArgs),
     /// Measure profile read latency (run it during a load to measure reads while ingesting).
@@ -153,11 +150,6 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::BenchBackupStages(args) => {
             tokio::task::spawn_blocking(move || bench_backup::run_stages(args))
-                .await
-                .unwrap_or(1)
-        }
-        Command::BenchValidate(args) => {
-            tokio::task::spawn_blocking(move || bench_validate::run_validate(args))
                 .await
                 .unwrap_or(1)
         }
