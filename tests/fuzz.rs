@@ -1,6 +1,5 @@
 //! Property tests on the two parsers hostile input reaches first: the ingest validator
-//! (`model::validate::normalize`, and its raw path `model::validate_raw`, which must agree
-//! with it byte for byte) and the segment rule parser (`services::segments::parse`).
+//! (`model::validate::normalize`) and the segment rule parser (`services::segments::parse`).
 //! Generated input must never panic them, and what they accept must respect the limits.
 //!
 //! A short run is part of `cargo test` (256 cases each). A long run:
@@ -13,7 +12,6 @@ use tandem::model::time::{TIMESTAMP_FUTURE_DEFAULT_MS_MAX, TIMESTAMP_MIN_MS};
 use tandem::model::validate::{
     EVENT_NAME_BYTES_MAX, EXTERNAL_IDS_MAX, Envelope, MESSAGE_ID_BYTES_MAX, normalize,
 };
-use tandem::model::validate_raw::Prepared;
 
 /// Any JSON value, up to a few levels deep, with strings that include the awkward cases.
 fn any_json() -> impl Strategy<Value = Value> {
@@ -103,26 +101,6 @@ fn message() -> impl Strategy<Value = Value> {
         })
 }
 
-/// `value` as JSON text with every object's keys in reverse order (as a client that does
-/// not sort its keys sends them).
-fn reversed(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let members: Vec<String> = map
-                .iter()
-                .rev()
-                .map(|(key, value)| format!("{}:{}", Value::from(key.as_str()), reversed(value)))
-                .collect();
-            format!("{{{}}}", members.join(","))
-        }
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(reversed).collect();
-            format!("[{}]", items.join(","))
-        }
-        other => other.to_string(),
-    }
-}
-
 /// Segment rule text from the grammar's building blocks (docs/segments.md), nested.
 fn rule_text() -> impl Strategy<Value = String> {
     let atom = prop_oneof![
@@ -147,48 +125,6 @@ fn rule_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    /// The raw path of batch validation gives exactly the `Value` path's outcome — the
-    /// same event, the same stored bytes, the same rejection — whenever it answers, for
-    /// compact, pretty and unsorted texts of the same message.
-    #[test]
-    fn the_raw_path_gives_what_the_value_path_gives(
-        raw in prop_oneof![message(), any_json()],
-        form in 0..3u8,
-        batch_context in proptest::option::of(prop::collection::btree_map("[a-z]{1,8}", any_json(), 0..4)),
-        batch_integrations in proptest::option::of(prop::collection::btree_map("[a-zA-Z]{1,8}", any::<bool>(), 0..3)),
-        sent_at in proptest::option::of(prop_oneof![Just(json!("2026-11-30T08:00:01Z")), Just(json!(3))]),
-    ) {
-        let text = match form {
-            0 => raw.to_string(),
-            1 => serde_json::to_string_pretty(&raw).expect("prints"),
-            _ => reversed(&raw),
-        };
-        let blocklist = Blocklist::new(&[]);
-        let context: Option<Map<String, Value>> = batch_context.map(|m| m.into_iter().collect());
-        let integrations: Option<Map<String, Value>> =
-            batch_integrations.map(|m| m.into_iter().map(|(k, v)| (k, json!(v))).collect());
-        let envelope = Envelope {
-            source: "fuzz",
-            received_at_ms: 1_795_000_000_000,
-            implied_type: None,
-            context: context.as_ref(),
-            integrations: integrations.as_ref(),
-            sent_at: sent_at.as_ref(),
-            blocklist: &blocklist,
-            timestamp_future_ms_max: TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
-        };
-        let prepared = Prepared::new(&envelope);
-        if let Some((message_id, result)) = prepared.normalize(&text, || "generated-id".to_owned()) {
-            let value: Value = serde_json::from_str(&text).expect("the raw path took unparsable text");
-            let want_id = value.get("messageId").and_then(Value::as_str).map(str::to_owned);
-            let want = normalize(value, &envelope, || "generated-id".to_owned());
-            if result.is_err() {
-                prop_assert_eq!(message_id, want_id);
-            }
-            prop_assert_eq!(result, want);
-        }
-    }
-
     #[test]
     fn the_validator_never_panics_and_what_it_accepts_is_within_the_limits(
         raw in prop_oneof![message(), any_json()],

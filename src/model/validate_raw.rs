@@ -133,13 +133,11 @@ impl<'e> Prepared<'e> {
         new_message_id: impl FnOnce() -> String,
     ) -> Option<(Option<String>, Result<Event, Rejection>)> {
         let top: RawObject<'_> = serde_json::from_str(text).ok()?;
-        let mut pieces: BTreeMap<Key<'_>, Piece<'_>> = top
-            .into_iter()
-            .map(|(key, raw)| {
-                let canonical = canonical::scan(raw.get()).ok()?;
-                Some((key, Piece::Raw(raw.get(), canonical)))
-            })
-            .collect::<Option<_>>()?;
+        let mut pieces = BTreeMap::new();
+        for (key, raw) in top {
+            let canonical = canonical::scan(raw.get()).ok()?;
+            pieces.insert(key, Piece::Raw(raw.get(), canonical));
+        }
         let mut probe = self.probe(&pieces)?;
         let envelope = Envelope {
             context: self.probe_context.as_ref(),
