@@ -33,7 +33,6 @@ use super::quota;
 use crate::config::LimitsConfig;
 use crate::model::event::{Event, EventOutcome, MessageType};
 use crate::model::validate::{Envelope, Rejection, normalize};
-use crate::model::validate_raw::Prepared;
 use crate::node::now_ms;
 use crate::store::tables::seq_position;
 
@@ -249,35 +248,58 @@ fn check_batch_fields_size(batch: &BatchBody<'_>, event_bytes_max: usize) -> Res
 
 /// Validates and normalises each item. Stops with 413 as soon as the normalised events
 /// exceed `limits.request_events_bytes_max`, so the merged copies never pile up.
-///
-/// Each item goes the raw way ([`Prepared::normalize`]: no `Value` tree of the whole
-/// message) and, when that path is unsure of an item, the `Value` way; both give the
-/// same outcome byte for byte.
 fn validate_items(
     items: &[&RawValue],
     envelope: &Envelope<'_>,
     limits: &LimitsConfig,
 ) -> Result<(Vec<Event>, Vec<Rejected>), ApiError> {
     let event_bytes_max = limits.event_bytes_max;
-    let prepared = Prepared::new(envelope);
     let mut events = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     let mut total_bytes = 0usize;
     for (index, item) in items.iter().enumerate() {
         let text = item.get();
-        let fast = if text.len() <= event_bytes_max {
-            prepared.normalize(text, new_message_id)
-        } else {
-            None
-        };
-        let (message_id, normalized) =
-            fast.unwrap_or_else(|| validate_item(text, envelope, event_bytes_max));
-        let normalized = normalized.and_then(|event| {
-            match too_large_after_merge(&event, event_bytes_max) {
-                Some(rejection) => Err(rejection),
-                None => Ok(event),
+        let parsed: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => {
+                // RawValue already checked the syntax; this only fails on limits such as
+                // nesting depth.
+                rejected.push(Rejected {
+                    index,
+                    message_id: None,
+                    rejection: Rejection {
+                        code: "invalid_message",
+                        message: format!("the message does not parse: {e}"),
+                    },
+                });
+                continue;
             }
-        });
+        };
+        let message_id = parsed
+            .get("messageId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if text.len() > event_bytes_max {
+            rejected.push(Rejected {
+                index,
+                message_id,
+                rejection: Rejection {
+                    code: "event_too_large",
+                    message: format!(
+                        "the event is {} bytes; the limit is {event_bytes_max} bytes (limits.event_bytes_max)",
+                        text.len()
+                    ),
+                },
+            });
+            continue;
+        }
+        let normalized =
+            normalize(parsed, envelope, new_message_id).and_then(
+                |event| match too_large_after_merge(&event, event_bytes_max) {
+                    Some(rejection) => Err(rejection),
+                    None => Ok(event),
+                },
+            );
         match normalized {
             Ok(event) => {
                 total_bytes += event.body_json.len();
@@ -297,41 +319,6 @@ fn validate_items(
         }
     }
     Ok((events, rejected))
-}
-
-/// One item the `Value` way: its `messageId` (when it has one) and its outcome.
-fn validate_item(
-    text: &str,
-    envelope: &Envelope<'_>,
-    event_bytes_max: usize,
-) -> (Option<String>, Result<Event, Rejection>) {
-    let parsed: Value = match serde_json::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            // RawValue already checked the syntax; this only fails on limits such as
-            // nesting depth.
-            let rejection = Rejection {
-                code: "invalid_message",
-                message: format!("the message does not parse: {e}"),
-            };
-            return (None, Err(rejection));
-        }
-    };
-    let message_id = parsed
-        .get("messageId")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if text.len() > event_bytes_max {
-        let rejection = Rejection {
-            code: "event_too_large",
-            message: format!(
-                "the event is {} bytes; the limit is {event_bytes_max} bytes (limits.event_bytes_max)",
-                text.len()
-            ),
-        };
-        return (message_id, Err(rejection));
-    }
-    (message_id, normalize(parsed, envelope, new_message_id))
 }
 
 /// Bytes an event may grow by in normalisation beyond what the client sent: the fields

@@ -5,7 +5,6 @@
 
 pub mod audit;
 pub mod block;
-pub mod canonical;
 pub mod command;
 pub mod event;
 pub mod identity;
@@ -13,4 +12,3 @@ pub mod profile;
 pub mod resolve;
 pub mod time;
 pub mod validate;
-pub mod validate_raw;

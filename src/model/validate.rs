@@ -44,7 +44,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub(super) fn new(code: &'static str, message: impl Into<String>) -> Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Rejection {
         Rejection {
             code,
             message: message.into(),
@@ -88,81 +88,7 @@ pub fn normalize(
             "each message must be a JSON object",
         ));
     };
-    let checked = check(&mut body, envelope, new_message_id)?;
-
-    body.remove("writeKey");
-    body.insert("type".into(), Value::String(checked.kind.as_str().into()));
-    body.insert(
-        "messageId".into(),
-        Value::String(checked.message_id.clone()),
-    );
-    if let Some(ts) = body.remove("timestamp")
-        && !body.contains_key("originalTimestamp")
-    {
-        body.insert("originalTimestamp".into(), ts);
-    }
-    if !body.contains_key("sentAt")
-        && let Some(sent_at) = envelope.sent_at
-    {
-        body.insert("sentAt".into(), sent_at.clone());
-    }
-    body.insert(
-        "receivedAt".into(),
-        Value::String(format_ms(envelope.received_at_ms)),
-    );
-    body.insert(
-        "timestamp".into(),
-        Value::String(format_ms(checked.timestamp_ms)),
-    );
-    Ok(checked.into_event(envelope, Value::Object(body).to_string()))
-}
-
-/// What [`check`] found in a valid message: everything an [`Event`] holds but its body.
-#[derive(Debug, Clone)]
-pub(super) struct Checked {
-    /// The message type.
-    pub kind: MessageType,
-    /// `messageId`, the client's or a generated one.
-    pub message_id: String,
-    /// `event` or `name`, or empty.
-    pub name: String,
-    /// The corrected event time, ms since the epoch.
-    pub timestamp_ms: i64,
-    /// The identities, highest priority first.
-    pub identities: Vec<Identity>,
-    /// For alias: `previousId`.
-    pub previous_id: Option<String>,
-    /// The profile traits an identify sets, as JSON text.
-    pub traits_json: Option<String>,
-}
-
-impl Checked {
-    /// The event with this normalised body.
-    pub(super) fn into_event(self, envelope: &Envelope<'_>, body_json: String) -> Event {
-        Event {
-            source: envelope.source.to_owned(),
-            message_id: self.message_id,
-            kind: self.kind,
-            name: self.name,
-            timestamp_ms: self.timestamp_ms,
-            received_at_ms: envelope.received_at_ms,
-            identities: self.identities,
-            previous_id: self.previous_id,
-            traits_json: self.traits_json,
-            body_json,
-        }
-    }
-}
-
-/// The rules of the module doc, in order (the first broken one is reported), over a
-/// message object; merges the batch-level `context` and `integrations` into it on the way.
-/// [`super::validate_raw`] runs it over a small object holding only the fields it reads.
-pub(super) fn check(
-    body: &mut Map<String, Value>,
-    envelope: &Envelope<'_>,
-    new_message_id: impl FnOnce() -> String,
-) -> Result<Checked, Rejection> {
-    let kind = message_type(body, envelope.implied_type)?;
+    let kind = message_type(&body, envelope.implied_type)?;
     for field in ["properties", "traits", "context", "integrations"] {
         if let Some(value) = body.get(field)
             && !value.is_object()
@@ -174,8 +100,8 @@ pub(super) fn check(
             ));
         }
     }
-    merge_batch_object(body, "context", envelope.context);
-    merge_batch_object(body, "integrations", envelope.integrations);
+    merge_batch_object(&mut body, "context", envelope.context);
+    merge_batch_object(&mut body, "integrations", envelope.integrations);
 
     let message_id = match body.get("messageId") {
         None | Some(Value::Null) => new_message_id(),
@@ -196,9 +122,9 @@ pub(super) fn check(
         }
     };
 
-    let name = required_name(body, kind)?;
-    let (identities, previous_id) = identities(body, kind, envelope.blocklist)?;
-    let timestamp_ms = corrected_timestamp(body, envelope)?;
+    let name = required_name(&body, kind)?;
+    let (identities, previous_id) = identities(&body, kind, envelope.blocklist)?;
+    let timestamp_ms = corrected_timestamp(&body, envelope)?;
     if let Some(problem) = timestamp_problem(
         timestamp_ms,
         envelope.received_at_ms,
@@ -206,15 +132,38 @@ pub(super) fn check(
     ) {
         return Err(Rejection::new("timestamp_out_of_range", problem));
     }
-    let traits_json = profile_traits(body, kind);
-    Ok(Checked {
-        kind,
+    let traits_json = profile_traits(&body, kind);
+
+    body.remove("writeKey");
+    body.insert("type".into(), Value::String(kind.as_str().into()));
+    body.insert("messageId".into(), Value::String(message_id.clone()));
+    if let Some(ts) = body.remove("timestamp")
+        && !body.contains_key("originalTimestamp")
+    {
+        body.insert("originalTimestamp".into(), ts);
+    }
+    if !body.contains_key("sentAt")
+        && let Some(sent_at) = envelope.sent_at
+    {
+        body.insert("sentAt".into(), sent_at.clone());
+    }
+    body.insert(
+        "receivedAt".into(),
+        Value::String(format_ms(envelope.received_at_ms)),
+    );
+    body.insert("timestamp".into(), Value::String(format_ms(timestamp_ms)));
+
+    Ok(Event {
+        source: envelope.source.to_owned(),
         message_id,
+        kind,
         name,
         timestamp_ms,
+        received_at_ms: envelope.received_at_ms,
         identities,
         previous_id,
         traits_json,
+        body_json: Value::Object(body).to_string(),
     })
 }
 
