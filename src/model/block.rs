@@ -477,7 +477,11 @@ mod tests {
                     .flat_map(|i| event(i * (round + 1)).body_json.into_bytes())
                     .collect();
                 let fresh = zstd::bulk::compress(&bodies, ZSTD_LEVEL).unwrap();
-                assert_eq!(compress(&bodies).unwrap(), fresh, "round {round}, {size} events");
+                assert_eq!(
+                    compress(&bodies).unwrap(),
+                    fresh,
+                    "round {round}, {size} events"
+                );
                 assert_eq!(decompress(&fresh, bodies.len()).unwrap(), bodies);
             }
         }
