@@ -21,7 +21,6 @@
 //! `limits.clock_step_ms_max`, so a wall clock that leaps cannot expire dedup entries or
 //! retention early through the state clock.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
 use crate::model::time::BatchClock;
 use crate::store::Store;
-use crate::store::dedup::Seen;
+use crate::store::dedup::{KeyMap, Seen};
 use crate::store::tables::dedup_hash;
 use openraft::async_runtime::WatchReceiver;
 
@@ -64,11 +63,11 @@ pub(super) struct Context {
     /// The term whose earlier entries this leader is known to have applied.
     pub verified_term: AtomicU64,
     /// Dedup hashes of events proposed by this leader and not yet applied.
-    pub in_flight: Mutex<HashMap<[u8; 16], Arc<GroupOutcome>>>,
+    pub in_flight: Mutex<KeyMap<Arc<GroupOutcome>>>,
 }
 
 /// The seqs of a group's events by dedup hash, once applied.
-type Seqs = Arc<HashMap<[u8; 16], u64>>;
+type Seqs = Arc<KeyMap<u64>>;
 
 /// What became of a group's events: their seqs once applied, or `None` if the group
 /// failed (their fate then is unknown to this node). The channel holds `None` until then.
@@ -269,7 +268,8 @@ async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: 
     let mut outcomes: Vec<Option<EventOutcome>> = vec![None; hashes.len()];
     let (seqs, error) = match outcome {
         Ok(found) => {
-            let mut seqs = HashMap::with_capacity(found.len());
+            let mut seqs = KeyMap::default();
+            seqs.reserve(found.len());
             for (at, outcome) in found {
                 let (EventOutcome::Stored { seq, .. } | EventOutcome::Duplicate { seq }) = outcome;
                 seqs.insert(hashes[at], seq);
@@ -330,12 +330,10 @@ async fn screen_and_propose(
 ) -> Result<Vec<(usize, EventOutcome)>, SubmitError> {
     let store = Arc::clone(&context.store);
     let candidates = candidates.to_vec();
+    let keys: Vec<[u8; 16]> = candidates.iter().map(|&at| hashes[at]).collect();
     let screened = tokio::task::spawn_blocking(move || {
-        let keys = candidates
-            .iter()
-            .map(|&at| (events[at].source.as_str(), events[at].message_id.as_str()));
         let verdicts = store
-            .screen(keys)
+            .screen_hashes(keys)
             .map_err(|e| SubmitError::Storage(e.to_string()))?;
         let mut found = Vec::new();
         let mut fresh = Vec::new();

@@ -294,7 +294,7 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         failed: Arc::clone(&failed),
         verified_term: std::sync::atomic::AtomicU64::new(0),
-        in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+        in_flight: std::sync::Mutex::new(crate::store::dedup::KeyMap::default()),
     };
     tokio::spawn(proposer::run(context, receiver));
     let alerts = super::alerts::Alerts::new(

@@ -16,6 +16,7 @@
 //!   changes nothing anyone can observe.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -113,12 +114,25 @@ impl<'a> Screen<'a> {
         &self,
         keys: impl IntoIterator<Item = (&'k str, &'k str)>,
     ) -> Result<Vec<Seen>, StoreError> {
+        self.check_hashes(
+            keys.into_iter()
+                .map(|(source, message_id)| dedup_hash(source, message_id)),
+        )
+    }
+
+    /// [`Screen::check`] for keys already hashed with [`dedup_hash`] (the proposer has
+    /// them from its in-flight screening, so they are not hashed twice).
+    pub fn check_hashes(
+        &self,
+        hashes: impl IntoIterator<Item = [u8; 16]>,
+    ) -> Result<Vec<Seen>, StoreError> {
         let snapshot = self.store.db.snapshot();
         let horizon = &self.store.horizon;
-        let mut seen: HashMap<[u8; 16], usize> = HashMap::new();
-        let mut verdicts = Vec::new();
-        for (position, (source, message_id)) in keys.into_iter().enumerate() {
-            let hash = dedup_hash(source, message_id);
+        let hashes = hashes.into_iter();
+        let mut seen: KeyMap<usize> = KeyMap::default();
+        seen.reserve(hashes.size_hint().0);
+        let mut verdicts = Vec::with_capacity(hashes.size_hint().0);
+        for (position, hash) in hashes.enumerate() {
             if let Some(&first) = seen.get(&hash) {
                 verdicts.push(Seen::Repeat(first));
                 continue;
@@ -134,6 +148,36 @@ impl<'a> Screen<'a> {
             verdicts.push(stored.map_or(Seen::New, Seen::Stored));
         }
         Ok(verdicts)
+    }
+}
+
+/// A hash map keyed by [`dedup_hash`] keys. The keys are already uniformly distributed
+/// (blake3 output), so hashing them again with the default SipHash only costs time: the
+/// map takes 8 of their bytes as the hash. An adversary cannot aim collisions at it
+/// without inverting blake3.
+pub type KeyMap<V> = HashMap<[u8; 16], V, BuildHasherDefault<KeyHasher>>;
+
+/// The [`Hasher`] of [`KeyMap`]: the first 8 bytes of a 16-byte key, as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// A `[u8; 16]` key hashes as its length (a `usize`), then one `write` of its 16
+    /// bytes: both are folded in by xor, 8 bytes at a time where there are 8, so the hash
+    /// is the key's first 8 bytes xor a constant. Shorter writes are mixed byte by byte,
+    /// so the hasher stays correct (if slower) for any other key type.
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(head) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*head);
+        } else {
+            for &byte in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+            }
+        }
     }
 }
 

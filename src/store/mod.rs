@@ -279,6 +279,14 @@ impl Store {
         dedup::Screen::new(self).check(keys)
     }
 
+    /// [`Store::screen`] for keys already hashed with [`tables::dedup_hash`].
+    pub fn screen_hashes(
+        &self,
+        hashes: impl IntoIterator<Item = [u8; 16]>,
+    ) -> Result<Vec<dedup::Seen>, StoreError> {
+        dedup::Screen::new(self).check_hashes(hashes)
+    }
+
     fn advance_horizon(&self, clock_ms: i64) {
         self.horizon
             .advance(clock_ms.saturating_sub(self.config.apply.dedup_window_ms));
