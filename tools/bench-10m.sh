@@ -53,6 +53,7 @@ started=$(date +%s.%N)
     --url "$URL2" --peer-url "http://$PEER2" --region default --learner-only || exit 1
 echo "caught up in $(echo "$(date +%s.%N) - $started" | bc) s"
 echo "snapshots built by node 1 (bytes, elapsed_ms):"
-grep -a "built snapshot" "$D/node.log" | grep -o "bytes=[0-9]* elapsed_ms=[0-9]*"
-echo "installed on node 2:"; grep -a -i "snapshot" "$D/node2.log" | tail -3
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; } # the logs' lines without colour codes
+plain "$D/node.log" | grep -a "built snapshot" | grep -o "bytes=[0-9]* elapsed_ms=[0-9]*"
+echo "installed on node 2:"; plain "$D/node2.log" | grep -a -i "installed snapshot" | tail -3
 echo "  node 2 on disk (MiB): $(du -sm "$D/data2"/* | awk '{printf "%s %s  ", $2, $1}' | sed "s|$D/data2/||g")"
