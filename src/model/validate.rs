@@ -426,6 +426,24 @@ pub fn format_ms(ms: i64) -> String {
     }
 }
 
+/// A test event from web at `received_at_ms`, with the default limits: for tests in any
+/// layer that need a valid [`Event`] without an envelope of their own.
+#[cfg(test)]
+pub(crate) fn test_event(raw: Value, received_at_ms: i64) -> Event {
+    let blocklist = Blocklist::default();
+    let envelope = Envelope {
+        source: "web",
+        received_at_ms,
+        implied_type: None,
+        context: None,
+        integrations: None,
+        sent_at: None,
+        blocklist: &blocklist,
+        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
+    };
+    normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -11,9 +11,7 @@ use super::ComputedTraits;
 use crate::model::block::EncodedBlock;
 use crate::model::command::Command;
 use crate::model::event::Event;
-use crate::model::identity::Blocklist;
 use crate::model::resolve::MergeRules;
-use crate::model::validate::{Envelope, normalize};
 use crate::services::db::{ServiceDb, Writes};
 use crate::services::supervisor::{BATCH_MAX, Service};
 use crate::services::traits::default_defs;
@@ -26,18 +24,7 @@ const T0: i64 = 1_764_000_000_000;
 const DAY_MS: i64 = 86_400_000;
 
 fn event(raw: Value) -> Event {
-    let blocklist = Blocklist::default();
-    let envelope = Envelope {
-        source: "web",
-        received_at_ms: T0,
-        implied_type: None,
-        context: None,
-        integrations: None,
-        sent_at: None,
-        blocklist: &blocklist,
-        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
-    };
-    normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
+    crate::model::validate::test_event(raw, T0)
 }
 
 fn order(id: &str, who: (&str, &str), revenue: u64, category: &str) -> Value {

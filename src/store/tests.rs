@@ -12,7 +12,6 @@ use crate::model::command::Command;
 use crate::model::event::{Event, EventOutcome};
 use crate::model::identity::{Blocklist, Identity};
 use crate::model::resolve::MergeRules;
-use crate::model::validate::{Envelope, normalize};
 
 pub(super) const DAY_MS: i64 = 86_400_000;
 pub(super) const T0: i64 = 1_764_000_000_000;
@@ -38,20 +37,7 @@ pub(super) fn open_with(dir: &Path, name: &str, settings: ApplySettings) -> Stor
     Store::open_in(&dir.join(name), 16 << 20, settings).expect("open store")
 }
 
-fn event(raw: Value, received_at_ms: i64) -> Event {
-    let blocklist = Blocklist::default();
-    let envelope = Envelope {
-        source: "web",
-        received_at_ms,
-        implied_type: None,
-        context: None,
-        integrations: None,
-        sent_at: None,
-        blocklist: &blocklist,
-        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
-    };
-    normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
-}
+use crate::model::validate::test_event as event;
 
 /// A group of events proposed at `time_ms`.
 pub(super) struct Batch {

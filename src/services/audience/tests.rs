@@ -11,10 +11,7 @@ use serde_json::{Value, json};
 use super::{Segments, Transition, record, transitions};
 use crate::model::block::EncodedBlock;
 use crate::model::command::{Command, SegmentDef};
-use crate::model::event::Event;
-use crate::model::identity::Blocklist;
 use crate::model::resolve::MergeRules;
-use crate::model::validate::{Envelope, normalize};
 use crate::services::db::{ServiceDb, Writes};
 use crate::services::supervisor::{BATCH_MAX, Service};
 use crate::services::traits::default_defs;
@@ -39,20 +36,7 @@ fn open_store(dir: &Path) -> Store {
     Store::open_in(dir, 16 << 20, settings).expect("open store")
 }
 
-fn event(raw: Value, received_at_ms: i64) -> Event {
-    let blocklist = Blocklist::default();
-    let envelope = Envelope {
-        source: "web",
-        received_at_ms,
-        implied_type: None,
-        context: None,
-        integrations: None,
-        sent_at: None,
-        blocklist: &blocklist,
-        timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
-    };
-    normalize(raw, &envelope, || unreachable!("tests give messageIds")).expect("valid event")
-}
+use crate::model::validate::test_event as event;
 
 fn ingest(time_ms: i64, raws: Vec<Value>) -> Command {
     let events = raws.into_iter().map(|raw| event(raw, time_ms)).collect();
