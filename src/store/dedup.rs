@@ -16,7 +16,6 @@
 //!   changes nothing anyone can observe.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -151,35 +150,12 @@ impl<'a> Screen<'a> {
     }
 }
 
-/// A hash map keyed by [`dedup_hash`] keys. The keys are already uniformly distributed
-/// (blake3 output), so hashing them again with the default SipHash only costs time: the
-/// map takes 8 of their bytes as the hash. An adversary cannot aim collisions at it
-/// without inverting blake3.
-pub type KeyMap<V> = HashMap<[u8; 16], V, BuildHasherDefault<KeyHasher>>;
-
-/// The [`Hasher`] of [`KeyMap`]: the first 8 bytes of a 16-byte key, as they are.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    /// A `[u8; 16]` key hashes as its length (a `usize`), then one `write` of its 16
-    /// bytes: both are folded in by xor, 8 bytes at a time where there are 8, so the hash
-    /// is the key's first 8 bytes xor a constant. Shorter writes are mixed byte by byte,
-    /// so the hasher stays correct (if slower) for any other key type.
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(head) = bytes.first_chunk::<8>() {
-            self.0 ^= u64::from_le_bytes(*head);
-        } else {
-            for &byte in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-            }
-        }
-    }
-}
+/// A hash map keyed by [`dedup_hash`] keys. It keeps the standard, randomly seeded
+/// hasher: the keys are unkeyed blake3 of client-chosen messageIds, so a sender can search
+/// offline for ids whose hashes share the bits a table indexes by, and a pass-through
+/// hasher (tried: its saving was below what a benchmark here resolves) would let one batch
+/// of such ids turn the in-flight map's lookups quadratic.
+pub type KeyMap<V> = HashMap<[u8; 16], V>;
 
 /// Whether a raw [`DEDUP`] record is alive at `horizon` (for the state hash and exports).
 pub(crate) fn record_alive(value: &[u8], horizon: &Horizon) -> Result<bool, StoreError> {
