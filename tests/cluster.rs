@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::cluster::{TestCluster, admin_get, admin_post};
 use support::history::{Writers, check_exactly_once};
-use support::{get, post};
+use support::{get, metric, post};
 
 const ELECTION: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -481,22 +481,6 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     let acked = writers.stop().await;
     cluster.converged_hash(CONVERGE).await;
     check_all(&cluster, &acked).await;
-}
-
-/// One sample of a node's `/metrics` (`series` as written, labels included), if present.
-async fn metric(url: &str, series: &str) -> Option<f64> {
-    let text = support::client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .and_then(|(_, value)| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

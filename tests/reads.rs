@@ -322,3 +322,126 @@ async fn reads_wait_out_a_leader_kill_instead_of_failing() {
         "reads are bounded: {report}"
     );
 }
+
+/// What the profile-read test's writer has had acknowledged so far.
+#[derive(Debug, Default)]
+struct Acked {
+    /// The highest trait value acknowledged.
+    n: i64,
+    /// Set when the writer is done.
+    done: bool,
+}
+
+/// Background ingest for other users until `stop`: keeps writes in flight on the leader.
+async fn ingest_others(url: String, worker: usize, stop: Arc<AtomicBool>) -> usize {
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<_> = (0..50)
+            .map(|i| {
+                json!({"type": "track", "userId": format!("other-{worker}-{}", (sent + i) % 500),
+                       "event": "Viewed", "messageId": format!("o-{worker}-{sent}-{i}")})
+            })
+            .collect();
+        let reply = post(&url, "/v1/batch", &json!({ "batch": batch })).await;
+        assert_eq!(reply.status, 200, "background batch: {}", reply.body);
+        sent += batch.len();
+    }
+    sent
+}
+
+/// Default (linearizable) profile reads on the leader skip the apply wait when no write in
+/// flight mentions the profile. While writes to that profile — each naming only one of
+/// its two identities — and to others are in flight, each read by either identity sees
+/// every write acknowledged before it began, and the reads move only forward; every such
+/// read is counted as answered at once or after waiting, and some are at once. (On one
+/// node an acknowledged write is already applied, so this proves the answers and the
+/// accounting; the decision itself is proven in `node::pending`'s tests, and reads across
+/// nodes by the randomized fault test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_profile_reads_under_ingest_see_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[]);
+    // The profile has two identities; later writes name only one of them each.
+    let link = post(
+        &node.url,
+        "/v1/identify",
+        &json!({"userId": "k", "anonymousId": "k-anon", "traits": {"n": 0}, "messageId": "k-0"}),
+    )
+    .await;
+    position(&link);
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..4)
+        .map(|worker| tokio::spawn(ingest_others(node.url.clone(), worker, Arc::clone(&stop))))
+        .collect();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let writer = {
+        let (url, acked) = (node.url.clone(), Arc::clone(&acked));
+        tokio::spawn(async move {
+            for n in 1..=60_i64 {
+                let who = if n % 2 == 0 {
+                    json!({"userId": "k"})
+                } else {
+                    json!({"anonymousId": "k-anon"})
+                };
+                let mut body = json!({"traits": {"n": n}, "messageId": format!("k-{n}")});
+                body.as_object_mut()
+                    .expect("object")
+                    .extend(who.as_object().expect("object").clone());
+                let reply = post(&url, "/v1/identify", &body).await;
+                position(&reply);
+                acked.lock().expect("acked").n = n;
+            }
+            acked.lock().expect("acked").done = true;
+        })
+    };
+    let readers: Vec<_> = ["user_id:k", "anonymous_id:k-anon"]
+        .into_iter()
+        .map(|identity| {
+            let (url, acked) = (node.url.clone(), Arc::clone(&acked));
+            tokio::spawn(async move {
+                let (mut last, mut reads) = (0_i64, 0_u64);
+                loop {
+                    let (floor, done) = {
+                        let acked = acked.lock().expect("acked");
+                        (acked.n, acked.done)
+                    };
+                    let read = get(&url, &format!("/v1/profiles/{identity}")).await;
+                    assert_eq!(read.status, 200, "{identity}: {}", read.body);
+                    reads += 1;
+                    let n = read.body["traits"]["n"].as_i64().expect("trait n");
+                    assert!(
+                        n >= floor,
+                        "stale read of {identity}: n = {n}, but n = {floor} was acknowledged before the read began"
+                    );
+                    assert!(n >= last, "{identity}: read n = {n} after n = {last}");
+                    last = n;
+                    if done {
+                        return reads;
+                    }
+                }
+            })
+        })
+        .collect();
+    writer.await.expect("writer");
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.expect("reader");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in background {
+        assert!(task.await.expect("background") > 0);
+    }
+    let counted = |series: &'static str| {
+        let url = node.url.clone();
+        async move { support::metric(&url, series).await.unwrap_or(0.0) as u64 }
+    };
+    let unwaited = counted("tandem_profile_reads_unwaited_total").await;
+    let waited = counted("tandem_profile_reads_waited_total").await;
+    assert_eq!(
+        unwaited + waited,
+        reads,
+        "every linearizable read on the leader is counted"
+    );
+    assert!(unwaited > 0, "no read skipped the wait ({waited} waited)");
+    eprintln!("{reads} reads: {unwaited} answered at once, {waited} waited for apply");
+}

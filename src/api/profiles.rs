@@ -5,6 +5,8 @@
 //! Each read first waits for the freshness asked for (`?consistency=`, `?after=`, see
 //! [`super::consistency`]), then runs on a store snapshot in the read pool.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -19,7 +21,7 @@ use super::error::ApiError;
 use crate::model::identity::Identity;
 use crate::model::profile::Profile;
 use crate::model::validate::format_ms;
-use crate::node::reads::ReadRequirement;
+use crate::node::reads::{Prepared, ReadRequirement};
 use crate::store::read::{PAGE_LIMIT_MAX, Reader};
 use crate::store::tables::{MergeAction, MergeRecord, StoredEvent};
 
@@ -143,14 +145,43 @@ pub(crate) async fn with_profile(
 ) -> Result<Response, ApiError> {
     state.keys.require(headers, Access::Read)?;
     let identity = parse_identity(state, id)?;
-    state.node.prepare_read(read).await?;
+    let (identity, view) = match state.node.prepare_keyed_read(read).await? {
+        Prepared::Ready => (identity, view),
+        Prepared::Keyed(ticket) => {
+            let freshness = read_json(state, read);
+            let node = Arc::clone(&state.node);
+            // The snapshot is taken in the pool, after the ticket: see `node::pending`.
+            let unwaited = state
+                .read(move |reader| {
+                    let profile = reader.profile_of(&identity)?;
+                    let mentioned = profile.iter().flat_map(|p| &p.identities);
+                    if !node.read_is_clear(&ticket, std::iter::once(&identity).chain(mentioned)) {
+                        return Ok(Err((identity, view)));
+                    }
+                    let profile = profile.ok_or_else(|| not_found(&identity))?;
+                    Ok(Ok(view(reader, profile)?))
+                })
+                .await?;
+            match unwaited {
+                Ok(body) => return Ok(reply(body, freshness)),
+                Err(again) => {
+                    state.node.wait_applied(ticket.read_index).await?;
+                    again
+                }
+            }
+        }
+    };
     // Taken before the snapshot, so the snapshot is at least this fresh.
     let freshness = read_json(state, read);
-    let mut body = state
+    let body = state
         .read(move |reader| view(reader, find(reader, &identity)?))
         .await?;
+    Ok(reply(body, freshness))
+}
+
+fn reply(mut body: Value, freshness: Value) -> Response {
     body["read"] = freshness;
-    Ok(axum::Json(body).into_response())
+    axum::Json(body).into_response()
 }
 
 fn page_query(
@@ -205,12 +236,16 @@ pub(crate) fn parse_identity(state: &AppState, text: &str) -> Result<Identity, A
 }
 
 fn find(reader: &Reader, identity: &Identity) -> Result<Profile, ApiError> {
-    reader.profile_of(identity)?.ok_or_else(|| {
-        ApiError::not_found(
-            "profile_not_found",
-            format!("no profile has the identity {identity}"),
-        )
-    })
+    reader
+        .profile_of(identity)?
+        .ok_or_else(|| not_found(identity))
+}
+
+fn not_found(identity: &Identity) -> ApiError {
+    ApiError::not_found(
+        "profile_not_found",
+        format!("no profile has the identity {identity}"),
+    )
 }
 
 fn profile_json(profile: &Profile, priority: &[crate::model::identity::IdClass]) -> Value {

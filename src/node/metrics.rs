@@ -208,6 +208,11 @@ pub(super) struct Scraped {
     pub block_cache_bytes: U64Gauge,
     /// Event `properties` parsed for the services (once per event per cached block).
     pub feed_properties_parsed: Counter,
+    /// Linearizable and lease profile reads on the leader answered without waiting for
+    /// apply: no write in flight mentioned the profile (`node::pending`).
+    pub profile_reads_unwaited: Counter,
+    /// Such reads that waited for apply to reach the read index.
+    pub profile_reads_waited: Counter,
     /// Resident set size in bytes.
     pub resident_memory: U64Gauge,
     /// Open file descriptors.
@@ -452,6 +457,16 @@ impl Metrics {
             "feed_properties_parsed",
             "Event properties parsed for the CDP services (once per event while its block is cached)",
             s.feed_properties_parsed.clone(),
+        );
+        r.register(
+            "profile_reads_unwaited",
+            "Linearizable and lease profile reads on the leader answered without waiting for apply (no write in flight mentioned the profile)",
+            s.profile_reads_unwaited.clone(),
+        );
+        r.register(
+            "profile_reads_waited",
+            "Linearizable and lease profile reads on the leader that waited for apply to reach the read index",
+            s.profile_reads_waited.clone(),
         );
         r.register_with_unit(
             "process_resident_memory",

@@ -27,6 +27,7 @@ pub mod format;
 pub mod housekeeping;
 pub mod metrics;
 mod peer;
+pub mod pending;
 pub mod priority;
 mod proposer;
 pub mod reads;
@@ -144,6 +145,8 @@ pub struct Cluster {
     /// The last log index the store shows, as the state machine publishes it (ahead of
     /// Raft's metrics); reads wait on it.
     applied_index: tokio::sync::watch::Receiver<u64>,
+    /// What this leader proposed and has not applied; lets profile reads skip the wait.
+    pending: Arc<pending::PendingWrites>,
 }
 
 impl Cluster {
@@ -342,6 +345,34 @@ impl Node {
         raft.max((published > 0).then_some(published))
     }
 
+    /// Prepares a read of one profile: as [`Node::prepare_read`], except that a
+    /// linearizable or lease read on the leader returns [`reads::Prepared::Keyed`] instead of
+    /// waiting for apply to reach the read index — the read then waits only if a write
+    /// not yet applied mentions the profile's identities (see [`pending`]).
+    pub async fn prepare_keyed_read(
+        &self,
+        requirement: reads::ReadRequirement,
+    ) -> Result<reads::Prepared, reads::ReadError> {
+        reads::prepare_keyed(&self.cluster, &self.http, requirement).await
+    }
+
+    /// Whether a snapshot taken after `ticket` was issued answers a read of the profile
+    /// with these identities (the identity asked for and, if a profile owns it, all of
+    /// that profile's) without waiting: see [`pending::PendingWrites::clear`].
+    pub fn read_is_clear<'a>(
+        &self,
+        ticket: &pending::ReadTicket,
+        identities: impl IntoIterator<Item = &'a crate::model::identity::Identity>,
+    ) -> bool {
+        self.cluster.pending.clear(ticket, identities)
+    }
+
+    /// Returns once this node has applied log index `index` (bounded by
+    /// [`reads::APPLY_WAIT_MAX`]).
+    pub async fn wait_applied(&self, index: u64) -> Result<(), reads::ReadError> {
+        reads::wait_applied(&self.cluster, index).await
+    }
+
     /// [`Node::prepare_read`] for a linearizable read.
     pub async fn linearize(&self) -> Result<(), reads::ReadError> {
         self.prepare_read(reads::ReadRequirement {
@@ -455,6 +486,9 @@ impl Node {
             load(&blocks.stats().properties_parsed),
         );
         s.block_cache_bytes.set(blocks.bytes());
+        let pending = &self.cluster.pending;
+        metrics::mirror(&s.profile_reads_unwaited, load(&pending.reads_unwaited));
+        metrics::mirror(&s.profile_reads_waited, load(&pending.reads_waited));
         metrics::mirror(&m.overloaded, self.stats.overloaded.load(Ordering::Relaxed));
         s.inflight_events.set(self.inflight_events() as u64);
         for status in self.services.statuses() {

@@ -21,13 +21,14 @@
 //! `limits.clock_step_ms_max`, so a wall clock that leaps cannot expire dedup entries or
 //! retention early through the state clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::peer::Peer;
+use super::pending::PendingWrites;
 use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
 use crate::cluster::{Command, CommandResult, Raft};
 use crate::model::block::EncodedBlock;
@@ -60,8 +61,9 @@ pub(super) struct Context {
     /// Group-commit sizes and propose-to-commit latency.
     pub metrics: Arc<super::metrics::Metrics>,
     pub failed: Arc<AtomicBool>,
-    /// The term whose earlier entries this leader is known to have applied.
-    pub verified_term: AtomicU64,
+    /// The identities of groups proposed and not yet applied, and the term whose earlier
+    /// entries this leader is known to have applied (shared with linearizable reads).
+    pub pending: Arc<PendingWrites>,
     /// Dedup hashes of events proposed by this leader and not yet applied.
     pub in_flight: Mutex<KeyMap<Arc<GroupOutcome>>>,
 }
@@ -240,10 +242,13 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
 
 /// The leader's part: term gate, duplicate screening, encoding, proposing.
 async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: i64) {
-    if let Err(error) = verify_term(context).await {
-        replies.fail(&error);
-        return;
-    }
+    let term = match verify_term(context).await {
+        Ok(term) => term,
+        Err(error) => {
+            replies.fail(&error);
+            return;
+        }
+    };
     let hashes: Vec<[u8; 16]> = events
         .iter()
         .map(|e| dedup_hash(&e.source, &e.message_id))
@@ -264,7 +269,13 @@ async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: 
             }
         }
     }
+    // Registered before proposing, released once Raft answered: see `super::pending`.
+    let registration = context.pending.register(&events, term);
     let outcome = screen_and_propose(context, events, &hashes, &candidates, time_ms).await;
+    let current_term = context.raft.metrics().borrow_watched().current_term;
+    context
+        .pending
+        .release(registration, outcome.is_ok(), current_term);
     let mut outcomes: Vec<Option<EventOutcome>> = vec![None; hashes.len()];
     let (seqs, error) = match outcome {
         Ok(found) => {
@@ -381,19 +392,21 @@ async fn screen_and_propose(
 }
 
 /// Once per term: confirms leadership and waits until every entry of earlier terms is
-/// applied, so the dedup index is complete before anything is screened against it.
-async fn verify_term(context: &Context) -> Result<(), SubmitError> {
+/// applied, so the dedup index is complete before anything is screened against it (and
+/// linearizable reads may count on it, see `super::pending`). Returns the term.
+async fn verify_term(context: &Context) -> Result<u64, SubmitError> {
     let term = context.raft.metrics().borrow_watched().current_term;
-    if context.verified_term.load(Ordering::Acquire) == term {
-        return Ok(());
+    let verified = &context.pending.verified_term;
+    if verified.load(Ordering::Acquire) == term {
+        return Ok(term);
     }
     context
         .raft
         .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
         .await
         .map_err(|e| SubmitError::NoLeader(format!("cannot confirm leadership: {e}")))?;
-    context.verified_term.fetch_max(term, Ordering::AcqRel);
-    Ok(())
+    verified.fetch_max(term, Ordering::AcqRel);
+    Ok(term)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,6 +7,9 @@
 //! | `local` | nothing | this node's applied state; may lag the leader |
 //! | `after = N` (with any mode) | this node has applied log index `N` | sees the write whose reply carried position `N` and every write committed before it: read-your-writes with no leader round |
 //!
+//! Profile reads on the leader in the two linearizable modes skip the wait for apply when
+//! no write in flight mentions the profile ([`prepare_keyed`], [`super::pending`]).
+//!
 //! **Riding out elections.** A linearizable or lease read that finds no leader, a leader
 //! that cannot confirm itself, or a leader that does not answer, waits for leadership to
 //! move and tries again, for at most [`LEADER_WAIT_MAX`]; only then does it fail with
@@ -25,6 +28,7 @@ use openraft::error::{LinearizableReadError, RaftError};
 
 use super::Cluster;
 use super::peer::Peer;
+use super::pending::ReadTicket;
 use crate::cluster::Raft;
 
 /// Longest a linearizable or lease read waits for a leader that can confirm itself.
@@ -108,6 +112,60 @@ impl From<super::SubmitError> for ReadError {
             other => ReadError::NoLeader(other.to_string()),
         }
     }
+}
+
+/// What a profile read must still do once [`prepare_keyed`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// Nothing: any snapshot taken from now on is fresh enough.
+    Ready,
+    /// This node leads and confirmed it: a snapshot taken from now on is fresh enough if
+    /// [`super::Node::read_is_clear`] says so for the profile's identities; otherwise wait
+    /// for the ticket's read index ([`super::Node::wait_applied`]) first.
+    Keyed(ReadTicket),
+}
+
+/// See [`super::Node::prepare_keyed_read`].
+pub(super) async fn prepare_keyed(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    requirement: ReadRequirement,
+) -> Result<Prepared, ReadError> {
+    let lease = match requirement.consistency {
+        Consistency::Local => {
+            return prepare(cluster, http, requirement)
+                .await
+                .map(|()| Prepared::Ready);
+        }
+        Consistency::Linearizable => false,
+        Consistency::Lease => true,
+    };
+    if let Some(index) = requirement.after {
+        wait_applied(cluster, index).await?;
+    }
+    let raft = &cluster.raft;
+    let leads = |term: u64| {
+        let metrics = raft.metrics().borrow_watched().clone();
+        metrics.current_leader == Some(cluster.id) && metrics.current_term == term
+    };
+    let term = raft.metrics().borrow_watched().current_term;
+    if leads(term)
+        && let Ok(index) = read_index_here(raft, lease).await
+        && leads(term)
+    {
+        // Confirmed in `term` (it did not move across the confirmation).
+        return Ok(match cluster.pending.ticket(term, index) {
+            Some(ticket) => Prepared::Keyed(ticket),
+            None => {
+                wait_applied(cluster, index).await?;
+                Prepared::Ready
+            }
+        });
+    }
+    // Not the leader, or leadership is moving: the full path, which follows it.
+    linearize(cluster, http, lease)
+        .await
+        .map(|()| Prepared::Ready)
 }
 
 /// See [`super::Node::prepare_read`].
@@ -244,7 +302,7 @@ async fn leadership_moves(raft: &Raft, leader: Option<u64>, until: Instant) {
 /// signal, published from the applying thread as its batch commits, or Raft's metrics,
 /// which learn of it a scheduling hop or two later through openraft's core task (and are
 /// the only source for an index applied before this run).
-async fn wait_applied(cluster: &Cluster, index: u64) -> Result<(), ReadError> {
+pub(super) async fn wait_applied(cluster: &Cluster, index: u64) -> Result<(), ReadError> {
     let raft = &cluster.raft;
     let raft_applied = || {
         raft.metrics()

@@ -281,6 +281,7 @@ pub async fn start(
         services: Arc::clone(&services),
         interval: std::time::Duration::from_millis(cluster_config.tick_interval_ms),
     }));
+    let pending = Arc::new(super::pending::PendingWrites::default());
     let context = proposer::Context {
         raft: raft.clone(),
         store: Arc::clone(&store),
@@ -293,7 +294,7 @@ pub async fn start(
         stats: Arc::clone(&stats),
         metrics: Arc::clone(&metrics),
         failed: Arc::clone(&failed),
-        verified_term: std::sync::atomic::AtomicU64::new(0),
+        pending: Arc::clone(&pending),
         in_flight: std::sync::Mutex::new(crate::store::dedup::KeyMap::default()),
     };
     tokio::spawn(proposer::run(context, receiver));
@@ -326,6 +327,7 @@ pub async fn start(
             region: cluster_config.region.clone(),
             data_dir: dir.clone(),
             applied_index,
+            pending,
         },
         queue,
         inflight: Arc::new(Semaphore::new(config.limits.inflight_events_max)),

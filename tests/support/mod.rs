@@ -372,3 +372,19 @@ pub async fn settled_hashes(url: &str) -> Value {
     })
     .await
 }
+
+/// One sample of a node's `/metrics` (`series` as written, labels included), if present.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+}

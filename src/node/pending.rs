@@ -1,0 +1,294 @@
+//! The identities that writes this leader proposed, and has not yet applied, mention — so a
+//! linearizable read of one profile waits only for the writes that can change it, not for
+//! apply to reach the commit index behind every other profile's entries.
+//!
+//! **Why a profile read may skip the wait.** A profile read by identity `I` answers with the
+//! profile that owns `I` (its identities, traits, event index, merge history). Applying an
+//! event changes a profile only if the event mentions one of that profile's identities
+//! (resolution attaches, merges and refuses only among the owners of the identities an
+//! event carries; alias's `previousId` counts under both kinds), or mentions `I` itself
+//! while no profile owns it. So, on a leader confirmed in term `T`, a snapshot `S` answers
+//! linearizably if no write committed before the read began, touching `I` or an identity
+//! `S` gives `I`'s profile, is missing from `S`:
+//! - entries of terms before `T` are all applied: the leader applied them before its
+//!   first proposal of `T` ([`PendingWrites::verified_term`]);
+//! - entries of term `T` were all proposed by this leader, through [`PendingWrites::register`]
+//!   before proposing. A group leaves the map only once applied ([`PendingWrites::release`]
+//!   after Raft answered), and every release bumps a generation. The read takes the
+//!   generation, *then* its snapshot, *then* looks up the identities: a group released
+//!   before the generation was taken is in the snapshot; one released after it changes the
+//!   generation (the read then waits); one still registered matches (the read waits).
+//! - A chain of pending writes that reaches the profile (an earlier one attaching a new
+//!   identity, a later one mentioning only that) starts with one that mentions an identity
+//!   the snapshot already has, and the read waits for the commit index, past all of them.
+//! - A group whose fate is unknown (Raft failed it) may still be committed in its term: it
+//!   marks the term uncertain, and no read of that term skips the wait.
+//!
+//! Other commands (segment definitions, ticks, alert notes) do not change profile
+//! records. Retention removes expired events in bounded sweeps that every entry carries; a
+//! read that skips the wait may show an expired event one sweep longer, as any read may
+//! while the sweep catches up.
+//!
+//! Bounded: the map holds the identities of the events admitted and unanswered (at most
+//! `limits.inflight_events_max` events), and is keyed by a randomly seeded hash, so a
+//! sender cannot aim collisions at it (a collision only makes a read wait).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::model::event::Event;
+use crate::model::identity::{IdKind, Identity};
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    inner: Mutex<Inner>,
+    hasher: RandomState,
+    /// The term whose earlier entries this leader is known to have applied (set by the
+    /// proposer once per term, before its first proposal of the term).
+    pub verified_term: AtomicU64,
+    /// Profile reads answered without waiting for apply.
+    pub reads_unwaited: AtomicU64,
+    /// Profile reads that waited for apply to reach the read index.
+    pub reads_waited: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Identity hash → groups registered and not released that mention it.
+    counts: HashMap<u64, u32>,
+    /// Bumped by every release.
+    generation: u64,
+    /// The highest term in which a group's fate became unknown.
+    uncertain_term: u64,
+}
+
+/// A registered group's identity hashes (each once).
+#[derive(Debug)]
+#[must_use = "a registration must be released"]
+pub struct Registration {
+    hashes: Vec<u64>,
+    term: u64,
+}
+
+/// What a read learned from confirming the leadership: the term, the read index, and the
+/// generation of the map before its snapshot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTicket {
+    /// The term the leadership was confirmed in.
+    pub term: u64,
+    /// The commit index at confirmation: waiting for it is always enough.
+    pub read_index: u64,
+    generation: u64,
+}
+
+impl PendingWrites {
+    /// Registers the identities of `events`, about to be proposed in `term`.
+    pub fn register(&self, events: &[Event], term: u64) -> Registration {
+        let mut hashes: Vec<u64> = Vec::with_capacity(events.len() * 2);
+        for event in events {
+            hashes.extend(event.identities.iter().map(|i| self.hash(i)));
+            if let Some(previous) = &event.previous_id {
+                for kind in [IdKind::UserId, IdKind::AnonymousId] {
+                    hashes.push(self.hash(&Identity {
+                        kind,
+                        value: previous.clone(),
+                    }));
+                }
+            }
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut inner = lock(&self.inner);
+        for &hash in &hashes {
+            *inner.counts.entry(hash).or_insert(0) += 1;
+        }
+        Registration { hashes, term }
+    }
+
+    /// Releases a group: `applied` once Raft answered it applied; otherwise its fate is
+    /// unknown and no read of its term (or of `current_term`, if later) skips the wait.
+    pub fn release(&self, registration: Registration, applied: bool, current_term: u64) {
+        let mut inner = lock(&self.inner);
+        for hash in &registration.hashes {
+            if let Some(count) = inner.counts.get_mut(hash) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.counts.remove(hash);
+                }
+            }
+        }
+        inner.generation += 1;
+        if !applied {
+            let term = registration.term.max(current_term);
+            inner.uncertain_term = inner.uncertain_term.max(term);
+        }
+    }
+
+    /// A ticket for a read whose leadership was confirmed in `term` at `read_index`, or
+    /// `None` when no read of `term` may skip the wait (earlier terms' entries not known
+    /// applied, or a group of this term failed). Take it before the read's snapshot.
+    pub fn ticket(&self, term: u64, read_index: u64) -> Option<ReadTicket> {
+        if self.verified_term.load(Ordering::Acquire) != term {
+            return None;
+        }
+        let inner = lock(&self.inner);
+        (inner.uncertain_term < term).then_some(ReadTicket {
+            term,
+            read_index,
+            generation: inner.generation,
+        })
+    }
+
+    /// Whether a snapshot taken after `ticket` answers a read of a profile with these
+    /// `identities` linearizably: nothing registered mentions them and nothing was
+    /// released since the ticket. Counts the read either way.
+    pub fn clear<'a>(
+        &self,
+        ticket: &ReadTicket,
+        identities: impl IntoIterator<Item = &'a Identity>,
+    ) -> bool {
+        let inner = lock(&self.inner);
+        let clear = inner.generation == ticket.generation
+            && inner.uncertain_term < ticket.term
+            && identities
+                .into_iter()
+                .all(|identity| !inner.counts.contains_key(&self.hash(identity)));
+        drop(inner);
+        let counter = if clear {
+            &self.reads_unwaited
+        } else {
+            &self.reads_waited
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        clear
+    }
+
+    /// Identity hashes registered (for tests and metrics).
+    pub fn len(&self) -> usize {
+        lock(&self.inner).counts.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn hash(&self, identity: &Identity) -> u64 {
+        self.hasher
+            .hash_one((&identity.kind, identity.value.as_str()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::validate::test_event;
+
+    fn user(value: &str) -> Identity {
+        Identity {
+            kind: IdKind::UserId,
+            value: value.into(),
+        }
+    }
+
+    fn anon(value: &str) -> Identity {
+        Identity {
+            kind: IdKind::AnonymousId,
+            value: value.into(),
+        }
+    }
+
+    fn event(identities: &[Identity], previous: Option<&str>) -> Event {
+        let raw = serde_json::json!({"type": "track", "event": "e", "userId": "unused", "messageId": "m1"});
+        let mut event = test_event(raw, 1_700_000_000_000);
+        event.identities = identities.to_vec();
+        event.previous_id = previous.map(str::to_owned);
+        event
+    }
+
+    fn verified(term: u64) -> PendingWrites {
+        let pending = PendingWrites::default();
+        pending.verified_term.store(term, Ordering::Release);
+        pending
+    }
+
+    #[test]
+    fn a_registered_identity_makes_reads_of_it_wait_until_released() {
+        let pending = verified(3);
+        let group = pending.register(&[event(&[user("u1"), anon("a1")], None)], 3);
+        let ticket = pending.ticket(3, 10).expect("verified term");
+        assert!(!pending.clear(&ticket, [&user("u1")]));
+        assert!(!pending.clear(&ticket, [&user("u9"), &anon("a1")]));
+        assert!(pending.clear(&ticket, [&user("u9"), &anon("a9")]));
+        // The kind matters: user id "a1" is not anonymous id "a1".
+        assert!(pending.clear(&ticket, [&user("a1")]));
+        pending.release(group, true, 3);
+        assert!(pending.is_empty());
+        let after = pending.ticket(3, 11).expect("verified term");
+        assert!(pending.clear(&after, [&user("u1"), &anon("a1")]));
+        assert_eq!(pending.reads_unwaited.load(Ordering::Relaxed), 3);
+        assert_eq!(pending.reads_waited.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_release_after_the_ticket_makes_the_read_wait() {
+        // The released group may be missing from a snapshot taken before it applied, and
+        // it may have given the profile the identity a later group mentions.
+        let pending = verified(1);
+        let group = pending.register(&[event(&[user("u1")], None)], 1);
+        let ticket = pending.ticket(1, 5).expect("verified term");
+        pending.release(group, true, 1);
+        assert!(!pending.clear(&ticket, [&user("other")]));
+    }
+
+    #[test]
+    fn overlapping_groups_count_each_registration() {
+        let pending = verified(1);
+        let first = pending.register(&[event(&[user("u1")], None)], 1);
+        let second = pending.register(&[event(&[user("u1")], None), event(&[user("u1")], None)], 1);
+        pending.release(first, true, 1);
+        let ticket = pending.ticket(1, 5).expect("verified term");
+        assert!(!pending.clear(&ticket, [&user("u1")]));
+        pending.release(second, true, 1);
+        let ticket = pending.ticket(1, 6).expect("verified term");
+        assert!(pending.clear(&ticket, [&user("u1")]));
+    }
+
+    #[test]
+    fn an_alias_counts_its_previous_id_as_both_kinds() {
+        let pending = verified(1);
+        let _group = pending.register(&[event(&[user("new")], Some("old"))], 1);
+        let ticket = pending.ticket(1, 5).expect("verified term");
+        assert!(!pending.clear(&ticket, [&user("old")]));
+        assert!(!pending.clear(&ticket, [&anon("old")]));
+        assert!(!pending.clear(&ticket, [&user("new")]));
+    }
+
+    #[test]
+    fn no_read_skips_the_wait_in_an_unverified_term_or_after_a_failed_group() {
+        let pending = verified(2);
+        assert_eq!(pending.ticket(3, 5), None, "term 3 not verified yet");
+        let group = pending.register(&[event(&[user("u1")], None)], 2);
+        pending.release(group, false, 2);
+        assert_eq!(
+            pending.ticket(2, 5),
+            None,
+            "a group of term 2 may still commit"
+        );
+        pending.verified_term.store(4, Ordering::Release);
+        let ticket = pending.ticket(4, 9).expect("a later verified term");
+        assert!(pending.clear(&ticket, [&user("u1")]));
+        // A failure seen in a later term than the group's marks that term too.
+        let group = pending.register(&[event(&[user("u2")], None)], 4);
+        pending.release(group, false, 5);
+        pending.verified_term.store(5, Ordering::Release);
+        assert_eq!(pending.ticket(5, 12), None);
+    }
+}
