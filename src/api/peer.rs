@@ -12,7 +12,8 @@
 //!   (never an ingest: events only arrive through `/internal/propose`);
 //! - `/internal/read-index`, `/internal/lease-read-index`: this node's read index as
 //!   leader, confirmed by a quorum round or by its leader lease (see
-//!   [`crate::node::reads`]).
+//!   [`crate::node::reads`]); with a body naming an identity, the index a read of that
+//!   identity's profile must wait for (see [`crate::node::pending`]).
 //!
 //! Requests from another cluster (a different `x-tandem-cluster` id, see
 //! [`crate::cluster::identity`]) are refused with 409 `cluster_mismatch`.
@@ -42,6 +43,7 @@ use crate::cluster::network::{FROM_HEADER, SNAPSHOT_HEADER};
 use crate::cluster::snapshot::SnapshotFile;
 use crate::cluster::types::{Snapshot, SnapshotMeta, Vote};
 use crate::model::event::Event;
+use crate::model::identity::Identity;
 use crate::node::reads;
 
 /// Largest Raft append or forwarded proposal accepted, bytes.
@@ -296,32 +298,49 @@ async fn command(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 }
 
 /// A follower asks the leader for a read index: the log index a linearizable read must
-/// wait for. Confirms leadership with a quorum first.
-async fn read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let handled = async {
-        admit(&state, &headers)?;
-        let result = state
-            .node
-            .raft()
-            .get_read_log_id(openraft::ReadPolicy::ReadIndex)
-            .await
-            .map(|(read, _)| read.index())
-            .map_err(|e| e.to_string());
-        Ok::<_, Refusal>(reply(result))
-    };
-    handled.await.unwrap_or_else(IntoResponse::into_response)
+/// wait for. Confirms leadership with a quorum first. A body names the identity of a
+/// profile read (postcard): the index may then be short of the commit index.
+async fn read_index(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    answer_read_index(state, headers, body, false).await
 }
 
 /// A follower asks the leader for a read index for a lease read: confirmed by the
-/// leader's lease, or by a quorum round when the lease has lapsed.
-async fn lease_read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// leader's lease, or by a quorum round when the lease has lapsed. A body as for
+/// [`read_index`].
+async fn lease_read_index(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer_read_index(state, headers, body, true).await
+}
+
+async fn answer_read_index(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    lease: bool,
+) -> Response {
     let handled = async {
         admit(&state, &headers)?;
-        let result = state
-            .node
-            .lease_read_index()
-            .await
-            .map_err(|e| e.to_string());
+        let body = read_body(body).await?;
+        let result = if body.is_empty() {
+            if lease {
+                state.node.lease_read_index().await
+            } else {
+                state
+                    .node
+                    .raft()
+                    .get_read_log_id(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .map(|(read, _)| read.index())
+                    .map_err(|e| reads::ReadError::NoLeader(e.to_string()))
+            }
+            .map_err(|e| e.to_string())
+        } else {
+            let identity: Identity = decode(&body)?;
+            super::profiles::read_index_for(&state, identity, lease).await
+        };
         Ok::<_, Refusal>(reply(result))
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)

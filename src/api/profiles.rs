@@ -21,6 +21,8 @@ use super::error::ApiError;
 use crate::model::identity::Identity;
 use crate::model::profile::Profile;
 use crate::model::validate::format_ms;
+use crate::node::Node;
+use crate::node::pending::ReadTicket;
 use crate::node::reads::{Prepared, ReadRequirement};
 use crate::store::read::{PAGE_LIMIT_MAX, Reader};
 use crate::store::tables::{MergeAction, MergeRecord, StoredEvent};
@@ -145,7 +147,7 @@ pub(crate) async fn with_profile(
 ) -> Result<Response, ApiError> {
     state.keys.require(headers, Access::Read)?;
     let identity = parse_identity(state, id)?;
-    let (identity, view) = match state.node.prepare_keyed_read(read).await? {
+    let (identity, view) = match state.node.prepare_keyed_read(read, &identity).await? {
         Prepared::Ready => (identity, view),
         Prepared::Keyed(ticket) => {
             let freshness = read_json(state, read);
@@ -153,9 +155,8 @@ pub(crate) async fn with_profile(
             // The snapshot is taken in the pool, after the ticket: see `node::pending`.
             let unwaited = state
                 .read(move |reader| {
-                    let profile = reader.profile_of(&identity)?;
-                    let mentioned = profile.iter().flat_map(|p| &p.identities);
-                    if !node.read_is_clear(&ticket, std::iter::once(&identity).chain(mentioned)) {
+                    let (profile, clear) = check(&node, reader, &ticket, &identity)?;
+                    if !clear {
                         return Ok(Err((identity, view)));
                     }
                     let profile = profile.ok_or_else(|| not_found(&identity))?;
@@ -177,6 +178,48 @@ pub(crate) async fn with_profile(
         .read(move |reader| view(reader, find(reader, &identity)?))
         .await?;
     Ok(reply(body, freshness))
+}
+
+/// Finds the profile of `identity` on `reader` (a snapshot taken after `ticket` was
+/// issued) and says whether that snapshot answers a linearizable read of it.
+fn check(
+    node: &Node,
+    reader: &Reader,
+    ticket: &ReadTicket,
+    identity: &Identity,
+) -> Result<(Option<Profile>, bool), ApiError> {
+    let profile = reader.profile_of(identity)?;
+    let mentioned = profile.iter().flat_map(|p| &p.identities);
+    let clear = node.read_is_clear(ticket, std::iter::once(identity).chain(mentioned));
+    Ok((profile, clear))
+}
+
+/// As leader, for a follower's linearizable (or `lease`) read of the profile of
+/// `identity`: the log index the follower must apply before it reads. The leader's own
+/// applied index when no write in flight mentions the profile (see `node::pending`), else
+/// the read index.
+pub(crate) async fn read_index_for(
+    state: &AppState,
+    identity: Identity,
+    lease: bool,
+) -> Result<u64, String> {
+    let ticket = match state.node.read_ticket_here(lease).await {
+        Ok(Ok(ticket)) => ticket,
+        Ok(Err(index)) => return Ok(index),
+        Err(error) => return Err(error.to_string()),
+    };
+    let node = Arc::clone(&state.node);
+    state
+        .read(move |reader| {
+            let (_, clear) = check(&node, reader, &ticket, &identity)?;
+            // `applied_index` counts one past the last entry applied.
+            Ok(match clear {
+                true => reader.applied_index()?.saturating_sub(1),
+                false => ticket.read_index,
+            })
+        })
+        .await
+        .map_err(|error| error.message)
 }
 
 fn reply(mut body: Value, freshness: Value) -> Response {

@@ -352,8 +352,18 @@ impl Node {
     pub async fn prepare_keyed_read(
         &self,
         requirement: reads::ReadRequirement,
+        identity: &crate::model::identity::Identity,
     ) -> Result<reads::Prepared, reads::ReadError> {
-        reads::prepare_keyed(&self.cluster, &self.http, requirement).await
+        reads::prepare_keyed(&self.cluster, &self.http, requirement, identity).await
+    }
+
+    /// As leader, for a follower's profile read: a ticket if the read may skip the wait
+    /// for apply, else the read index (see [`reads::ticket_here`]).
+    pub async fn read_ticket_here(
+        &self,
+        lease: bool,
+    ) -> Result<Result<pending::ReadTicket, u64>, reads::ReadError> {
+        reads::ticket_here(&self.cluster, lease).await
     }
 
     /// Whether a snapshot taken after `ticket` was issued answers a read of the profile

@@ -30,6 +30,7 @@ use super::Cluster;
 use super::peer::Peer;
 use super::pending::ReadTicket;
 use crate::cluster::Raft;
+use crate::model::identity::Identity;
 
 /// Longest a linearizable or lease read waits for a leader that can confirm itself.
 pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(3);
@@ -130,6 +131,7 @@ pub(super) async fn prepare_keyed(
     cluster: &Cluster,
     http: &reqwest::Client,
     requirement: ReadRequirement,
+    identity: &Identity,
 ) -> Result<Prepared, ReadError> {
     let lease = match requirement.consistency {
         Consistency::Local => {
@@ -144,28 +146,49 @@ pub(super) async fn prepare_keyed(
         wait_applied(cluster, index).await?;
     }
     let raft = &cluster.raft;
+    if raft.metrics().borrow_watched().current_leader == Some(cluster.id) {
+        match ticket_here(cluster, lease).await {
+            Ok(Ok(ticket)) => return Ok(Prepared::Keyed(ticket)),
+            Ok(Err(index)) => {
+                wait_applied(cluster, index).await?;
+                return Ok(Prepared::Ready);
+            }
+            // Leadership is moving: the full path, which follows it.
+            Err(_) => {}
+        }
+    }
+    // A follower names the identity, so the leader can answer with an index short of its
+    // commit index when no write in flight mentions the profile.
+    let body = postcard::to_stdvec(identity).unwrap_or_default();
+    linearize(cluster, http, lease, body)
+        .await
+        .map(|()| Prepared::Ready)
+}
+
+/// As leader: confirms the leadership (by lease when `lease` and it holds, else by a
+/// round) and returns a ticket if reads of this term may skip the wait for apply
+/// ([`super::pending`]), else the read index to wait for. Fails if this node does not
+/// lead, or leadership moved across the confirmation.
+pub(super) async fn ticket_here(
+    cluster: &Cluster,
+    lease: bool,
+) -> Result<Result<ReadTicket, u64>, ReadError> {
+    let raft = &cluster.raft;
     let leads = |term: u64| {
         let metrics = raft.metrics().borrow_watched().clone();
         metrics.current_leader == Some(cluster.id) && metrics.current_term == term
     };
     let term = raft.metrics().borrow_watched().current_term;
-    if leads(term)
-        && let Ok(index) = read_index_here(raft, lease).await
-        && leads(term)
-    {
-        // Confirmed in `term` (it did not move across the confirmation).
-        return Ok(match cluster.pending.ticket(term, index) {
-            Some(ticket) => Prepared::Keyed(ticket),
-            None => {
-                wait_applied(cluster, index).await?;
-                Prepared::Ready
-            }
-        });
+    if !leads(term) {
+        return Err(ReadError::NoLeader("this node does not lead".into()));
     }
-    // Not the leader, or leadership is moving: the full path, which follows it.
-    linearize(cluster, http, lease)
-        .await
-        .map(|()| Prepared::Ready)
+    let index = read_index_here(raft, lease).await?;
+    if !leads(term) {
+        return Err(ReadError::NoLeader(
+            "leadership moved while confirming it".into(),
+        ));
+    }
+    Ok(cluster.pending.ticket(term, index).ok_or(index))
 }
 
 /// See [`super::Node::prepare_read`].
@@ -179,17 +202,20 @@ pub(super) async fn prepare(
     }
     match requirement.consistency {
         Consistency::Local => Ok(()),
-        Consistency::Linearizable => linearize(cluster, http, false).await,
-        Consistency::Lease => linearize(cluster, http, true).await,
+        Consistency::Linearizable => linearize(cluster, http, false, Vec::new()).await,
+        Consistency::Lease => linearize(cluster, http, true, Vec::new()).await,
     }
 }
 
 /// Obtains a read index from whoever leads, following leadership for at most
-/// [`LEADER_WAIT_MAX`], then waits until this node has applied up to it.
+/// [`LEADER_WAIT_MAX`], then waits until this node has applied up to it. `identity` is
+/// empty, or the postcard of the identity a profile read asks for (the leader may then
+/// answer with a smaller index, see [`super::pending`]).
 async fn linearize(
     cluster: &Cluster,
     http: &reqwest::Client,
     lease: bool,
+    identity: Vec<u8>,
 ) -> Result<(), ReadError> {
     let raft = &cluster.raft;
     let deadline = Instant::now() + LEADER_WAIT_MAX;
@@ -198,7 +224,7 @@ async fn linearize(
         let leader = raft.metrics().borrow_watched().current_leader;
         let attempt = match leader {
             Some(id) if id == cluster.id => read_index_here(raft, lease).await,
-            Some(id) => read_index_from(cluster, http, id, lease, deadline).await,
+            Some(id) => read_index_from(cluster, http, id, lease, &identity, deadline).await,
             None => Err(ReadError::NoLeader(
                 "no leader known: an election is under way".into(),
             )),
@@ -257,6 +283,7 @@ async fn read_index_from(
     http: &reqwest::Client,
     leader: u64,
     lease: bool,
+    identity: &[u8],
     deadline: Instant,
 ) -> Result<u64, ReadError> {
     let peer = Peer {
@@ -274,7 +301,7 @@ async fn read_index_from(
     let timeout = deadline
         .saturating_duration_since(Instant::now())
         .max(PEER_CALL_MIN);
-    let call = peer.call::<Result<u64, String>>(leader, path, Vec::new(), timeout);
+    let call = peer.call::<Result<u64, String>>(leader, path, identity.to_vec(), timeout);
     let waiter = cluster.raft.wait(None);
     let moved = waiter.metrics(|m| m.current_leader != Some(leader), "leadership moves");
     tokio::select! {
