@@ -13,7 +13,7 @@
 //! - entries of terms before `T` are all applied: the leader applied them before its
 //!   first proposal of `T` ([`PendingWrites::verified_term`]);
 //! - entries of term `T` were all proposed by this leader, through [`PendingWrites::register`]
-//!   before proposing. A group leaves the map only once applied ([`PendingWrites::release`]
+//!   before proposing. A group leaves the map only once applied ([`Registration::release`]
 //!   after Raft answered), and every release bumps a generation. The read takes the
 //!   generation, *then* its snapshot, *then* looks up the identities: a group released
 //!   before the generation was taken is in the snapshot; one released after it changes the
@@ -35,8 +35,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::model::event::Event;
 use crate::model::identity::{IdKind, Identity};
@@ -65,13 +65,39 @@ struct Inner {
     uncertain_term: u64,
 }
 
-/// A registered group's identity hashes (each once).
+/// A registered group's identity hashes (each once). Dropped without
+/// [`Registration::release`] (a panic, or a task cancelled at shutdown), it releases the
+/// group as of unknown fate.
 #[derive(Debug)]
 #[must_use = "a registration must be released"]
 pub struct Registration {
+    pending: Arc<PendingWrites>,
     hashes: Vec<u64>,
     term: u64,
 }
+
+impl Registration {
+    /// Releases the group: `applied` once Raft answered it applied; otherwise its fate is
+    /// unknown and no read of its term (or of `current_term`, if later) skips the wait.
+    pub fn release(mut self, applied: bool, current_term: u64) {
+        let hashes = std::mem::take(&mut self.hashes);
+        self.pending
+            .release(&hashes, self.term, applied, current_term);
+        self.term = RELEASED;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.term != RELEASED {
+            let hashes = std::mem::take(&mut self.hashes);
+            self.pending.release(&hashes, self.term, false, self.term);
+        }
+    }
+}
+
+/// The term a released registration is marked with (no real term is this high).
+const RELEASED: u64 = u64::MAX;
 
 /// What a read learned from confirming the leadership: the term, the read index, and the
 /// generation of the map before its snapshot is taken.
@@ -86,7 +112,7 @@ pub struct ReadTicket {
 
 impl PendingWrites {
     /// Registers the identities of `events`, about to be proposed in `term`.
-    pub fn register(&self, events: &[Event], term: u64) -> Registration {
+    pub fn register(self: &Arc<Self>, events: &[Event], term: u64) -> Registration {
         let mut hashes: Vec<u64> = Vec::with_capacity(events.len() * 2);
         for event in events {
             hashes.extend(event.identities.iter().map(|i| self.hash(i)));
@@ -105,14 +131,16 @@ impl PendingWrites {
         for &hash in &hashes {
             *inner.counts.entry(hash).or_insert(0) += 1;
         }
-        Registration { hashes, term }
+        Registration {
+            pending: Arc::clone(self),
+            hashes,
+            term,
+        }
     }
 
-    /// Releases a group: `applied` once Raft answered it applied; otherwise its fate is
-    /// unknown and no read of its term (or of `current_term`, if later) skips the wait.
-    pub fn release(&self, registration: Registration, applied: bool, current_term: u64) {
+    fn release(&self, hashes: &[u64], term: u64, applied: bool, current_term: u64) {
         let mut inner = lock(&self.inner);
-        for hash in &registration.hashes {
+        for hash in hashes {
             if let Some(count) = inner.counts.get_mut(hash) {
                 *count -= 1;
                 if *count == 0 {
@@ -122,7 +150,7 @@ impl PendingWrites {
         }
         inner.generation += 1;
         if !applied {
-            let term = registration.term.max(current_term);
+            let term = term.max(current_term);
             inner.uncertain_term = inner.uncertain_term.max(term);
         }
     }
@@ -213,8 +241,8 @@ mod tests {
         event
     }
 
-    fn verified(term: u64) -> PendingWrites {
-        let pending = PendingWrites::default();
+    fn verified(term: u64) -> Arc<PendingWrites> {
+        let pending = Arc::new(PendingWrites::default());
         pending.verified_term.store(term, Ordering::Release);
         pending
     }
@@ -229,7 +257,7 @@ mod tests {
         assert!(pending.clear(&ticket, [&user("u9"), &anon("a9")]));
         // The kind matters: user id "a1" is not anonymous id "a1".
         assert!(pending.clear(&ticket, [&user("a1")]));
-        pending.release(group, true, 3);
+        group.release(true, 3);
         assert!(pending.is_empty());
         let after = pending.ticket(3, 11).expect("verified term");
         assert!(pending.clear(&after, [&user("u1"), &anon("a1")]));
@@ -244,7 +272,7 @@ mod tests {
         let pending = verified(1);
         let group = pending.register(&[event(&[user("u1")], None)], 1);
         let ticket = pending.ticket(1, 5).expect("verified term");
-        pending.release(group, true, 1);
+        group.release(true, 1);
         assert!(!pending.clear(&ticket, [&user("other")]));
     }
 
@@ -253,10 +281,10 @@ mod tests {
         let pending = verified(1);
         let first = pending.register(&[event(&[user("u1")], None)], 1);
         let second = pending.register(&[event(&[user("u1")], None), event(&[user("u1")], None)], 1);
-        pending.release(first, true, 1);
+        first.release(true, 1);
         let ticket = pending.ticket(1, 5).expect("verified term");
         assert!(!pending.clear(&ticket, [&user("u1")]));
-        pending.release(second, true, 1);
+        second.release(true, 1);
         let ticket = pending.ticket(1, 6).expect("verified term");
         assert!(pending.clear(&ticket, [&user("u1")]));
     }
@@ -276,7 +304,7 @@ mod tests {
         let pending = verified(2);
         assert_eq!(pending.ticket(3, 5), None, "term 3 not verified yet");
         let group = pending.register(&[event(&[user("u1")], None)], 2);
-        pending.release(group, false, 2);
+        group.release(false, 2);
         assert_eq!(
             pending.ticket(2, 5),
             None,
@@ -287,8 +315,20 @@ mod tests {
         assert!(pending.clear(&ticket, [&user("u1")]));
         // A failure seen in a later term than the group's marks that term too.
         let group = pending.register(&[event(&[user("u2")], None)], 4);
-        pending.release(group, false, 5);
+        group.release(false, 5);
         pending.verified_term.store(5, Ordering::Release);
         assert_eq!(pending.ticket(5, 12), None);
+    }
+
+    #[test]
+    fn a_registration_dropped_unreleased_counts_as_failed() {
+        let pending = verified(7);
+        drop(pending.register(&[event(&[user("u1")], None)], 7));
+        assert!(pending.is_empty());
+        assert_eq!(
+            pending.ticket(7, 3),
+            None,
+            "its group may still commit in term 7"
+        );
     }
 }

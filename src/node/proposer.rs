@@ -273,9 +273,7 @@ async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: 
     let registration = context.pending.register(&events, term);
     let outcome = screen_and_propose(context, events, &hashes, &candidates, time_ms).await;
     let current_term = context.raft.metrics().borrow_watched().current_term;
-    context
-        .pending
-        .release(registration, outcome.is_ok(), current_term);
+    registration.release(outcome.is_ok(), current_term);
     let mut outcomes: Vec<Option<EventOutcome>> = vec![None; hashes.len()];
     let (seqs, error) = match outcome {
         Ok(found) => {
