@@ -30,6 +30,17 @@ applied() {
         python3 -c 'import json,sys; print(json.load(sys.stdin)["applied_index"])' 2>/dev/null
 }
 
+# "UNWAITED WAITED": the node's counters of profile reads answered at once or after waiting.
+keyed_reads() {
+    curl -s "$1/metrics" | awk '$1 == "tandem_profile_reads_unwaited_total" {u=$2}
+        $1 == "tandem_profile_reads_waited_total" {w=$2} END {printf "%d %d", u, w}'
+}
+
+keyed_delta() {   # before after: the two counters' growth, "U/W" (0/0 on a build without them)
+    local b=($1) a=($2)
+    echo "$((a[0] - b[0]))/$((a[1] - b[1]))"
+}
+
 # Returns once the node's applied index moves (the replayed ingest has started).
 wait_ingesting() {
     local first; first=$(applied "$1")
@@ -68,12 +79,15 @@ measure() {   # index mode seed: one fixed-rate ingest on that node, with reads 
             health) extra=(--path /health/live) ;;
             *) extra=(--consistency "$mode") ;;
         esac
+        local before; before=$(keyed_reads "$url")
         "$TANDEM" read-bench --target "$url" --key "$AKEY" --acked "$ACKED" \
             --seconds "$READ_SECS" --concurrency 4 --rate "$RRATE" "${extra[@]}" \
             >"$WORK/reads.txt" 2>&1
         reads=$(awk '/reads\/s/ {r=$2} /latency/ {p50=$3; p99=$6; p999=$9}
             /errors/ {e=$4} END {printf "%s reads/s, %s err, p50 %s p99 %s p99.9 %s ms", r, e, p50, p99, p999}' \
             "$WORK/reads.txt" | tr -d ',')
+        # Linearizable and lease reads on the leader: answered at once / after waiting.
+        reads="$reads; at once/waited $(keyed_delta "$before" "$(keyed_reads "$url")")"
     fi
     wait "$load"; PIDS=("${NODES[@]}")
     local rate cpu
