@@ -16,7 +16,7 @@
 //!   event bodies are admitted and unanswered; beyond that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
 //! - **Group commit**: while proposals are in flight, new submissions queue; the proposer
 //!   takes all of them (up to `commit_events_max`) into the next log entry. At most
-//!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight at once.
+//!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight  at once.
 //! - **Any node accepts writes**: a follower forwards the validated events to the leader;
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
@@ -108,6 +108,8 @@ struct Proposal {
     /// than forward again.
     forwarded: bool,
     reply: oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>,
+    /// When it was queued (the proposer reports how long it waited to join a group).
+    queued: std::time::Instant,
 }
 
 /// Counters of the pipeline, for status output.
@@ -280,6 +282,7 @@ impl Node {
                 _permit: (permit, bytes_permit, share),
                 forwarded,
                 reply,
+                queued: std::time::Instant::now(),
             })
             .map_err(|_| SubmitError::ShuttingDown)?;
         match tokio::time::timeout(COMMIT_WAIT_MAX, outcome).await {

@@ -124,6 +124,9 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         if group.is_empty() {
             continue;
         }
+        for proposal in &group {
+            context.metrics.observe_stage("queued", proposal.queued);
+        }
         let time_ms = context.stamper.stamp(&context.store);
         let context = Arc::clone(&context);
         tokio::spawn(async move {
@@ -231,7 +234,10 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
     if local.0.is_empty() {
         return;
     }
-    match forward(context, leader, &events).await {
+    let started = Instant::now();
+    let forwarded = forward(context, leader, &events).await;
+    context.metrics.observe_stage("forward", started);
+    match forwarded {
         Ok(outcomes) => {
             context.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             local.deliver(outcomes);
@@ -340,6 +346,7 @@ async fn screen_and_propose(
     let store = Arc::clone(&context.store);
     let candidates = candidates.to_vec();
     let keys: Vec<[u8; 16]> = candidates.iter().map(|&at| hashes[at]).collect();
+    let started = Instant::now();
     let screened = tokio::task::spawn_blocking(move || {
         let verdicts = store
             .screen_hashes(keys)
@@ -372,6 +379,7 @@ async fn screen_and_propose(
     })
     .await
     .map_err(|e| SubmitError::Storage(format!("screening failed: {e}")))??;
+    context.metrics.observe_stage("screen", started);
     let (mut found, positions, block) = screened;
     let Some(block) = block else {
         return Ok(found);
@@ -421,6 +429,7 @@ async fn propose(context: &Context, block: EncodedBlock) -> Result<Vec<EventOutc
                 metrics
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
+                metrics.observe_stage("raft", started);
                 metrics.commit_events.observe(outcomes.len() as f64);
                 Ok(outcomes)
             }
