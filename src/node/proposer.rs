@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::peer::Peer;
 use super::pending::PendingWrites;
-use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
+use super::{FORWARDS_INFLIGHT_MAX, PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
 use crate::cluster::{Command, CommandResult, Raft};
 use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
@@ -96,11 +96,16 @@ impl GroupOutcome {
 /// Runs until the queue closes.
 pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let context = Arc::new(context);
-    let slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
+    let lead_slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
+    let forward_slots = Arc::new(Semaphore::new(FORWARDS_INFLIGHT_MAX));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before draining: the group grows while entries are in
-        // flight, which is what makes concurrent requests share a commit.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        // flight, which is what makes concurrent requests share a commit. A follower's
+        // forwards have slots of their own, more of them: the leader groups what arrives
+        // again, so a forward held back here only adds a round trip of waiting.
+        let leads = context.raft.metrics().borrow_watched().current_leader == Some(context.self_id);
+        let slots = if leads { &lead_slots } else { &forward_slots };
+        let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
             return;
         };
         // A submitter that stopped waiting (its reply says the outcome is unknown) is not
