@@ -319,3 +319,103 @@ async fn snapshot_builds_installs_and_follower_heartbeat_age_are_measured() {
         "only the leader reports followers"
     );
 }
+
+/// The count of one write stage's histogram.
+fn stage_count(scrape: &Scrape, stage: &str) -> f64 {
+    scrape.value(&format!(
+        r#"tandem_write_stage_duration_seconds_count{{stage="{stage}"}}"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_is_timed_stage_by_stage_on_follower_and_leader() {
+    use support::cluster::TestCluster;
+    const REQUESTS: usize = 12;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start(dir.path(), &["r1", "r2", "r3"]).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = *cluster
+        .urls
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    let (leader_url, follower_url) = (&cluster.urls[&leader], &cluster.urls[&follower]);
+    let (leader_before, follower_before) = (scrape(leader_url).await, scrape(follower_url).await);
+
+    let bodies: Vec<_> = (0..REQUESTS)
+        .map(|i| batch(&format!("fw{i}"), 20))
+        .collect();
+    let replies =
+        futures::future::join_all(bodies.iter().map(|b| post(follower_url, "/v1/batch", b))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    let (leader_after, follower_after) = (scrape(leader_url).await, scrape(follower_url).await);
+    let delta =
+        |after: &Scrape, before: &Scrape, series: &str| after.value(series) - before.value(series);
+    let stage = |after: &Scrape, before: &Scrape, name: &str| {
+        stage_count(after, name) - stage_count(before, name)
+    };
+
+    // The follower queued every request once and forwarded them in at least one group;
+    // it never screened or proposed anything itself.
+    assert_eq!(
+        stage(&follower_after, &follower_before, "queued"),
+        REQUESTS as f64
+    );
+    let forwards = stage(&follower_after, &follower_before, "forward");
+    assert!(
+        (1.0..=REQUESTS as f64).contains(&forwards),
+        "{forwards} forwards"
+    );
+    for own in ["screen", "raft"] {
+        assert_eq!(
+            stage(&follower_after, &follower_before, own),
+            0.0,
+            "{own} on a follower"
+        );
+    }
+    // The leader queued each forwarded group, screened and proposed what it grouped, and
+    // replicated it; the stages' sums are time actually spent.
+    assert!(stage(&leader_after, &leader_before, "queued") >= forwards);
+    for own in ["screen", "raft"] {
+        assert!(
+            stage(&leader_after, &leader_before, own) >= 1.0,
+            "{own} on the leader"
+        );
+    }
+    assert_eq!(stage(&leader_after, &leader_before, "forward"), 0.0);
+    let raft_seconds = delta(
+        &leader_after,
+        &leader_before,
+        r#"tandem_write_stage_duration_seconds_sum{stage="raft"}"#,
+    );
+    assert!(raft_seconds > 0.0, "raft stage sum {raft_seconds}");
+    assert!(
+        delta(
+            &leader_after,
+            &leader_before,
+            "tandem_replicate_duration_seconds_count"
+        ) >= 1.0
+    );
+    assert!(
+        delta(
+            &leader_after,
+            &leader_before,
+            "tandem_apply_duration_seconds_count"
+        ) >= 1.0
+    );
+    // Only a leader replicates; the follower's own replicate histogram stays empty.
+    assert_eq!(
+        delta(
+            &follower_after,
+            &follower_before,
+            "tandem_replicate_duration_seconds_count"
+        ),
+        0.0
+    );
+    assert_eq!(
+        leader_after.types["tandem_write_stage_duration_seconds"],
+        "histogram"
+    );
+}

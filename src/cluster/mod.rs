@@ -69,6 +69,15 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
+/// A histogram for the stages of a write (apply, replication round trips, and the node's
+/// own stages): 0.1 ms … ~5.7 s in steps of ×1.5, fine enough to tell apart stages of a
+/// few milliseconds.
+pub fn stage_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 1.5, 28),
+    )
+}
+
 /// The Raft handle type.
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 

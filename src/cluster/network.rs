@@ -71,6 +71,9 @@ pub struct Network {
     faults: Arc<Faults>,
     /// This node's cluster id, sent on every request (see [`super::identity`]).
     identity: Arc<super::identity::ClusterIdentity>,
+    /// Round trips of replication requests that carry entries, seconds (the node exports
+    /// them): send, the follower's append and fsync, the reply.
+    replicate_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Network {
@@ -99,7 +102,13 @@ impl Network {
             cluster_key: cluster_key.into(),
             faults,
             identity,
+            replicate_seconds: super::stage_histogram(),
         })
+    }
+
+    /// Round trips of replication requests with entries, seconds.
+    pub fn replicate_seconds(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.replicate_seconds
     }
 }
 
@@ -265,12 +274,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // made the leader back off 200 ms per timeout and stalled commits (measured). A
         // request with entries gets at least APPEND_TIMEOUT_MIN; failure detection does not
         // depend on it (elections do that).
-        let option = if rpc.entries.is_empty() {
-            option
-        } else {
-            RPCOption::new(option.hard_ttl().max(APPEND_TIMEOUT_MIN))
-        };
-        self.call("/internal/raft/append", &rpc, &option).await
+        if rpc.entries.is_empty() {
+            return self.call("/internal/raft/append", &rpc, &option).await;
+        }
+        let option = RPCOption::new(option.hard_ttl().max(APPEND_TIMEOUT_MIN));
+        let started = std::time::Instant::now();
+        let reply = self.call("/internal/raft/append", &rpc, &option).await;
+        self.network
+            .replicate_seconds
+            .observe(started.elapsed().as_secs_f64());
+        reply
     }
 
     async fn vote(

@@ -161,6 +161,8 @@ pub struct StateMachine {
     /// openraft's own metrics learn of it through its core task. Reads wait on it
     /// ([`StateMachine::applied_index`]).
     applied_index: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Durations of [`RaftStateMachine::apply`] calls, seconds (the node exports them).
+    apply_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn io(error: impl std::fmt::Display) -> io::Error {
@@ -188,7 +190,13 @@ impl StateMachine {
             services_import: Arc::new(Mutex::new(())),
             metrics: SnapshotMetrics::default(),
             applied_index: Arc::new(tokio::sync::watch::Sender::new(0)),
+            apply_seconds: super::stage_histogram(),
         }
+    }
+
+    /// Durations of apply calls (a batch of committed entries each), seconds.
+    pub fn apply_seconds(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.apply_seconds
     }
 
     /// The last log index the store shows the effects of (0 until the first apply or
@@ -308,6 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let blob = postcard::to_stdvec(&state).map_err(io)?;
         let store = Arc::clone(&self.store);
         let published = Arc::clone(&self.applied_index);
@@ -335,6 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok((batch, results))
         })
         .await?;
+        self.apply_seconds.observe(started.elapsed().as_secs_f64());
         *self.applied.lock().map_err(io)? = Some(state);
         for ((_, command, responder), outcomes) in batch.into_iter().zip(results) {
             let is_ingest = matches!(command, Some(crate::model::command::Command::Ingest(_)));

@@ -119,6 +119,13 @@ pub struct NotificationLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a write-path stage's duration (see [`Metrics::write_stages`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `queued`, `screen`, `raft` or `forward`.
+    pub stage: &'static str,
+}
+
 /// A histogram family's constructor (a plain fn, so the family type can be named).
 type HistogramFn = fn() -> Histogram;
 
@@ -147,6 +154,11 @@ pub struct Metrics {
     pub commit_events: Histogram,
     /// Propose-to-commit (and apply) latency of this node's entries.
     pub commit_duration: Histogram,
+    /// Durations of a write's stages on this node, by stage: `queued` (admitted → taken
+    /// into a group by the proposer, which waits for a free in-flight slot), `screen`
+    /// (leader: dedup lookups and block encoding), `raft` (leader: propose → committed
+    /// and applied), `forward` (follower: round trip of a group forwarded to the leader).
+    pub write_stages: Family<StageLabels, Histogram, HistogramFn>,
     /// Changes of the leader this node observed.
     pub leader_changes: Counter,
     /// When each TLS listener's certificate expires, Unix seconds.
@@ -238,6 +250,10 @@ pub struct Sources {
     pub snapshots: crate::cluster::state_machine::SnapshotMetrics,
     /// The services' batch durations.
     pub service_batches: crate::services::supervisor::BatchDurations,
+    /// Durations of the state machine's apply calls (a batch of committed entries).
+    pub apply: Histogram,
+    /// Round trips of the leader's replication requests that carry entries.
+    pub replicate: Histogram,
 }
 
 impl Sources {
@@ -250,11 +266,20 @@ impl Sources {
             service_batches: crate::services::supervisor::BatchDurations::new_with_constructor(
                 || Histogram::new([1.0]),
             ),
+            apply: Histogram::new([1.0]),
+            replicate: Histogram::new([1.0]),
         }
     }
 }
 
 impl Metrics {
+    /// Records how long a write's `stage` took, from `started` until now.
+    pub fn observe_stage(&self, stage: &'static str, started: Instant) {
+        self.write_stages
+            .get_or_create(&StageLabels { stage })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Records when `listener`'s certificate expires; `None` (no TLS) records nothing.
     pub fn set_certificate_expiry(&self, listener: &'static str, not_after: Option<i64>) {
         if let Some(not_after) = not_after {
@@ -283,6 +308,8 @@ impl Metrics {
             log_fsync,
             snapshots,
             service_batches,
+            apply,
+            replicate,
         } = sources;
         let mut m = Metrics {
             registry: Registry::with_prefix("tandem"),
@@ -294,6 +321,7 @@ impl Metrics {
             refusals: Family::default(),
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_duration: latency_histogram(),
+            write_stages: Family::new_with_constructor(crate::cluster::stage_histogram),
             leader_changes: Counter::default(),
             certificate_expiry: Family::default(),
             request_classes: Default::default(),
@@ -360,6 +388,24 @@ impl Metrics {
             "Propose-to-commit latency of this node's log entries (through apply)",
             Unit::Seconds,
             m.commit_duration.clone(),
+        );
+        r.register_with_unit(
+            "write_stage_duration",
+            "Duration of each stage of a write on this node: queued, screen, raft (leader), forward (follower)",
+            Unit::Seconds,
+            m.write_stages.clone(),
+        );
+        r.register_with_unit(
+            "apply_duration",
+            "Duration of each apply of committed entries to the state (a batch of entries)",
+            Unit::Seconds,
+            apply,
+        );
+        r.register_with_unit(
+            "replicate_duration",
+            "Round trip of each replication request with entries (leader to one follower: send, follower append and fsync, reply)",
+            Unit::Seconds,
+            replicate,
         );
         r.register(
             "events_stored",

@@ -16,7 +16,8 @@
 //!   event bodies are admitted and unanswered; beyond that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
 //! - **Group commit**: while proposals are in flight, new submissions queue; the proposer
 //!   takes all of them (up to `commit_events_max`) into the next log entry. At most
-//!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight at once.
+//!   [`PROPOSALS_INFLIGHT_MAX`] entries are in flight at once on the leader, and at most
+//!   [`FORWARDS_INFLIGHT_MAX`] forwarded groups on a follower.
 //! - **Any node accepts writes**: a follower forwards the validated events to the leader;
 //!   a forwarded proposal is never forwarded again (no ping-pong during elections).
 
@@ -56,6 +57,12 @@ pub use start::{Advertised, NodeError, start};
 
 /// Log entries being replicated at once by one node's proposer.
 pub const PROPOSALS_INFLIGHT_MAX: usize = 4;
+/// Groups a follower's proposer forwards to the leader at once. More than
+/// [`PROPOSALS_INFLIGHT_MAX`]: the leader regroups forwarded proposals into its own
+/// entries, so holding a group back on the follower only adds a forward's round trip of
+/// waiting (measured: docs/benchmarks.md, "Write latency below saturation"). What a
+/// follower has in flight stays bounded by its admission limits as well.
+pub const FORWARDS_INFLIGHT_MAX: usize = 32;
 /// Longest a submission waits for its outcome; after it the reply says the outcome is
 /// unknown (the entry may still commit — a retry with the same messageIds is exact). An
 /// isolated leader, which cannot commit and does not know it lost its followers, answers
@@ -108,6 +115,8 @@ struct Proposal {
     /// than forward again.
     forwarded: bool,
     reply: oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>,
+    /// When it was queued (the proposer reports how long it waited to join a group).
+    queued: std::time::Instant,
 }
 
 /// Counters of the pipeline, for status output.
@@ -280,6 +289,7 @@ impl Node {
                 _permit: (permit, bytes_permit, share),
                 forwarded,
                 reply,
+                queued: std::time::Instant::now(),
             })
             .map_err(|_| SubmitError::ShuttingDown)?;
         match tokio::time::timeout(COMMIT_WAIT_MAX, outcome).await {

@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::peer::Peer;
 use super::pending::PendingWrites;
-use super::{PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
+use super::{FORWARDS_INFLIGHT_MAX, PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
 use crate::cluster::{Command, CommandResult, Raft};
 use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
@@ -96,11 +96,16 @@ impl GroupOutcome {
 /// Runs until the queue closes.
 pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let context = Arc::new(context);
-    let slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
+    let lead_slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
+    let forward_slots = Arc::new(Semaphore::new(FORWARDS_INFLIGHT_MAX));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before draining: the group grows while entries are in
-        // flight, which is what makes concurrent requests share a commit.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        // flight, which is what makes concurrent requests share a commit. A follower's
+        // forwards have slots of their own, more of them: the leader groups what arrives
+        // again, so a forward held back here only adds a round trip of waiting.
+        let leads = context.raft.metrics().borrow_watched().current_leader == Some(context.self_id);
+        let slots = if leads { &lead_slots } else { &forward_slots };
+        let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
             return;
         };
         // A submitter that stopped waiting (its reply says the outcome is unknown) is not
@@ -123,6 +128,9 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         }
         if group.is_empty() {
             continue;
+        }
+        for proposal in &group {
+            context.metrics.observe_stage("queued", proposal.queued);
         }
         let time_ms = context.stamper.stamp(&context.store);
         let context = Arc::clone(&context);
@@ -231,7 +239,10 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
     if local.0.is_empty() {
         return;
     }
-    match forward(context, leader, &events).await {
+    let started = Instant::now();
+    let forwarded = forward(context, leader, &events).await;
+    context.metrics.observe_stage("forward", started);
+    match forwarded {
         Ok(outcomes) => {
             context.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             local.deliver(outcomes);
@@ -340,6 +351,7 @@ async fn screen_and_propose(
     let store = Arc::clone(&context.store);
     let candidates = candidates.to_vec();
     let keys: Vec<[u8; 16]> = candidates.iter().map(|&at| hashes[at]).collect();
+    let started = Instant::now();
     let screened = tokio::task::spawn_blocking(move || {
         let verdicts = store
             .screen_hashes(keys)
@@ -372,6 +384,7 @@ async fn screen_and_propose(
     })
     .await
     .map_err(|e| SubmitError::Storage(format!("screening failed: {e}")))??;
+    context.metrics.observe_stage("screen", started);
     let (mut found, positions, block) = screened;
     let Some(block) = block else {
         return Ok(found);
@@ -421,6 +434,7 @@ async fn propose(context: &Context, block: EncodedBlock) -> Result<Vec<EventOutc
                 metrics
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
+                metrics.observe_stage("raft", started);
                 metrics.commit_events.observe(outcomes.len() as f64);
                 Ok(outcomes)
             }

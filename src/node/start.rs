@@ -175,8 +175,10 @@ pub async fn start(
         Arc::clone(&identity),
     )
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let replicate_seconds = network.replicate_seconds().clone();
     let state_machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
     let snapshot_metrics = state_machine.snapshot_metrics().clone();
+    let apply_seconds = state_machine.apply_seconds().clone();
     {
         let machine = state_machine.clone();
         tokio::task::spawn_blocking(move || machine.finish_interrupted_install())
@@ -237,6 +239,8 @@ pub async fn start(
             log_fsync: log_store_handle.fsync_seconds().clone(),
             snapshots: snapshot_metrics,
             service_batches: services.batch_durations().clone(),
+            apply: apply_seconds,
+            replicate: replicate_seconds,
         },
     ));
     metrics.set_certificate_expiry("client", tls.client_not_after);
