@@ -16,8 +16,10 @@
 //!   before proposing. A group leaves the map only once applied ([`Registration::release`]
 //!   after Raft answered), and every release bumps a generation. The read takes the
 //!   generation, *then* its snapshot, *then* looks up the identities: a group released
-//!   before the generation was taken is in the snapshot; one released after it changes the
-//!   generation (the read then waits); one still registered matches (the read waits).
+//!   before the generation was taken is in the snapshot; one released after it is among
+//!   the last releases remembered with their identities (if it mentions the profile, or
+//!   too many were released to tell, the read waits); one still registered matches (the
+//!   read waits).
 //! - A chain of pending writes that reaches the profile (an earlier one attaching a new
 //!   identity, a later one mentioning only that) starts with one that mentions an identity
 //!   the snapshot already has, and the read waits for the commit index, past all of them.
@@ -33,7 +35,7 @@
 //! `limits.inflight_events_max` events), and is keyed by a randomly seeded hash, so a
 //! sender cannot aim collisions at it (a collision only makes a read wait).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,10 @@ struct Inner {
     counts: HashMap<u64, u32>,
     /// Bumped by every release.
     generation: u64,
+    /// The last [`RECENT_RELEASES_MAX`] releases: the generation each made, and the group's
+    /// identity hashes (sorted). A read that sees the generation move checks what was
+    /// released since its ticket here, rather than waiting whatever was released.
+    recent: VecDeque<(u64, Vec<u64>)>,
     /// The highest term in which a group's fate became unknown.
     uncertain_term: u64,
 }
@@ -82,7 +88,7 @@ impl Registration {
     pub fn release(mut self, applied: bool, current_term: u64) {
         let hashes = std::mem::take(&mut self.hashes);
         self.pending
-            .release(&hashes, self.term, applied, current_term);
+            .release(hashes, self.term, applied, current_term);
         self.term = RELEASED;
     }
 }
@@ -91,13 +97,18 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if self.term != RELEASED {
             let hashes = std::mem::take(&mut self.hashes);
-            self.pending.release(&hashes, self.term, false, self.term);
+            self.pending.release(hashes, self.term, false, self.term);
         }
     }
 }
 
 /// The term a released registration is marked with (no real term is this high).
 const RELEASED: u64 = u64::MAX;
+
+/// Releases remembered with their identities. A read during which more groups were
+/// released than this waits for its read index (at saturation a leader releases a few
+/// dozen groups a second, so this covers a read that took a fraction of a second).
+const RECENT_RELEASES_MAX: usize = 16;
 
 /// What a read learned from confirming the leadership: the term, the read index, and the
 /// generation of the map before its snapshot is taken.
@@ -138,9 +149,9 @@ impl PendingWrites {
         }
     }
 
-    fn release(&self, hashes: &[u64], term: u64, applied: bool, current_term: u64) {
+    fn release(&self, hashes: Vec<u64>, term: u64, applied: bool, current_term: u64) {
         let mut inner = lock(&self.inner);
-        for hash in hashes {
+        for hash in &hashes {
             if let Some(count) = inner.counts.get_mut(hash) {
                 *count -= 1;
                 if *count == 0 {
@@ -149,6 +160,11 @@ impl PendingWrites {
             }
         }
         inner.generation += 1;
+        let generation = inner.generation;
+        if inner.recent.len() == RECENT_RELEASES_MAX {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back((generation, hashes));
         if !applied {
             let term = term.max(current_term);
             inner.uncertain_term = inner.uncertain_term.max(term);
@@ -171,19 +187,19 @@ impl PendingWrites {
     }
 
     /// Whether a snapshot taken after `ticket` answers a read of a profile with these
-    /// `identities` linearizably: nothing registered mentions them and nothing was
-    /// released since the ticket. Counts the read either way.
+    /// `identities` linearizably: nothing registered mentions them, and nothing released
+    /// since the ticket did (a group released meanwhile may have applied after the
+    /// snapshot was taken). Counts the read either way.
     pub fn clear<'a>(
         &self,
         ticket: &ReadTicket,
         identities: impl IntoIterator<Item = &'a Identity>,
     ) -> bool {
+        let hashes: Vec<u64> = identities.into_iter().map(|i| self.hash(i)).collect();
         let inner = lock(&self.inner);
-        let clear = inner.generation == ticket.generation
-            && inner.uncertain_term < ticket.term
-            && identities
-                .into_iter()
-                .all(|identity| !inner.counts.contains_key(&self.hash(identity)));
+        let clear = inner.uncertain_term < ticket.term
+            && hashes.iter().all(|hash| !inner.counts.contains_key(hash))
+            && inner.released_since_spare(ticket.generation, &hashes);
         drop(inner);
         let counter = if clear {
             &self.reads_unwaited
@@ -207,6 +223,27 @@ impl PendingWrites {
     fn hash(&self, identity: &Identity) -> u64 {
         self.hasher
             .hash_one((&identity.kind, identity.value.as_str()))
+    }
+}
+
+impl Inner {
+    /// Whether every group released after `generation` is remembered and mentions none of
+    /// `hashes`.
+    fn released_since_spare(&self, generation: u64, hashes: &[u64]) -> bool {
+        if self.generation == generation {
+            return true;
+        }
+        // The releases after `generation` made generations generation + 1 ..= self.generation.
+        let remembered = self
+            .recent
+            .front()
+            .is_some_and(|(oldest, _)| *oldest <= generation + 1);
+        remembered
+            && self
+                .recent
+                .iter()
+                .filter(|(made, _)| *made > generation)
+                .all(|(_, released)| hashes.iter().all(|h| released.binary_search(h).is_err()))
     }
 }
 
@@ -266,14 +303,35 @@ mod tests {
     }
 
     #[test]
-    fn a_release_after_the_ticket_makes_the_read_wait() {
+    fn a_release_after_the_ticket_that_mentions_the_profile_makes_the_read_wait() {
         // The released group may be missing from a snapshot taken before it applied, and
         // it may have given the profile the identity a later group mentions.
         let pending = verified(1);
-        let group = pending.register(&[event(&[user("u1")], None)], 1);
+        let group = pending.register(&[event(&[user("u1"), anon("a1")], None)], 1);
         let ticket = pending.ticket(1, 5).expect("verified term");
         group.release(true, 1);
-        assert!(!pending.clear(&ticket, [&user("other")]));
+        assert!(!pending.clear(&ticket, [&user("other"), &anon("a1")]));
+        // A release that mentions none of the profile's identities does not matter.
+        assert!(pending.clear(&ticket, [&user("other"), &anon("a2")]));
+    }
+
+    #[test]
+    fn more_releases_during_a_read_than_are_remembered_make_it_wait() {
+        let pending = verified(1);
+        let ticket = pending.ticket(1, 5).expect("verified term");
+        for n in 0..RECENT_RELEASES_MAX {
+            let group = pending.register(&[event(&[user(&format!("w{n}"))], None)], 1);
+            group.release(true, 1);
+        }
+        assert!(pending.clear(&ticket, [&user("mine")]), "all remembered");
+        let group = pending.register(&[event(&[user("one-more")], None)], 1);
+        group.release(true, 1);
+        assert!(
+            !pending.clear(&ticket, [&user("mine")]),
+            "the first release after the ticket is forgotten"
+        );
+        let later = pending.ticket(1, 6).expect("verified term");
+        assert!(pending.clear(&later, [&user("mine")]));
     }
 
     #[test]
