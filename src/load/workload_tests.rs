@@ -7,8 +7,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::load::acked::profile_key_of;
-use crate::model::identity::Blocklist;
-use crate::model::validate::{Envelope, normalize};
+use crate::model::validate::test_event;
 
 const START_MS: i64 = 1_764_000_000_000;
 const SAMPLE: u64 = 20_000;
@@ -43,7 +42,6 @@ fn the_same_seed_gives_the_same_events_and_another_seed_does_not() {
 #[test]
 fn every_event_passes_the_servers_segment_validation() {
     let events = sample(7, SAMPLE);
-    let blocklist = Blocklist::default();
     let mut message_ids = HashSet::new();
     for (event, json) in events.iter().zip(parsed(&events)) {
         assert!(
@@ -61,18 +59,7 @@ fn every_event_passes_the_servers_segment_validation() {
             Some(event.identity.as_str())
         );
 
-        let envelope = Envelope {
-            source: "load",
-            received_at_ms: START_MS,
-            implied_type: None,
-            context: None,
-            integrations: None,
-            sent_at: None,
-            blocklist: &blocklist,
-            timestamp_future_ms_max: crate::model::time::TIMESTAMP_FUTURE_DEFAULT_MS_MAX,
-        };
-        let normalized = normalize(json.clone(), &envelope, || "generated".into())
-            .unwrap_or_else(|r| panic!("{}: {} in {json}", r.code, r.message));
+        let normalized = test_event(json.clone(), START_MS);
         let keys: Vec<String> = normalized.identities.iter().map(|i| i.key()).collect();
         assert!(
             keys.contains(&event.identity),

@@ -12,23 +12,7 @@ use serde_json::Value;
 
 use crate::common::*;
 use crate::support::cluster::admin_post;
-use crate::support::{self, get, wait_for};
-
-/// The value of the unlabelled metric `name` in `url`'s scrape.
-async fn metric(url: &str, name: &str) -> Option<f64> {
-    let text = support::client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        (series == name).then(|| value.parse().ok())?
-    })
-}
+use crate::support::{get, metric, wait_for};
 
 /// The node's backup status.
 async fn status(url: &str) -> Value {
