@@ -325,18 +325,11 @@ async fn answer_read_index(
         admit(&state, &headers)?;
         let body = read_body(body).await?;
         let result = if body.is_empty() {
-            if lease {
-                state.node.lease_read_index().await
-            } else {
-                state
-                    .node
-                    .raft()
-                    .get_read_log_id(openraft::ReadPolicy::ReadIndex)
-                    .await
-                    .map(|(read, _)| read.index())
-                    .map_err(|e| reads::ReadError::NoLeader(e.to_string()))
-            }
-            .map_err(|e| e.to_string())
+            state
+                .node
+                .read_index_here(lease)
+                .await
+                .map_err(|e| e.to_string())
         } else {
             let identity: Identity = decode(&body)?;
             super::profiles::read_index_for(&state, identity, lease).await

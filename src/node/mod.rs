@@ -402,10 +402,10 @@ impl Node {
         .await
     }
 
-    /// As leader, a read index a follower may serve a lease read at: confirmed by this
-    /// node's leader lease, or by a quorum round when the lease has lapsed.
-    pub async fn lease_read_index(&self) -> Result<u64, reads::ReadError> {
-        reads::read_index_here(&self.cluster.raft, true).await
+    /// As leader, a read index a follower may serve a read at: confirmed by a quorum
+    /// round, or with `lease` by this node's leader lease (a round when it has lapsed).
+    pub async fn read_index_here(&self, lease: bool) -> Result<u64, reads::ReadError> {
+        reads::read_index_here(&self.cluster.raft, lease).await
     }
 
     /// Stops admitting new work.

@@ -175,7 +175,8 @@ pub(super) async fn ticket_here(
 ) -> Result<Result<ReadTicket, u64>, ReadError> {
     let raft = &cluster.raft;
     let leads = |term: u64| {
-        let metrics = raft.metrics().borrow_watched().clone();
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
         metrics.current_leader == Some(cluster.id) && metrics.current_term == term
     };
     let term = raft.metrics().borrow_watched().current_term;
