@@ -437,16 +437,10 @@ mod tests {
     fn position_is_the_highest_log_index_of_the_outcomes() {
         let at = |index: u64, ordinal: u64| (index << 16) | ordinal;
         let outcomes = [
-            EventOutcome::Stored {
-                seq: at(9, 4),
-                profile_id: 1,
-            },
+            EventOutcome::Stored { seq: at(9, 4) },
             // A duplicate of an event stored at a later index than this request's.
             EventOutcome::Duplicate { seq: at(12, 0) },
-            EventOutcome::Stored {
-                seq: at(9, 5),
-                profile_id: 2,
-            },
+            EventOutcome::Stored { seq: at(9, 5) },
         ];
         assert_eq!(position(&outcomes), Some(12));
         assert_eq!(position(&outcomes[..1]), Some(9));

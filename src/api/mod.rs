@@ -425,11 +425,31 @@ async fn admin_status(
     Ok(axum::Json(body).into_response())
 }
 
+/// The query of `GET /v1/admin/state-hash`.
+#[derive(serde::Deserialize)]
+struct StateHashQuery {
+    consistency: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/admin/state-hash`: this node's state as applied now (`local`, the default:
+/// drills compare nodes' states as they are), or, with `consistency` or `after` as for
+/// profile reads, once the node has applied what that read mode requires — e.g. every
+/// write acknowledged before the request, with `consistency=linearizable`.
 async fn admin_state_hash(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<axum::extract::Query<StateHashQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     state.keys.require(&headers, Access::Admin)?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let consistency = match (&query.consistency, &query.after) {
+        (None, None) => Some("local"),
+        (given, _) => given.as_deref(),
+    };
+    let read = consistency::requirement(consistency, query.after.as_deref(), &headers)?;
+    state.node.prepare_read(read).await?;
     let services = Arc::clone(state.node.services());
     let body: Value = state
         .read(move |reader| {

@@ -213,6 +213,17 @@ async fn run(
 ) -> Result<Summary, BackupError> {
     let key = RepoKey::read(&config.backup.repo_key_file)?;
     let repository = Repository::open(&config.backup.repo, key).await?;
+    // Writes are answered at commit, before apply: apply everything committed first, so
+    // the backup holds every event acknowledged before it began. Without a leader (no
+    // quorum) it holds what this node applied, which the manifest's index says.
+    progress.phase("applying what the cluster committed");
+    if let Err(error) = node.linearize().await {
+        tracing::warn!(
+            %error,
+            "backup: cannot confirm the cluster's commit index; the checkpoint holds what \
+             this node has applied"
+        );
+    }
     progress.phase("writing the checkpoint");
     let checkpoint_started = std::time::Instant::now();
     let staging: PathBuf = node.cluster().data_dir().join(STAGING);

@@ -83,13 +83,93 @@ pub struct Event {
     pub body_json: String,
 }
 
-/// What applying one event did.
+/// What became of one submitted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireOutcome", into = "WireOutcome")]
 pub enum EventOutcome {
-    /// Stored with this sequence number, on this profile.
-    Stored { seq: u64, profile_id: u64 },
+    /// Stored with this sequence number (known at commit: its entry's log index and its
+    /// ordinal in the block).
+    Stored { seq: u64 },
     /// A previous event with the same source and messageId is within the dedup window
     /// (or earlier in the same group); nothing changed. `seq` is that earlier event's
     /// sequence number.
     Duplicate { seq: u64 },
+}
+
+/// [`EventOutcome`] as a leader sends it to a follower (`/internal/propose`), in the
+/// layout of nodes that answered after apply and named the profile: the leader now
+/// answers at commit, before the profile is known, and sends 0 there, which no node
+/// reads. The layout stays so that nodes of both kinds decode each other's replies
+/// during a rolling upgrade.
+#[derive(Serialize, Deserialize)]
+enum WireOutcome {
+    Stored { seq: u64, profile_id: u64 },
+    Duplicate { seq: u64 },
+}
+
+impl From<WireOutcome> for EventOutcome {
+    fn from(wire: WireOutcome) -> EventOutcome {
+        match wire {
+            WireOutcome::Stored { seq, .. } => EventOutcome::Stored { seq },
+            WireOutcome::Duplicate { seq } => EventOutcome::Duplicate { seq },
+        }
+    }
+}
+
+impl From<EventOutcome> for WireOutcome {
+    fn from(outcome: EventOutcome) -> WireOutcome {
+        match outcome {
+            EventOutcome::Stored { seq } => WireOutcome::Stored { seq, profile_id: 0 },
+            EventOutcome::Duplicate { seq } => WireOutcome::Duplicate { seq },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout nodes that answered after apply used, and may still send or expect
+    /// during a rolling upgrade.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Before {
+        Stored { seq: u64, profile_id: u64 },
+        Duplicate { seq: u64 },
+    }
+
+    #[test]
+    fn outcomes_keep_the_wire_layout_of_nodes_that_named_the_profile() {
+        let now = vec![
+            EventOutcome::Stored { seq: 5 << 16 },
+            EventOutcome::Duplicate { seq: 3 },
+        ];
+        let bytes = postcard::to_stdvec(&now).expect("encode");
+        let read_by_old: Vec<Before> = postcard::from_bytes(&bytes).expect("an old node decodes");
+        assert_eq!(
+            read_by_old,
+            vec![
+                Before::Stored {
+                    seq: 5 << 16,
+                    profile_id: 0
+                },
+                Before::Duplicate { seq: 3 },
+            ]
+        );
+        let from_old = postcard::to_stdvec(&vec![
+            Before::Stored {
+                seq: 9,
+                profile_id: 77,
+            },
+            Before::Duplicate { seq: 2 },
+        ])
+        .expect("encode");
+        let read: Vec<EventOutcome> = postcard::from_bytes(&from_old).expect("decodes");
+        assert_eq!(
+            read,
+            vec![
+                EventOutcome::Stored { seq: 9 },
+                EventOutcome::Duplicate { seq: 2 }
+            ]
+        );
+    }
 }

@@ -385,13 +385,13 @@ impl Metrics {
         );
         r.register_with_unit(
             "commit_duration",
-            "Propose-to-commit latency of this node's log entries (through apply)",
+            "Propose-to-commit latency of this node's log entries (writes are answered at commit; apply follows)",
             Unit::Seconds,
             m.commit_duration.clone(),
         );
         r.register_with_unit(
             "write_stage_duration",
-            "Duration of each stage of a write on this node: queued, screen, raft (leader), forward (follower)",
+            "Duration of each stage of a write on this node: queued, screen, raft (leader: propose to commit), forward (follower)",
             Unit::Seconds,
             m.write_stages.clone(),
         );

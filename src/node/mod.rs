@@ -4,14 +4,19 @@
 //! ```text
 //!  HTTP handlers ─submit()─▶ [admission: ≤ inflight_events_max] ─▶ proposer task
 //!       ▲                                                    │ one Batch per group
-//!       │                                  leader: raft.client_write ─▶ quorum fsync ─▶ apply
+//!       │                      leader: raft.client_write_ff ─▶ quorum fsync (commit) ─▶ apply
 //!       │                                follower: POST leader/internal/propose
-//!       └────────────── per-event outcomes ◀─────────────────┘
+//!       └────────────── per-event outcomes (at commit) ◀─────┘
 //! ```
 //!
 //! Invariants:
 //! - **Nothing acknowledged is lost**: `submit` returns outcomes only after the batch is
-//!   committed (durable on a quorum) and applied.
+//!   committed (durable on a quorum). It does not wait for apply: an event's outcome
+//!   follows from its entry's log index, and reads that promise to see acknowledged writes
+//!   wait for apply themselves (linearizable and lease reads for the read index or the
+//!   profile's pending writes, `after` for the position). At most
+//!   [`UNAPPLIED_GROUPS_MAX`] committed groups wait for apply before the leader stops
+//!   proposing.
 //! - **Bounded**: at most `inflight_events_max` events and `inflight_bytes_max` bytes of
 //!   event bodies are admitted and unanswered; beyond that `submit` fails at once with [`SubmitError::Overloaded`] (429 + `Retry-After`).
 //! - **Group commit**: while proposals are in flight, new submissions queue; the proposer
@@ -63,6 +68,10 @@ pub const PROPOSALS_INFLIGHT_MAX: usize = 4;
 /// waiting (measured: docs/benchmarks.md, "Write latency below saturation"). What a
 /// follower has in flight stays bounded by its admission limits as well.
 pub const FORWARDS_INFLIGHT_MAX: usize = 32;
+/// Groups the leader has had committed (and answered) but not yet applied. Writes are
+/// answered at commit; this bounds how far apply may fall behind before the proposer
+/// stops proposing (and its next group grows instead).
+pub const UNAPPLIED_GROUPS_MAX: usize = 8;
 /// Longest a submission waits for its outcome; after it the reply says the outcome is
 /// unknown (the entry may still commit — a retry with the same messageIds is exact). An
 /// isolated leader, which cannot commit and does not know it lost its followers, answers

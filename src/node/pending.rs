@@ -14,7 +14,8 @@
 //!   first proposal of `T` ([`PendingWrites::verified_term`]);
 //! - entries of term `T` were all proposed by this leader, through [`PendingWrites::register`]
 //!   before proposing. A group leaves the map only once applied ([`Registration::release`]
-//!   after Raft answered), and every release bumps a generation. The read takes the
+//!   after Raft reported the apply — later than its writers' replies, which go out at
+//!   commit), and every release bumps a generation. The read takes the
 //!   generation, *then* its snapshot, *then* looks up the identities: a group released
 //!   before the generation was taken is in the snapshot; one released after it is among
 //!   the last releases remembered with their identities (if it mentions the profile, or
@@ -31,8 +32,9 @@
 //! read that skips the wait may show an expired event one sweep longer, as any read may
 //! while the sweep catches up.
 //!
-//! Bounded: the map holds the identities of the events admitted and unanswered (at most
-//! `limits.inflight_events_max` events), and is keyed by a randomly seeded hash, so a
+//! Bounded: the map holds the identities of the events admitted and not yet applied (at
+//! most `limits.inflight_events_max` unanswered, plus [`super::UNAPPLIED_GROUPS_MAX`]
+//! committed groups of at most `limits.commit_events_max` each), and is keyed by a randomly seeded hash, so a
 //! sender cannot aim collisions at it (a collision only makes a read wait).
 
 use std::collections::{HashMap, VecDeque};

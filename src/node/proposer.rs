@@ -25,19 +25,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::peer::Peer;
 use super::pending::PendingWrites;
-use super::{FORWARDS_INFLIGHT_MAX, PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError, now_ms};
-use crate::cluster::{Command, CommandResult, Raft};
+use super::{
+    FORWARDS_INFLIGHT_MAX, PROPOSALS_INFLIGHT_MAX, Proposal, Stats, SubmitError,
+    UNAPPLIED_GROUPS_MAX, now_ms,
+};
+use crate::cluster::{Command, CommandResult, Raft, TypeConfig};
 use crate::model::block::EncodedBlock;
 use crate::model::event::{Event, EventOutcome};
 use crate::model::time::BatchClock;
 use crate::store::Store;
 use crate::store::dedup::{KeyMap, Seen};
-use crate::store::tables::dedup_hash;
+use crate::store::tables::{dedup_hash, event_seq};
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
 
 /// How long a forwarded proposal may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +104,7 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
     let context = Arc::new(context);
     let lead_slots = Arc::new(Semaphore::new(PROPOSALS_INFLIGHT_MAX));
     let forward_slots = Arc::new(Semaphore::new(FORWARDS_INFLIGHT_MAX));
+    let unapplied = Arc::new(Semaphore::new(UNAPPLIED_GROUPS_MAX));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before draining: the group grows while entries are in
         // flight, which is what makes concurrent requests share a commit. A follower's
@@ -134,9 +141,9 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         }
         let time_ms = context.stamper.stamp(&context.store);
         let context = Arc::clone(&context);
+        let unapplied = Arc::clone(&unapplied);
         tokio::spawn(async move {
-            let _slot = slot;
-            commit_group(&context, group, time_ms).await;
+            commit_group(&context, group, time_ms, slot, unapplied).await;
         });
     }
 }
@@ -210,7 +217,15 @@ impl Replies {
     }
 }
 
-async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
+/// Commits a group, holding `slot` until its proposers have their answers; as leader also
+/// a permit of `unapplied` until the group is applied.
+async fn commit_group(
+    context: &Context,
+    group: Vec<Proposal>,
+    time_ms: i64,
+    slot: OwnedSemaphorePermit,
+    unapplied: Arc<Semaphore>,
+) {
     let leader = context.raft.metrics().borrow_watched().current_leader;
     let mut events = Vec::new();
     let mut local = Replies(Vec::new());
@@ -229,7 +244,12 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
     if leader == Some(context.self_id) {
         events.extend(forwarded_events);
         local.0.extend(forwarded.0);
-        lead(context, local, events, time_ms).await;
+        // Wait for apply to come within bounds before proposing more (the group grows
+        // meanwhile); the semaphore is never closed.
+        let Ok(unapplied) = unapplied.acquire_owned().await else {
+            return;
+        };
+        lead(context, local, events, time_ms, slot, unapplied).await;
         return;
     }
     // Not the leader: a forwarded proposal is not forwarded again (the sender retries).
@@ -252,7 +272,19 @@ async fn commit_group(context: &Context, group: Vec<Proposal>, time_ms: i64) {
 }
 
 /// The leader's part: term gate, duplicate screening, encoding, proposing.
-async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: i64) {
+///
+/// The proposers are answered once the entry is committed — durable on a quorum, with
+/// outcomes that follow from its log index — and `slot` is released then. What depends
+/// on the state holding the events waits for apply, with `unapplied`: the group's
+/// registration for keyed reads (see `super::pending`) and its dedup hashes in flight.
+async fn lead(
+    context: &Context,
+    replies: Replies,
+    events: Vec<Event>,
+    time_ms: i64,
+    slot: OwnedSemaphorePermit,
+    unapplied: OwnedSemaphorePermit,
+) {
     let term = match verify_term(context).await {
         Ok(term) => term,
         Err(error) => {
@@ -280,41 +312,29 @@ async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: 
             }
         }
     }
-    // Registered before proposing, released once Raft answered: see `super::pending`.
+    // Registered before proposing, released once applied: see `super::pending`.
     let registration = context.pending.register(&events, term);
     let outcome = screen_and_propose(context, events, &hashes, &candidates, time_ms).await;
-    let current_term = context.raft.metrics().borrow_watched().current_term;
-    registration.release(outcome.is_ok(), current_term);
     let mut outcomes: Vec<Option<EventOutcome>> = vec![None; hashes.len()];
-    let (seqs, error) = match outcome {
-        Ok(found) => {
+    let (seqs, error, applying) = match outcome {
+        Ok((found, applying)) => {
             let mut seqs = KeyMap::default();
             seqs.reserve(found.len());
             for (at, outcome) in found {
-                let (EventOutcome::Stored { seq, .. } | EventOutcome::Duplicate { seq }) = outcome;
+                let (EventOutcome::Stored { seq } | EventOutcome::Duplicate { seq }) = outcome;
                 seqs.insert(hashes[at], seq);
                 outcomes[at] = Some(outcome);
             }
-            (Some(Arc::new(seqs)), None)
+            (Some(Arc::new(seqs)), None, applying)
         }
-        Err(error) => (None, Some(error)),
+        Err(error) => (None, Some(error), None),
     };
+    let committed = seqs.is_some();
     ours.done.send_replace(Some(seqs));
     let duplicates = outcomes
         .iter()
         .filter(|o| matches!(o, Some(EventOutcome::Duplicate { .. })))
         .count();
-    {
-        let mut in_flight = lock(&context.in_flight);
-        for &at in &candidates {
-            if in_flight
-                .get(&hashes[at])
-                .is_some_and(|group| Arc::ptr_eq(group, &ours))
-            {
-                in_flight.remove(&hashes[at]);
-            }
-        }
-    }
     // Events that repeat one in flight (in an earlier group, or earlier in this one).
     for (at, group) in waiting {
         if let Some(seqs) = group.wait().await
@@ -337,17 +357,39 @@ async fn lead(context: &Context, replies: Replies, events: Vec<Event>, time_ms: 
         )
     });
     replies.deliver_partial(outcomes, &error);
+    drop(slot);
+    // Until applied, the events are not in the store's dedup index or the profiles: keep
+    // them in flight and registered.
+    let applied = match applying {
+        Some(applying) => applying.applied(context).await,
+        None => committed,
+    };
+    let current_term = context.raft.metrics().borrow_watched().current_term;
+    registration.release(applied, current_term);
+    {
+        let mut in_flight = lock(&context.in_flight);
+        for &at in &candidates {
+            if in_flight
+                .get(&hashes[at])
+                .is_some_and(|group| Arc::ptr_eq(group, &ours))
+            {
+                in_flight.remove(&hashes[at]);
+            }
+        }
+    }
+    drop(unapplied);
 }
 
 /// Screens the `candidates` (positions in `events`) against the store, encodes the new
-/// ones into a block and commits it. Returns the outcome of every candidate.
+/// ones into a block and commits it. Returns the outcome of every candidate once
+/// committed, and the apply still to come if a block was proposed.
 async fn screen_and_propose(
     context: &Context,
     events: Vec<Event>,
     hashes: &[[u8; 16]],
     candidates: &[usize],
     time_ms: i64,
-) -> Result<Vec<(usize, EventOutcome)>, SubmitError> {
+) -> Result<(Vec<(usize, EventOutcome)>, Option<Applying>), SubmitError> {
     let store = Arc::clone(&context.store);
     let candidates = candidates.to_vec();
     let keys: Vec<[u8; 16]> = candidates.iter().map(|&at| hashes[at]).collect();
@@ -387,19 +429,12 @@ async fn screen_and_propose(
     context.metrics.observe_stage("screen", started);
     let (mut found, positions, block) = screened;
     let Some(block) = block else {
-        return Ok(found);
+        return Ok((found, None));
     };
-    let outcomes = propose(context, block).await?;
-    if outcomes.len() != positions.len() {
-        return Err(SubmitError::Storage(format!(
-            "{} outcomes for {} proposed events",
-            outcomes.len(),
-            positions.len()
-        )));
-    }
     debug_assert!(hashes.len() >= positions.len());
+    let (outcomes, applying) = propose(context, block, positions.len()).await?;
     found.extend(positions.into_iter().zip(outcomes));
-    Ok(found)
+    Ok((found, Some(applying)))
 }
 
 /// Once per term: confirms leadership and waits until every entry of earlier terms is
@@ -424,42 +459,129 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn propose(context: &Context, block: EncodedBlock) -> Result<Vec<EventOutcome>, SubmitError> {
+/// Proposes a block of `events` new events and waits until it is committed. Its events'
+/// outcomes follow from the entry's log index alone (every event of a block is new, and
+/// seqs are log index and ordinal), so they are known at commit, before apply.
+async fn propose(
+    context: &Context,
+    block: EncodedBlock,
+    events: usize,
+) -> Result<(Vec<EventOutcome>, Applying), SubmitError> {
     let started = Instant::now();
-    match context.raft.client_write(Command::Ingest(block)).await {
-        Ok(response) => match response.data {
-            CommandResult::Ingested(outcomes) => {
-                record(&context.stats, &outcomes);
-                let metrics = &context.metrics;
-                metrics
-                    .commit_duration
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.observe_stage("raft", started);
-                metrics.commit_events.observe(outcomes.len() as f64);
-                Ok(outcomes)
-            }
-            CommandResult::Done => Err(SubmitError::Rejected(
-                "an ingest entry was answered as a non-ingest command".into(),
-            )),
+    let (responder, committed, applied) = ProgressResponder::new();
+    if let Err(fatal) = context
+        .raft
+        .client_write_ff(Command::Ingest(block), Some(responder))
+        .await
+    {
+        return Err(fatal_write(context, &fatal.to_string()));
+    }
+    let log_id = match committed.await {
+        Ok(log_id) => log_id,
+        // Completed without a commit: rejected or discarded, never applied.
+        Err(_) => {
+            let error = match applied.await {
+                Ok(Err(error)) => write_error(context, &error),
+                Ok(Ok(_)) => SubmitError::Storage(
+                    "an ingest entry was applied without being reported committed".into(),
+                ),
+                Err(_) => SubmitError::Unknown("raft stopped while the entry was in flight".into()),
+            };
+            return Err(error);
+        }
+    };
+    let outcomes: Vec<EventOutcome> = (0..events)
+        .map(|ordinal| EventOutcome::Stored {
+            seq: event_seq(log_id.index, ordinal),
+        })
+        .collect();
+    record(&context.stats, &outcomes);
+    let metrics = &context.metrics;
+    metrics
+        .commit_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.observe_stage("raft", started);
+    metrics.commit_events.observe(events as f64);
+    Ok((
+        outcomes,
+        Applying {
+            applied,
+            index: log_id.index,
+            events,
         },
-        Err(error) => {
-            if let Some(forward) = error.forward_to_leader() {
-                // Leadership moved while the entry was in flight; it may or may not be
-                // committed by the next leader. Clients retry (safely: messageIds dedup).
-                let hint = forward.leader_id.map_or_else(
-                    || "no leader yet".to_owned(),
-                    |id| format!("node {id} leads now"),
-                );
-                Err(SubmitError::Unknown(format!(
-                    "leadership changed while the entry was in flight ({hint})"
-                )))
-            } else {
-                tracing::error!(%error, "raft write failed fatally");
-                context.failed.store(true, Ordering::Release);
-                Err(SubmitError::Storage(error.to_string()))
+    ))
+}
+
+/// A committed entry's apply, still to come.
+pub(super) struct Applying {
+    applied: tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>,
+    /// The entry's log index.
+    index: u64,
+    /// Events in its block.
+    events: usize,
+}
+
+impl Applying {
+    /// Waits for the apply; true if it stored exactly the outcomes given at commit.
+    async fn applied(self, context: &Context) -> bool {
+        match self.applied.await {
+            Ok(Ok(response)) => match response.data {
+                CommandResult::Ingested(outcomes)
+                    if outcomes.len() == self.events
+                        && outcomes.iter().enumerate().all(|(ordinal, outcome)| {
+                            *outcome
+                                == EventOutcome::Stored {
+                                    seq: event_seq(self.index, ordinal),
+                                }
+                        }) =>
+                {
+                    true
+                }
+                other => {
+                    // The state disagrees with what the proposers were told: stop writing.
+                    let _ = fatal_write(
+                        context,
+                        &format!(
+                            "entry {} applied as {other:?}, not as {} stored events",
+                            self.index, self.events
+                        ),
+                    );
+                    false
+                }
+            },
+            Ok(Err(error)) => {
+                let _ = write_error(context, &error);
+                false
             }
+            // Raft stopped (shutdown or a fatal error) before applying.
+            Err(_) => false,
         }
     }
+}
+
+/// A write Raft refused or lost: leadership moved (the entry may or may not commit under
+/// the next leader; clients retry, safely, since messageIds dedup), or a fatal error.
+fn write_error(context: &Context, error: &ClientWriteError<TypeConfig>) -> SubmitError {
+    match error {
+        ClientWriteError::ForwardToLeader(forward)
+        | ClientWriteError::LogEntryDiscarded(forward) => {
+            let hint = forward.leader_id.map_or_else(
+                || "no leader yet".to_owned(),
+                |id| format!("node {id} leads now"),
+            );
+            SubmitError::Unknown(format!(
+                "leadership changed while the entry was in flight ({hint})"
+            ))
+        }
+        other => fatal_write(context, &other.to_string()),
+    }
+}
+
+/// Marks the node failed after a write error it cannot recover from.
+fn fatal_write(context: &Context, error: &str) -> SubmitError {
+    tracing::error!(%error, "raft write failed fatally");
+    context.failed.store(true, Ordering::Release);
+    SubmitError::Storage(error.to_owned())
 }
 
 /// Commits one administrative command (a segment definition change): through this node's

@@ -158,11 +158,8 @@ impl<'a> Applier<'a> {
         let mut records = Vec::with_capacity(head.events.len());
         for (ordinal, event) in head.events.iter().enumerate() {
             let seq = event_seq(log_index, ordinal);
-            let profile = self.apply_event(seq, event, &mut records)?;
-            outcomes.push(EventOutcome::Stored {
-                seq,
-                profile_id: profile,
-            });
+            self.apply_event(seq, event, &mut records)?;
+            outcomes.push(EventOutcome::Stored { seq });
         }
         self.counters.events_stored += head.events.len() as u64;
         self.feed(log_index, records);

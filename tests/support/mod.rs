@@ -358,11 +358,14 @@ where
     }
 }
 
-/// The node's `GET /v1/admin/state-hash` report once every service has processed the whole
-/// feed (so its services hash is final for that state).
+/// The node's `GET /v1/admin/state-hash` report once it has applied every write
+/// acknowledged before the call (writes are answered at commit, before apply) and every
+/// service has processed the whole feed (so its services hash is final for that state).
 pub async fn settled_hashes(url: &str) -> Value {
     wait_for("services to catch up", Duration::from_secs(30), || async {
-        let body = get(url, "/v1/admin/state-hash").await.body;
+        let body = get(url, "/v1/admin/state-hash?consistency=linearizable")
+            .await
+            .body;
         let head = body["feed_head"].as_u64()?;
         let caught_up = body["services"]
             .as_array()?
