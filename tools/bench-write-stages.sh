@@ -59,12 +59,15 @@ for round in $(seq "$ROUNDS"); do
         for at in "${!NODE_URLS[@]}"; do
             curl -s -H "Authorization: Bearer $ADMIN" "${NODE_URLS[at]}/metrics" >"$dir.m$at.before"
         done
+        WATCH=()
+        for pid in $(pgrep -f "node --data-dir $dir"); do WATCH+=(--watch-pid "$pid"); done
         out=$("$TANDEM" load --target "$GATEWAY" --write-key demo-write-key-not-secret \
             --events "$EVENTS" --rate "$RATE" --concurrency 64 --batch-size 100 --quiet \
-            --seed "$round" --replay)
+            --seed "$round" --replay "${WATCH[@]}")
         echo "== $label, round $round ($(date -u +%TZ), load $(cut -d' ' -f1 /proc/loadavg)):" \
             "$(echo "$out" | awk '/events\/s/ {print $2 " events/s"}')," \
-            "$(echo "$out" | grep latency | tr -s ' ' | sed 's/^ *latency *//')"
+            "$(echo "$out" | grep latency | tr -s ' ' | sed 's/^ *latency *//')," \
+            "$(echo "$out" | grep 'watched cpu' | grep -o '[0-9.]* us/event') of CPU on the three nodes"
         for at in "${!NODE_URLS[@]}"; do
             curl -s -H "Authorization: Bearer $ADMIN" "${NODE_URLS[at]}/metrics" >"$dir.m$at.after"
             role=follower; grep -q '^tandem_raft_is_leader 1' "$dir.m$at.after" && role=leader
