@@ -223,7 +223,7 @@ impl<'a> Applier<'a> {
         seq: u64,
         event: &EventMeta,
         records: &mut Vec<FeedRecord>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
         let identities = self.event_identities(event)?;
         let graph = self.graph_for(&identities)?;
         let plan = resolve::resolve(&identities, &graph, &self.settings.rules);
@@ -245,7 +245,7 @@ impl<'a> Applier<'a> {
             seq,
             profile: profile_id,
         });
-        Ok(profile_id)
+        Ok(())
     }
 
     /// The profile that owns `identity`, as of this batch.
