@@ -138,6 +138,17 @@ async fn bad_read_modes_and_positions_are_named() {
     }
     let read = get(&node.url, &format!("/v1/profiles/user_id:solo?after={at}")).await;
     assert_eq!(read.status, 200, "{}", read.body);
+    // The state hash takes the same parameters; with a position (or a mode other than its
+    // default, local) it reflects the write, answered at commit.
+    for path in [
+        format!("/v1/admin/state-hash?after={at}"),
+        "/v1/admin/state-hash?consistency=linearizable".to_owned(),
+    ] {
+        let hash = get(&node.url, &path).await;
+        assert_eq!(hash.status, 200, "{path}: {}", hash.body);
+        let applied = hash.body["applied_index"].as_u64().expect("applied_index");
+        assert!(applied > at, "{path}: applied {applied}, write at {at}");
+    }
 
     let cases = [
         (
@@ -145,6 +156,8 @@ async fn bad_read_modes_and_positions_are_named() {
             "consistency",
         ),
         ("/v1/profiles/user_id:solo?after=abc", "after"),
+        ("/v1/admin/state-hash?consistency=strong", "consistency"),
+        ("/v1/admin/state-hash?after=x", "after"),
         ("/v1/profiles/user_id:solo/events?after=-3", "after"),
         (
             "/v1/profiles/user_id:solo/merges?consistency=",
