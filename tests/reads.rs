@@ -461,8 +461,10 @@ async fn linearizable_profile_reads_under_ingest_see_every_acknowledged_write() 
 
 /// A follower's linearizable or lease profile read names the identity to the leader, which
 /// answers with its own applied index when no write in flight mentions the profile: each
-/// read, right after a write acknowledged by the leader, sees that write, and the leader
-/// counts every such read as answered without waiting (nothing else is being written).
+/// read, after a write acknowledged by the leader (and applied there: writes are answered
+/// at commit, and a read of a profile whose write is not applied rightly waits), sees that
+/// write, and the leader counts every such read as answered without waiting (nothing else
+/// is being written).
 /// (Followers here apply within moments, so a read that did not wait at all would likely
 /// see the write too: this proves the path and its accounting; the decision is proven in
 /// `node::pending`'s tests, and stale reads across nodes are hunted by the randomized
@@ -493,7 +495,13 @@ async fn follower_profile_reads_see_acknowledged_writes_without_waiting_on_other
             &json!({"userId": "f", "traits": {"n": n}, "messageId": format!("f-{n}")}),
         )
         .await;
-        position(&write);
+        // Writes are answered at commit: until the leader has applied this one, a read of
+        // this profile rightly waits for it. Let it apply first (a read with a position
+        // alone is `local`, which the counters below do not count), so that what is
+        // counted is a follower read with no write of its profile pending.
+        let at = position(&write);
+        let applied = get(leader_url, &format!("/v1/profiles/user_id:f?after={at}")).await;
+        assert_eq!(applied.status, 200, "round {n}: {}", applied.body);
         let follower = followers[n as usize % 2];
         let mode = if n % 3 == 0 { "lease" } else { "linearizable" };
         let read = get(
