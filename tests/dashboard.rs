@@ -109,8 +109,18 @@ async fn the_page_needs_no_key_but_the_document_needs_a_read_or_admin_key() {
     )
     .await;
     assert_eq!(reply.status, 200);
-    let doc = dashboard(&node.url, Some(ADMIN_KEY)).await;
-    assert_eq!(doc.status, 200, "{}", doc.body);
+    // The document shows the state as applied, which follows the reply (sent at commit)
+    // within moments.
+    let doc = wait_for(
+        "the dashboard to count the event",
+        Duration::from_secs(10),
+        || async {
+            let doc = dashboard(&node.url, Some(ADMIN_KEY)).await;
+            assert_eq!(doc.status, 200, "{}", doc.body);
+            (doc.body["events_stored"].as_u64() >= Some(1)).then_some(doc)
+        },
+    )
+    .await;
     let body = &doc.body;
     assert_eq!(body["node"], 1);
     assert_eq!(body["leader"], 1);
@@ -118,7 +128,6 @@ async fn the_page_needs_no_key_but_the_document_needs_a_read_or_admin_key() {
         (body["reachable"].clone(), body["members"].clone()),
         (json!(1), json!(1))
     );
-    assert!(body["events_stored"].as_u64() >= Some(1));
     let me = node_in(body, 1);
     assert_eq!(me["reachable"], true);
     assert_eq!(me["state"], "Leader");

@@ -28,7 +28,11 @@ fn peak_rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Events the node has stored, once it has applied every write acknowledged so far
+/// (replies go out at commit, a moment before apply).
 async fn events_stored(url: &str) -> u64 {
+    let applied = get(url, "/v1/admin/state-hash?consistency=linearizable").await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
     let status = get(url, "/v1/admin/status").await;
     assert_eq!(status.status, 200, "{}", status.body);
     status.body["counts"]["events_approx"]

@@ -261,15 +261,31 @@ impl TestCluster {
         .await;
     }
 
-    /// Waits until every live node has applied the same index and has the same state hash;
-    /// returns the hash.
+    /// The highest log index a live node knows committed. Writes are answered at commit,
+    /// before apply: every write acknowledged before this call is at or below it.
+    async fn committed_index(&self) -> u64 {
+        let mut committed = 0;
+        for id in self.nodes.keys() {
+            let index = super::metric(&self.urls[id], "tandem_raft_commit_index").await;
+            committed = committed.max(index.unwrap_or(0.0) as u64);
+        }
+        committed
+    }
+
+    /// Waits until every live node has applied every write acknowledged before the call,
+    /// the same index, and has the same state hash; returns the hash.
     pub async fn converged_hash(&self, deadline: Duration) -> String {
+        let committed = self.committed_index().await;
         self.wait("equal state hashes on every node", deadline, |c| {
             let urls: Vec<String> = c.nodes.keys().map(|id| c.urls[id].clone()).collect();
             async move {
                 let mut hashes = Vec::new();
                 for url in &urls {
                     let reply = get(url, "/v1/admin/state-hash").await;
+                    // `applied_index` is one past the last entry applied.
+                    if reply.body["applied_index"].as_u64()? <= committed {
+                        return None;
+                    }
                     hashes.push(reply.body["state_hash"].as_str()?.to_owned());
                 }
                 let first = hashes.first()?.clone();
@@ -279,17 +295,22 @@ impl TestCluster {
         .await
     }
 
-    /// Waits until every live node has fed the same entries (equal feed heads), every
-    /// service on every node has processed its node's whole feed (cursor = feed head), and
-    /// the nodes' services hashes are equal; returns the hash. The leader's ticks move the
-    /// feed head on, so a sample taken across one is simply retried.
+    /// Waits until every live node has applied every write acknowledged before the call
+    /// and fed the same entries (equal feed heads), every service on every node has
+    /// processed its node's whole feed (cursor = feed head), and the nodes' services hashes
+    /// are equal; returns the hash. The leader's ticks move the feed head on, so a sample
+    /// taken across one is simply retried.
     pub async fn converged_services_hash(&self, deadline: Duration) -> String {
+        let committed = self.committed_index().await;
         self.wait("equal services hashes on every node", deadline, |c| {
             let urls: Vec<String> = c.nodes.keys().map(|id| c.urls[id].clone()).collect();
             async move {
                 let mut seen = Vec::new();
                 for url in &urls {
                     let reply = get(url, "/v1/admin/state-hash").await;
+                    if reply.body["applied_index"].as_u64()? <= committed {
+                        return None;
+                    }
                     let head = reply.body["feed_head"].as_u64()?;
                     let caught_up = reply.body["services"]
                         .as_array()?
