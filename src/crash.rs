@@ -10,6 +10,9 @@
 //! `point@N`, the `N`th pass through `point` and every later one report an injected I/O
 //! error (an fsync that fails, as a dying disk's does), so tests can check that the node
 //! stops loudly rather than carrying on.
+//!
+//! Delay points ([`DELAY_ENV`]) hold a stage back instead, so a test can check what
+//! depends on it.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,5 +47,24 @@ pub fn fails(point: &str) -> bool {
     match armed {
         Some((name, from)) if name == point => PASSES.fetch_add(1, Ordering::Relaxed) + 1 >= *from,
         _ => false,
+    }
+}
+
+/// The environment variable naming a delay point and its delay in milliseconds, e.g.
+/// `TANDEM_DELAY_AT=apply@2000`: every pass through that point waits that long first, so
+/// a test can hold a stage back (apply behind commit, say) and check what depends on it.
+pub const DELAY_ENV: &str = "TANDEM_DELAY_AT";
+
+/// How long to wait at `point`, if [`DELAY_ENV`] names it.
+pub fn delay(point: &str) -> Option<std::time::Duration> {
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| {
+        let value = std::env::var(DELAY_ENV).ok()?;
+        let (name, ms) = value.split_once('@')?;
+        Some((name.to_owned(), ms.parse().ok()?))
+    });
+    match armed {
+        Some((name, ms)) if name == point => Some(std::time::Duration::from_millis(*ms)),
+        _ => None,
     }
 }

@@ -117,6 +117,58 @@ async fn a_read_after_a_write_position_sees_it_on_every_node_and_lease_reads_wor
     }
 }
 
+/// Writes are answered at commit, before apply (held back 2 s per apply here by the
+/// `apply` delay point): a `local` read right after the reply does not see the write yet,
+/// and every read that promises to see it — linearizable (the default), lease, or `after`
+/// its position — waits for the apply and does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_answered_at_commit_and_reads_that_promise_them_wait_for_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[("TANDEM_DELAY_AT", "apply@2000")]);
+    for (n, path) in [
+        "/v1/profiles/user_id:held-0",
+        "/v1/profiles/user_id:held-1?consistency=lease",
+        "/v1/profiles/user_id:held-2?after=",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let write = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": format!("held-{n}"), "event": "E", "messageId": format!("held-{n}")}),
+        )
+        .await;
+        let at = position(&write);
+        let local = get(
+            &node.url,
+            &format!("/v1/profiles/user_id:held-{n}?consistency=local"),
+        )
+        .await;
+        assert_eq!(
+            local.status, 404,
+            "a local read right after the reply, before the apply: {}",
+            local.body
+        );
+        let path = if path.ends_with('=') {
+            format!("{path}{at}")
+        } else {
+            path.to_owned()
+        };
+        let read = get(&node.url, &path).await;
+        assert_eq!(
+            read.status, 200,
+            "{path} waits for the apply: {}",
+            read.body
+        );
+        assert_eq!(
+            read.body["event_counts"]["track"], 1,
+            "{path}: {}",
+            read.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_read_modes_and_positions_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");

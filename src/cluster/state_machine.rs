@@ -316,6 +316,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(delay) = crate::crash::delay("apply") {
+            tokio::time::sleep(delay).await;
+        }
         let started = std::time::Instant::now();
         let blob = postcard::to_stdvec(&state).map_err(io)?;
         let store = Arc::clone(&self.store);

@@ -10,6 +10,37 @@ use crate::support::cluster::admin_post;
 use crate::support::history::check_exactly_once;
 use crate::support::{self, NodeProcess, get, wait_for};
 
+/// A backup holds every write acknowledged before it began, although writes are answered
+/// at commit: with each apply held back 2 s (the `apply` delay point), a backup taken right
+/// after a reply is still at or past that write's position, because the node applies what
+/// the cluster committed before it writes the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_right_after_a_write_holds_it_though_apply_lags() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init(root.path());
+    let mut env = repo.node_env();
+    env.push(("TANDEM_DELAY_AT", "apply@2000".to_owned()));
+    let source = start(&root.path().join("source"), &[], &env);
+    let write = support::post(
+        &source.url,
+        "/v1/track",
+        &json!({"userId": "last-word", "event": "E", "messageId": "last-word-1"}),
+    )
+    .await;
+    assert_eq!(write.status, 200, "{}", write.body);
+    let at = write.body["position"]["index"]
+        .as_u64()
+        .expect("position.index");
+    let id = backup_now(&repo, &source);
+    let manifest: Value =
+        serde_json::from_str(&repo.tandem(&["backup", "show", &id], &[])).expect("manifest");
+    assert!(
+        manifest["log_index"].as_u64() >= Some(at),
+        "the backup is at {} but the write acknowledged before it is at {at}",
+        manifest["log_index"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restored_backup_is_a_new_cluster_with_the_same_state() {
     let root = tempfile::tempdir().expect("tempdir");
