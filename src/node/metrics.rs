@@ -391,7 +391,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "write_stage_duration",
-            "Duration of each stage of a write on this node: queued, screen, raft (leader: propose to commit), forward (follower)",
+            "Duration of each stage of a write on this node: queued, unapplied (leader: waiting for apply to come within bounds), screen, raft (leader: propose to commit), forward (follower)",
             Unit::Seconds,
             m.write_stages.clone(),
         );

@@ -246,9 +246,11 @@ async fn commit_group(
         local.0.extend(forwarded.0);
         // Wait for apply to come within bounds before proposing more (the group grows
         // meanwhile); the semaphore is never closed.
+        let waited = Instant::now();
         let Ok(unapplied) = unapplied.acquire_owned().await else {
             return;
         };
+        context.metrics.observe_stage("unapplied", waited);
         lead(context, local, events, time_ms, slot, unapplied).await;
         return;
     }
