@@ -49,6 +49,11 @@ impl Repo {
         stdout
     }
 
+    /// Backup `id`'s manifest (`tandem backup show`).
+    pub fn manifest(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.tandem(&["backup", "show", id], &[])).expect("manifest json")
+    }
+
     /// Runs it; (success, stdout, stderr).
     pub fn try_tandem(&self, args: &[&str], extra: &[&str]) -> (bool, String, String) {
         let output = Command::new(binary())

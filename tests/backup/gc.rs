@@ -71,8 +71,7 @@ fn stored_chunks(dir: &Path) -> BTreeSet<String> {
 
 /// The chunk ids backup `id`'s manifest names.
 fn named_chunks(repo: &Repo, id: &str) -> BTreeSet<String> {
-    let manifest: Value =
-        serde_json::from_str(&repo.tandem(&["backup", "show", id], &[])).expect("json");
+    let manifest: Value = repo.manifest(id);
     manifest["files"]
         .as_array()
         .expect("files")
@@ -114,8 +113,7 @@ async fn incremental_backups_upload_what_changed_and_gc_keeps_what_kept_backups_
         }
         let before = settled_hashes(&source.url).await;
         let id = backup_now(&repo, &source);
-        let manifest: Value =
-            serde_json::from_str(&repo.tandem(&["backup", "show", &id], &[])).expect("json");
+        let manifest: Value = repo.manifest(&id);
         assert_eq!(manifest["state_hash"], before["state_hash"]);
         let totals = &manifest["totals"];
         let (scanned, new, sent) = (

@@ -32,8 +32,7 @@ async fn a_backup_right_after_a_write_holds_it_though_apply_lags() {
         .as_u64()
         .expect("position.index");
     let id = backup_now(&repo, &source);
-    let manifest: Value =
-        serde_json::from_str(&repo.tandem(&["backup", "show", &id], &[])).expect("manifest");
+    let manifest: Value = repo.manifest(&id);
     assert!(
         manifest["log_index"].as_u64() >= Some(at),
         "the backup is at {} but the write acknowledged before it is at {at}",
@@ -51,8 +50,7 @@ async fn a_restored_backup_is_a_new_cluster_with_the_same_state() {
     let acked = ingest(&source.url, 600, "r").await;
     let before = settled_hashes(&source.url).await;
     let id = backup_now(&repo, &source);
-    let manifest: Value =
-        serde_json::from_str(&repo.tandem(&["backup", "show", &id], &[])).expect("manifest");
+    let manifest: Value = repo.manifest(&id);
     // Nothing was written after the hashes were read: the backup is at that position (the
     // state's applied index counts one past the last raft index).
     assert_eq!(

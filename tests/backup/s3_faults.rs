@@ -190,8 +190,7 @@ async fn s3_faults_are_retried_within_bounds_and_never_leave_anything_half_valid
         "{first} pruned"
     );
 
-    let manifest: Value =
-        serde_json::from_str(&direct.tandem(&["backup", "show", &second], &[])).expect("json");
+    let manifest: Value = direct.manifest(&second);
     with_tries("restore", |attempt| {
         let dir = root.path().join(format!("restored-{attempt}"));
         let (ok, stdout, stderr) = via.restore(&dir, &["--backup", &second]);

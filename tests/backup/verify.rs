@@ -76,8 +76,7 @@ async fn scheduled_verification_restores_the_newest_backup_and_reports_what_fail
 
     // The schedule restores it; the record, the metrics and the dashboard say so.
     let record = verified(&node.url, &id, true, 0).await;
-    let manifest: Value =
-        serde_json::from_str(&repo.tandem(&["backup", "show", &id], &[])).expect("json");
+    let manifest: Value = repo.manifest(&id);
     assert_eq!(record["state_hash"], manifest["state_hash"]);
     assert_eq!(record["services_hash"], manifest["services_hash"]);
     assert!(
