@@ -212,6 +212,8 @@ pub(super) struct Scraped {
     pub service_lag: Family<ServiceLabels, U64Gauge>,
     /// Worker restarts, mirrored from the supervisor.
     pub service_restarts: Family<ServiceLabels, Counter>,
+    /// Time service workers slept to leave the CPU to ingest, mirrored from the supervisor.
+    pub service_yielded: Family<ServiceLabels, Counter<f64, AtomicU64>>,
     /// Decoded blocks found in the store's block cache (events API and services).
     pub block_cache_hits: Counter,
     /// Blocks read from the log and decoded, because the cache did not hold them.
@@ -482,6 +484,12 @@ impl Metrics {
             "service_restarts",
             "Service worker restarts (crashes, error loops, hung workers replaced)",
             s.service_restarts.clone(),
+        );
+        r.register_with_unit(
+            "service_yielded",
+            "Time CDP service workers slept between batches to leave a contended CPU to ingest",
+            Unit::Seconds,
+            s.service_yielded.clone(),
         );
         r.register(
             "block_cache_hits",

@@ -47,6 +47,7 @@ use crate::store::read::{FeedItem, Reader};
 
 mod handover;
 mod progress;
+mod yielding;
 
 pub use handover::{ServiceHash, ServicesExport, combined_hash, records_hash};
 
@@ -169,6 +170,9 @@ pub struct ServiceStatus {
     pub feed_head: u64,
     /// Restarts since the node started.
     pub restarts: u64,
+    /// Time its workers stepped aside for ingest since the node started, ms (see
+    /// [`yielding`]).
+    pub yielded_ms: u64,
     /// The cursor of the state last imported from a Raft snapshot since the node started,
     /// if any.
     pub imported_cursor: Option<u64>,
@@ -219,6 +223,8 @@ struct Shared {
     /// batch from a starved one.
     worker_tid: AtomicI32,
     cursor: AtomicU64,
+    /// Nanoseconds its workers slept to leave the CPU to ingest ([`yielding`]).
+    yielded_ns: AtomicU64,
     /// What the service last said [`Service::wants_ticks`].
     wants_ticks: AtomicBool,
     fault: AtomicU8,
@@ -271,6 +277,7 @@ impl Supervisor {
                     busy_since_ms: AtomicU64::new(0),
                     worker_tid: AtomicI32::new(0),
                     cursor: AtomicU64::new(cursor),
+                    yielded_ns: AtomicU64::new(0),
                     wants_ticks: AtomicBool::new(false),
                     fault: AtomicU8::new(0),
                     state: Mutex::new(WorkerState {
@@ -377,6 +384,7 @@ fn status(shared: &Shared) -> ServiceStatus {
         lag: head.saturating_sub(cursor),
         feed_head: head,
         restarts: state.restarts,
+        yielded_ms: shared.yielded_ns.load(Ordering::Relaxed) / 1_000_000,
         imported_cursor: state.imported_cursor,
         fault: Fault::from_u8(shared.fault.load(Ordering::Acquire)),
     }
@@ -557,6 +565,8 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         }
         mark_busy(shared);
         let started = Instant::now();
+        let head = reader.feed_head().map_err(|e| e.to_string())?;
+        let clock = yielding::SchedClock::this_thread();
         apply_fault(shared, generation)?;
         let mut writes = Writes::default();
         let applied = service
@@ -585,6 +595,30 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
         shared.wants_ticks.store(wants, Ordering::Release);
         shared.busy_since_ms.store(0, Ordering::Release);
+        step_aside(shared, clock, head);
+    }
+}
+
+/// Sleeps between batches while ingest needs the CPU more than this worker does (see
+/// [`yielding`]): `before` is the worker's clock and `head` the feed head when the batch
+/// began.
+fn step_aside(shared: &Shared, before: Option<yielding::SchedClock>, head: u64) {
+    let Some(before) = before else {
+        return;
+    };
+    let Some(after) = yielding::SchedClock::this_thread() else {
+        return;
+    };
+    let ingest_active = shared
+        .store
+        .reader()
+        .feed_head()
+        .is_ok_and(|now| now > head);
+    if let Some(pause) = yielding::pause(before, after, ingest_active) {
+        shared
+            .yielded_ns
+            .fetch_add(pause.as_nanos() as u64, Ordering::Relaxed);
+        std::thread::sleep(pause);
     }
 }
 

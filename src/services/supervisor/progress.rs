@@ -27,8 +27,7 @@ pub const BATCH_WALL_MAX: Duration = Duration::from_secs(60);
 
 /// Nanoseconds thread `tid` of this process has spent on a CPU, if the kernel says.
 pub fn thread_cpu_ns(tid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    super::yielding::SchedClock::of_thread(tid).map(|clock| clock.run_ns)
 }
 
 /// What the supervisor has seen of the current batch's CPU use.
