@@ -1,7 +1,8 @@
 //! Read modes against real node processes: write replies carry their log position and a
 //! read after it sees the write on any node; lease reads on the leader and followers;
-//! bad modes and positions are named; and reads wait out a leader's death instead of
-//! failing while the cluster elects a new one.
+//! bad modes and positions are named; reads wait out a leader's death instead of failing
+//! while the cluster elects a new one; and the committed log stays within a bound of a
+//! lagging apply, so what such reads wait for is bounded.
 
 mod support;
 
@@ -167,6 +168,84 @@ async fn writes_are_answered_at_commit_and_reads_that_promise_them_wait_for_appl
             read.body
         );
     }
+}
+
+/// While apply lags (held back 250 ms per apply call here), the leader stops proposing
+/// once `UNAPPLIED_GROUPS_MAX` (8) committed groups wait for it: writes keep being
+/// answered at commit, but the committed log never runs more than that far ahead of the
+/// state, so a read that waits for apply waits for a bounded backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_log_runs_at_most_eight_groups_ahead_of_a_lagging_apply() {
+    const UNAPPLIED_GROUPS_MAX: f64 = 8.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[("TANDEM_DELAY_AT", "apply@250")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(0_usize));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (url, stop, acknowledged) = (
+                node.url.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&acknowledged),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<_> = (0..10)
+                        .map(|i| {
+                            json!({"type": "track", "userId": format!("bound-{w}"), "event": "E",
+                                   "messageId": format!("bound-{w}-{n}-{i}")})
+                        })
+                        .collect();
+                    n += 1;
+                    let reply = post(&url, "/v1/batch", &json!({ "batch": batch })).await;
+                    if reply.status == 200 {
+                        *acknowledged.lock().expect("count") += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut widest = 0.0_f64;
+    let end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < end {
+        // Both from one scrape.
+        if let Ok(reply) = client().get(format!("{}/metrics", node.url)).send().await
+            && let Ok(text) = reply.text().await
+        {
+            let value = |name: &str| {
+                text.lines()
+                    .filter_map(|line| line.split_once(' '))
+                    .find(|(series, _)| *series == name)
+                    .and_then(|(_, value)| value.parse::<f64>().ok())
+            };
+            if let (Some(committed), Some(applied)) = (
+                value("tandem_raft_commit_index"),
+                value("tandem_raft_applied_index"),
+            ) {
+                widest = widest.max(committed - applied);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let acknowledged = *acknowledged.lock().expect("count");
+    assert!(acknowledged > 0, "no write was acknowledged");
+    // The writers kept the bound busy (without it the gap grows by a group per commit,
+    // dozens per held-back apply) ...
+    assert!(
+        widest >= UNAPPLIED_GROUPS_MAX / 2.0,
+        "apply never fell behind: widest gap {widest}, {acknowledged} writes acknowledged"
+    );
+    // ... and it held: at most 8 groups, plus the odd entry that is not a group (the
+    // leader's blank entry, a tick).
+    assert!(
+        widest <= UNAPPLIED_GROUPS_MAX + 2.0,
+        "the committed log ran {widest} entries ahead of apply ({acknowledged} writes acknowledged)"
+    );
 }
 
 #[tokio::test]
