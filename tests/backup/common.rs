@@ -118,13 +118,18 @@ pub async fn ingest(url: &str, events: usize, tag: &str) -> support::history::Ac
 
 /// Asks the node for a backup and returns the new backup's id.
 pub fn backup_now(repo: &Repo, node: &NodeProcess) -> String {
+    backup_now_at(repo, &node.url)
+}
+
+/// Asks the node at `url` for a backup and returns the new backup's id.
+pub fn backup_now_at(repo: &Repo, url: &str) -> String {
     let output = Command::new(binary())
         .envs(repo.env.iter().map(|(k, v)| (*k, v.as_str())))
         .args([
             "backup",
             "create",
             "--target",
-            &node.url,
+            url,
             "--admin-key",
             support::ADMIN_KEY,
         ])

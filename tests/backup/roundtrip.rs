@@ -1,5 +1,6 @@
 //! Round trips on a local repository: backup, restore as a new cluster with the same
-//! hashes and every acknowledged event once; apply-settings mismatches refused unless forced.
+//! hashes and every acknowledged event once; a backup without a quorum; apply-settings
+//! mismatches refused unless forced.
 
 use std::time::Duration;
 
@@ -37,6 +38,62 @@ async fn a_backup_right_after_a_write_holds_it_though_apply_lags() {
         manifest["log_index"].as_u64() >= Some(at),
         "the backup is at {} but the write acknowledged before it is at {at}",
         manifest["log_index"]
+    );
+}
+
+/// Without a quorum a node still backs up: it cannot confirm what the cluster committed,
+/// says so in its log, and checkpoints what it has applied, at the log index its manifest
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_quorum_backs_up_what_it_applied_and_says_so() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init(root.path());
+    let key = path(&repo.key).to_owned();
+    let env = [
+        ("TANDEM_BACKUP__REPO", repo.url.as_str()),
+        ("TANDEM_BACKUP__REPO_KEY_FILE", key.as_str()),
+        ("TANDEM_CLUSTER__TICK_INTERVAL_MS", "3600000"),
+    ];
+    let mut cluster = support::cluster::TestCluster::start_with_env(
+        &root.path().join("cluster"),
+        &["r1", "r2", "r3"],
+        &env,
+    )
+    .await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    ingest(&cluster.urls[&leader], 300, "alone").await;
+    let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
+    let url = cluster.urls[&survivor].clone();
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.kill9(id);
+    }
+    // Alone, the survivor applies nothing more once it has applied what it knew was
+    // committed.
+    let applied = wait_for(
+        "the survivor's apply to settle",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let first = support::metric(&url, "tandem_raft_applied_index").await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let second = support::metric(&url, "tandem_raft_applied_index").await?;
+                (first == second && second > 0.0).then_some(second as u64)
+            }
+        },
+    )
+    .await;
+    let id = backup_now_at(&repo, &url);
+    let manifest: Value = repo.manifest(&id);
+    assert_eq!(
+        manifest["log_index"].as_u64(),
+        Some(applied),
+        "the backup holds what the survivor applied: {manifest}"
+    );
+    let log = cluster.stderr(survivor);
+    assert!(
+        log.contains("cannot confirm the cluster's commit index"),
+        "the survivor says it could not confirm the commit index:\n{log}"
     );
 }
 
