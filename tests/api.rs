@@ -524,6 +524,61 @@ async fn overload_answers_429_with_retry_after() {
     );
 }
 
+/// A full ingest queue is refused at once, not queued without bound: with every batch's
+/// parse held back 100 ms (the `parse` delay point), 400 concurrent batches overflow the
+/// threads and the 256 waiting places; the overflow is answered 429 `overloaded` with
+/// `Retry-After`, and exactly the acknowledged events are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ingest_queue_answers_429_and_stores_only_what_it_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(dir.path(), &[("TANDEM_DELAY_AT", "parse@100")]);
+    let requests = (0..400).map(|k| {
+        let url = node.url.clone();
+        async move {
+            let event = json!({"type": "track", "userId": format!("queued-{k}"), "event": "E",
+                               "messageId": format!("queued-{k}")});
+            post(&url, "/v1/batch", &json!({ "batch": [event] })).await
+        }
+    });
+    let replies = futures_join_all(requests).await;
+    let acknowledged = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    for reply in &replies {
+        assert!(
+            matches!(reply.status, 200 | 429),
+            "only success or a full queue: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    assert!(!refused.is_empty(), "no request overflowed the queue");
+    for reply in &refused {
+        assert_eq!(reply.code(), "overloaded", "{}", reply.body);
+        let message = reply.body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("waiting for a ingest thread"),
+            "the ingest queue, not admission, refused it: {message}"
+        );
+        assert_eq!(
+            reply
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+    }
+    // Everything acknowledged is applied before counting.
+    let applied = get(&node.url, "/v1/admin/state-hash?consistency=linearizable").await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    let stored = metric(&node.url, "tandem_events_stored_total").await;
+    assert_eq!(
+        stored,
+        Some(acknowledged as f64),
+        "{acknowledged} acknowledged, {} refused",
+        refused.len()
+    );
+}
+
 fn rand_round() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static ROUND: AtomicUsize = AtomicUsize::new(0);

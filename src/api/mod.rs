@@ -145,7 +145,13 @@ impl AppState {
         &self,
         work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        pooled(&self.ingest, "overloaded", work).await
+        pooled(&self.ingest, "overloaded", move || {
+            if let Some(delay) = crate::crash::delay("parse") {
+                std::thread::sleep(delay);
+            }
+            work()
+        })
+        .await
     }
 }
 
