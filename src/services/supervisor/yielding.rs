@@ -5,8 +5,9 @@
 //! service workers still took 26–28% of its CPU. Every request that woke up behind them
 //! then waited for a core. Measured on a 2-core machine (`docs/benchmarks.md`, "Services
 //! step aside while ingest contends"):
-//! - the one-node rate was 0.75× what it was with the services stopped;
-//! - the three-node write p99 at a fixed rate was 1.5× or more.
+//! - the one-node saturating rate was 0.75× the rate with the services stopped;
+//! - on three nodes at 15,000 events/s the write p99 was 142 ms, against 16–21 ms with
+//!   them stopped.
 //!
 //! So after each batch, the worker reads its own scheduler clocks
 //! (`/proc/thread-self/schedstat`: time on a CPU, time runnable but waiting for one). It
@@ -140,7 +141,15 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn this_threads_clocks_are_readable_and_advance_with_work() {
-        let before = SchedClock::this_thread().expect("schedstat");
+        let Some(before) = SchedClock::this_thread() else {
+            // A kernel built without CONFIG_SCHED_INFO: workers never pause there.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "/proc/thread-self/schedstat is unreadable"
+            );
+            eprintln!("skipped: /proc/thread-self/schedstat is unreadable on this kernel");
+            return;
+        };
         let mut x = 0_u64;
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_millis(20) {
