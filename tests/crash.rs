@@ -262,6 +262,59 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
     }
 }
 
+/// Writes are answered at commit with outcomes derived from the log position; apply must
+/// then store exactly those. If it ever disagrees (a bug; injected here from the 5th
+/// entry on by the `apply-outcome` failure point) the node stops acknowledging writes,
+/// fails liveness and says why, rather than answering from a state it cannot trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_disagrees_with_the_answers_given_at_commit_stops_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = NodeProcess::start(dir.path(), &[("TANDEM_FAIL_AT", "apply-outcome@5")]);
+    let mut acked = BTreeSet::new();
+    let mut refusal = None;
+    for n in 0..100 {
+        let id = format!("disagree-{n}");
+        let reply = post(
+            &node.url,
+            "/v1/track",
+            &json!({"userId": "disagreed", "event": "E", "messageId": id}),
+        )
+        .await;
+        if reply.status == 200 {
+            acked.insert(id);
+        } else {
+            refusal = Some(reply);
+            break;
+        }
+    }
+    let refusal = refusal.expect("writes stop once apply disagrees");
+    assert_eq!(refusal.status, 503, "{}", refusal.body);
+    assert!(acked.len() >= 4, "writes succeeded before: {acked:?}");
+    let live = wait_for("liveness to fail", Duration::from_secs(10), || {
+        let url = node.url.clone();
+        async move {
+            let live = get(&url, "/health/live").await;
+            (live.status == 503).then_some(live)
+        }
+    })
+    .await;
+    assert_eq!(live.body["status"], "failed", "{}", live.body);
+    assert!(
+        node.stderr().contains("not as 1 stored events"),
+        "the log says why:\n{}",
+        node.stderr()
+    );
+
+    // The entries themselves were committed: restarted without the failure point, every
+    // acknowledged write is there, exactly once.
+    node.kill9();
+    let node = NodeProcess::start(dir.path(), &[]);
+    let stored = stored(&node.url, "disagreed").await;
+    for id in &acked {
+        assert_eq!(stored.get(id), Some(&1), "{id}: {:?}", stored.get(id));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_acknowledged_record_stops_the_node_at_start_instead_of_being_cut() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -528,8 +528,11 @@ impl Applying {
     async fn applied(self, context: &Context) -> bool {
         match self.applied.await {
             Ok(Ok(response)) => match response.data {
+                // The failure point stands in for a state that disagrees (a bug), so the
+                // fail-stop below is tested (`tests/crash.rs`).
                 CommandResult::Ingested(outcomes)
-                    if outcomes.len() == self.events
+                    if !crate::crash::fails("apply-outcome")
+                        && outcomes.len() == self.events
                         && outcomes.iter().enumerate().all(|(ordinal, outcome)| {
                             *outcome
                                 == EventOutcome::Stored {
