@@ -196,23 +196,7 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The log's 30th fsync and every later one fail, as a dying disk's would.
     let mut node = NodeProcess::start(dir.path(), &[("TANDEM_FAIL_AT", "log-fsync@30")]);
-    let mut acked = BTreeSet::new();
-    let mut refusal = None;
-    for n in 0..500 {
-        let id = format!("fsync-{n}");
-        let reply = post(
-            &node.url,
-            "/v1/track",
-            &json!({"userId": "disk-victim", "event": "E", "messageId": id}),
-        )
-        .await;
-        if reply.status == 200 {
-            acked.insert(id);
-        } else {
-            refusal = Some(reply);
-            break;
-        }
-    }
+    let (acked, refusal) = write_until_refused(&node.url, "disk-victim", "fsync", 500).await;
     let refusal = refusal.expect("a write fails once fsync fails");
     assert_eq!(refusal.status, 503, "{}", refusal.body);
     assert!(!acked.is_empty(), "writes succeeded before the failure");
@@ -232,14 +216,7 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
             reply.body
         );
     }
-    let live = wait_for("liveness to fail", Duration::from_secs(10), || {
-        let url = node.url.clone();
-        async move {
-            let live = get(&url, "/health/live").await;
-            (live.status == 503).then_some(live)
-        }
-    })
-    .await;
+    let live = failed_liveness(&node.url).await;
     assert_eq!(live.body["status"], "failed", "{}", live.body);
     assert_eq!(get(&node.url, "/health/ready").await.status, 503);
     assert!(
@@ -251,8 +228,47 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
     // Restarted on a healthy disk: everything acknowledged is there, exactly once.
     node.kill9();
     let node = NodeProcess::start(dir.path(), &[]);
-    let stored = stored(&node.url, "disk-victim").await;
-    for id in &acked {
+    assert_stored_once(&node.url, "disk-victim", &acked).await;
+}
+
+/// Sends `/v1/track` writes for `user`, ids `{prefix}-N`, one at a time, until one is
+/// refused or `max` were sent: the acknowledged ids and the refusal, if any.
+async fn write_until_refused(
+    url: &str,
+    user: &str,
+    prefix: &str,
+    max: usize,
+) -> (BTreeSet<String>, Option<Reply>) {
+    let mut acked = BTreeSet::new();
+    for n in 0..max {
+        let id = format!("{prefix}-{n}");
+        let reply = post(
+            url,
+            "/v1/track",
+            &json!({"userId": user, "event": "E", "messageId": id}),
+        )
+        .await;
+        if reply.status != 200 {
+            return (acked, Some(reply));
+        }
+        acked.insert(id);
+    }
+    (acked, None)
+}
+
+/// Waits for `/health/live` to answer 503 and returns that answer.
+async fn failed_liveness(url: &str) -> Reply {
+    wait_for("liveness to fail", Duration::from_secs(10), || async move {
+        let live = get(url, "/health/live").await;
+        (live.status == 503).then_some(live)
+    })
+    .await
+}
+
+/// Checks that every id in `acked` is stored exactly once under `user`.
+async fn assert_stored_once(url: &str, user: &str, acked: &BTreeSet<String>) {
+    let stored = stored(url, user).await;
+    for id in acked {
         assert_eq!(
             stored.get(id),
             Some(&1),
@@ -270,34 +286,11 @@ async fn a_failed_fsync_stops_the_node_loudly_and_loses_nothing_acknowledged() {
 async fn an_apply_that_disagrees_with_the_answers_given_at_commit_stops_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(dir.path(), &[("TANDEM_FAIL_AT", "apply-outcome@5")]);
-    let mut acked = BTreeSet::new();
-    let mut refusal = None;
-    for n in 0..100 {
-        let id = format!("disagree-{n}");
-        let reply = post(
-            &node.url,
-            "/v1/track",
-            &json!({"userId": "disagreed", "event": "E", "messageId": id}),
-        )
-        .await;
-        if reply.status == 200 {
-            acked.insert(id);
-        } else {
-            refusal = Some(reply);
-            break;
-        }
-    }
+    let (acked, refusal) = write_until_refused(&node.url, "disagreed", "disagree", 100).await;
     let refusal = refusal.expect("writes stop once apply disagrees");
     assert_eq!(refusal.status, 503, "{}", refusal.body);
     assert!(acked.len() >= 4, "writes succeeded before: {acked:?}");
-    let live = wait_for("liveness to fail", Duration::from_secs(10), || {
-        let url = node.url.clone();
-        async move {
-            let live = get(&url, "/health/live").await;
-            (live.status == 503).then_some(live)
-        }
-    })
-    .await;
+    let live = failed_liveness(&node.url).await;
     assert_eq!(live.body["status"], "failed", "{}", live.body);
     assert!(
         node.stderr().contains("not as 1 stored events"),
@@ -309,10 +302,7 @@ async fn an_apply_that_disagrees_with_the_answers_given_at_commit_stops_writes()
     // acknowledged write is there, exactly once.
     node.kill9();
     let node = NodeProcess::start(dir.path(), &[]);
-    let stored = stored(&node.url, "disagreed").await;
-    for id in &acked {
-        assert_eq!(stored.get(id), Some(&1), "{id}: {:?}", stored.get(id));
-    }
+    assert_stored_once(&node.url, "disagreed", &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
