@@ -11,3 +11,9 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
+# node_url LOG: waits up to 10 s for a node to log its client address in LOG, prints it
+# (nothing if it did not start).
+node_url() {
+    for _ in $(seq 100); do grep -q "listening on" "$1" && break; sleep 0.1; done
+    grep -a "listening on" "$1" | grep -ao "http://127.0.0.1:[0-9]*" | head -1
+}

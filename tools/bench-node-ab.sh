@@ -66,8 +66,7 @@ for round in $(seq "$ROUNDS"); do
             --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
             >"$dir/node.log" 2>&1 &
         node=$!; PIDS+=("$node")
-        for _ in $(seq 100); do grep -q "listening on" "$dir/node.log" && break; sleep 0.1; done
-        url=$(grep "listening on" "$dir/node.log" | grep -o "http://127.0.0.1:[0-9]*" | head -1)
+        url=$(node_url "$dir/node.log")
         [ -n "$url" ] || { echo "$label: the node did not start"; cat "$dir/node.log"; exit 1; }
         threads "$node" >"$dir/before"
         written0=$(awk '/^write_bytes/ {print $2}' /proc/"$node"/io)

@@ -24,8 +24,7 @@ TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$WORK/node" --listen 
     --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
     >"$WORK/node.log" 2>&1 &
 NODE=$!; PIDS+=("$NODE")
-for _ in $(seq 100); do grep -q "listening on" "$WORK/node.log" && break; sleep 0.1; done
-URL=$(grep "listening on" "$WORK/node.log" | grep -o "http://127.0.0.1:[0-9]*" | head -1)
+URL=$(node_url "$WORK/node.log")
 [ -n "$URL" ] || { echo "the node did not start:"; cat "$WORK/node.log"; exit 1; }
 
 # The rule mix of `tandem bench-segments` (src/cli/bench_segments.rs, `rule`).
