@@ -674,10 +674,7 @@ impl Metrics {
             self.scraped.disk_size.set(size);
         }
         if let Some(seconds) = cpu_seconds() {
-            self.scraped
-                .cpu_seconds
-                .inner()
-                .store(seconds.to_bits(), Ordering::Relaxed);
+            mirror_seconds(&self.scraped.cpu_seconds, seconds);
         }
         for (part, bytes) in PARTS.iter().zip(self.disk_usage()) {
             self.scraped
@@ -707,6 +704,11 @@ impl Metrics {
 /// Sets a counter that mirrors a monotonic value kept elsewhere (the replicated state).
 pub(super) fn mirror(counter: &Counter, value: u64) {
     counter.inner().store(value, Ordering::Relaxed);
+}
+
+/// Sets a seconds counter that mirrors a monotonic time kept elsewhere.
+pub(super) fn mirror_seconds(counter: &Counter<f64, AtomicU64>, seconds: f64) {
+    counter.inner().store(seconds.to_bits(), Ordering::Relaxed);
 }
 
 /// The sum of file sizes under `dir` (0 if it is missing; unreadable entries are skipped).

@@ -529,9 +529,9 @@ impl Node {
                 .set(u64::from(status.status == "ok"));
             s.service_lag.get_or_create(&labels).set(status.lag);
             metrics::mirror(&s.service_restarts.get_or_create(&labels), status.restarts);
-            s.service_yielded.get_or_create(&labels).inner().store(
-                (status.yielded_ms as f64 / 1e3).to_bits(),
-                Ordering::Relaxed,
+            metrics::mirror_seconds(
+                &s.service_yielded.get_or_create(&labels),
+                status.yielded_ms as f64 / 1e3,
             );
         }
         m.encode()
