@@ -9,6 +9,7 @@ mod support;
 use serde_json::json;
 use support::{NodeProcess, get, post};
 use tandem::node::priority::{INGEST_NICE, STORAGE_NICE, this_thread_nice};
+use tandem::services::supervisor::SERVICE_NICE;
 
 /// `(thread name, nice value)` of every thread of process `pid`.
 fn threads(pid: u32) -> Vec<(String, i32)> {
@@ -81,11 +82,23 @@ async fn a_node_runs_reads_at_its_own_priority_and_background_work_lower() {
         ingest.iter().all(|n| *n == lowered(INGEST_NICE)),
         "ingest: {report}"
     );
-    // The store's background threads (the services' databases have their own).
+    // The storage engine's background threads: the store's at the storage priority, the
+    // services' databases' at the services' own; none at the node's.
     let storage = niceness("fjall:worker");
     assert!(
         storage.contains(&lowered(STORAGE_NICE)),
         "no storage thread at nice {}: {report}",
         lowered(STORAGE_NICE)
+    );
+    assert!(
+        storage.contains(&lowered(SERVICE_NICE)),
+        "no services' storage thread at nice {}: {report}",
+        lowered(SERVICE_NICE)
+    );
+    assert!(
+        storage
+            .iter()
+            .all(|n| [lowered(STORAGE_NICE), lowered(SERVICE_NICE)].contains(n)),
+        "a storage thread at another priority: {report}"
     );
 }

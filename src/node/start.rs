@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::log::{Log, LogOptions};
 use crate::services::db::ServiceDb;
 use crate::services::recommend::ModelConfig;
-use crate::services::supervisor::{Factory, Supervisor};
+use crate::services::supervisor::{Factory, SERVICE_NICE, Supervisor};
 use crate::services::{audience, computed, recommendations};
 use crate::store::{Store, StoreConfig};
 
@@ -354,6 +354,11 @@ pub async fn start(
 }
 
 /// Opens each service's database under `<data>/services/` and starts the supervisor.
+///
+/// Each database is opened on a thread of its own at the services' priority: the storage
+/// engine spawns its flush and compaction threads then, and they inherit it (see
+/// `super::priority`). Opened from here they would run at nice 0, above ingest's own
+/// storage threads, doing work for services that are meant to yield.
 fn start_services(
     dir: &Path,
     store: &Arc<Store>,
@@ -361,10 +366,16 @@ fn start_services(
 ) -> Result<Arc<Supervisor>, NodeError> {
     let open = |name: &str| {
         let path = dir.join("services").join(name);
-        ServiceDb::open(&path).map_err(|e| NodeError::DataDir {
+        let error = |source: std::io::Error| NodeError::DataDir {
             path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
+            source,
+        };
+        let opening = path.clone();
+        super::priority::spawn_niced("tandem-svc-open", SERVICE_NICE, move || {
+            ServiceDb::open(&opening)
         })
+        .map_err(error)?
+        .map_err(|e| error(std::io::Error::other(e.to_string())))
     };
     let defs = Arc::clone(trait_defs);
     let traits: Factory =
