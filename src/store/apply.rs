@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
 
 use super::hot::{Changes, HotCache};
+use super::known::KnownIdentities;
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
 use crate::model::audit::RefusalKind;
@@ -91,6 +92,9 @@ pub struct Applier<'a> {
     /// Committed owners and profiles, consulted before the snapshot and taught what the
     /// snapshot answered (it is the latest committed state: appliers run one at a time).
     hot: &'a HotCache,
+    /// Every identity key the committed state may hold (if there is such a filter);
+    /// taught each key this batch writes.
+    known: Option<&'a KnownIdentities>,
     /// Profiles read or changed in this batch; `None` = merged away.
     profiles: BTreeMap<u64, Option<Profile>>,
     /// Identities (by key) pointed at a profile in this batch.
@@ -106,6 +110,7 @@ impl<'a> Applier<'a> {
         batch: &'a mut WriteBatch,
         ks: &'a Keyspaces,
         hot: &'a HotCache,
+        known: Option<&'a KnownIdentities>,
         settings: &'a ApplySettings,
     ) -> Result<Applier<'a>, StoreError> {
         let read = |key: &str| meta_u64(&snapshot, &ks.meta, key, META);
@@ -124,6 +129,7 @@ impl<'a> Applier<'a> {
             batch,
             ks,
             hot,
+            known,
             profiles: BTreeMap::new(),
             identities: HashMap::new(),
             counters,
@@ -257,6 +263,11 @@ impl<'a> Applier<'a> {
         if let Some(owner) = self.hot.owner(&key) {
             return Ok(Some(owner));
         }
+        if let Some(known) = self.known
+            && !known.may_hold(key.as_bytes())
+        {
+            return Ok(None);
+        }
         match self.snapshot.get(&self.ks.identities, key.as_str())? {
             Some(bytes) => {
                 let owner = read_u64(&bytes, IDENTITIES)?;
@@ -269,6 +280,9 @@ impl<'a> Applier<'a> {
 
     fn set_owner(&mut self, identity: &Identity, owner: u64) {
         let key = identity.key();
+        if let Some(known) = self.known {
+            known.insert(key.as_bytes());
+        }
         self.batch
             .insert(&self.ks.identities, key.as_str(), u64_bytes(owner));
         self.identities.insert(key, owner);

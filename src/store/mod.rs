@@ -40,6 +40,7 @@ pub mod direct;
 pub mod entry;
 pub mod events;
 pub mod hot;
+pub mod known;
 pub mod read;
 pub mod replicated;
 pub mod tables;
@@ -104,6 +105,10 @@ const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 /// profiles memtable). Applies to keyspaces when they are created: fjall keeps a
 /// keyspace's options in its data directory, so an existing store keeps what it had.
 const TABLE_BYTES_TARGET: u64 = 8 << 20;
+
+fn poisoned_filter() -> StoreError {
+    StoreError::Corrupt("the identity filter's lock is poisoned".into())
+}
 
 /// Name of the store directory inside a node's data directory.
 pub const STORE_DIR: &str = "store";
@@ -178,6 +183,10 @@ pub struct Store {
     horizon: Horizon,
     /// Committed identity owners and profiles that applying looks up most.
     hot: hot::HotCache,
+    /// Every identity key the state may hold, so applying skips store lookups of new
+    /// ones; `None` (every lookup goes to the store) from the moment a snapshot starts
+    /// replacing the state until it is rebuilt after, under `writer`.
+    known: std::sync::Mutex<Option<Arc<known::KnownIdentities>>>,
     /// Serialises appliers (one writer at a time).
     writer: std::sync::Mutex<()>,
     /// Odd while a snapshot replaces the state and the log; see [`Store::replace_epoch`].
@@ -207,13 +216,46 @@ impl Store {
             blocks: BlockCache::new(BLOCK_CACHE_BYTES),
             horizon,
             hot: hot::HotCache::default(),
+            known: std::sync::Mutex::new(None),
             writer: std::sync::Mutex::new(()),
             replace_epoch: std::sync::atomic::AtomicU64::new(0),
             config,
         };
         let clock = store.reader().clock_ms()?;
         store.advance_horizon(clock);
+        store.rebuild_known()?;
         Ok(store)
+    }
+
+    /// Builds the filter of identity keys afresh from the state (see [`known`]). Callers
+    /// hold the writer lock, or run before anything can apply.
+    fn rebuild_known(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let snapshot = self.db.snapshot();
+        let mut keys = Vec::new();
+        for guard in snapshot.iter(&self.ks.identities) {
+            keys.push(guard.key()?);
+        }
+        let found = keys.len();
+        let built = known::KnownIdentities::build(keys);
+        tracing::info!(
+            identities = found,
+            bytes = built.bytes(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "built the filter of known identities"
+        );
+        self.set_known(Some(Arc::new(built)))
+    }
+
+    /// Replaces the filter of identity keys (`None`: none, every lookup goes to the store).
+    fn set_known(&self, known: Option<Arc<known::KnownIdentities>>) -> Result<(), StoreError> {
+        *self.known.lock().map_err(|_| poisoned_filter())? = known;
+        Ok(())
+    }
+
+    /// The filter of identity keys the state may hold, if there is one.
+    pub(crate) fn known(&self) -> Result<Option<Arc<known::KnownIdentities>>, StoreError> {
+        Ok(self.known.lock().map_err(|_| poisoned_filter())?.clone())
     }
 
     /// Opens the log (`<data_dir>/log`, default options) and the store

@@ -80,11 +80,13 @@ impl Store {
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
         let mut batch = self.db.batch();
+        let known = self.known()?;
         let mut applier = Applier::open(
             self.db.snapshot(),
             &mut batch,
             &self.ks,
             &self.hot,
+            known.as_deref(),
             &self.config.apply,
         )?;
         let mut results = Vec::with_capacity(entries.len());
@@ -294,6 +296,8 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
         self.hot.clear();
         self.blocks.clear();
+        // Until the import is complete no filter can speak for the state.
+        self.set_known(None)?;
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
@@ -320,6 +324,7 @@ impl Store {
         self.persist()?;
         let clock = self.reader().clock_ms()?;
         self.advance_horizon(clock);
+        self.rebuild_known()?;
         Ok(count)
     }
 }
