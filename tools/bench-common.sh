@@ -17,3 +17,14 @@ node_url() {
     for _ in $(seq 100); do grep -q "listening on" "$1" && break; sleep 0.1; done
     grep -a "listening on" "$1" | grep -ao "http://127.0.0.1:[0-9]*" | head -1
 }
+# start_node BINARY DIR: starts a durable single node (plain-text peer listener) on data
+# directory DIR/node, logging to DIR/node.log; sets NODE (its pid, also added to PIDS) and
+# URL (its client address), or exits if it did not start. ADMIN is the admin key.
+start_node() {
+    TANDEM_TLS__PEER_PLAINTEXT=true "$1" node --data-dir "$2/node" --listen 127.0.0.1:0 \
+        --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
+        >"$2/node.log" 2>&1 &
+    NODE=$!; PIDS+=("$NODE")
+    URL=$(node_url "$2/node.log")
+    [ -n "$URL" ] || { echo "$1: the node did not start:"; cat "$2/node.log"; exit 1; }
+}

@@ -62,12 +62,8 @@ for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do
         label=${spec%%=*}; bin=${spec#*=}
         dir="$WORK/$label-$round"; mkdir -p "$dir"
-        TANDEM_TLS__PEER_PLAINTEXT=true "$bin" node --data-dir "$dir/node" --listen 127.0.0.1:0 \
-            --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
-            >"$dir/node.log" 2>&1 &
-        node=$!; PIDS+=("$node")
-        url=$(node_url "$dir/node.log")
-        [ -n "$url" ] || { echo "$label: the node did not start"; cat "$dir/node.log"; exit 1; }
+        start_node "$bin" "$dir"
+        node=$NODE; url=$URL
         threads "$node" >"$dir/before"
         written0=$(awk '/^write_bytes/ {print $2}' /proc/"$node"/io)
         out=$("$bin" load --target "$url" --write-key bench-write-key-not-secret --events "$EVENTS" \

@@ -20,12 +20,7 @@ ADMIN=bench-admin-key-not-secret
 # How long the services may take to catch up after the load, in seconds.
 CATCH_UP_S_MAX=900
 
-TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$WORK/node" --listen 127.0.0.1:0 \
-    --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
-    >"$WORK/node.log" 2>&1 &
-NODE=$!; PIDS+=("$NODE")
-URL=$(node_url "$WORK/node.log")
-[ -n "$URL" ] || { echo "the node did not start:"; cat "$WORK/node.log"; exit 1; }
+start_node "$TANDEM" "$WORK"
 
 # The rule mix of `tandem bench-segments` (src/cli/bench_segments.rs, `rule`).
 rule() {
