@@ -59,14 +59,20 @@ impl KnownIdentities {
         }
     }
 
-    /// A filter holding `keys`, sized for twice as many.
-    pub fn build<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> KnownIdentities {
-        let hashes: Vec<u64> = keys.into_iter().map(|key| hash(key.as_ref())).collect();
+    /// A filter holding `keys`, sized for twice as many; the first error ends the build.
+    /// Only the keys' hashes are held meanwhile (8 bytes each), not the keys.
+    pub fn build<K: AsRef<[u8]>, E>(
+        keys: impl IntoIterator<Item = Result<K, E>>,
+    ) -> Result<KnownIdentities, E> {
+        let hashes = keys
+            .into_iter()
+            .map(|key| key.map(|key| hash(key.as_ref())))
+            .collect::<Result<Vec<u64>, E>>()?;
         let known = KnownIdentities::with_capacity(hashes.len() as u64 * 2);
         for h in hashes {
             known.insert_hash(h);
         }
-        known
+        Ok(known)
     }
 
     /// Records that the state may hold `key`.
@@ -130,7 +136,7 @@ mod tests {
 
     #[test]
     fn every_inserted_key_may_be_held() {
-        let built = KnownIdentities::build((0..50_000).map(key));
+        let built = KnownIdentities::build((0..50_000).map(|n| Ok::<_, ()>(key(n)))).unwrap();
         let grown = KnownIdentities::with_capacity(0);
         for n in 0..200_000 {
             grown.insert(key(n).as_bytes());

@@ -232,14 +232,10 @@ impl Store {
     fn rebuild_known(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let snapshot = self.db.snapshot();
-        let mut keys = Vec::new();
-        for guard in snapshot.iter(&self.ks.identities) {
-            keys.push(guard.key()?);
-        }
-        let found = keys.len();
-        let built = known::KnownIdentities::build(keys);
+        let built =
+            known::KnownIdentities::build(snapshot.iter(&self.ks.identities).map(|g| g.key()))?;
         tracing::info!(
-            identities = found,
+            identities = built.load().0,
             bytes = built.bytes(),
             took_ms = started.elapsed().as_millis() as u64,
             "built the filter of known identities"
