@@ -31,6 +31,7 @@ use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
 
 use super::hot::{Changes, HotCache};
 use super::known::KnownIdentities;
+use super::recent;
 use super::tables::*;
 use super::{Keyspaces, StoreError, meta_u64};
 use crate::model::audit::RefusalKind;
@@ -84,6 +85,16 @@ struct Counters {
     feed_tail: u64,
 }
 
+/// The filters an [`Applier`] keeps true: every key it writes is inserted before its
+/// batch commits, so they never answer "absent" for a committed key.
+#[derive(Default)]
+pub struct Filters<'a> {
+    /// Every identity key the committed state may hold, if there is such a filter.
+    pub known: Option<&'a KnownIdentities>,
+    /// The dedup keys stored within the window, if there is such a filter.
+    pub recent: Option<recent::Writer<'a>>,
+}
+
 /// Applies entries into one write batch. Call [`Applier::finish`] and commit the batch.
 pub struct Applier<'a> {
     snapshot: Snapshot,
@@ -92,9 +103,8 @@ pub struct Applier<'a> {
     /// Committed owners and profiles, consulted before the snapshot and taught what the
     /// snapshot answered (it is the latest committed state: appliers run one at a time).
     hot: &'a HotCache,
-    /// Every identity key the committed state may hold (if there is such a filter);
-    /// taught each key this batch writes.
-    known: Option<&'a KnownIdentities>,
+    /// Filters of what the committed state may hold, taught each key this batch writes.
+    filters: Filters<'a>,
     /// Profiles read or changed in this batch; `None` = merged away.
     profiles: BTreeMap<u64, Option<Profile>>,
     /// Identities (by key) pointed at a profile in this batch.
@@ -110,7 +120,7 @@ impl<'a> Applier<'a> {
         batch: &'a mut WriteBatch,
         ks: &'a Keyspaces,
         hot: &'a HotCache,
-        known: Option<&'a KnownIdentities>,
+        filters: Filters<'a>,
         settings: &'a ApplySettings,
     ) -> Result<Applier<'a>, StoreError> {
         let read = |key: &str| meta_u64(&snapshot, &ks.meta, key, META);
@@ -129,7 +139,7 @@ impl<'a> Applier<'a> {
             batch,
             ks,
             hot,
-            known,
+            filters,
             profiles: BTreeMap::new(),
             identities: HashMap::new(),
             counters,
@@ -242,9 +252,13 @@ impl<'a> Applier<'a> {
             pair_key(profile_id, seq),
             index_value(&event.name, event.timestamp_ms),
         );
+        let dedup_key = dedup_hash(&event.source, &event.message_id);
+        if let Some(recent) = &mut self.filters.recent {
+            recent.insert(&dedup_key, self.counters.clock_ms)?;
+        }
         self.batch.insert(
             &ks.dedup,
-            dedup_hash(&event.source, &event.message_id),
+            dedup_key,
             dedup_value(self.counters.clock_ms, seq),
         );
         records.push(FeedRecord::Event {
@@ -263,7 +277,7 @@ impl<'a> Applier<'a> {
         if let Some(owner) = self.hot.owner(&key) {
             return Ok(Some(owner));
         }
-        if let Some(known) = self.known
+        if let Some(known) = self.filters.known
             && !known.may_hold(key.as_bytes())
         {
             return Ok(None);
@@ -280,7 +294,7 @@ impl<'a> Applier<'a> {
 
     fn set_owner(&mut self, identity: &Identity, owner: u64) {
         let key = identity.key();
-        if let Some(known) = self.known {
+        if let Some(known) = self.filters.known {
             known.insert(key.as_bytes());
         }
         self.batch

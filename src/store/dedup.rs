@@ -4,6 +4,8 @@
 //! - **Where it is checked.** Only the leader looks events up, before it proposes them
 //!   (`crate::node`), so a duplicate never enters the log and followers never consult
 //!   the index: applying just records each stored event's key ([`super::tables::DEDUP`]).
+//!   A filter of the keys within the window ([`super::recent`]) answers most new keys
+//!   without a store lookup.
 //!   Every replica keeps the index, so a new leader has it after a failover; it answers
 //!   nothing before it has applied every entry of earlier terms.
 //! - **Keys.** 16 bytes of blake3 over source and messageId ([`dedup_hash`]); the value is
@@ -126,6 +128,12 @@ impl<'a> Screen<'a> {
         hashes: impl IntoIterator<Item = [u8; 16]>,
     ) -> Result<Vec<Seen>, StoreError> {
         let snapshot = self.store.db.snapshot();
+        // Taken after the snapshot, so it holds every key the snapshot does (see
+        // `super::recent`); `None` while there is no ready filter.
+        let filter = match self.store.recent()? {
+            Some(filter) => filter.view()?,
+            None => None,
+        };
         let horizon = &self.store.horizon;
         let hashes = hashes.into_iter();
         let mut seen: KeyMap<usize> = KeyMap::default();
@@ -137,6 +145,12 @@ impl<'a> Screen<'a> {
                 continue;
             }
             seen.insert(hash, position);
+            if let Some(filter) = &filter
+                && !filter.may_hold(&hash)
+            {
+                verdicts.push(Seen::New);
+                continue;
+            }
             let stored = match snapshot.get(&self.store.ks.dedup, hash)? {
                 Some(value) => {
                     let (stored_at_ms, seq) = read_dedup_value(&value)?;

@@ -18,44 +18,30 @@
 //!   that then fails leaves extra keys: a false "maybe", never a false "absent");
 //! - keys are never removed: an identity that leaves the state only costs a store lookup.
 //!
-//! It is sized for twice the identities found at the build, at 10 bits per key (about 1%
-//! false "maybe"); past that it stays correct and only answers "maybe" more often, until
-//! the next start or snapshot install sizes it afresh. The build scans every identity key
-//! once: 455,614 in 0.33 s on this project's 2-core machine, so a store of tens of millions
-//! of identities adds tens of seconds to a start (logged as "built the filter of known
-//! identities"), and holds ~2.5 bytes per identity.
+//! A blocked Bloom filter ([`super::bloom`]), sized for twice the identities found at the
+//! build, at 10 bits per key (about 1% false "maybe"); past that it stays correct and only
+//! answers "maybe" more often, until the next start or snapshot install sizes it afresh.
+//! The build scans every identity key once: 455,614 in 0.33 s on this project's 2-core
+//! machine, so a store of tens of millions of identities adds tens of seconds to a start
+//! (logged as "built the filter of known identities"), and holds ~2.5 bytes per identity.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bits per key the filter is sized for.
-const BITS_PER_KEY: u64 = 10;
-/// Probes per key: `ln 2 × BITS_PER_KEY`, rounded.
-const PROBES: u64 = 7;
+use super::bloom::Bloom;
+
 /// Fewest keys the filter is sized for (2 MiB of bits).
 pub const CAPACITY_MIN: u64 = 1 << 20;
 
 /// A Bloom filter of identity keys; inserts and queries from any thread.
 pub struct KnownIdentities {
-    /// The bits, `mask + 1` of them (a power of two).
-    bits: Box<[AtomicU64]>,
-    mask: u64,
-    /// Keys inserted (with repeats), and the number it was sized for.
-    inserted: AtomicU64,
-    capacity: u64,
+    bloom: Bloom,
 }
 
 impl KnownIdentities {
     /// An empty filter sized for `keys` keys (at least [`CAPACITY_MIN`]).
     pub fn with_capacity(keys: u64) -> KnownIdentities {
-        let capacity = keys.max(CAPACITY_MIN);
-        let bits = capacity.saturating_mul(BITS_PER_KEY).next_power_of_two();
-        let words = (bits / 64).max(1);
         KnownIdentities {
-            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            mask: words * 64 - 1,
-            inserted: AtomicU64::new(0),
-            capacity,
+            bloom: Bloom::with_capacity(keys.max(CAPACITY_MIN)),
         }
     }
 
@@ -70,47 +56,29 @@ impl KnownIdentities {
             .collect::<Result<Vec<u64>, E>>()?;
         let known = KnownIdentities::with_capacity(hashes.len() as u64 * 2);
         for h in hashes {
-            known.insert_hash(h);
+            known.bloom.insert(h);
         }
         Ok(known)
     }
 
     /// Records that the state may hold `key`.
     pub fn insert(&self, key: &[u8]) {
-        self.insert_hash(hash(key));
+        self.bloom.insert(hash(key));
     }
 
     /// False only if the state holds no identity with this key.
     pub fn may_hold(&self, key: &[u8]) -> bool {
-        let (mut at, step) = probes(hash(key));
-        for _ in 0..PROBES {
-            let bit = at & self.mask;
-            if self.bits[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) == 0 {
-                return false;
-            }
-            at = at.wrapping_add(step);
-        }
-        true
+        self.bloom.may_hold(hash(key))
     }
 
     /// Keys inserted so far (with repeats) against the number it was sized for.
     pub fn load(&self) -> (u64, u64) {
-        (self.inserted.load(Ordering::Relaxed), self.capacity)
+        self.bloom.load()
     }
 
     /// Bytes of bits held.
     pub fn bytes(&self) -> usize {
-        self.bits.len() * 8
-    }
-
-    fn insert_hash(&self, h: u64) {
-        let (mut at, step) = probes(h);
-        for _ in 0..PROBES {
-            let bit = at & self.mask;
-            self.bits[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Relaxed);
-            at = at.wrapping_add(step);
-        }
-        self.inserted.fetch_add(1, Ordering::Relaxed);
+        self.bloom.bytes()
     }
 }
 
@@ -118,12 +86,6 @@ impl KnownIdentities {
 /// nothing depends on that beyond one process.
 fn hash(key: &[u8]) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
-}
-
-/// The first probe and the step between probes (double hashing; the step is odd, so it
-/// visits distinct bits of a power-of-two table).
-fn probes(h: u64) -> (u64, u64) {
-    (h, h.rotate_left(32) | 1)
 }
 
 #[cfg(test)]

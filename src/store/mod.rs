@@ -30,6 +30,7 @@
 //! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+mod bloom;
 pub mod body;
 #[cfg(test)]
 mod body_tests;
@@ -42,6 +43,7 @@ pub mod events;
 pub mod hot;
 pub mod known;
 pub mod read;
+pub mod recent;
 pub mod replicated;
 pub mod tables;
 #[cfg(test)]
@@ -107,7 +109,7 @@ const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 const TABLE_BYTES_TARGET: u64 = 8 << 20;
 
 fn poisoned_filter() -> StoreError {
-    StoreError::Corrupt("the identity filter's lock is poisoned".into())
+    StoreError::Corrupt("a filter's lock is poisoned".into())
 }
 
 /// Name of the store directory inside a node's data directory.
@@ -187,6 +189,13 @@ pub struct Store {
     /// ones; `None` (every lookup goes to the store) from the moment a snapshot starts
     /// replacing the state until it is rebuilt after, under `writer`.
     known: std::sync::Mutex<Option<Arc<known::KnownIdentities>>>,
+    /// The dedup keys the state may hold, so the leader's screen skips store lookups of
+    /// new ones; replaced by a new one, empty until its builder has scanned the state, at
+    /// open and after a snapshot install (see [`recent`]).
+    recent: std::sync::Mutex<Option<Arc<recent::RecentKeys>>>,
+    /// The thread filling `recent`, joined before it is replaced and when the store closes
+    /// (it holds the database open).
+    recent_builder: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises appliers (one writer at a time).
     writer: std::sync::Mutex<()>,
     /// Odd while a snapshot replaces the state and the log; see [`Store::replace_epoch`].
@@ -217,6 +226,8 @@ impl Store {
             horizon,
             hot: hot::HotCache::default(),
             known: std::sync::Mutex::new(None),
+            recent: std::sync::Mutex::new(None),
+            recent_builder: std::sync::Mutex::new(None),
             writer: std::sync::Mutex::new(()),
             replace_epoch: std::sync::atomic::AtomicU64::new(0),
             config,
@@ -224,7 +235,61 @@ impl Store {
         let clock = store.reader().clock_ms()?;
         store.advance_horizon(clock);
         store.rebuild_known()?;
+        store.start_recent()?;
         Ok(store)
+    }
+
+    /// Installs an empty filter of recent dedup keys and starts the thread that fills it
+    /// from the state (see [`recent`]). Callers hold the writer lock, or run before
+    /// anything can apply.
+    fn start_recent(&self) -> Result<(), StoreError> {
+        self.stop_recent()?;
+        let filter = Arc::new(recent::RecentKeys::new(
+            self.config.apply.dedup_window_ms,
+            self.horizon.clone(),
+        ));
+        *self.recent.lock().map_err(|_| poisoned_filter())? = Some(Arc::clone(&filter));
+        // Taken after the filter is installed: what commits later is inserted by apply.
+        let snapshot = self.db.snapshot();
+        let dedup = self.ks.dedup.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tandem-dedup-filter".into())
+            .spawn(move || recent::build(&filter, snapshot, &dedup));
+        match spawned {
+            Ok(builder) => {
+                *self.recent_builder.lock().map_err(|_| poisoned_filter())? = Some(builder)
+            }
+            // Never ready: every screen goes to the store, as without a filter.
+            Err(error) => tracing::warn!(
+                %error,
+                "could not start the dedup filter's builder; duplicates are screened in the store"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Drops the filter of recent dedup keys (every screen goes to the store) and waits
+    /// for its builder to stop.
+    fn stop_recent(&self) -> Result<(), StoreError> {
+        if let Some(filter) = self.recent.lock().map_err(|_| poisoned_filter())?.take() {
+            filter.abandon();
+        }
+        let builder = self
+            .recent_builder
+            .lock()
+            .map_err(|_| poisoned_filter())?
+            .take();
+        if let Some(builder) = builder
+            && builder.join().is_err()
+        {
+            tracing::warn!("the dedup filter's builder panicked");
+        }
+        Ok(())
+    }
+
+    /// The filter of recent dedup keys, if there is one (ready or not).
+    pub(crate) fn recent(&self) -> Result<Option<Arc<recent::RecentKeys>>, StoreError> {
+        Ok(self.recent.lock().map_err(|_| poisoned_filter())?.clone())
     }
 
     /// Builds the filter of identity keys afresh from the state (see [`known`]). Callers
@@ -328,6 +393,15 @@ impl Store {
     fn advance_horizon(&self, clock_ms: i64) {
         self.horizon
             .advance(clock_ms.saturating_sub(self.config.apply.dedup_window_ms));
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The builder holds the database open: stop it, so the store can be reopened.
+        if let Err(error) = self.stop_recent() {
+            tracing::warn!(%error, "stopping the dedup filter's builder");
+        }
     }
 }
 

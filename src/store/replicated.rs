@@ -31,7 +31,8 @@ use std::io::{Read, Write};
 
 use fjall::{PersistMode, Readable};
 
-use super::apply::{Applier, SegmentChange};
+use super::apply::{Applier, Filters, SegmentChange};
+use super::recent::RecentKeys;
 use super::tables::DEDUP;
 use super::{Store, StoreError, dedup};
 use crate::model::command::Command;
@@ -81,12 +82,16 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
         let mut batch = self.db.batch();
         let known = self.known()?;
+        let recent = self.recent()?;
         let mut applier = Applier::open(
             self.db.snapshot(),
             &mut batch,
             &self.ks,
             &self.hot,
-            known.as_deref(),
+            Filters {
+                known: known.as_deref(),
+                recent: recent.as_deref().map(RecentKeys::writer).transpose()?,
+            },
             &self.config.apply,
         )?;
         let mut results = Vec::with_capacity(entries.len());
@@ -298,6 +303,7 @@ impl Store {
         self.blocks.clear();
         // Until the import is complete no filter can speak for the state.
         self.set_known(None)?;
+        self.stop_recent()?;
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
@@ -325,6 +331,7 @@ impl Store {
         let clock = self.reader().clock_ms()?;
         self.advance_horizon(clock);
         self.rebuild_known()?;
+        self.start_recent()?;
         Ok(count)
     }
 }
