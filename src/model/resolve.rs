@@ -85,17 +85,17 @@ impl MergeRules {
     /// Only what `added` grows is checked (its classes, its external types, the total), so
     /// a profile over a limit lowered after the fact can still gain identities of other
     /// classes — but never more identities once it is over the total.
-    fn broken_limit(&self, members: &[Identity], added: &[Identity]) -> Option<String> {
+    fn broken_limit(&self, members: &[&Identity], added: &[Identity]) -> Option<String> {
         let mut fresh: Vec<&Identity> = Vec::with_capacity(added.len());
         for new in added {
-            if !members.contains(new) && !fresh.contains(&new) {
+            if !members.contains(&new) && !fresh.contains(&new) {
                 fresh.push(new);
             }
         }
         if fresh.is_empty() {
             return None;
         }
-        let all = || members.iter().chain(fresh.iter().copied());
+        let all = || members.iter().chain(fresh.iter()).copied();
         for new in &fresh {
             let same = |identity: &&Identity| match (&identity.kind, &new.kind) {
                 (IdKind::External(a), IdKind::External(b)) => a == b,
@@ -147,8 +147,8 @@ impl MergeRules {
 pub trait IdentityGraph {
     /// The profile that owns `identity`, if any.
     fn owner(&self, identity: &Identity) -> Option<u64>;
-    /// All identities of profile `id`.
-    fn identities_of(&self, id: u64) -> Vec<Identity>;
+    /// All identities of profile `id` (none if it has no profile).
+    fn identities_of(&self, id: u64) -> &[Identity];
 }
 
 /// The profile an event lands on.
@@ -201,7 +201,7 @@ pub fn resolve(identities: &[Identity], graph: &impl IdentityGraph, rules: &Merg
         refusals: Vec::new(),
     };
     // The identities the target will hold once the plan is carried out.
-    let mut members: Vec<Identity> = Vec::new();
+    let mut members: Vec<&Identity> = Vec::new();
     // Profiles already merged or refused: an event often carries several identities of
     // the same other profile, and it must be merged (or refused) once, not once per identity.
     let mut decided: Vec<u64> = Vec::new();
@@ -212,12 +212,12 @@ pub fn resolve(identities: &[Identity], graph: &impl IdentityGraph, rules: &Merg
             Some(owner) if decided.contains(&owner) => {}
             Some(owner) if plan.target == Target::New && members.is_empty() => {
                 plan.target = Target::Existing(owner);
-                members = graph.identities_of(owner);
+                members.extend(graph.identities_of(owner));
             }
             Some(owner) => {
                 decided.push(owner);
                 let theirs = graph.identities_of(owner);
-                match rules.broken_limit(&members, &theirs) {
+                match rules.broken_limit(&members, theirs) {
                     None if plan.target == Target::New => {
                         // The new identities so far join the existing profile instead.
                         plan.target = Target::Existing(owner);
@@ -237,7 +237,7 @@ pub fn resolve(identities: &[Identity], graph: &impl IdentityGraph, rules: &Merg
             None => match rules.broken_limit(&members, std::slice::from_ref(identity)) {
                 None => {
                     plan.attach.push(identity.clone());
-                    members.push(identity.clone());
+                    members.push(identity);
                 }
                 Some(rule) => plan.refusals.push(Refusal {
                     identity: identity.clone(),
@@ -269,8 +269,8 @@ mod tests {
         fn owner(&self, identity: &Identity) -> Option<u64> {
             self.owners.get(identity).copied()
         }
-        fn identities_of(&self, id: u64) -> Vec<Identity> {
-            self.profiles.get(&id).cloned().unwrap_or_default()
+        fn identities_of(&self, id: u64) -> &[Identity] {
+            self.profiles.get(&id).map_or(&[], Vec::as_slice)
         }
     }
 

@@ -25,6 +25,7 @@
 //! Background work (retention of old events and feed entries) is done a bounded amount per
 //! entry, so one entry never stalls the writer for long; it catches up over the next ones.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
@@ -241,7 +242,11 @@ impl<'a> Applier<'a> {
         records: &mut Vec<FeedRecord>,
     ) -> Result<(), StoreError> {
         let identities = self.event_identities(event)?;
-        let graph = self.graph_for(&identities)?;
+        let owners = self.graph_for(&identities)?;
+        let graph = GraphView {
+            owners: &owners,
+            profiles: &self.profiles,
+        };
         let plan = resolve::resolve(&identities, &graph, &self.settings.rules);
         let profile_id = self.carry_out(&plan, event, records)?;
         let dropped = self.profile_mut(profile_id)?.observe(event, seq);
@@ -304,8 +309,11 @@ impl<'a> Applier<'a> {
 
     /// The event's identities, plus alias's `previousId`: as a user id if one exists with
     /// that value, otherwise as an anonymous id.
-    fn event_identities(&self, event: &EventMeta) -> Result<Vec<Identity>, StoreError> {
-        let mut identities = event.identities.clone();
+    fn event_identities<'e>(
+        &self,
+        event: &'e EventMeta,
+    ) -> Result<Cow<'e, [Identity]>, StoreError> {
+        let mut identities = Cow::Borrowed(event.identities.as_slice());
         if let Some(previous) = &event.previous_id {
             let as_user = Identity {
                 kind: IdKind::UserId,
@@ -320,24 +328,26 @@ impl<'a> Applier<'a> {
                 }
             };
             if !identities.contains(&identity) {
-                identities.push(identity);
+                identities.to_mut().push(identity);
             }
         }
         Ok(identities)
     }
 
-    /// The part of the identity graph that resolution of `identities` can look at.
-    fn graph_for(&mut self, identities: &[Identity]) -> Result<GraphView, StoreError> {
-        let mut view = GraphView::default();
+    /// The owners of `identities` that resolution can look at, with their profiles loaded
+    /// into the batch (where [`GraphView`] finds their identities).
+    fn graph_for<'i>(
+        &mut self,
+        identities: &'i [Identity],
+    ) -> Result<Vec<(&'i Identity, u64)>, StoreError> {
+        let mut owners = Vec::with_capacity(identities.len());
         for identity in identities {
             if let Some(owner) = self.owner(identity)? {
-                view.owners.insert(identity.clone(), owner);
-                if let std::collections::hash_map::Entry::Vacant(slot) = view.members.entry(owner) {
-                    slot.insert(self.profile_mut(owner)?.identities.clone());
-                }
+                self.profile_mut(owner)?;
+                owners.push((identity, owner));
             }
         }
-        Ok(view)
+        Ok(owners)
     }
 
     /// Carries out a resolution plan; returns the profile the event lands on.
@@ -631,18 +641,20 @@ fn event_mentions(event: &EventMeta, identity: &Identity) -> bool {
             && matches!(identity.kind, IdKind::UserId | IdKind::AnonymousId))
 }
 
-/// A read-only slice of the identity graph, gathered before resolution.
-#[derive(Default)]
-struct GraphView {
-    owners: HashMap<Identity, u64>,
-    members: HashMap<u64, Vec<Identity>>,
+/// A read-only slice of the identity graph, gathered before resolution: the owners of an
+/// event's identities (a handful, so a list), and the batch's profiles, borrowed.
+struct GraphView<'g> {
+    owners: &'g [(&'g Identity, u64)],
+    profiles: &'g BTreeMap<u64, Option<Profile>>,
 }
 
-impl IdentityGraph for GraphView {
+impl IdentityGraph for GraphView<'_> {
     fn owner(&self, identity: &Identity) -> Option<u64> {
-        self.owners.get(identity).copied()
+        let found = self.owners.iter().find(|(held, _)| *held == identity);
+        found.map(|&(_, owner)| owner)
     }
-    fn identities_of(&self, id: u64) -> Vec<Identity> {
-        self.members.get(&id).cloned().unwrap_or_default()
+    fn identities_of(&self, id: u64) -> &[Identity] {
+        let profile = self.profiles.get(&id).and_then(Option::as_ref);
+        profile.map_or(&[], |profile| profile.identities.as_slice())
     }
 }
