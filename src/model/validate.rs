@@ -163,7 +163,18 @@ pub fn normalize(
         identities,
         previous_id,
         traits_json,
-        body_json: Value::Object(body).to_string(),
+        body_json: to_json(Value::Object(body))?,
+    })
+}
+
+/// The normalised body as JSON text. Written straight into a buffer: `Value`'s `Display`
+/// goes through the formatting machinery fragment by fragment, ~28% of parsing a batch.
+fn to_json(body: Value) -> Result<String, Rejection> {
+    serde_json::to_string(&body).map_err(|e| {
+        Rejection::new(
+            "invalid_message",
+            format!("the message does not serialize: {e}"),
+        )
     })
 }
 
@@ -409,9 +420,29 @@ fn profile_traits(body: &Map<String, Value>, kind: MessageType) -> Option<String
 }
 
 /// Formats epoch milliseconds as RFC 3339 with millisecond precision, in UTC.
+///
+/// Ingest formats two of these per event; the digits are written by hand for years
+/// 0–9999 (the formatting machinery was ~9% of parsing a batch).
 pub fn format_ms(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(time) if (0..=9999).contains(&time.year()) => {
+            let mut out = *b"0000-00-00T00:00:00.000Z";
+            let mut digits = |at: usize, width: usize, mut value: u32| {
+                for slot in out[at..at + width].iter_mut().rev() {
+                    *slot = b'0' + (value % 10) as u8;
+                    value /= 10;
+                }
+            };
+            digits(0, 4, time.year() as u32);
+            digits(5, 2, u32::from(u8::from(time.month())));
+            digits(8, 2, u32::from(time.day()));
+            digits(11, 2, u32::from(time.hour()));
+            digits(14, 2, u32::from(time.minute()));
+            digits(17, 2, u32::from(time.second()));
+            digits(20, 3, u32::from(time.millisecond()));
+            String::from_utf8_lossy(&out).into_owned()
+        }
         Ok(time) => {
             let (year, month, day) = (time.year(), u8::from(time.month()), time.day());
             format!(
@@ -449,6 +480,39 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn timestamps_format_as_the_formatting_machinery_would() {
+        let reference = |ms: i64| {
+            let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .expect("in range");
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                time.year(),
+                u8::from(time.month()),
+                time.day(),
+                time.hour(),
+                time.minute(),
+                time.second(),
+                time.millisecond()
+            )
+        };
+        let year_0 = -62_167_219_200_000;
+        let year_9999_end = 253_402_300_799_999;
+        let mut cases = vec![0, 1, 999, 1_000, -1, year_0, year_9999_end, 951_782_400_000];
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x.rem_euclid(year_9999_end - year_0) + year_0);
+        }
+        for ms in cases {
+            assert_eq!(format_ms(ms), reference(ms), "{ms}");
+        }
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_ms(year_0 - 1), "-001-12-31T23:59:59.999Z");
+    }
 
     const RECEIVED: i64 = 1_764_000_000_000;
     const HOUR_MS: i64 = 3_600_000;
