@@ -117,9 +117,21 @@ impl Identity {
         Ok(Identity { kind, value })
     }
 
-    /// The key under which this identity is stored: `kind:value`.
+    /// The key under which this identity is stored: `kind:value`. Built by hand: apply
+    /// makes one per identity lookup, and `format!` was ~2% of a node's samples.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.kind, self.value)
+        let (prefix, kind) = match &self.kind {
+            IdKind::UserId => ("", "user_id"),
+            IdKind::AnonymousId => ("", "anonymous_id"),
+            IdKind::Email => ("", "email"),
+            IdKind::Phone => ("", "phone"),
+            IdKind::External(kind) => ("ext.", kind.as_str()),
+        };
+        let mut key = String::with_capacity(prefix.len() + kind.len() + 1 + self.value.len());
+        for part in [prefix, kind, ":", self.value.as_str()] {
+            key.push_str(part);
+        }
+        key
     }
 
     /// Parses `kind:value` as used in profile URLs, normalising the value.
@@ -318,9 +330,11 @@ mod tests {
             "email:a@b.c",
             "ext.shopify_id:9:9",
             "anonymous_id:abc",
+            "phone:+15555550123",
         ] {
             let identity = Identity::parse_key(text, &blocklist).expect(text);
             assert_eq!(identity.key(), text);
+            assert_eq!(identity.key(), identity.to_string());
         }
         assert_eq!(
             Identity::parse_key("color:red", &blocklist),
