@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | async workers (HTTP, Raft), read threads (`tandem-read-N`), apply, the Raft log's fsync thread | a read waits on these: its request and reply cross the async workers, a linearizable read waits for apply |
 //! | [`INGEST_NICE`] | ingest parsing (`tandem-ingest-N`): JSON parse and validation of write bodies | the heaviest per-request work; a read never waits on it, and at a contended moment an ingest request can wait a little longer |
-//! | [`STORAGE_NICE`] | the store's background flushes and compactions (`fjall:worker`) | the largest share of a node's CPU under ingest, and nothing waits on it until memtables pile up — then the storage engine stalls writers, and apply, at which point these threads have the CPU to themselves again |
+//! | [`STORAGE_NICE`] | the store's background flushes and compactions (`fjall:worker`), and the scan that fills the dedup filter after the store opens (`tandem-dedup-filter`; after a snapshot install it runs at the installing thread's priority) | the largest share of a node's CPU under ingest, and nothing waits on it until memtables pile up — then the storage engine stalls writers, and apply, at which point these threads have the CPU to themselves again |
 //! | 10 | the CDP services (`services::supervisor::SERVICE_NICE`), and their databases' flush and compaction threads (`fjall:worker`, spawned when each service's database opens) | derived state that may lag; while ingest contends for the CPU they also sleep between batches (`services::supervisor::yielding`) |
 //!
 //! A nice value only matters while threads compete for a core: on an idle machine every
