@@ -443,18 +443,22 @@ pub fn format_ms(ms: i64) -> String {
             digits(20, 3, u32::from(time.millisecond()));
             String::from_utf8_lossy(&out).into_owned()
         }
-        Ok(time) => {
-            let (year, month, day) = (time.year(), u8::from(time.month()), time.day());
-            format!(
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-                time.hour(),
-                time.minute(),
-                time.second(),
-                time.millisecond()
-            )
-        }
+        Ok(time) => format_with_machinery(time),
         Err(_) => ms.to_string(),
     }
+}
+
+/// [`format_ms`] through `format!`: for years outside 0–9999, and the reference its test
+/// compares the hand-written digits with.
+fn format_with_machinery(time: OffsetDateTime) -> String {
+    let (year, month, day) = (time.year(), u8::from(time.month()), time.day());
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.millisecond()
+    )
 }
 
 /// A test event from web at `received_at_ms`, with the default limits: for tests in any
@@ -484,17 +488,9 @@ mod tests {
     #[test]
     fn timestamps_format_as_the_formatting_machinery_would() {
         let reference = |ms: i64| {
-            let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                .expect("in range");
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                time.year(),
-                u8::from(time.month()),
-                time.day(),
-                time.hour(),
-                time.minute(),
-                time.second(),
-                time.millisecond()
+            format_with_machinery(
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .expect("in range"),
             )
         };
         let year_0 = -62_167_219_200_000;
