@@ -53,6 +53,8 @@ pub struct RecentKeys {
     /// Length of an epoch: the dedup window, ms.
     epoch_ms: i64,
     horizon: Horizon,
+    /// Most bytes of bits held in all ([`BYTES_MAX`]).
+    bytes_max: usize,
     /// Replaced whole when an epoch or a stage is added or dropped; the blooms are shared.
     layout: Mutex<Arc<Layout>>,
     /// Set when the builder's scan is complete.
@@ -82,6 +84,7 @@ impl RecentKeys {
         RecentKeys {
             epoch_ms: window_ms.max(1),
             horizon,
+            bytes_max: BYTES_MAX,
             layout: Mutex::new(Arc::new(Layout::default())),
             ready: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -168,7 +171,7 @@ impl RecentKeys {
         // Smaller stages while the bound allows (a saturated epoch is the last resort).
         let stage = std::iter::successors(Some(keys), |keys| Some(keys / 2))
             .take_while(|&keys| keys >= STAGE_KEYS_MIN)
-            .find(|&keys| held + Bloom::bytes_for(keys) <= BYTES_MAX)
+            .find(|&keys| held + Bloom::bytes_for(keys) <= self.bytes_max)
             .map(Bloom::with_capacity);
         if let Some(stage) = stage {
             target.stages.push(Arc::new(stage));
@@ -385,23 +388,33 @@ mod tests {
     }
 
     #[test]
-    fn not_ready_until_built_and_a_saturated_epoch_says_maybe() {
-        let horizon = Horizon::default();
-        let filter = RecentKeys::new(WINDOW, horizon.clone());
+    fn not_ready_until_built() {
+        let filter = RecentKeys::new(WINDOW, Horizon::default());
         assert!(filter.view().unwrap().is_none());
-        filter.ready.store(true, Ordering::Release);
-        {
-            let mut guard = filter.lock().unwrap();
-            *guard = Arc::new(Layout {
-                epochs: vec![Epoch {
-                    number: 0,
-                    stages: Vec::new(),
-                    saturated: true,
-                }],
-            });
-        }
+    }
+
+    /// At its memory bound a stage shrinks to what fits, then the epoch saturates: every
+    /// key, inserted or not, answers "maybe", and the bound is never passed.
+    #[test]
+    fn at_its_memory_bound_stages_shrink_then_the_epoch_says_maybe() {
+        let horizon = Horizon::default();
+        let mut filter = ready(WINDOW, &horizon);
+        let stage_bytes = Bloom::bytes_for(STAGE_KEYS_MIN);
+        filter.bytes_max = 2 * stage_bytes;
         let mut writer = filter.writer().unwrap();
-        writer.insert(&key(7), 10).unwrap();
-        assert!(filter.view().unwrap().unwrap().may_hold(&key(8)));
+        // The first stage, then a second shrunk from 4x to the minimum, then nothing.
+        let keys = 3 * STAGE_KEYS_MIN;
+        for n in 0..keys {
+            writer.insert(&key(n), 10).unwrap();
+        }
+        let (inserted, bytes) = filter.load().unwrap();
+        assert_eq!(bytes, 2 * stage_bytes, "held within the bound");
+        assert_eq!(inserted, 2 * STAGE_KEYS_MIN, "the rest went to no stage");
+        let view = filter.view().unwrap().expect("ready");
+        assert!((0..keys).all(|n| view.may_hold(&key(n))));
+        assert!(
+            view.may_hold(&key(keys + 1)),
+            "a saturated epoch says maybe"
+        );
     }
 }
