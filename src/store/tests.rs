@@ -625,3 +625,54 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
         "the install's filter holds the snapshot's keys only"
     );
 }
+
+/// A crash replays the whole journal before a node opens, so the journal is bounded even
+/// when a small keyspace written with every batch (like `META`) never fills its memtable.
+#[test]
+fn the_journal_stays_bounded_while_a_small_keyspace_is_written_with_every_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database_builder(dir.path(), 8 << 20).open().expect("open");
+    let big = db
+        .keyspace("big", || {
+            fjall::KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
+        })
+        .expect("keyspace");
+    let small = db
+        .keyspace("small", fjall::KeyspaceCreateOptions::default)
+        .expect("keyspace");
+    let journals = || -> u64 {
+        std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .filter(|f| f.path().extension().is_some_and(|e| e == "jnl"))
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    // 4 × the bound of incompressible values, as one batch per value with a counter in
+    // the small keyspace, the way apply writes `META`.
+    let written = 4 * JOURNAL_BYTES_MAX;
+    let value_bytes = 64 << 10;
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut value = vec![0_u8; value_bytes];
+    let mut largest = 0;
+    for n in 0..written / value_bytes as u64 {
+        for chunk in value.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        let mut batch = db.batch();
+        batch.insert(&big, n.to_be_bytes(), value.as_slice());
+        batch.insert(&small, "counter", n.to_be_bytes());
+        batch.commit().expect("commit");
+        largest = largest.max(journals());
+    }
+    // Two journal files of up to ~64 MB each (the one being written, and the one whose
+    // stragglers are being flushed), and what is written before the next rotation.
+    let bound = 3 * JOURNAL_BYTES_MAX;
+    assert!(
+        largest <= bound,
+        "the journal reached {largest} bytes on disk (bound {bound}) after {written} bytes written"
+    );
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Restart after kill -9, A/B between builds (docs/benchmarks.md, "Restart after kill -9").
+# For each round, for each build in turn: a fresh node, a saturating replayed load, and as
+# soon as the load ends (the services still catching up, as after a crash under load):
+# - the journals' bytes on disk (the state store's, and the services' databases' summed);
+# - kill -9, then the same build restarted on the same data directory, timed to
+#   "storage open" (from its log), to listening, and to leading with its whole log applied
+#   (GET /v1/admin/status), which also gives the state's approximate event count.
+# PostgreSQL's job-row figure (../shared/bench/postgres-ingest.sh) runs first, if present,
+# so the loads' events/s carry a ratio from the same run.
+#
+# Usage: tools/bench-restart.sh EVENTS ROUNDS label=BINARY...
+#   e.g. tools/bench-restart.sh 3000000 2 base=/tmp/tandem-base new=target/release/tandem
+# Needs python3 and curl. Data goes under a temporary directory, removed at the end; only
+# processes this script started are stopped, by pid.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 3 ] || { sed -n 2,15p "$0"; exit 2; }
+EVENTS=$1; ROUNDS=$2; shift 2
+TANDEM=${TANDEM:-target/release/tandem}
+PEERS=${PEERS_DIR:-../shared/bench}
+ADMIN=bench-admin-key-not-secret
+# How long a restarted node may take to listen and to answer, in seconds.
+RESTART_S_MAX=300
+# shellcheck source=tools/bench-common.sh
+source tools/bench-common.sh
+
+journal_bytes() {   # DIR: bytes of *.jnl files under DIR
+    find "$1" -name '*.jnl' -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}'
+}
+ready() {   # URL: the state's approximate event count once the node leads and has applied
+    # its whole log, nothing before (or while it does not answer)
+    curl -s -m 2 -H "Authorization: Bearer $ADMIN" "$1/v1/admin/status" | python3 -c '
+import json, sys
+s = json.load(sys.stdin); r = s["raft"]
+if r["state"] == "Leader" and r["last_applied"] == r["last_log_index"]:
+    print(s["counts"]["events_approx"])' 2>/dev/null
+}
+since() { python3 -c "import time; print('%.1f' % (time.time() - $1))"; }
+
+PG="n/a"
+if [ -x "$PEERS/postgres-ingest.sh" ]; then
+    PG=$("$PEERS/postgres-ingest.sh" 2>&1 | awk '/postgres job:/ {print $3}')
+    echo "== postgres job rows: $PG events/s ($(date -u +%H:%M:%SZ))"
+fi
+
+for round in $(seq "$ROUNDS"); do
+    for spec in "$@"; do
+        label=${spec%%=*}; bin=${spec#*=}
+        dir="$WORK/$label-$round"; mkdir -p "$dir"
+        start_node "$bin" "$dir"
+        out=$("$bin" load --target "$URL" --write-key bench-write-key-not-secret --events "$EVENTS" \
+            --concurrency 64 --batch-size 100 --quiet --seed "$round" --replay)
+        store_j=$(journal_bytes "$dir/node/store"); services_j=$(journal_bytes "$dir/node/services")
+        kill -9 "$NODE"; wait "$NODE" 2>/dev/null
+        rate=$(echo "$out" | awk '/events\/s/ {print $2}')
+        ratio=$(python3 -c "print('%.2f' % ($rate / $PG))" 2>/dev/null || echo "n/a")
+        echo "== $label, round $round ($(date -u +%H:%M:%SZ), load $(cut -d' ' -f1 /proc/loadavg)): $rate events/s ($ratio of postgres), $(echo "$out" | grep -E '^ *failed' | tr -s ' ' | sed 's/^ //')"
+        echo "  journals at kill -9: store $((store_j >> 20)) MiB, services $((services_j >> 20)) MiB"
+        mv "$dir/node.log" "$dir/node-1.log"
+        started=$(date +%s.%N)
+        TANDEM_TLS__PEER_PLAINTEXT=true "$bin" node --data-dir "$dir/node" --listen 127.0.0.1:0 \
+            --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret --admin-key "$ADMIN" \
+            >"$dir/node.log" 2>&1 &
+        NODE=$!; PIDS+=("$NODE")
+        URL=""
+        for _ in $(seq $((RESTART_S_MAX * 10))); do
+            URL=$(grep -a "listening on" "$dir/node.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
+            [ -n "$URL" ] && break
+            kill -0 "$NODE" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ -n "$URL" ] || { echo "  the restarted node did not listen:"; tail -5 "$dir/node.log"; exit 1; }
+        listening=$(since "$started")
+        open_ms=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/node.log" | grep -a 'storage open' | grep -ao 'elapsed_ms=[0-9]*' | grep -o '[0-9]*' | head -1)
+        answered=""; events=""
+        for _ in $(seq $((RESTART_S_MAX * 10))); do
+            events=$(ready "$URL")
+            [ -n "$events" ] && { answered=$(since "$started"); break; }
+            sleep 0.1
+        done
+        echo "  restart: storage open ${open_ms:-?} ms, listening after $listening s, leading with its whole log applied after ${answered:-never (not within ${RESTART_S_MAX} s)} s (events in the state, approximately: ${events:-?} of $EVENTS sent)"
+        kill -INT "$NODE"; wait "$NODE" 2>/dev/null
+        rm -rf "$dir"
+    done
+done
