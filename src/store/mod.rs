@@ -186,16 +186,17 @@ pub struct Store {
     /// Committed identity owners and profiles that applying looks up most.
     hot: hot::HotCache,
     /// Every identity key the state may hold, so applying skips store lookups of new
-    /// ones; `None` (every lookup goes to the store) from the moment a snapshot starts
-    /// replacing the state until it is rebuilt after, under `writer`.
+    /// ones; replaced by a new one, answering "maybe" until the filters' builder has
+    /// scanned the state, at open and after a snapshot install (see [`known`]); `None`
+    /// (every lookup goes to the store) while a snapshot replaces the state.
     known: std::sync::Mutex<Option<Arc<known::KnownIdentities>>>,
     /// The dedup keys the state may hold, so the leader's screen skips store lookups of
-    /// new ones; replaced by a new one, empty until its builder has scanned the state, at
-    /// open and after a snapshot install (see [`recent`]).
+    /// new ones; replaced by a new one, empty until the filters' builder has scanned the
+    /// state, at open and after a snapshot install (see [`recent`]).
     recent: std::sync::Mutex<Option<Arc<recent::RecentKeys>>>,
-    /// The thread filling `recent`, joined before it is replaced and when the store closes
-    /// (it holds the database open).
-    recent_builder: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread filling `known` and then `recent`, joined before they are replaced and
+    /// when the store closes (it holds the database open).
+    filters_builder: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises appliers (one writer at a time).
     writer: std::sync::Mutex<()>,
     /// Odd while a snapshot replaces the state and the log; see [`Store::replace_epoch`].
@@ -225,62 +226,73 @@ impl Store {
             hot: hot::HotCache::default(),
             known: std::sync::Mutex::new(None),
             recent: std::sync::Mutex::new(None),
-            recent_builder: std::sync::Mutex::new(None),
+            filters_builder: std::sync::Mutex::new(None),
             writer: std::sync::Mutex::new(()),
             replace_epoch: std::sync::atomic::AtomicU64::new(0),
             config,
         };
         let clock = store.reader().clock_ms()?;
         store.advance_horizon(clock);
-        store.rebuild_known()?;
-        store.start_recent()?;
+        store.start_filters()?;
         Ok(store)
     }
 
-    /// Installs an empty filter of recent dedup keys and starts the thread that fills it
-    /// from the state (see [`recent`]). Callers hold the writer lock, or run before
-    /// anything can apply.
-    fn start_recent(&self) -> Result<(), StoreError> {
-        self.stop_recent()?;
-        let filter = Arc::new(recent::RecentKeys::new(
+    /// Installs empty filters of identity keys and of recent dedup keys, and starts the
+    /// thread that fills them from the state, one after the other (see [`known`] and
+    /// [`recent`]); until each is filled, the lookups it would spare go to the store.
+    /// Callers hold the writer lock, or run before anything can apply.
+    fn start_filters(&self) -> Result<(), StoreError> {
+        self.stop_filters()?;
+        // Sized for twice what the state holds now, as fjall counts it roughly.
+        let identities = self.ks.identities.approximate_len() as u64;
+        let known = Arc::new(known::KnownIdentities::with_capacity(identities * 2));
+        self.set_known(Some(Arc::clone(&known)))?;
+        let recent = Arc::new(recent::RecentKeys::new(
             self.config.apply.dedup_window_ms,
             self.horizon.clone(),
         ));
-        *self.recent.lock().map_err(|_| poisoned_filter())? = Some(Arc::clone(&filter));
-        // Taken after the filter is installed: what commits later is inserted by apply.
+        *self.recent.lock().map_err(|_| poisoned_filter())? = Some(Arc::clone(&recent));
+        // Taken after both filters are installed: what commits later is inserted by apply.
         let snapshot = self.db.snapshot();
-        let dedup = self.ks.dedup.clone();
+        let keyspaces = (self.ks.identities.clone(), self.ks.dedup.clone());
         let spawned = std::thread::Builder::new()
-            .name("tandem-dedup-filter".into())
-            .spawn(move || recent::build(&filter, snapshot, &dedup));
+            .name("tandem-filters".into())
+            .spawn(move || {
+                let (identities, dedup) = keyspaces;
+                fill_known(&known, &snapshot, &identities);
+                recent::build(&recent, snapshot, &dedup);
+            });
         match spawned {
             Ok(builder) => {
-                *self.recent_builder.lock().map_err(|_| poisoned_filter())? = Some(builder)
+                *self.filters_builder.lock().map_err(|_| poisoned_filter())? = Some(builder)
             }
-            // Never ready: every screen goes to the store, as without a filter.
+            // Never ready: every lookup goes to the store, as without filters.
             Err(error) => tracing::warn!(
                 %error,
-                "could not start the dedup filter's builder; duplicates are screened in the store"
+                "could not start the filters' builder; identities and duplicates are looked up in the store"
             ),
         }
         Ok(())
     }
 
-    /// Drops the filter of recent dedup keys (every screen goes to the store) and waits
-    /// for its builder to stop.
-    fn stop_recent(&self) -> Result<(), StoreError> {
+    /// Drops both filters (every lookup goes to the store) and waits for their builder to
+    /// stop.
+    fn stop_filters(&self) -> Result<(), StoreError> {
+        if let Some(known) = self.known.lock().map_err(|_| poisoned_filter())?.take() {
+            known.abandon();
+        }
         if let Some(filter) = self.recent.lock().map_err(|_| poisoned_filter())?.take() {
             filter.abandon();
         }
         let builder = self
-            .recent_builder
+            .filters_builder
             .lock()
             .map_err(|_| poisoned_filter())?
             .take();
         if let Some(builder) = builder
             && builder.join().is_err()
         {
-            tracing::warn!("the dedup filter's builder panicked");
+            tracing::warn!("the filters' builder panicked");
         }
         Ok(())
     }
@@ -288,22 +300,6 @@ impl Store {
     /// The filter of recent dedup keys, if there is one (ready or not).
     pub(crate) fn recent(&self) -> Result<Option<Arc<recent::RecentKeys>>, StoreError> {
         Ok(self.recent.lock().map_err(|_| poisoned_filter())?.clone())
-    }
-
-    /// Builds the filter of identity keys afresh from the state (see [`known`]). Callers
-    /// hold the writer lock, or run before anything can apply.
-    fn rebuild_known(&self) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let snapshot = self.db.snapshot();
-        let built =
-            known::KnownIdentities::build(snapshot.iter(&self.ks.identities).map(|g| g.key()))?;
-        tracing::info!(
-            identities = built.load().0,
-            bytes = built.bytes(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "built the filter of known identities"
-        );
-        self.set_known(Some(Arc::new(built)))
     }
 
     /// Replaces the filter of identity keys (`None`: none, every lookup goes to the store).
@@ -394,11 +390,29 @@ impl Store {
     }
 }
 
+/// Fills `known` from the identity keys in `snapshot` (the filters' builder thread).
+fn fill_known(known: &known::KnownIdentities, snapshot: &fjall::Snapshot, identities: &Keyspace) {
+    let started = std::time::Instant::now();
+    match known.fill(snapshot.iter(identities).map(|g| g.key())) {
+        Ok(Some(scanned)) => tracing::info!(
+            identities = scanned,
+            bytes = known.bytes(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "built the filter of known identities"
+        ),
+        Ok(None) => tracing::debug!("the filter of known identities was abandoned"),
+        Err(error) => tracing::warn!(
+            %error,
+            "could not build the filter of known identities; identities are looked up in the store"
+        ),
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         // The builder holds the database open: stop it, so the store can be reopened.
-        if let Err(error) = self.stop_recent() {
-            tracing::warn!(%error, "stopping the dedup filter's builder");
+        if let Err(error) = self.stop_filters() {
+            tracing::warn!(%error, "stopping the filters' builder");
         }
     }
 }

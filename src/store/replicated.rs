@@ -302,8 +302,7 @@ impl Store {
         self.hot.clear();
         self.blocks.clear();
         // Until the import is complete no filter can speak for the state.
-        self.set_known(None)?;
-        self.stop_recent()?;
+        self.stop_filters()?;
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
@@ -330,8 +329,7 @@ impl Store {
         self.persist()?;
         let clock = self.reader().clock_ms()?;
         self.advance_horizon(clock);
-        self.rebuild_known()?;
-        self.start_recent()?;
+        self.start_filters()?;
         Ok(count)
     }
 }

@@ -467,7 +467,8 @@ fn the_state_hash_of_an_exported_snapshot_equals_the_live_state_hash() {
 
 /// The filter of known identities (`super::known`) must never call a stored identity new:
 /// if it did, a returning customer would get a second profile. It is rebuilt from the state
-/// on open and after a snapshot replaces the state; both are checked here.
+/// in the background on open and after a snapshot replaces the state; both are checked
+/// here, once the filter is ready (until then every lookup goes to the store).
 #[test]
 fn returning_customers_keep_their_profiles_after_a_reopen_and_a_snapshot_install() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -494,6 +495,7 @@ fn returning_customers_keep_their_profiles_after_a_reopen_and_a_snapshot_install
     };
     // Reopened: the filter comes from a scan of the stored identities.
     let store = open(dir.path(), "a");
+    wait_for_filters(&store);
     commit(&store, &visit(T0 + 1_000, "second"));
     assert_eq!(
         ids(&store),
@@ -526,6 +528,7 @@ fn returning_customers_keep_their_profiles_after_a_reopen_and_a_snapshot_install
         );
     }
     other.import(&mut snapshot.as_slice()).expect("import");
+    wait_for_filters(&other);
     commit(&other, &visit(T0 + 3_000, "third"));
     assert_eq!(
         ids(&other),
@@ -540,17 +543,22 @@ fn returning_customers_keep_their_profiles_after_a_reopen_and_a_snapshot_install
 }
 
 /// Waits, up to 10 s, until the store's filter of recent dedup keys is ready.
-fn wait_for_dedup_filter(store: &Store) {
+/// Waits (up to 10 s) until the filters' builder has filled both filters.
+fn wait_for_filters(store: &Store) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store
-        .recent()
-        .expect("filter")
-        .and_then(|filter| filter.view().expect("view"))
-        .is_none()
-    {
+    let ready = || {
+        let known = store.known().expect("filter").is_some_and(|k| k.is_ready());
+        let recent = store
+            .recent()
+            .expect("filter")
+            .and_then(|filter| filter.view().expect("view"))
+            .is_some();
+        known && recent
+    };
+    while !ready() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the dedup filter was not built within 10 s"
+            "the filters were not built within 10 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -593,7 +601,7 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
     }
     // Reopened: the filter comes from the builder's scan.
     let store = open(dir.path(), "a");
-    wait_for_dedup_filter(&store);
+    wait_for_filters(&store);
     assert!(
         all_stored(screen(&store, &first)),
         "after a reopen a retry was screened as new"
@@ -610,9 +618,9 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
     // Another store with keys of its own takes the snapshot.
     let other = open(dir.path(), "b");
     commit(&other, &visit(T0, "other"));
-    wait_for_dedup_filter(&other);
+    wait_for_filters(&other);
     other.import(&mut snapshot.as_slice()).expect("import");
-    wait_for_dedup_filter(&other);
+    wait_for_filters(&other);
     for batch in [&first, &second] {
         assert!(
             all_stored(screen(&other, batch)),
