@@ -6,8 +6,11 @@
 # With CATCH_UP=1, a second, empty node then joins as a learner (`tandem cluster add-node
 # --learner-only`): how long it takes to catch up (from the latest snapshot plus the log
 # after it) and how big that snapshot is, beside the time the node took to build it.
+# With RESTART=1, the first node is then killed with kill -9 and restarted on its data:
+# its journals at the kill, and how long it took to open its storage, to listen, and to
+# lead again with its whole log applied.
 #
-# Usage: [CATCH_UP=1] tools/bench-10m.sh [DATA_PARENT] [CHUNKS]    (defaults: a temporary directory, 20)
+# Usage: [CATCH_UP=1] [RESTART=1] tools/bench-10m.sh [DATA_PARENT] [CHUNKS]    (defaults: a temporary directory, 20)
 # Needs a release build. Stops only the nodes it started, by pid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +40,35 @@ done
 curl -s -H "Authorization: Bearer bench-admin-key-not-secret" "$URL/v1/admin/status"; echo
 grep -a "built snapshot" "$D/node.log" | tail -3
 
-[ "${CATCH_UP:-0}" = 1 ] || exit 0
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; } # the logs' lines without colour codes
+
+restart() {   # kill -9 the node, restart it on its data, time it to ready
+    echo "== kill -9 and restart (journals: store $(($(find "$D/data/store" -name '*.jnl' -printf '%s\n' | awk '{s+=$1} END {print s+0}') >> 20)) MiB, services $(($(find "$D/data/services" -name '*.jnl' -printf '%s\n' | awk '{s+=$1} END {print s+0}') >> 20)) MiB)"
+    kill -9 "$NODE"; wait "$NODE" 2>/dev/null
+    mv "$D/node.log" "$D/node-before-restart.log"
+    started=$(date +%s.%N)
+    TANDEM_CLUSTER__CLUSTER_KEY=$CLUSTER_KEY TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data" --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --write-key bench-write-key-not-secret \
+        --admin-key bench-admin-key-not-secret >"$D/node.log" 2>&1 &
+    NODE=$!
+    for _ in $(seq 3000); do grep -q "listening on" "$D/node.log" && break; sleep 0.1; done
+    URL=$(grep -a "listening on" "$D/node.log" | grep -ao "http://127.0.0.1:[0-9]*" | head -1)
+    [ -n "$URL" ] || { echo "the node did not restart:"; tail -5 "$D/node.log"; exit 1; }
+    listening=$(echo "$(date +%s.%N) - $started" | bc)
+    for _ in $(seq 3000); do
+        curl -s -m 2 -H "Authorization: Bearer bench-admin-key-not-secret" "$URL/v1/admin/status" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["raft"]
+sys.exit(0 if r["state"] == "Leader" and r["last_applied"] == r["last_log_index"] else 1)' 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "restarted: $(plain "$D/node.log" | grep -a "storage open" | grep -o "elapsed_ms=[0-9]*") to open storage, listening after $listening s, leading with its log applied after $(echo "$(date +%s.%N) - $started" | bc) s"
+    plain "$D/node.log" | grep -a -E "services' databases open|built the filter" | grep -o -E "(identities|keys)=[0-9]*.*took_ms=[0-9]*|elapsed_ms=[0-9]* services' databases open" | sed 's/^/  /'
+}
+
+if [ "${CATCH_UP:-0}" != 1 ]; then
+    [ "${RESTART:-0}" = 1 ] && restart
+    exit 0
+fi
 echo "== a new node catches up"
 TANDEM_CLUSTER__NODE_ID=2 TANDEM_CLUSTER__BOOTSTRAP=false TANDEM_CLUSTER__CLUSTER_KEY=$CLUSTER_KEY \
     TANDEM_TLS__PEER_PLAINTEXT=true "$TANDEM" node --data-dir "$D/data2" --listen 127.0.0.1:0 \
@@ -53,7 +84,10 @@ started=$(date +%s.%N)
     --url "$URL2" --peer-url "http://$PEER2" --region default --learner-only || exit 1
 echo "caught up in $(echo "$(date +%s.%N) - $started" | bc) s"
 echo "snapshots built by node 1 (bytes, elapsed_ms):"
-plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; } # the logs' lines without colour codes
 plain "$D/node.log" | grep -a "built snapshot" | grep -o "bytes=[0-9]* elapsed_ms=[0-9]*"
 echo "installed on node 2:"; plain "$D/node2.log" | grep -a -i "installed snapshot" | tail -3
 echo "  node 2 on disk (MiB): $(du -sm "$D/data2"/* | awk '{printf "%s %s  ", $2, $1}' | sed "s|$D/data2/||g")"
+if [ "${RESTART:-0}" = 1 ]; then
+    kill -INT "$NODE2"; wait "$NODE2" 2>/dev/null; NODE2=""
+    restart
+fi
