@@ -432,8 +432,8 @@ pub const FJALL_WORKER_THREADS: usize = 1;
 /// flush them. After a crash the node replays the whole journal into memtables before it
 /// opens: with the default, the journals held ~460 MiB (the store) and ~320 MiB (the three
 /// services) when a 3M-event load ended, and a node restarted after `kill -9` listened
-/// after 12 s; with this bound, 64 and 192 MiB, and 5 s (docs/benchmarks.md, "Restart
-/// after kill -9").
+/// after 9.7–10.8 s; with this bound, 64 and 192 MiB, and 3.6–4.0 s (docs/benchmarks.md,
+/// "Restart after kill -9").
 pub const JOURNAL_BYTES_MAX: u64 = 64 << 20;
 
 /// How every fjall database of a node is opened (the state store, each service's
