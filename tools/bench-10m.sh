@@ -62,7 +62,10 @@ sys.exit(0 if r["state"] == "Leader" and r["last_applied"] == r["last_log_index"
         sleep 0.1
     done
     echo "restarted: $(plain "$D/node.log" | grep -a "storage open" | grep -o "elapsed_ms=[0-9]*") to open storage, listening after $listening s, leading with its log applied after $(echo "$(date +%s.%N) - $started" | bc) s"
-    plain "$D/node.log" | grep -a -E "services' databases open|built the filter" | grep -o -E "(identities|keys)=[0-9]*.*took_ms=[0-9]*|elapsed_ms=[0-9]* services' databases open" | sed 's/^/  /'
+    # The filters are filled in the background after the node opens: wait for the last.
+    for _ in $(seq 1200); do grep -q "filter of recent dedup keys" "$D/node.log" && break; sleep 0.1; done
+    plain "$D/node.log" | grep -a -E "services' databases open|built the filter" |
+        grep -o -E "(services' databases open|built the filter).*(elapsed|took)_ms=[0-9]*" | sed 's/^/  /'
 }
 
 if [ "${CATCH_UP:-0}" != 1 ]; then
