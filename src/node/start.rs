@@ -387,9 +387,10 @@ fn start_services(
         let recommendations = open(recommendations::NAME);
         let joined = |handle: std::thread::ScopedJoinHandle<'_, _>| {
             handle.join().unwrap_or_else(|_| {
-                Err(NodeError::Raft(
-                    "opening a service's database panicked".into(),
-                ))
+                Err(NodeError::DataDir {
+                    path: dir.join("services").display().to_string(),
+                    source: std::io::Error::other("opening a service's database panicked"),
+                })
             })
         };
         (joined(traits), joined(segments), recommendations)
