@@ -142,6 +142,25 @@ async fn counters_move_by_what_was_sent_and_names_follow_conventions() {
     );
     assert!(after.value(r#"tandem_disk_usage_bytes{part="log"}"#) > 0.0);
 
+    // A profile read in the default (linearizable) mode is timed stage by stage; a `local`
+    // read confirms nothing.
+    let stage = |s: &Scrape, stage: &str| {
+        s.value(&format!(
+            r#"tandem_read_stage_duration_seconds_count{{stage="{stage}"}}"#
+        ))
+    };
+    let read = get(&node.url, "/v1/profiles/user_id:a-1").await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let local = get(&node.url, "/v1/profiles/user_id:a-1?consistency=local").await;
+    assert_eq!(local.status, 200, "{}", local.body);
+    let read_after = scrape(&node.url).await;
+    assert_eq!(
+        stage(&read_after, "confirm") - stage(&after, "confirm"),
+        1.0
+    );
+    assert_eq!(stage(&read_after, "queued") - stage(&after, "queued"), 2.0);
+    assert_eq!(stage(&read_after, "lookup") - stage(&after, "lookup"), 2.0);
+
     // Conventions: every family is prefixed, counters end in _total, a unit ends the
     // name of every histogram except the dimensionless group-commit sizes.
     for (name, kind) in &after.types {

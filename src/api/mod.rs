@@ -136,7 +136,16 @@ impl AppState {
         &self,
         read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        pooled(&self.reads, "read_overloaded", read).await
+        let node = Arc::clone(&self.node);
+        let queued = std::time::Instant::now();
+        pooled(&self.reads, "read_overloaded", move || {
+            node.metrics().observe_read_stage("queued", queued);
+            let started = std::time::Instant::now();
+            let answer = read();
+            node.metrics().observe_read_stage("lookup", started);
+            answer
+        })
+        .await
     }
 
     /// Runs `work` (parsing and validating an ingest body) in the ingest pool. A full

@@ -147,7 +147,15 @@ pub(crate) async fn with_profile(
 ) -> Result<Response, ApiError> {
     state.keys.require(headers, Access::Read)?;
     let identity = parse_identity(state, id)?;
-    let (identity, view) = match state.node.prepare_keyed_read(read, &identity).await? {
+    let confirming = std::time::Instant::now();
+    let prepared = state.node.prepare_keyed_read(read, &identity).await?;
+    if read.consistency != crate::node::reads::Consistency::Local {
+        state
+            .node
+            .metrics()
+            .observe_read_stage("confirm", confirming);
+    }
+    let (identity, view) = match prepared {
         Prepared::Ready => (identity, view),
         Prepared::Keyed(ticket) => {
             let freshness = read_json(state, read);
@@ -166,7 +174,12 @@ pub(crate) async fn with_profile(
             match unwaited {
                 Ok(body) => return Ok(reply(body, freshness)),
                 Err(again) => {
+                    let waiting = std::time::Instant::now();
                     state.node.wait_applied(ticket.read_index).await?;
+                    state
+                        .node
+                        .metrics()
+                        .observe_read_stage("apply_wait", waiting);
                     again
                 }
             }

@@ -119,10 +119,12 @@ pub struct NotificationLabels {
     pub outcome: &'static str,
 }
 
-/// Labels of a write-path stage's duration (see [`Metrics::write_stages`]).
+/// Labels of a write-path or read-path stage's duration (see [`Metrics::write_stages`] and
+/// [`Metrics::read_stages`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    /// `queued`, `screen`, `raft` or `forward`.
+    /// Writes: `queued`, `unapplied`, `screen`, `raft` or `forward`. Reads: `confirm`,
+    /// `apply_wait`, `queued` or `lookup`.
     pub stage: &'static str,
 }
 
@@ -159,6 +161,12 @@ pub struct Metrics {
     /// (leader: dedup lookups and block encoding), `raft` (leader: propose → committed
     /// and applied), `forward` (follower: round trip of a group forwarded to the leader).
     pub write_stages: Family<StageLabels, Histogram, HistogramFn>,
+    /// Durations of a read's stages on this node, by stage: `confirm` (a linearizable or
+    /// lease profile read: confirming leadership and taking a read ticket here, or a read
+    /// index from the leader; and any `?after=` wait), `apply_wait` (such a read waiting for apply, when a write in
+    /// flight mentions the profile), `queued` (any read: waiting for a read thread) and
+    /// `lookup` (on the read thread: the snapshot and the lookups).
+    pub read_stages: Family<StageLabels, Histogram, HistogramFn>,
     /// Changes of the leader this node observed.
     pub leader_changes: Counter,
     /// When each TLS listener's certificate expires, Unix seconds.
@@ -282,6 +290,13 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Records how long a read's `stage` took, from `started` until now.
+    pub fn observe_read_stage(&self, stage: &'static str, started: Instant) {
+        self.read_stages
+            .get_or_create(&StageLabels { stage })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Records when `listener`'s certificate expires; `None` (no TLS) records nothing.
     pub fn set_certificate_expiry(&self, listener: &'static str, not_after: Option<i64>) {
         if let Some(not_after) = not_after {
@@ -324,6 +339,7 @@ impl Metrics {
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_duration: latency_histogram(),
             write_stages: Family::new_with_constructor(crate::cluster::stage_histogram),
+            read_stages: Family::new_with_constructor(crate::cluster::stage_histogram),
             leader_changes: Counter::default(),
             certificate_expiry: Family::default(),
             request_classes: Default::default(),
@@ -396,6 +412,12 @@ impl Metrics {
             "Duration of each stage of a write on this node: queued, unapplied (leader: waiting for apply to come within bounds), screen, raft (leader: propose to commit), forward (follower)",
             Unit::Seconds,
             m.write_stages.clone(),
+        );
+        r.register_with_unit(
+            "read_stage_duration",
+            "Duration of each stage of a read on this node: confirm (linearizable or lease profile reads: leadership or read index), apply_wait (such a read waiting for apply), queued (waiting for a read thread), lookup (on the read thread)",
+            Unit::Seconds,
+            m.read_stages.clone(),
         );
         r.register_with_unit(
             "apply_duration",
