@@ -18,6 +18,8 @@ TANDEM=target/release/tandem
 PARENT=${1:-$(mktemp -d)}
 CHUNKS=${2:-20}
 [ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
+# shellcheck source=tools/bench-lib.sh
+source tools/bench-lib.sh
 D="$PARENT/bench-10m"; rm -rf "$D"; mkdir -p "$D"
 SOURCE=$(df --output=source "$PARENT" | tail -1)
 DISK=$(lsblk -no PKNAME "$SOURCE" 2>/dev/null | head -1); DISK=${DISK:-$(basename "$SOURCE")}
@@ -43,7 +45,7 @@ grep -a "built snapshot" "$D/node.log" | tail -3
 plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; } # the logs' lines without colour codes
 
 restart() {   # kill -9 the node, restart it on its data, time it to ready
-    echo "== kill -9 and restart (journals: store $(($(find "$D/data/store" -name '*.jnl' -printf '%s\n' | awk '{s+=$1} END {print s+0}') >> 20)) MiB, services $(($(find "$D/data/services" -name '*.jnl' -printf '%s\n' | awk '{s+=$1} END {print s+0}') >> 20)) MiB)"
+    echo "== kill -9 and restart (journals: store $(($(journal_bytes "$D/data/store") >> 20)) MiB, services $(($(journal_bytes "$D/data/services") >> 20)) MiB)"
     kill -9 "$NODE"; wait "$NODE" 2>/dev/null
     mv "$D/node.log" "$D/node-before-restart.log"
     started=$(date +%s.%N)
@@ -55,10 +57,7 @@ restart() {   # kill -9 the node, restart it on its data, time it to ready
     [ -n "$URL" ] || { echo "the node did not restart:"; tail -5 "$D/node.log"; exit 1; }
     listening=$(echo "$(date +%s.%N) - $started" | bc)
     for _ in $(seq 3000); do
-        curl -s -m 2 -H "Authorization: Bearer bench-admin-key-not-secret" "$URL/v1/admin/status" | python3 -c '
-import json, sys
-r = json.load(sys.stdin)["raft"]
-sys.exit(0 if r["state"] == "Leader" and r["last_applied"] == r["last_log_index"] else 1)' 2>/dev/null && break
+        leading_applied "$URL" bench-admin-key-not-secret >/dev/null && break
         sleep 0.1
     done
     echo "restarted: $(plain "$D/node.log" | grep -a "storage open" | grep -o "elapsed_ms=[0-9]*") to open storage, listening after $listening s, leading with its log applied after $(echo "$(date +%s.%N) - $started" | bc) s"

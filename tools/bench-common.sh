@@ -1,6 +1,8 @@
 # Sourced by tools/bench-*.sh after they set TANDEM: a temporary work directory (WORK),
 # removed at exit, and the pids the script started (PIDS), stopped at exit by pid only —
 # SIGINT first, SIGKILL for any still running 2 s later.
+# shellcheck source=tools/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -18,7 +18,6 @@ cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { sed -n 2,14p "$0"; exit 2; }
 EVENTS=$1; ROUNDS=$2; shift 2
 TANDEM=${TANDEM:-target/release/tandem}
-PEERS=${PEERS_DIR:-../shared/bench}
 ADMIN=bench-admin-key-not-secret
 # How long the services may take to catch up after a load, in seconds.
 CATCH_UP_S_MAX=600
@@ -52,11 +51,7 @@ lag_total() {
         python3 -c 'import json,sys; print(sum(s["lag"] for s in json.load(sys.stdin)["services"]))'
 }
 
-PG="n/a"
-if [ -x "$PEERS/postgres-ingest.sh" ]; then
-    PG=$("$PEERS/postgres-ingest.sh" 2>&1 | awk '/postgres job:/ {print $3}')
-    echo "== postgres job rows: $PG events/s ($(date -u +%H:%M:%SZ))"
-fi
+postgres_job
 
 for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do
@@ -71,7 +66,7 @@ for round in $(seq "$ROUNDS"); do
         threads "$node" >"$dir/after"
         written1=$(awk '/^write_bytes/ {print $2}' /proc/"$node"/io)
         rate=$(echo "$out" | awk '/events\/s/ {print $2}')
-        ratio=$(python3 -c "print('%.2f' % ($rate / $PG))" 2>/dev/null || echo "n/a")
+        ratio=$(of_pg "$rate")
         echo "== $label, round $round ($(date -u +%H:%M:%SZ), load $(cut -d' ' -f1 /proc/loadavg)): $rate events/s ($ratio of postgres), $(echo "$out" | grep latency | tr -s ' ' | sed 's/^ //')"
         cpu_by_group "$dir/before" "$dir/after" "$EVENTS"
         echo "  node bytes written: $(( (written1 - written0) / EVENTS )) per event"

@@ -18,31 +18,15 @@ cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { sed -n 2,15p "$0"; exit 2; }
 EVENTS=$1; ROUNDS=$2; shift 2
 TANDEM=${TANDEM:-target/release/tandem}
-PEERS=${PEERS_DIR:-../shared/bench}
 ADMIN=bench-admin-key-not-secret
 # How long a restarted node may take to listen and to answer, in seconds.
 RESTART_S_MAX=300
 # shellcheck source=tools/bench-common.sh
 source tools/bench-common.sh
 
-journal_bytes() {   # DIR: bytes of *.jnl files under DIR
-    find "$1" -name '*.jnl' -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}'
-}
-ready() {   # URL: the state's approximate event count once the node leads and has applied
-    # its whole log, nothing before (or while it does not answer)
-    curl -s -m 2 -H "Authorization: Bearer $ADMIN" "$1/v1/admin/status" | python3 -c '
-import json, sys
-s = json.load(sys.stdin); r = s["raft"]
-if r["state"] == "Leader" and r["last_applied"] == r["last_log_index"]:
-    print(s["counts"]["events_approx"])' 2>/dev/null
-}
 since() { python3 -c "import time; print('%.1f' % (time.time() - $1))"; }
 
-PG="n/a"
-if [ -x "$PEERS/postgres-ingest.sh" ]; then
-    PG=$("$PEERS/postgres-ingest.sh" 2>&1 | awk '/postgres job:/ {print $3}')
-    echo "== postgres job rows: $PG events/s ($(date -u +%H:%M:%SZ))"
-fi
+postgres_job
 
 for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do
@@ -54,7 +38,7 @@ for round in $(seq "$ROUNDS"); do
         store_j=$(journal_bytes "$dir/node/store"); services_j=$(journal_bytes "$dir/node/services")
         kill -9 "$NODE"; wait "$NODE" 2>/dev/null
         rate=$(echo "$out" | awk '/events\/s/ {print $2}')
-        ratio=$(python3 -c "print('%.2f' % ($rate / $PG))" 2>/dev/null || echo "n/a")
+        ratio=$(of_pg "$rate")
         echo "== $label, round $round ($(date -u +%H:%M:%SZ), load $(cut -d' ' -f1 /proc/loadavg)): $rate events/s ($ratio of postgres), $(echo "$out" | grep -E '^ *failed' | tr -s ' ' | sed 's/^ //')"
         echo "  journals at kill -9: store $((store_j >> 20)) MiB, services $((services_j >> 20)) MiB"
         mv "$dir/node.log" "$dir/node-1.log"
@@ -75,7 +59,7 @@ for round in $(seq "$ROUNDS"); do
         open_ms=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/node.log" | grep -a 'storage open' | grep -ao 'elapsed_ms=[0-9]*' | grep -o '[0-9]*' | head -1)
         answered=""; events=""
         for _ in $(seq $((RESTART_S_MAX * 10))); do
-            events=$(ready "$URL")
+            events=$(leading_applied "$URL" "$ADMIN")
             [ -n "$events" ] && { answered=$(since "$started"); break; }
             sleep 0.1
         done
