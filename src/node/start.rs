@@ -377,26 +377,12 @@ fn start_services(
         .map_err(error)?
         .map_err(|e| error(std::io::Error::other(e.to_string())))
     };
-    // After a crash each database replays its journal (up to
-    // `store::JOURNAL_BYTES_MAX`) first: opened side by side, the three take about the
-    // time of the slowest rather than the sum.
+    // After a crash each database replays its journal (up to `store::JOURNAL_BYTES_MAX`)
+    // here, before the node listens: logged, since it is most of a restart's time.
     let started = std::time::Instant::now();
-    let (traits_db, segments_db, recommendations_db) = std::thread::scope(|scope| {
-        let traits = scope.spawn(|| open(computed::NAME));
-        let segments = scope.spawn(|| open(audience::NAME));
-        let recommendations = open(recommendations::NAME);
-        let joined = |handle: std::thread::ScopedJoinHandle<'_, _>| {
-            handle.join().unwrap_or_else(|_| {
-                Err(NodeError::DataDir {
-                    path: dir.join("services").display().to_string(),
-                    source: std::io::Error::other("opening a service's database panicked"),
-                })
-            })
-        };
-        (joined(traits), joined(segments), recommendations)
-    });
-    let (traits_db, segments_db, recommendations_db) =
-        (traits_db?, segments_db?, recommendations_db?);
+    let traits_db = open(computed::NAME)?;
+    let segments_db = open(audience::NAME)?;
+    let recommendations_db = open(recommendations::NAME)?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "services' databases open"
