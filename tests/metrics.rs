@@ -380,14 +380,14 @@ async fn a_forwarded_write_is_timed_stage_by_stage_on_follower_and_leader() {
     // Writes are answered at commit, so the leader may apply the last entry just after the
     // replies: scrape it once it has (the assertions below still check every series).
     let applied = "tandem_apply_duration_seconds_count";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut leader_after = scrape(leader_url).await;
-    while delta(&leader_after, &leader_before, applied) < 1.0
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        leader_after = scrape(leader_url).await;
-    }
+    let leader_after = wait_for("the leader to apply", Duration::from_secs(10), || {
+        let before = &leader_before;
+        async move {
+            let after = scrape(leader_url).await;
+            (delta(&after, before, applied) >= 1.0).then_some(after)
+        }
+    })
+    .await;
     let follower_after = scrape(follower_url).await;
     let stage = |after: &Scrape, before: &Scrape, name: &str| {
         stage_count(after, name) - stage_count(before, name)
