@@ -25,7 +25,7 @@ use tandem::model::resolve::MergeRules;
 use tandem::model::validate::{Envelope, normalize};
 use tandem::services::computed::{self, ComputedTraits};
 use tandem::services::db::{ServiceDb, ServiceError, Writes};
-use tandem::services::supervisor::{Factory, Service, Supervisor};
+use tandem::services::supervisor::{Factory, Opener, Service, Supervisor};
 use tandem::services::traits::{TraitDef, default_defs};
 use tandem::store::apply::ApplySettings;
 use tandem::store::read::{FeedItem, Reader};
@@ -101,16 +101,22 @@ impl TestNode {
         let services = names
             .iter()
             .map(|name| {
-                let db = ServiceDb::open(&dir.join("services").join(name)).expect("service db");
+                let path = dir.join("services").join(name);
+                let opener: Opener = Box::new(move || ServiceDb::open(&path));
                 let factory: Factory = if *name == computed::NAME {
                     let defs = Arc::clone(&self.defs);
                     Box::new(move || Box::new(ComputedTraits::new(Arc::clone(&defs))))
                 } else {
                     Box::new(|| Box::new(Tally))
                 };
-                (*name, db, factory)
+                (*name, opener, factory)
             })
             .collect();
+        self.start_with(services).await;
+    }
+
+    /// Starts `services` and attaches them to the state machine.
+    async fn start_with(&mut self, services: Vec<(&'static str, Opener, Factory)>) {
         let supervisor = Supervisor::start(Arc::clone(&self.store), services);
         self.machine
             .attach_services(Arc::clone(&supervisor) as Arc<dyn DerivedState>)
@@ -358,6 +364,107 @@ async fn a_snapshot_without_service_sections_installs_and_leaves_services_alone(
     b.wait_caught_up().await;
     assert_eq!(b.traits_of("bob")["orders_count"], 3);
     assert_eq!(b.traits_of("alice")["orders_count"], 0);
+}
+
+/// The traits service, with `opener` for its database.
+fn traits_service(node: &TestNode, opener: Opener) -> Vec<(&'static str, Opener, Factory)> {
+    let defs = Arc::clone(&node.defs);
+    let factory: Factory = Box::new(move || Box::new(ComputedTraits::new(Arc::clone(&defs))));
+    vec![(computed::NAME, opener, factory)]
+}
+
+/// Waits until the service's status gives a reason containing `text`.
+async fn wait_for_reason(node: &TestNode, service: &str, text: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = node.supervisor().status(service).expect("status");
+        if status.reason.as_deref().is_some_and(|r| r.contains(text)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{service} never said {text:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_database_opens_in_the_background_and_snapshots_wait_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::open(dir.path());
+    node.apply_orders("alice", 0..3, T0).await;
+    // An open that takes as long as the test says (a journal replay after a crash).
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let path = dir.path().join("services").join(computed::NAME);
+    let opener: Opener = Box::new(move || {
+        let _ = gate.lock().expect("gate").recv();
+        ServiceDb::open(&path)
+    });
+    node.start_with(traits_service(&node, opener)).await;
+
+    // Meanwhile: degraded with the reason, nothing to read from, and a snapshot build waits.
+    wait_for_reason(&node, computed::NAME, "opening its database").await;
+    assert!(node.supervisor().db(computed::NAME).is_none());
+    let mut machine = node.machine.clone();
+    let build = tokio::spawn(async move { machine.build_snapshot().await });
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !build.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "the snapshot was built without the service's state"
+    );
+
+    release.send(()).expect("release the open");
+    let snapshot = build.await.expect("join").expect("build");
+    let contents =
+        Store::verify_snapshot(&mut reader(&snapshot.snapshot.state_path())).expect("verify");
+    let names: Vec<&str> = contents.sections.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, [computed::NAME]);
+    node.wait_caught_up().await;
+    assert_eq!(node.traits_of("alice")["orders_count"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_database_that_fails_to_open_is_reported_and_tried_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::open(dir.path());
+    node.apply_orders("alice", 0..2, T0).await;
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, path) = (
+        Arc::clone(&attempts),
+        dir.path().join("services").join(computed::NAME),
+    );
+    // Fails until the test has seen the failure reported, then opens.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let opener: Opener = Box::new(move || {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Err(ServiceError::Storage("the disk is on fire".into()));
+        }
+        let _ = gate.lock().expect("gate").recv();
+        ServiceDb::open(&path)
+    });
+    node.start_with(traits_service(&node, opener)).await;
+
+    wait_for_reason(&node, computed::NAME, "cannot open its database").await;
+    let status = node.supervisor().status(computed::NAME).expect("status");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the disk is on fire")),
+        "{status:?}"
+    );
+    release.send(()).expect("release the second open");
+    node.wait_caught_up().await;
+    assert_eq!(node.traits_of("alice")["orders_count"], 2);
+    assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

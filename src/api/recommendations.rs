@@ -54,10 +54,12 @@ pub async fn get(
     )?;
     parse_identity(&state, &id)?;
     let services = std::sync::Arc::clone(state.node.services());
+    // Its database opens after the node starts: a moment's wait, bounded, not a 503.
+    services.wait_open(NAME, SERVICE_OPEN_WAIT).await;
     require_healthy(&services)?;
     let cache = state.node.recommend_cache().clone();
     with_profile(&state, &headers, &id, read, move |_, profile| {
-        let db = services.db(NAME).ok_or_else(|| not_running(NAME))?;
+        let db = services.db(NAME).ok_or_else(|| opening(NAME))?;
         let loaded = cache.get(db).map_err(storage_error)?;
         let history = recommendations::history(db, profile.id).map_err(storage_error)?;
         let model = &loaded.model;
@@ -126,6 +128,18 @@ fn not_running(name: &str) -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "service_degraded",
         format!("the {name} service is not running on this node; try another node"),
+    )
+}
+
+/// How long a request waits for the service's database to open (after a restart) before
+/// the service counts as degraded.
+const SERVICE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn opening(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_degraded",
+        format!("the {name} service's database is still opening on this node; retry shortly"),
     )
 }
 

@@ -152,12 +152,26 @@ async fn current_defs(state: &AppState) -> Result<Vec<SegmentDef>, ApiError> {
     state.read(|reader| Ok(reader.segment_defs()?)).await
 }
 
+/// How long a request for the segments service's data waits for its database to open
+/// (after a restart) before answering 503.
+const SERVICE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (bounded) for the segments service's database, which opens after the node starts.
+async fn wait_open(state: &AppState) {
+    state
+        .node
+        .services()
+        .wait_open(audience::NAME, SERVICE_OPEN_WAIT)
+        .await;
+}
+
 fn service_db(services: &Supervisor) -> Result<&ServiceDb, ApiError> {
     services.db(audience::NAME).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable",
-            "the segments service is not running on this node",
+            "the segments service's database is not open on this node yet (it opens after a \
+             restart, while the node already serves); retry shortly",
         )
     })
 }
@@ -217,6 +231,7 @@ fn segment_json(def: &SegmentDef, record: Option<&SegmentRecord>, total_profiles
 
 /// The definitions with the service's view of each (read in the read pool).
 async fn describe(state: &AppState, defs: Vec<SegmentDef>) -> Result<Vec<Value>, ApiError> {
+    wait_open(state).await;
     let services = Arc::clone(state.node.services());
     state
         .read(move |reader| {
@@ -376,6 +391,7 @@ pub async fn members(
     requirement(query.consistency.as_deref(), None, &HeaderMap::new())?;
     let defs = current_defs(&state).await?;
     find(&defs, &id)?;
+    wait_open(&state).await;
     let services = Arc::clone(state.node.services());
     let segment = id.clone();
     let (record, page) = state
@@ -415,6 +431,7 @@ pub async fn transitions(
     state.keys.require(&headers, Access::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = limit(&query)?;
+    wait_open(&state).await;
     let services = Arc::clone(state.node.services());
     let page = state
         .run_read(move || {
@@ -451,6 +468,7 @@ pub async fn of_profile(
         query.after.as_deref(),
         &headers,
     )?;
+    wait_open(&state).await;
     let services = std::sync::Arc::clone(state.node.services());
     with_profile(&state, &headers, &id, read, move |_, profile| {
         let db = service_db(&services)?;

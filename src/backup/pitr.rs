@@ -405,8 +405,8 @@ struct BaseSections(std::path::PathBuf);
 struct BaseExport(std::path::PathBuf);
 
 impl DerivedState for BaseSections {
-    fn export(&self) -> Box<dyn DerivedExport> {
-        Box::new(BaseExport(self.0.clone()))
+    fn export(&self) -> Result<Box<dyn DerivedExport>, String> {
+        Ok(Box::new(BaseExport(self.0.clone())))
     }
 
     fn import(

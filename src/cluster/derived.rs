@@ -14,8 +14,9 @@ use crate::store::replicated::{SectionRecord, SectionWriter};
 /// Derived state that travels in snapshots, one named part (section) per service.
 pub trait DerivedState: Send + Sync + 'static {
     /// Takes one consistent view of every part, now (before the store's view is taken, so
-    /// each part's cursor is at or behind the store's feed head).
-    fn export(&self) -> Box<dyn DerivedExport>;
+    /// each part's cursor is at or behind the store's feed head). May wait for a part
+    /// still opening; fails if one cannot be read.
+    fn export(&self) -> Result<Box<dyn DerivedExport>, String>;
 
     /// Replaces part `name` with `records` at `cursor` (a section of a verified snapshot).
     /// A part this node does not run is skipped.

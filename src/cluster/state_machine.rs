@@ -510,7 +510,10 @@ pub fn write_checkpoint(
     let mut out = BufWriter::new(File::create(file.state_path())?);
     // The services' views first: each cursor is then at or behind the store's feed head,
     // as it always is on a running node.
-    let services = services.map(|supervisor| supervisor.export());
+    let services = services
+        .map(|supervisor| supervisor.export())
+        .transpose()
+        .map_err(io)?;
     let exported = store.export(&mut out).map_err(store_io)?;
     let mut sections = SectionWriter::new(&mut out);
     if let Some(services) = &services {

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::log::{Log, LogOptions};
 use crate::services::db::ServiceDb;
 use crate::services::recommend::ModelConfig;
-use crate::services::supervisor::{Factory, SERVICE_NICE, Supervisor};
+use crate::services::supervisor::{Factory, Opener, Supervisor};
 use crate::services::{audience, computed, recommendations};
 use crate::store::{Store, StoreConfig};
 
@@ -224,7 +224,7 @@ pub async fn start(
     ));
 
     let trait_defs = Arc::new(config.computed_traits.clone());
-    let services = start_services(&dir, &store, &trait_defs)?;
+    let services = start_services(&dir, &store, &trait_defs);
     // From here snapshots carry the services' state; a snapshot installed while Raft
     // started (or an import a crash cut short) has its services' state imported now.
     services_slot
@@ -353,57 +353,40 @@ pub async fn start(
     Ok(node)
 }
 
-/// Opens each service's database under `<data>/services/` and starts the supervisor.
+/// Starts the supervisor over the services' databases under `<data>/services/`.
 ///
-/// Each database is opened on a thread of its own at the services' priority: the storage
-/// engine spawns its flush and compaction threads then, and they inherit it (see
-/// `super::priority`). Opened from here they would run at nice 0, above ingest's own
+/// The databases are not opened here: each service's worker opens its own (see
+/// [`Opener`]), so after a crash their journals are replayed while the node already
+/// listens and ingests, instead of before. The worker runs at the services' priority, and
+/// the storage engine's flush and compaction threads, spawned by the open, inherit it (see
+/// `super::priority`); opened from a thread at nice 0 they would run above ingest's own
 /// storage threads, doing work for services that are meant to yield.
 fn start_services(
     dir: &Path,
     store: &Arc<Store>,
     trait_defs: &Arc<Vec<crate::services::traits::TraitDef>>,
-) -> Result<Arc<Supervisor>, NodeError> {
-    let open = |name: &str| {
+) -> Arc<Supervisor> {
+    let opener = |name: &str| -> Opener {
         let path = dir.join("services").join(name);
-        let error = |source: std::io::Error| NodeError::DataDir {
-            path: path.display().to_string(),
-            source,
-        };
-        let opening = path.clone();
-        super::priority::spawn_niced("tandem-svc-open", SERVICE_NICE, move || {
-            ServiceDb::open(&opening)
-        })
-        .map_err(error)?
-        .map_err(|e| error(std::io::Error::other(e.to_string())))
+        Box::new(move || ServiceDb::open(&path))
     };
-    // After a crash each database replays its journal (up to `store::JOURNAL_BYTES_MAX`)
-    // here, before the node listens: logged, since it is most of a restart's time.
-    let started = std::time::Instant::now();
-    let traits_db = open(computed::NAME)?;
-    let segments_db = open(audience::NAME)?;
-    let recommendations_db = open(recommendations::NAME)?;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "services' databases open"
-    );
     let defs = Arc::clone(trait_defs);
     let traits: Factory =
         Box::new(move || Box::new(computed::ComputedTraits::new(Arc::clone(&defs))));
-    Ok(Supervisor::start(
+    Supervisor::start(
         Arc::clone(store),
         vec![
-            (computed::NAME, traits_db, traits),
+            (computed::NAME, opener(computed::NAME), traits),
             (
                 audience::NAME,
-                segments_db,
+                opener(audience::NAME),
                 audience::Segments::factory(Arc::clone(trait_defs)),
             ),
             (
                 recommendations::NAME,
-                recommendations_db,
+                opener(recommendations::NAME),
                 recommendations::factory(ModelConfig::default()),
             ),
         ],
-    ))
+    )
 }

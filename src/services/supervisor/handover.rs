@@ -64,14 +64,14 @@ pub fn records_hash(
 impl Supervisor {
     /// Takes one consistent view of every service's state and cursor, now, for a
     /// snapshot; [`ServicesExport::write`] streams them. Workers keep running meanwhile.
-    pub fn export_state(&self) -> ServicesExport {
-        ServicesExport {
-            views: self
-                .services
-                .iter()
-                .map(|s| (s.name, s.db.export_view()))
-                .collect(),
-        }
+    /// Waits for databases still opening (see [`super::Opener`]).
+    pub fn export_state(&self) -> Result<ServicesExport, ServiceError> {
+        let views = self
+            .services
+            .iter()
+            .map(|s| Ok((s.name, super::wait_db(s)?.export_view())))
+            .collect::<Result<_, ServiceError>>()?;
+        Ok(ServicesExport { views })
     }
 
     /// Replaces service `name`'s state with `records` at `cursor` (a section of a
@@ -95,14 +95,15 @@ impl Supervisor {
             );
             return Ok(None);
         };
+        let db = super::wait_db(shared)?;
         shared.generation.fetch_add(1, Ordering::AcqRel);
         // Held until the fresh worker is started: a worker the watchdog may start meanwhile
         // (reading part of the import) is fenced by that start before it can commit.
         let _guard = lock(&shared.commit_lock);
-        let imported = shared.db.import(cursor, records);
+        let imported = db.import(cursor, records);
         if let Err(error) = &imported {
             tracing::error!(service = name, %error, "importing a service's state failed; it will rebuild from the feed");
-            if let Err(error) = shared.db.clear() {
+            if let Err(error) = db.clear() {
                 tracing::error!(service = name, %error, "clearing after a failed import failed");
             }
         }
@@ -137,7 +138,7 @@ impl Supervisor {
         self.services
             .iter()
             .map(|s| {
-                let view = s.db.export_view();
+                let view = super::wait_db(s)?.export_view();
                 let (records, hash) = view.hash()?;
                 Ok(ServiceHash {
                     name: s.name,
@@ -151,8 +152,8 @@ impl Supervisor {
 }
 
 impl DerivedState for Supervisor {
-    fn export(&self) -> Box<dyn DerivedExport> {
-        Box::new(self.export_state())
+    fn export(&self) -> Result<Box<dyn DerivedExport>, String> {
+        Ok(Box::new(self.export_state().map_err(|e| e.to_string())?))
     }
 
     fn import(

@@ -36,7 +36,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -113,6 +113,20 @@ pub trait Service: Send + 'static {
 
 /// Makes a fresh service instance (after a crash the old one is gone).
 pub type Factory = Box<dyn Fn() -> Box<dyn Service> + Send + Sync>;
+
+/// Opens a service's database. Called once, by the service's first worker, on its own
+/// thread and at its priority ([`SERVICE_NICE`], which the storage engine's background
+/// threads inherit), so a node listens before its services' databases have replayed their
+/// journals; until then [`Supervisor::db`] answers `None` and the service reports itself
+/// degraded ("opening its database").
+pub type Opener = Box<dyn Fn() -> Result<ServiceDb, ServiceError> + Send + Sync>;
+
+/// A service's status reason while its database opens.
+const OPENING: &str = "opening its database";
+
+/// Longest a snapshot build, install or state hash waits for a service's database to open
+/// (journal replay is bounded by `crate::store::JOURNAL_BYTES_MAX`, seconds at most).
+pub const OPEN_WAIT_MAX: Duration = Duration::from_secs(300);
 
 /// An injected fault (tests and drills; see `POST /v1/admin/faults/services`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -210,7 +224,18 @@ struct Shared {
     name: &'static str,
     /// Seconds per batch processed and committed by this service's workers.
     batch_seconds: prometheus_client::metrics::histogram::Histogram,
-    db: ServiceDb,
+    /// Set once, by the worker that opened it ([`open_db`]).
+    db: OnceLock<ServiceDb>,
+    opener: Opener,
+    /// Held while opening, so a fresh worker (after an import or a crash) never opens the
+    /// database a second time beside one still opening it.
+    open_lock: Mutex<()>,
+    /// The last failure to open, if the database is not open; waiters read it.
+    open_failure: Mutex<Option<String>>,
+    /// Notified when an open succeeds or fails.
+    open_done: Condvar,
+    /// True once the database is open, for async waiters ([`Supervisor::wait_open`]).
+    opened: tokio::sync::watch::Sender<bool>,
     store: Arc<Store>,
     factory: Factory,
     /// The worker allowed to commit.
@@ -255,28 +280,33 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts every service's worker and the watchdog task.
+    /// Starts every service's worker (which first opens its database: see [`Opener`]) and
+    /// the watchdog task.
     pub fn start(
         store: Arc<Store>,
-        services: Vec<(&'static str, ServiceDb, Factory)>,
+        services: Vec<(&'static str, Opener, Factory)>,
     ) -> Arc<Supervisor> {
         let batch_durations = BatchDurations::new_with_constructor(batch_histogram);
         let services: Vec<Arc<Shared>> = services
             .into_iter()
-            .map(|(name, db, factory)| {
-                let cursor = db.cursor().unwrap_or(0);
+            .map(|(name, opener, factory)| {
                 Arc::new(Shared {
                     name,
                     batch_seconds: batch_durations
                         .get_or_create_owned(&ServiceLabel { service: name }),
-                    db,
+                    db: OnceLock::new(),
+                    opener,
+                    open_lock: Mutex::new(()),
+                    open_failure: Mutex::new(None),
+                    open_done: Condvar::new(),
+                    opened: tokio::sync::watch::Sender::new(false),
                     store: Arc::clone(&store),
                     factory,
                     generation: AtomicU64::new(0),
                     commit_lock: Mutex::new(()),
                     busy_since_ms: AtomicU64::new(0),
                     worker_tid: AtomicI32::new(0),
-                    cursor: AtomicU64::new(cursor),
+                    cursor: AtomicU64::new(0),
                     yielded_ns: AtomicU64::new(0),
                     wants_ticks: AtomicBool::new(false),
                     fault: AtomicU8::new(0),
@@ -332,9 +362,26 @@ impl Supervisor {
             .map(|s| status(s))
     }
 
-    /// One service's database, for reads.
+    /// One service's database, for reads: `None` for an unknown service, or while its
+    /// database is still opening.
     pub fn db(&self, name: &str) -> Option<&ServiceDb> {
-        self.services.iter().find(|s| s.name == name).map(|s| &s.db)
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.db.get())
+    }
+
+    /// Waits, up to `max`, for service `name`'s database to be open (it opens after the
+    /// node starts: see [`Opener`]); returns whether it is. For requests that read a
+    /// service's data: a node just started answers them a moment later instead of 503.
+    pub async fn wait_open(&self, name: &str, max: Duration) -> bool {
+        let Some(shared) = self.services.iter().find(|s| s.name == name) else {
+            return false;
+        };
+        let mut opened = shared.opened.subscribe();
+        tokio::time::timeout(max, opened.wait_for(|open| *open))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// Injects (or clears) a fault. Returns false for an unknown service.
@@ -367,19 +414,88 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The service's database, opened by the calling worker if no worker has yet (see
+/// [`Opener`]). A failure is kept for waiters ([`wait_db`]) and returned; the supervisor
+/// then restarts the worker with backoff, which tries again.
+fn open_db(shared: &Shared) -> Result<&ServiceDb, String> {
+    let _opening = lock(&shared.open_lock);
+    if let Some(db) = shared.db.get() {
+        return Ok(db);
+    }
+    let started = Instant::now();
+    // A panic in the opener is a failure like any other: recorded, so waiters do not wait
+    // for an open that will not finish.
+    let opened = catch_unwind(AssertUnwindSafe(|| (shared.opener)()))
+        .unwrap_or_else(|panic| Err(ServiceError::Storage(panic_message(&panic))));
+    let outcome = match opened {
+        Ok(db) => {
+            *lock(&shared.open_failure) = None;
+            tracing::info!(
+                service = shared.name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "service database open"
+            );
+            let db = shared.db.get_or_init(|| db);
+            shared.opened.send_replace(true);
+            Ok(db)
+        }
+        Err(error) => {
+            let reason = format!("cannot open its database: {error}");
+            *lock(&shared.open_failure) = Some(reason.clone());
+            Err(reason)
+        }
+    };
+    shared.open_done.notify_all();
+    outcome
+}
+
+/// Waits for the service's database to be opened by its worker; fails at once if the
+/// last attempt failed, and after [`OPEN_WAIT_MAX`].
+fn wait_db(shared: &Shared) -> Result<&ServiceDb, ServiceError> {
+    let deadline = Instant::now() + OPEN_WAIT_MAX;
+    let mut failure = lock(&shared.open_failure);
+    loop {
+        if let Some(db) = shared.db.get() {
+            return Ok(db);
+        }
+        if let Some(reason) = failure.as_ref() {
+            return Err(not_open(shared.name, reason));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(not_open(
+                shared.name,
+                &format!("still opening after {OPEN_WAIT_MAX:?}"),
+            ));
+        }
+        // Bounded waits: the worker sets the database before it takes this lock to notify.
+        failure = shared
+            .open_done
+            .wait_timeout(failure, left.min(Duration::from_millis(100)))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+fn not_open(name: &str, reason: &str) -> ServiceError {
+    ServiceError::Storage(format!("service {name}'s database is not open: {reason}"))
+}
+
 fn status(shared: &Shared) -> ServiceStatus {
     // Read the cursor before the head, so `lag` is never understated.
     let cursor = shared.cursor.load(Ordering::Acquire);
     let head = shared.store.reader().feed_head().unwrap_or(0);
     let state = lock(&shared.state);
+    // The watchdog updates `degraded` every tick; whether the database is open is known now.
+    let reason = match (&state.degraded, shared.db.get().is_some()) {
+        (Some(reason), true) if reason.starts_with(OPENING) => None,
+        (None, false) => Some(OPENING.to_owned()),
+        (reason, _) => reason.clone(),
+    };
     ServiceStatus {
         name: shared.name,
-        status: if state.degraded.is_some() {
-            "degraded"
-        } else {
-            "ok"
-        },
-        reason: state.degraded.clone(),
+        status: if reason.is_some() { "degraded" } else { "ok" },
+        reason,
         cursor,
         lag: head.saturating_sub(cursor),
         feed_head: head,
@@ -510,8 +626,22 @@ fn watch(shared: &Arc<Shared>) {
     } else {
         now.saturating_sub(busy_since)
     };
+    if shared.db.get().is_some()
+        && state
+            .degraded
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with(OPENING))
+    {
+        // Open now: nothing to recover from, so no hold before it is reported ok.
+        state.degraded = None;
+    }
     if state.thread.is_some() && state.restart_at.is_none() {
-        if busy_ms > SLOW_BATCH.as_millis() as u64 {
+        if shared.db.get().is_none() {
+            state.degraded = Some(match lock(&shared.open_failure).as_deref() {
+                Some(failure) => format!("{OPENING} again; the last attempt failed: {failure}"),
+                None => OPENING.into(),
+            });
+        } else if busy_ms > SLOW_BATCH.as_millis() as u64 {
             state.degraded = Some(format!(
                 "slow: the current batch has taken {busy_ms} ms (more than {SLOW_BATCH:?})"
             ));
@@ -537,13 +667,14 @@ fn watch(shared: &Arc<Shared>) {
 /// Nothing here reads the wall clock on the service's behalf: time reaches services
 /// through the feed (see [`Service`]); the clock is only for supervision.
 fn run(shared: &Shared, generation: u64) -> Result<(), String> {
+    let db = open_db(shared)?;
     let mut service = (shared.factory)();
-    let mut cursor = shared.db.cursor().map_err(|e| e.to_string())?;
+    let mut cursor = db.cursor().map_err(|e| e.to_string())?;
     shared.cursor.store(cursor, Ordering::Release);
-    if !check_layout(shared, generation, service.layout(), &mut cursor)? {
+    if !check_layout(shared, db, generation, service.layout(), &mut cursor)? {
         return Ok(());
     }
-    let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
+    let wants = service.wants_ticks(db).map_err(|e| e.to_string())?;
     shared.wants_ticks.store(wants, Ordering::Release);
     loop {
         if shared.generation.load(Ordering::Acquire) != generation {
@@ -570,7 +701,7 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
         apply_fault(shared, generation)?;
         let mut writes = Writes::default();
         let applied = service
-            .process(&shared.db, &reader, &items, &mut writes)
+            .process(db, &reader, &items, &mut writes)
             .map_err(|e| e.to_string())?;
         if shared.store.replace_epoch() != epoch {
             // A snapshot install began under this batch: what it read may mix the old
@@ -585,14 +716,14 @@ fn run(shared: &Shared, generation: u64) -> Result<(), String> {
             ));
         };
         let next = last.feed_seq;
-        if !commit(shared, generation, writes, next)? {
+        if !commit(shared, db, generation, writes, next)? {
             return Ok(());
         }
         shared
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         cursor = next;
-        let wants = service.wants_ticks(&shared.db).map_err(|e| e.to_string())?;
+        let wants = service.wants_ticks(db).map_err(|e| e.to_string())?;
         shared.wants_ticks.store(wants, Ordering::Release);
         shared.busy_since_ms.store(0, Ordering::Release);
         step_aside(shared, clock, head);
@@ -627,11 +758,12 @@ fn step_aside(shared: &Shared, before: Option<yielding::SchedClock>, head: u64) 
 /// Returns false when this worker was fenced off meanwhile.
 fn check_layout(
     shared: &Shared,
+    db: &ServiceDb,
     generation: u64,
     layout: u32,
     cursor: &mut u64,
 ) -> Result<bool, String> {
-    let found = shared.db.layout().map_err(|e| e.to_string())?;
+    let found = db.layout().map_err(|e| e.to_string())?;
     if found == Some(layout) {
         return Ok(true);
     }
@@ -648,15 +780,12 @@ fn check_layout(
             layout,
             "the service's records are in another layout; rebuilding them from the feed"
         );
-        shared.db.clear().map_err(|e| e.to_string())?;
+        db.clear().map_err(|e| e.to_string())?;
         *cursor = 0;
     }
     let mut writes = Writes::default();
     ServiceDb::stamp_layout(&mut writes, layout);
-    shared
-        .db
-        .commit(writes, *cursor)
-        .map_err(|e| e.to_string())?;
+    db.commit(writes, *cursor).map_err(|e| e.to_string())?;
     shared.cursor.store(*cursor, Ordering::Release);
     Ok(true)
 }
@@ -669,15 +798,18 @@ fn mark_busy(shared: &Shared) {
 }
 
 /// Commits unless this worker was fenced off; returns whether it committed.
-fn commit(shared: &Shared, generation: u64, writes: Writes, cursor: u64) -> Result<bool, String> {
+fn commit(
+    shared: &Shared,
+    db: &ServiceDb,
+    generation: u64,
+    writes: Writes,
+    cursor: u64,
+) -> Result<bool, String> {
     let _guard = lock(&shared.commit_lock);
     if shared.generation.load(Ordering::Acquire) != generation {
         return Ok(false);
     }
-    shared
-        .db
-        .commit(writes, cursor)
-        .map_err(|e| e.to_string())?;
+    db.commit(writes, cursor).map_err(|e| e.to_string())?;
     shared.cursor.store(cursor, Ordering::Release);
     Ok(true)
 }
