@@ -42,7 +42,6 @@ done
 curl -s -H "Authorization: Bearer bench-admin-key-not-secret" "$URL/v1/admin/status"; echo
 grep -a "built snapshot" "$D/node.log" | tail -3
 
-plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; } # the logs' lines without colour codes
 
 restart() {   # kill -9 the node, restart it on its data, time it to ready
     echo "== kill -9 and restart (journals: store $(($(journal_bytes "$D/data/store") >> 20)) MiB, services $(($(journal_bytes "$D/data/services") >> 20)) MiB)"
@@ -63,8 +62,8 @@ restart() {   # kill -9 the node, restart it on its data, time it to ready
     echo "restarted: $(plain "$D/node.log" | grep -a "storage open" | grep -o "elapsed_ms=[0-9]*") to open storage, listening after $listening s, leading with its log applied after $(echo "$(date +%s.%N) - $started" | bc) s"
     # The filters are filled in the background after the node opens: wait for the last.
     for _ in $(seq 1200); do grep -q "filter of recent dedup keys" "$D/node.log" && break; sleep 0.1; done
-    plain "$D/node.log" | grep -a -E "services' databases open|built the filter" |
-        grep -o -E "(services' databases open|built the filter).*(elapsed|took)_ms=[0-9]*" | sed 's/^/  /'
+    plain "$D/node.log" | grep -a -E "service database open|built the filter" |
+        grep -o -E "(service database open|built the filter).*(elapsed|took)_ms=[0-9]*" | sed 's/^/  /'
 }
 
 if [ "${CATCH_UP:-0}" != 1 ]; then

@@ -17,6 +17,9 @@ of_pg() {
     python3 -c "print('%.2f' % ($1 / $PG))" 2>/dev/null || echo "n/a"
 }
 
+# plain FILE: a node log's lines without their colour codes.
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
+
 # journal_bytes DIR: bytes of fjall journals (*.jnl) under DIR.
 journal_bytes() {
     find "$1" -name '*.jnl' -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}'

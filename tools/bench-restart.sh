@@ -5,7 +5,8 @@
 # - the journals' bytes on disk (the state store's, and the services' databases' summed);
 # - kill -9, then the same build restarted on the same data directory, timed to
 #   "storage open" (from its log), to listening, and to leading with its whole log applied
-#   (GET /v1/admin/status), which also gives the state's approximate event count.
+#   (GET /v1/admin/status), which also gives the state's approximate event count, and to
+#   the services' databases being open (from its log).
 # PostgreSQL's job-row figure (../shared/bench/postgres-ingest.sh) runs first, if present,
 # so the loads' events/s carry a ratio from the same run.
 #
@@ -56,14 +57,27 @@ for round in $(seq "$ROUNDS"); do
         done
         [ -n "$URL" ] || { echo "  the restarted node did not listen:"; tail -5 "$dir/node.log"; exit 1; }
         listening=$(since "$started")
-        open_ms=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/node.log" | grep -a 'storage open' | grep -ao 'elapsed_ms=[0-9]*' | grep -o '[0-9]*' | head -1)
+        open_ms=$(plain "$dir/node.log" | grep -a 'storage open' | grep -ao 'elapsed_ms=[0-9]*' | grep -o '[0-9]*' | head -1)
         answered=""; events=""
         for _ in $(seq $((RESTART_S_MAX * 10))); do
             events=$(leading_applied "$URL" "$ADMIN")
             [ -n "$events" ] && { answered=$(since "$started"); break; }
             sleep 0.1
         done
-        echo "  restart: storage open ${open_ms:-?} ms, listening after $listening s, leading with its whole log applied after ${answered:-never (not within ${RESTART_S_MAX} s)} s (events in the state, approximately: ${events:-?} of $EVENTS sent)"
+        # The services' databases: opened before the node listens up to 92e6b55 (one line,
+        # "services' databases open"), by each service's worker after it since (one line each).
+        # Timed by the log line's own timestamp, since it may come before the node answers.
+        services_open=""
+        for _ in $(seq $((RESTART_S_MAX * 10))); do
+            line=$(plain "$dir/node.log" | grep -a -E "service database open|services' databases open" |
+                awk '/databases open/ {print; exit} {n++} n == 3 {print; exit}')
+            if [ -n "$line" ]; then
+                services_open=$(python3 -c "import datetime, sys; t = datetime.datetime.fromisoformat(sys.argv[1]).timestamp(); print('%.1f' % (t - $started))" "${line%% *}")
+                break
+            fi
+            sleep 0.1
+        done
+        echo "  restart: storage open ${open_ms:-?} ms, listening after $listening s, leading with its whole log applied after ${answered:-never (not within ${RESTART_S_MAX} s)} s, services' databases open after ${services_open:-never} s (events in the state, approximately: ${events:-?} of $EVENTS sent)"
         kill -INT "$NODE"; wait "$NODE" 2>/dev/null
         rm -rf "$dir"
     done
