@@ -33,8 +33,9 @@ pub struct FailoverArgs {
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
     /// Gateway port; the nodes take the next three, their peer listeners three more
-    /// after port + 10.
-    #[arg(long, default_value_t = 18600)]
+    /// after port + 10. 0 (the default): free ports the system picks, each node keeping
+    /// its own across its restarts.
+    #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// Parent directory for the run's data (a fresh subdirectory, deleted afterwards).
     #[arg(long, default_value = ".")]
@@ -72,11 +73,8 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
             id,
             region: regions[id as usize - 1].clone(),
             data_dir: dir.join(format!("node-{id}")),
-            listen: format!("127.0.0.1:{}", u32::from(args.port) + id as u32),
-            peer_listen: format!(
-                "127.0.0.1:{}",
-                u32::from(args.port) + super::up::PEER_PORT_OFFSET + id as u32
-            ),
+            listen: super::up::listen_address(args.port, id),
+            peer_listen: super::up::peer_listen_address(args.port, id),
             tls,
             bootstrap: id == 1,
             cluster_key_file: key_file.clone(),
@@ -87,11 +85,18 @@ async fn measure(args: &FailoverArgs, dir: &std::path::Path) -> Result<(), Strin
         .collect();
     let admin = Admin::new("bench-admin-key-not-secret");
     let mut nodes = start_nodes(specs).await?;
+    // A killed node restarts on the ports it had: the others know it by them.
+    for node in &mut nodes {
+        node.pin_addresses()?;
+    }
     form_cluster(&admin, &nodes, &regions).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
         .map_err(|e| format!("gateway port {}: {e}", args.port))?;
-    let gateway_url = format!("http://127.0.0.1:{}", args.port);
+    let gateway_url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| format!("gateway: {e}"))?
+    );
     let stop = Arc::new(Notify::new());
     let gateway_stop = Arc::clone(&stop);
     let urls = nodes.iter().map(|n| n.url.clone()).collect();

@@ -119,6 +119,20 @@ impl ChildNode {
         })
     }
 
+    /// Makes the spec name the addresses the node listens on, so a restart takes the same
+    /// ones (a spec asking for port 0 would get new ports the cluster does not know).
+    pub fn pin_addresses(&mut self) -> Result<(), String> {
+        let address = |url: &str| {
+            url.split_once("://")
+                .map(|(_, rest)| rest.trim_end_matches('/').to_owned())
+                .ok_or_else(|| format!("node {}: no address in {url:?}", self.spec.id))
+        };
+        let (listen, peer_listen) = (address(&self.url)?, address(&self.peer_url)?);
+        self.spec.listen = listen;
+        self.spec.peer_listen = peer_listen;
+        Ok(())
+    }
+
     /// Whether the process is still running; `Some(description)` if it exited.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {

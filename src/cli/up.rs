@@ -184,19 +184,8 @@ fn node_specs(
             id,
             region: args.regions[(id as usize - 1) % args.regions.len()].clone(),
             data_dir: args.data_dir.join(format!("node-{id}")),
-            listen: if args.port == 0 {
-                "127.0.0.1:0".into()
-            } else {
-                format!("127.0.0.1:{}", u32::from(args.port) + id as u32)
-            },
-            peer_listen: if args.port == 0 {
-                "127.0.0.1:0".into()
-            } else {
-                format!(
-                    "127.0.0.1:{}",
-                    u32::from(args.port) + PEER_PORT_OFFSET + id as u32
-                )
-            },
+            listen: listen_address(args.port, id),
+            peer_listen: peer_listen_address(args.port, id),
             tls,
             bootstrap: id == 1,
             cluster_key_file: key_file.to_owned(),
@@ -444,6 +433,27 @@ fn first_identity(acked: &Path) -> Option<String> {
     load::acked::parse_line(line)
         .ok()
         .map(|(_, identity)| identity.to_owned())
+}
+
+/// Node `id`'s client address on 127.0.0.1 when the gateway takes `port`: the port after it
+/// plus `id - 1`, or any free port when `port` is 0.
+pub(super) fn listen_address(port: u16, id: u64) -> String {
+    match port {
+        0 => "127.0.0.1:0".into(),
+        _ => format!("127.0.0.1:{}", u32::from(port) + id as u32),
+    }
+}
+
+/// Node `id`'s peer address on 127.0.0.1 (see [`PEER_PORT_OFFSET`]), or any free port when
+/// `port` is 0.
+pub(super) fn peer_listen_address(port: u16, id: u64) -> String {
+    match port {
+        0 => "127.0.0.1:0".into(),
+        _ => format!(
+            "127.0.0.1:{}",
+            u32::from(port) + PEER_PORT_OFFSET + id as u32
+        ),
+    }
 }
 
 #[cfg(test)]
