@@ -98,7 +98,20 @@ async fn leader_kill_follower_kill_and_restart_lose_nothing() {
         .find(|id| **id != new_leader)
         .expect("a follower");
     cluster.kill9(follower);
+    let elected = get(&cluster.urls[&new_leader], "/health/leader").await;
+    let elected_term = elected.body["raft"]["term"].as_u64().expect("term");
     cluster.restart(leader).await;
+    // Its last vote, read back from its data directory, names itself: it must not claim to
+    // lead (load balancers route writes by this) unless it won a newer term since.
+    let claim = get(&cluster.urls[&leader], "/health/leader").await;
+    if claim.status == 200 {
+        let term = claim.body["raft"]["term"].as_u64().expect("term");
+        assert!(
+            term > elected_term,
+            "the restarted ex-leader claims its old term's leadership: {}",
+            claim.body
+        );
+    }
     wait_more_acked(&writers, &cluster, 200).await;
     cluster.restart(follower).await;
     wait_more_acked(&writers, &cluster, 100).await;

@@ -393,7 +393,7 @@ async fn leader(State(state): State<AppState>) -> Response {
         "leader": metrics.current_leader,
         "term": metrics.current_term,
     });
-    if metrics.current_leader == Some(metrics.id) && !state.node.is_shutting_down() {
+    if crate::cluster::leads(&metrics) && !state.node.is_shutting_down() {
         axum::Json(json!({"status": "leader", "raft": body})).into_response()
     } else {
         (

@@ -326,7 +326,7 @@ pub async fn refresh_own_address(raft: Raft, id: u64, me: Member) {
             let metrics = watch.borrow_watched();
             (
                 metrics.current_term,
-                metrics.current_leader == Some(id),
+                super::leads(&metrics),
                 metrics
                     .membership_config
                     .membership()

@@ -69,6 +69,14 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
+/// Whether the node these metrics are of leads now: in the leader's state, not only named
+/// by its vote. openraft derives `current_leader` from the last committed vote, so an
+/// ex-leader restarted from its data directory names itself until it hears of the newer
+/// term, though it is a follower.
+pub fn leads(metrics: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(metrics.id)
+}
+
 /// A histogram for the stages of a write (apply, replication round trips, and the node's
 /// own stages): 0.1 ms … ~5.7 s in steps of ×1.5, fine enough to tell apart stages of a
 /// few milliseconds.

@@ -50,3 +50,16 @@ fn openraft_storage_suite() {
         Suite::test_all(Builder).await.expect("storage suite");
     });
 }
+
+#[test]
+fn a_node_leads_only_in_the_leaders_state_not_by_its_last_vote_alone() {
+    let mut metrics = openraft::RaftMetrics::<TypeConfig>::new_initial(2);
+    // An ex-leader restarted from its data directory: its committed vote names itself.
+    metrics.current_leader = Some(2);
+    metrics.state = openraft::ServerState::Follower;
+    assert!(!super::leads(&metrics));
+    metrics.state = openraft::ServerState::Leader;
+    assert!(super::leads(&metrics));
+    metrics.current_leader = Some(1);
+    assert!(!super::leads(&metrics));
+}

@@ -321,8 +321,7 @@ impl Node {
             return Err(SubmitError::ShuttingDown);
         }
         use openraft::async_runtime::WatchReceiver;
-        let leads =
-            self.cluster.raft.metrics().borrow_watched().current_leader == Some(self.cluster.id);
+        let leads = crate::cluster::leads(&self.cluster.raft.metrics().borrow_watched());
         let timeless = self.store.reader().clock_ms().unwrap_or(0) <= 0;
         if leads && timeless && !matches!(command, crate::cluster::Command::Tick { .. }) {
             // A new cluster has no time in its log yet: tick first, so this command's feed
@@ -425,7 +424,7 @@ impl Node {
     /// Whether this node leads the cluster now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         use openraft::async_runtime::WatchReceiver;
-        self.cluster.raft.metrics().borrow_watched().current_leader == Some(self.cluster.id)
+        crate::cluster::leads(&self.cluster.raft.metrics().borrow_watched())
     }
 
     /// Whether new work is refused because of shutdown.
@@ -471,8 +470,7 @@ impl Node {
         let m = &self.metrics;
         let s = &m.scraped;
         s.term.set(raft.current_term);
-        s.is_leader
-            .set(u64::from(raft.current_leader == Some(raft.id)));
+        s.is_leader.set(u64::from(crate::cluster::leads(&raft)));
         let committed = raft
             .cluster_committed
             .as_ref()

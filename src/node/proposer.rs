@@ -110,7 +110,7 @@ pub(super) async fn run(context: Context, mut queue: mpsc::UnboundedReceiver<Pro
         // flight, which is what makes concurrent requests share a commit. A follower's
         // forwards have slots of their own, more of them: the leader groups what arrives
         // again, so a forward held back here only adds a round trip of waiting.
-        let leads = context.raft.metrics().borrow_watched().current_leader == Some(context.self_id);
+        let leads = crate::cluster::leads(&context.raft.metrics().borrow_watched());
         let slots = if leads { &lead_slots } else { &forward_slots };
         let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
             return;

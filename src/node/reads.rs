@@ -146,7 +146,7 @@ pub(super) async fn prepare_keyed(
         wait_applied(cluster, index).await?;
     }
     let raft = &cluster.raft;
-    if raft.metrics().borrow_watched().current_leader == Some(cluster.id) {
+    if crate::cluster::leads(&raft.metrics().borrow_watched()) {
         match ticket_here(cluster, lease).await {
             Ok(Ok(ticket)) => return Ok(Prepared::Keyed(ticket)),
             Ok(Err(index)) => {
@@ -177,7 +177,7 @@ pub(super) async fn ticket_here(
     let leads = |term: u64| {
         let metrics = raft.metrics();
         let metrics = metrics.borrow_watched();
-        metrics.current_leader == Some(cluster.id) && metrics.current_term == term
+        crate::cluster::leads(&metrics) && metrics.current_term == term
     };
     let term = raft.metrics().borrow_watched().current_term;
     if !leads(term) {

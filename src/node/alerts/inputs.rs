@@ -108,7 +108,7 @@ pub fn gather(
 ) -> Inputs {
     use openraft::async_runtime::WatchReceiver;
     let raft = node.raft().metrics().borrow_watched().clone();
-    let leading = raft.current_leader == Some(raft.id);
+    let leading = crate::cluster::leads(&raft);
     let mut peers = Vec::new();
     if leading {
         let heartbeats = raft.heartbeat.clone().unwrap_or_default();

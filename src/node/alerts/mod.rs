@@ -232,7 +232,7 @@ async fn evaluate_once(node: &Arc<Node>, alerts: &Arc<Alerts>, resend: bool) {
     let now_ms = crate::clock::now_ms();
     let leading = {
         let raft = node.raft().metrics().borrow_watched().clone();
-        raft.current_leader == Some(raft.id)
+        crate::cluster::leads(&raft)
     };
     let rates = {
         let now = inputs::counters(node);
