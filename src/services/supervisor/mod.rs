@@ -232,9 +232,11 @@ struct Shared {
     open_lock: Mutex<()>,
     /// The last failure to open, if the database is not open; waiters read it.
     open_failure: Mutex<Option<String>>,
-    /// Notified when an open succeeds or fails.
+    /// Notified when an open succeeds or fails, for blocking waiters ([`wait_db`]: snapshot
+    /// builds and imports, the state hash).
     open_done: Condvar,
-    /// True once the database is open, for async waiters ([`Supervisor::wait_open`]).
+    /// True once the database is open, for async waiters ([`Supervisor::wait_open`]:
+    /// requests), which must not hold a thread while they wait.
     opened: tokio::sync::watch::Sender<bool>,
     store: Arc<Store>,
     factory: Factory,
@@ -429,13 +431,15 @@ fn open_db(shared: &Shared) -> Result<&ServiceDb, String> {
         .unwrap_or_else(|panic| Err(ServiceError::Storage(panic_message(&panic))));
     let outcome = match opened {
         Ok(db) => {
-            *lock(&shared.open_failure) = None;
             tracing::info!(
                 service = shared.name,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "service database open"
             );
             let db = shared.db.get_or_init(|| db);
+            // Set under the waiters' lock, after the database: a waiter that found neither
+            // holds this lock until its wait begins, so it cannot miss the notification.
+            *lock(&shared.open_failure) = None;
             shared.opened.send_replace(true);
             Ok(db)
         }
@@ -468,7 +472,8 @@ fn wait_db(shared: &Shared) -> Result<&ServiceDb, ServiceError> {
                 &format!("still opening after {OPEN_WAIT_MAX:?}"),
             ));
         }
-        // Bounded waits: the worker sets the database before it takes this lock to notify.
+        // Slices of 100 ms only keep the deadline: the outcome is published under this
+        // lock before the notification (see `open_db`), so none is missed.
         failure = shared
             .open_done
             .wait_timeout(failure, left.min(Duration::from_millis(100)))
