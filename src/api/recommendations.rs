@@ -55,7 +55,9 @@ pub async fn get(
     parse_identity(&state, &id)?;
     let services = std::sync::Arc::clone(state.node.services());
     // Its database opens after the node starts: a moment's wait, bounded, not a 503.
-    services.wait_open(NAME, SERVICE_OPEN_WAIT).await;
+    services
+        .wait_open(NAME, crate::services::supervisor::REQUEST_OPEN_WAIT)
+        .await;
     require_healthy(&services)?;
     let cache = state.node.recommend_cache().clone();
     with_profile(&state, &headers, &id, read, move |_, profile| {
@@ -130,10 +132,6 @@ fn not_running(name: &str) -> ApiError {
         format!("the {name} service is not running on this node; try another node"),
     )
 }
-
-/// How long a request waits for the service's database to open (after a restart) before
-/// the service counts as degraded.
-const SERVICE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn opening(name: &str) -> ApiError {
     ApiError::new(

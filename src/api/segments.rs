@@ -152,16 +152,15 @@ async fn current_defs(state: &AppState) -> Result<Vec<SegmentDef>, ApiError> {
     state.read(|reader| Ok(reader.segment_defs()?)).await
 }
 
-/// How long a request for the segments service's data waits for its database to open
-/// (after a restart) before answering 503.
-const SERVICE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Waits (bounded) for the segments service's database, which opens after the node starts.
 async fn wait_open(state: &AppState) {
     state
         .node
         .services()
-        .wait_open(audience::NAME, SERVICE_OPEN_WAIT)
+        .wait_open(
+            audience::NAME,
+            crate::services::supervisor::REQUEST_OPEN_WAIT,
+        )
         .await;
 }
 

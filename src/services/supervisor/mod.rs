@@ -124,6 +124,10 @@ pub type Opener = Box<dyn Fn() -> Result<ServiceDb, ServiceError> + Send + Sync>
 /// A service's status reason while its database opens.
 const OPENING: &str = "opening its database";
 
+/// Longest a request for a service's data waits for its database to open (after a
+/// restart, [`Supervisor::wait_open`]) before it is answered 503.
+pub const REQUEST_OPEN_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest a snapshot build, install or state hash waits for a service's database to open
 /// (journal replay is bounded by `crate::store::JOURNAL_BYTES_MAX`, seconds at most).
 pub const OPEN_WAIT_MAX: Duration = Duration::from_secs(300);
