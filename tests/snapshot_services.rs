@@ -25,7 +25,7 @@ use tandem::model::resolve::MergeRules;
 use tandem::model::validate::{Envelope, normalize};
 use tandem::services::computed::{self, ComputedTraits};
 use tandem::services::db::{ServiceDb, ServiceError, Writes};
-use tandem::services::supervisor::{Factory, Opener, Service, Supervisor};
+use tandem::services::supervisor::{Factory, LAG_DEGRADED, Opener, Service, Supervisor};
 use tandem::services::traits::{TraitDef, default_defs};
 use tandem::store::apply::ApplySettings;
 use tandem::store::read::{FeedItem, Reader};
@@ -428,6 +428,42 @@ async fn a_service_database_opens_in_the_background_and_snapshots_wait_for_it() 
     assert_eq!(names, [computed::NAME]);
     node.wait_caught_up().await;
     assert_eq!(node.traits_of("alice")["orders_count"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_far_behind_never_reads_ok_when_its_database_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = TestNode::open(dir.path());
+    // More feed records than a service may lag by and be ok, in entries of 1,000.
+    let entries = LAG_DEGRADED as u32 / 1_000 + 20;
+    for n in 0..entries {
+        node.apply_orders("alice", n * 1_000..(n + 1) * 1_000, T0 + i64::from(n))
+            .await;
+    }
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let path = dir.path().join("services").join(computed::NAME);
+    let opener: Opener = Box::new(move || {
+        let _ = gate.lock().expect("gate").recv();
+        ServiceDb::open(&path)
+    });
+    node.start_with(traits_service(&node, opener)).await;
+    wait_for_reason(&node, computed::NAME, "opening its database").await;
+
+    // From the open on, every status is "lagging" until the service has caught up most
+    // of the way: never "ok" in between, whenever the watchdog last looked.
+    release.send(()).expect("release the open");
+    let started = std::time::Instant::now();
+    loop {
+        let status = node.supervisor().status(computed::NAME).expect("status");
+        if status.lag <= LAG_DEGRADED {
+            break;
+        }
+        assert_eq!(status.status, "degraded", "{status:?}");
+        assert!(started.elapsed() < DEADLINE, "did not catch up: {status:?}");
+        tokio::task::yield_now().await;
+    }
+    node.wait_caught_up().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

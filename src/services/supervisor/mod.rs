@@ -494,19 +494,23 @@ fn status(shared: &Shared) -> ServiceStatus {
     // Read the cursor before the head, so `lag` is never understated.
     let cursor = shared.cursor.load(Ordering::Acquire);
     let head = shared.store.reader().feed_head().unwrap_or(0);
+    let lag = head.saturating_sub(cursor);
     let state = lock(&shared.state);
-    // The watchdog updates `degraded` every tick; whether the database is open is known now.
+    // The watchdog updates `degraded` every tick (100 ms). Whether the database is open, and
+    // how far behind the service is, are known now: so a service does not read `ok` in the
+    // tick after a start, or after its database opened, while it is far behind.
     let reason = match (&state.degraded, shared.db.get().is_some()) {
         (Some(reason), true) if reason.starts_with(OPENING) => None,
         (None, false) => Some(OPENING.to_owned()),
         (reason, _) => reason.clone(),
-    };
+    }
+    .or_else(|| (lag > LAG_DEGRADED).then(|| format!("lagging {lag} feed entries behind")));
     ServiceStatus {
         name: shared.name,
         status: if reason.is_some() { "degraded" } else { "ok" },
         reason,
         cursor,
-        lag: head.saturating_sub(cursor),
+        lag,
         feed_head: head,
         restarts: state.restarts,
         yielded_ms: shared.yielded_ns.load(Ordering::Relaxed) / 1_000_000,
