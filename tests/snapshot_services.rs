@@ -373,6 +373,32 @@ fn traits_service(node: &TestNode, opener: Opener) -> Vec<(&'static str, Opener,
     vec![(computed::NAME, opener, factory)]
 }
 
+/// The traits service's database opener for a node in `dir`, as slow as the test says: the
+/// first `failures` attempts fail, the next opens once the returned sender is used (a
+/// journal replay after a crash). Also returns how many attempts were made.
+fn gated_opener(
+    dir: &Path,
+    failures: usize,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    Opener,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&attempts);
+    let path = dir.join("services").join(computed::NAME);
+    let opener: Opener = Box::new(move || {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+            return Err(ServiceError::Storage("the disk is on fire".into()));
+        }
+        let _ = gate.lock().expect("gate").recv();
+        ServiceDb::open(&path)
+    });
+    (release, opener, attempts)
+}
+
 /// Waits until the service's status gives a reason containing `text`.
 async fn wait_for_reason(node: &TestNode, service: &str, text: &str) {
     let started = std::time::Instant::now();
@@ -394,14 +420,7 @@ async fn a_service_database_opens_in_the_background_and_snapshots_wait_for_it() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = TestNode::open(dir.path());
     node.apply_orders("alice", 0..3, T0).await;
-    // An open that takes as long as the test says (a journal replay after a crash).
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
-    let path = dir.path().join("services").join(computed::NAME);
-    let opener: Opener = Box::new(move || {
-        let _ = gate.lock().expect("gate").recv();
-        ServiceDb::open(&path)
-    });
+    let (release, opener, _) = gated_opener(dir.path(), 0);
     node.start_with(traits_service(&node, opener)).await;
 
     // Meanwhile: degraded with the reason, nothing to read from, and a snapshot build waits.
@@ -440,13 +459,7 @@ async fn a_service_far_behind_never_reads_ok_when_its_database_opens() {
         node.apply_orders("alice", n * 1_000..(n + 1) * 1_000, T0 + i64::from(n))
             .await;
     }
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
-    let path = dir.path().join("services").join(computed::NAME);
-    let opener: Opener = Box::new(move || {
-        let _ = gate.lock().expect("gate").recv();
-        ServiceDb::open(&path)
-    });
+    let (release, opener, _) = gated_opener(dir.path(), 0);
     node.start_with(traits_service(&node, opener)).await;
     wait_for_reason(&node, computed::NAME, "opening its database").await;
 
@@ -471,21 +484,8 @@ async fn a_service_database_that_fails_to_open_is_reported_and_tried_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = TestNode::open(dir.path());
     node.apply_orders("alice", 0..2, T0).await;
-    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (counted, path) = (
-        Arc::clone(&attempts),
-        dir.path().join("services").join(computed::NAME),
-    );
-    // Fails until the test has seen the failure reported, then opens.
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
-    let opener: Opener = Box::new(move || {
-        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            return Err(ServiceError::Storage("the disk is on fire".into()));
-        }
-        let _ = gate.lock().expect("gate").recv();
-        ServiceDb::open(&path)
-    });
+    // Fails once, then opens when the test has seen the failure reported.
+    let (release, opener, attempts) = gated_opener(dir.path(), 1);
     node.start_with(traits_service(&node, opener)).await;
 
     wait_for_reason(&node, computed::NAME, "cannot open its database").await;

@@ -384,6 +384,10 @@ impl Supervisor {
         let Some(shared) = self.services.iter().find(|s| s.name == name) else {
             return false;
         };
+        // Every request for a service's data comes here: no timer once it is open.
+        if shared.db.get().is_some() {
+            return true;
+        }
         let mut opened = shared.opened.subscribe();
         tokio::time::timeout(max, opened.wait_for(|open| *open))
             .await
@@ -490,6 +494,11 @@ fn not_open(name: &str, reason: &str) -> ServiceError {
     ServiceError::Storage(format!("service {name}'s database is not open: {reason}"))
 }
 
+/// The degraded reason of a service `lag` feed entries behind (over [`LAG_DEGRADED`]).
+fn lagging(lag: u64) -> String {
+    format!("lagging {lag} feed entries behind")
+}
+
 fn status(shared: &Shared) -> ServiceStatus {
     // Read the cursor before the head, so `lag` is never understated.
     let cursor = shared.cursor.load(Ordering::Acquire);
@@ -504,7 +513,7 @@ fn status(shared: &Shared) -> ServiceStatus {
         (None, false) => Some(OPENING.to_owned()),
         (reason, _) => reason.clone(),
     }
-    .or_else(|| (lag > LAG_DEGRADED).then(|| format!("lagging {lag} feed entries behind")));
+    .or_else(|| (lag > LAG_DEGRADED).then(|| lagging(lag)));
     ServiceStatus {
         name: shared.name,
         status: if reason.is_some() { "degraded" } else { "ok" },
@@ -659,7 +668,7 @@ fn watch(shared: &Arc<Shared>) {
                 "slow: the current batch has taken {busy_ms} ms (more than {SLOW_BATCH:?})"
             ));
         } else if state.lag > LAG_DEGRADED {
-            state.degraded = Some(format!("lagging {} feed entries behind", state.lag));
+            state.degraded = Some(lagging(state.lag));
         } else if state.degraded.is_some() {
             // Running, not stuck, caught up enough: recovered once that has held for
             // RECOVERY_HOLD (so a service slow on every batch does not flap to ok
