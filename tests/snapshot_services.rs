@@ -120,7 +120,6 @@ impl TestNode {
         let supervisor = Supervisor::start(Arc::clone(&self.store), services);
         self.machine
             .attach_services(Arc::clone(&supervisor) as Arc<dyn DerivedState>)
-            .await
             .expect("attach services");
         self.supervisor = Some(supervisor);
     }
@@ -224,6 +223,20 @@ impl TestNode {
         json!(values)
     }
 
+    /// Waits until no services' state of an installed snapshot is left to import (an
+    /// install imports it at once only if every service's database is open; otherwise a
+    /// thread does once they are).
+    async fn wait_imported(&self) {
+        let started = std::time::Instant::now();
+        while self.machine.services_import_pending().expect("pending") {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the services' snapshot state was never imported"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn cursor_of(&self, service: &str) -> u64 {
         self.supervisor().status(service).expect("status").cursor
     }
@@ -290,6 +303,7 @@ async fn service_state_and_cursor_arrive_exactly_on_a_new_node() {
     let mut b = TestNode::open(&b_dir);
     b.start_services(&b_dir, &["traits", "tally"]).await;
     b.install(&snapshot, dir.path()).await;
+    b.wait_imported().await;
 
     // The feed B got has none of alice's orders, yet her traits are all there.
     assert_eq!(b.feed_first(), a.feed_first());
@@ -336,7 +350,7 @@ async fn a_snapshot_installed_before_the_services_run_is_imported_when_they_star
     assert!(pending.as_ref().is_some_and(|p| p.path.exists()));
 
     b.start_services(&b_dir, &["traits"]).await;
-    assert!(b.snapshots.services_pending().expect("pending").is_none());
+    b.wait_imported().await;
     assert_eq!(b.traits_of("alice"), a.traits_of("alice"));
     assert_eq!(b.cursor_of("traits"), a.cursor_of("traits"));
 }
@@ -357,6 +371,7 @@ async fn a_snapshot_without_service_sections_installs_and_leaves_services_alone(
     let mut b = TestNode::open(&b_dir);
     b.start_services(&b_dir, &["traits"]).await;
     b.install(&snapshot, dir.path()).await;
+    b.wait_imported().await;
     let traits = b.supervisor().status("traits").expect("traits");
     assert_eq!(traits.imported_cursor, None);
     // The service rebuilds from the feed, which retention cut: bob's orders only, read
@@ -501,6 +516,54 @@ async fn a_service_database_that_fails_to_open_is_reported_and_tried_again() {
     node.wait_caught_up().await;
     assert_eq!(node.traits_of("alice")["orders_count"], 2);
     assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_never_waits_for_a_service_database_and_imports_once_it_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with_history(&a_dir, &["traits"]).await;
+    let snapshot = a.build_snapshot().await;
+    let sent = Store::verify_snapshot(&mut reader(&snapshot.snapshot.state_path()))
+        .expect("verify")
+        .sections;
+
+    // B's traits database fails to open, then waits for the test to let it open.
+    let mut b = TestNode::open(&b_dir);
+    let (release, opener, attempts) = gated_opener(&b_dir, 1);
+    b.start_with(traits_service(&b, opener)).await;
+    wait_for_reason(&b, computed::NAME, "cannot open its database").await;
+
+    // The install completes without the database (Raft's apply path waits for it), and
+    // the services' state stays pending, kept on disk.
+    tokio::time::timeout(DEADLINE, b.install(&snapshot, dir.path()))
+        .await
+        .expect("the install waited for a service's database");
+    assert!(b.machine.services_import_pending().expect("pending"));
+    assert_eq!(
+        b.store.reader().applied_index().expect("applied"),
+        a.store.reader().applied_index().expect("applied"),
+        "the store's part is installed"
+    );
+
+    // A snapshot B builds meanwhile carries the pending state, not B's own (older) one.
+    b.apply_orders("carol", 0..1, T0 + 2 * DAY_MS + 500).await;
+    let rebuilt = b.build_snapshot().await;
+    let carried = Store::verify_snapshot(&mut reader(&rebuilt.snapshot.state_path()))
+        .expect("verify")
+        .sections;
+    assert_eq!(carried, sent, "the pending sections, as they came");
+
+    // Once the database opens, the state is imported and the service goes on from there.
+    release.send(()).expect("release the open");
+    b.wait_imported().await;
+    assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let traits = b.supervisor().status(computed::NAME).expect("traits");
+    assert_eq!(traits.imported_cursor, Some(a.cursor_of(computed::NAME)));
+    b.wait_caught_up().await;
+    assert_eq!(b.traits_of("alice"), a.traits_of("alice"));
+    assert_eq!(b.traits_of("bob"), a.traits_of("bob"));
+    assert_eq!(b.traits_of("carol")["orders_count"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,7 +240,7 @@ async fn run(
             };
             std::fs::create_dir_all(file.path.join(LOG_DIR))
                 .map_err(BackupError::io(&file.path))?;
-            let services: &dyn crate::cluster::derived::DerivedState = node.services().as_ref();
+            let services: &dyn crate::cluster::derived::DerivedSource = node.checkpoint_services();
             let meta = crate::cluster::state_machine::write_checkpoint(
                 node.store(),
                 Some(services),

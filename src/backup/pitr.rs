@@ -22,7 +22,6 @@
 //! equal that backup's: a free end-to-end check of the replay.
 
 use std::fs;
-use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
 use super::archive::{self, Range};
@@ -30,12 +29,11 @@ use super::keys::Identities;
 use super::manifest::Manifest;
 use super::restore::{Options, Restored};
 use super::{BackupError, Progress, Repository};
-use crate::cluster::derived::{DerivedExport, DerivedState};
+use crate::cluster::derived::{DerivedExport, DerivedSource, SnapshotSections};
 use crate::cluster::snapshot::{SnapshotFile, Snapshots};
 use crate::cluster::types::Entry;
 use crate::log::Log;
 use crate::node::format::{RESTORE_INCOMPLETE as INCOMPLETE, RESTORED};
-use crate::store::replicated::{SectionReader, SectionRecord, SectionWriter};
 use crate::store::{Store, StoreError};
 
 /// Most entries without a time held back at once while looking for the next timed one.
@@ -402,39 +400,9 @@ fn finish(
 /// from them and catch up from the replayed feed.
 struct BaseSections(std::path::PathBuf);
 
-struct BaseExport(std::path::PathBuf);
-
-impl DerivedState for BaseSections {
+impl DerivedSource for BaseSections {
     fn export(&self) -> Result<Box<dyn DerivedExport>, String> {
-        Ok(Box::new(BaseExport(self.0.clone())))
-    }
-
-    fn import(
-        &self,
-        _: &str,
-        _: u64,
-        _: &mut dyn Iterator<Item = Result<SectionRecord, StoreError>>,
-    ) -> Result<(), String> {
-        Err("a restore imports no services".into())
-    }
-
-    fn names(&self) -> Vec<&'static str> {
-        Vec::new()
-    }
-}
-
-impl DerivedExport for BaseExport {
-    fn write(&self, out: &mut SectionWriter<'_, BufWriter<fs::File>>) -> Result<(), String> {
-        let file = fs::File::open(&self.0).map_err(|e| format!("{}: {e}", self.0.display()))?;
-        let mut input = BufReader::with_capacity(256 << 10, file);
-        Store::skip_snapshot_state(&mut input).map_err(|e| e.to_string())?;
-        let mut sections = SectionReader::new(&mut input);
-        while let Some((name, cursor)) = sections.next_section().map_err(|e| e.to_string())? {
-            let records = std::iter::from_fn(|| sections.next_record().transpose());
-            out.section::<StoreError>(&name, cursor, records)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        Ok(Box::new(SnapshotSections::open(&self.0)?))
     }
 }
 

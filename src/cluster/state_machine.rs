@@ -34,7 +34,9 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use futures::stream::Stream;
@@ -42,13 +44,23 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 
-use super::derived::DerivedState;
+use super::derived::{DerivedExport, DerivedSource, DerivedState, SnapshotSections};
 use super::log_store::log_id_at;
 use super::snapshot::{SnapshotFile, Snapshots};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use super::{CommandResult, TypeConfig};
 use crate::store::replicated::{Committed, SectionReader, SectionWriter};
 use crate::store::{Store, StoreError};
+
+/// First wait before the pending services' state of an installed snapshot is tried
+/// again (a service's database still opening, or an import failed); it doubles up to
+/// [`IMPORT_RETRY_MAX`].
+const IMPORT_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts to import pending services' state.
+const IMPORT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Imports of pending services' state that may fail (with every database open) before the
+/// services start over from the feed instead.
+const IMPORT_ATTEMPTS_MAX: u32 = 5;
 
 /// How far the state got, as stored with it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,9 +163,14 @@ pub struct StateMachine {
     applied: Arc<Mutex<Option<AppliedState>>>,
     /// The CDP services' derived state, once they run.
     services: Arc<OnceLock<Arc<dyn DerivedState>>>,
-    /// Held while importing services' state, so an install and an attach never import at
-    /// once.
+    /// Held while importing services' state, and while a checkpoint decides where the
+    /// services' sections come from, so imports never overlap and a checkpoint never pairs
+    /// the store with services' state older than an install. Never held while waiting for
+    /// a service's database: an install takes it on Raft's apply path.
     services_import: Arc<Mutex<()>>,
+    /// Set while a thread imports the pending services' state in the background
+    /// ([`StateMachine::import_pending_in_background`]).
+    importing: Arc<AtomicBool>,
     /// Snapshot builds and installs, for the node's metrics.
     metrics: SnapshotMetrics,
     /// The last log index whose effects the store shows, published the moment an apply
@@ -188,6 +205,7 @@ impl StateMachine {
             applied: Arc::new(Mutex::new(None)),
             services: Arc::new(OnceLock::new()),
             services_import: Arc::new(Mutex::new(())),
+            importing: Arc::new(AtomicBool::new(false)),
             metrics: SnapshotMetrics::default(),
             applied_index: Arc::new(tokio::sync::watch::Sender::new(0)),
             apply_seconds: super::stage_histogram(),
@@ -222,23 +240,114 @@ impl StateMachine {
         &self.metrics
     }
 
-    /// Gives snapshots access to the running services (once; a second call is ignored),
-    /// then imports the services' state of a snapshot installed before they ran or whose
-    /// import a crash interrupted, if any.
-    pub async fn attach_services(&self, supervisor: Arc<dyn DerivedState>) -> io::Result<()> {
-        if self.services.set(Arc::clone(&supervisor)).is_err() {
+    /// Gives snapshots access to the running services (once; a second call is ignored).
+    /// The services' state of a snapshot installed before they ran, or whose import a crash
+    /// interrupted, is imported in the background once their databases are open
+    /// ([`StateMachine::import_pending_in_background`]): a node does not wait for them to
+    /// serve.
+    pub fn attach_services(&self, supervisor: Arc<dyn DerivedState>) -> io::Result<()> {
+        if self.services.set(supervisor).is_err() {
             tracing::warn!("services were already attached to the state machine");
             return Ok(());
         }
-        let (snapshots, import_lock) = (self.snapshots.clone(), Arc::clone(&self.services_import));
-        blocking(move || {
-            let _guard = import_lock.lock().map_err(io)?;
-            match snapshots.services_pending()? {
-                Some(file) => import_pending(supervisor.as_ref(), &snapshots, &file),
-                None => Ok(()),
-            }
+        if let Some(file) = self.snapshots.services_pending()? {
+            tracing::info!(path = %file.path.display(), "the services' state of an installed snapshot is still to be imported; importing it once their databases are open");
+            self.import_pending_in_background();
+        }
+        Ok(())
+    }
+
+    /// The services as checkpoints (snapshot builds, backups) see them, once attached.
+    pub fn checkpoint_services(&self) -> Option<CheckpointServices> {
+        Some(CheckpointServices {
+            services: Arc::clone(self.services.get()?),
+            snapshots: self.snapshots.clone(),
+            import_lock: Arc::clone(&self.services_import),
         })
-        .await
+    }
+
+    /// Whether the services' state of an installed snapshot is still to be imported.
+    pub fn services_import_pending(&self) -> io::Result<bool> {
+        Ok(self.snapshots.services_pending()?.is_some())
+    }
+
+    /// Imports the services' state of the snapshot installed last, if it is still pending,
+    /// on a thread of its own once the services' databases are open; tried again with
+    /// backoff until nothing is pending. At most one such thread runs.
+    fn import_pending_in_background(&self) {
+        if self.importing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let machine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("services-import".into())
+            .spawn(move || machine.import_pending_until_done());
+        if let Err(error) = spawned {
+            self.importing.store(false, Ordering::Release);
+            tracing::error!(%error, "cannot start the thread importing the services' snapshot state; it is imported at the next start");
+        }
+    }
+
+    fn import_pending_until_done(&self) {
+        let mut backoff = IMPORT_RETRY_MIN;
+        let mut failed_imports = 0;
+        loop {
+            match self.import_pending_once(failed_imports) {
+                Ok(()) => {
+                    self.importing.store(false, Ordering::Release);
+                    // An install that left a new import pending meanwhile may have seen this
+                    // thread still running and not started another.
+                    match self.snapshots.services_pending() {
+                        Ok(Some(_)) if !self.importing.swap(true, Ordering::AcqRel) => {
+                            backoff = IMPORT_RETRY_MIN;
+                            failed_imports = 0;
+                            continue;
+                        }
+                        _ => return,
+                    }
+                }
+                Err(Retry { error, imported }) => {
+                    failed_imports += u32::from(imported);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the services' state of an installed snapshot is not imported yet; trying again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(IMPORT_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`StateMachine::import_pending_in_background`]. After
+    /// [`IMPORT_ATTEMPTS_MAX`] failed imports (with every database open), the services
+    /// start over from the feed instead, as when the snapshot is gone.
+    fn import_pending_once(&self, failed_imports: u32) -> Result<(), Retry> {
+        let Some(supervisor) = self.services.get() else {
+            return Ok(());
+        };
+        let waiting = |error: String| Retry {
+            error,
+            imported: false,
+        };
+        supervisor.wait_ready().map_err(waiting)?;
+        let _guard = self
+            .services_import
+            .lock()
+            .map_err(|e| waiting(e.to_string()))?;
+        let file = match self.snapshots.services_pending() {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(waiting(error.to_string())),
+        };
+        let imported = match failed_imports < IMPORT_ATTEMPTS_MAX {
+            true => import_pending(supervisor.as_ref(), &self.snapshots, &file),
+            false => {
+                tracing::error!(path = %file.path.display(), attempts = failed_imports, "the services' state of an installed snapshot cannot be imported; they rebuild from the feed");
+                rebuild_from_feed(supervisor.as_ref(), &self.snapshots)
+            }
+        };
+        imported.map_err(|error| Retry {
+            error: error.to_string(),
+            imported: true,
+        })
     }
 
     /// Completes a snapshot install that a crash interrupted: imports the snapshot's state
@@ -395,8 +504,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tracing::info!("services not running yet: their state in the snapshot stays pending");
                 return Ok(bytes);
             };
-            import_sections(supervisor.as_ref(), &mut input)?;
-            snapshots.clear_services_pending()?;
+            // Raft's apply path waits for this: it never waits for a service's database,
+            // and the services' state, derived, never fails the install.
+            if !supervisor.ready() {
+                tracing::info!("a service's database is not open: the services' state in the snapshot stays pending until it is");
+                machine.import_pending_in_background();
+                return Ok(bytes);
+            }
+            match import_sections(supervisor.as_ref(), &mut input) {
+                Ok(()) => snapshots.clear_services_pending()?,
+                Err(error) => {
+                    tracing::warn!(%error, "importing the services' state of the snapshot failed; it stays pending");
+                    machine.import_pending_in_background();
+                }
+            }
             Ok(bytes)
         })
         .await;
@@ -425,12 +546,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let (store, snapshots) = (Arc::clone(&self.store), self.snapshots.clone());
-        let services = self.services.get().cloned();
+        let services = self.checkpoint_services();
         let metrics = self.metrics.clone();
         let built = blocking(move || {
             let started = std::time::Instant::now();
             let file = snapshots.new_snapshot("built")?;
-            let meta = write_checkpoint(&store, services.as_deref(), &file)?;
+            let services = services.as_ref().map(|s| s as &dyn DerivedSource);
+            let meta = write_checkpoint(&store, services, &file)?;
             snapshots.set_current(&meta, &file)?;
             let bytes = file.bytes().unwrap_or(0);
             tracing::info!(
@@ -501,7 +623,7 @@ pub fn replay_committed(store: &Store, entries: &[super::types::Entry]) -> io::R
 /// checkpoint lives outside `snapshots/` so Raft never replaces it mid-upload. Blocking.
 pub fn write_checkpoint(
     store: &Store,
-    services: Option<&dyn DerivedState>,
+    services: Option<&dyn DerivedSource>,
     file: &SnapshotFile,
 ) -> io::Result<SnapshotMeta> {
     // The log up to this checkpoint may be purged once it is a snapshot: make the state
@@ -676,6 +798,70 @@ fn import_sections(supervisor: &dyn DerivedState, input: &mut impl Read) -> io::
     Ok(())
 }
 
+/// Starts every service over from the feed (their pending state cannot be imported) and
+/// clears the pending mark.
+fn rebuild_from_feed(supervisor: &dyn DerivedState, snapshots: &Snapshots) -> io::Result<()> {
+    for name in supervisor.names() {
+        supervisor
+            .import(name, 0, &mut std::iter::empty())
+            .map_err(io)?;
+    }
+    snapshots.clear_services_pending()
+}
+
+/// A failed attempt to import pending services' state: why, and whether the import itself
+/// failed (rather than waiting for a database).
+struct Retry {
+    error: String,
+    imported: bool,
+}
+
+/// The services as a checkpoint (a snapshot build, a backup) sees them: their live state,
+/// or, while a snapshot's services' state is still to be imported, that snapshot's sections
+/// as they are. The live state is older than the store's then, and may stand at a feed
+/// position whose entries the installed state no longer has.
+#[derive(Clone)]
+pub struct CheckpointServices {
+    services: Arc<dyn DerivedState>,
+    snapshots: Snapshots,
+    import_lock: Arc<Mutex<()>>,
+}
+
+impl CheckpointServices {
+    /// The pending snapshot's sections, if an import is pending (decided under the lock).
+    fn pending(&self) -> Result<Option<Box<dyn DerivedExport>>, String> {
+        let _guard = self.import_lock.lock().map_err(|e| e.to_string())?;
+        self.pending_locked()
+    }
+
+    fn pending_locked(&self) -> Result<Option<Box<dyn DerivedExport>>, String> {
+        let Some(file) = self
+            .snapshots
+            .services_pending()
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(SnapshotSections::open(&file.state_path())?)))
+    }
+}
+
+impl DerivedSource for CheckpointServices {
+    fn export(&self) -> Result<Box<dyn DerivedExport>, String> {
+        if let Some(pending) = self.pending()? {
+            return Ok(pending);
+        }
+        // Wait for the databases without the lock, then decide again under it: an install
+        // may have left an import pending meanwhile.
+        self.services.wait_ready()?;
+        let _guard = self.import_lock.lock().map_err(|e| e.to_string())?;
+        match self.pending_locked()? {
+            Some(pending) => Ok(pending),
+            None => self.services.export(),
+        }
+    }
+}
+
 /// Imports the services' state of `file`, a snapshot installed earlier (its store part
 /// already imported), and clears the pending mark.
 fn import_pending(
@@ -690,12 +876,7 @@ fn import_pending(
             // Only if someone removed it. The services may hold part of an import: start
             // them over from the feed.
             tracing::error!(path = %file.path.display(), "the snapshot holding the services' pending state is gone; they rebuild from the feed");
-            for name in supervisor.names() {
-                supervisor
-                    .import(name, 0, &mut std::iter::empty())
-                    .map_err(io)?;
-            }
-            return snapshots.clear_services_pending();
+            return rebuild_from_feed(supervisor, snapshots);
         }
         Err(error) => return Err(error),
     };

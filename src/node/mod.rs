@@ -216,6 +216,8 @@ pub struct Node {
     cluster: Cluster,
     /// The supervised CDP services.
     services: Arc<crate::services::supervisor::Supervisor>,
+    /// The services' state as checkpoints take it (pending snapshot state first).
+    checkpoint_services: crate::cluster::state_machine::CheckpointServices,
     /// The computed-trait definitions the traits service uses.
     trait_defs: Arc<Vec<crate::services::traits::TraitDef>>,
     /// The recommendation model the query side serves, shared by every request.
@@ -553,6 +555,12 @@ impl Node {
     /// The supervised CDP services.
     pub fn services(&self) -> &Arc<crate::services::supervisor::Supervisor> {
         &self.services
+    }
+
+    /// The services' state as a checkpoint (a backup) takes it: the pending state of an
+    /// installed snapshot until it is imported, the live state otherwise.
+    pub fn checkpoint_services(&self) -> &crate::cluster::state_machine::CheckpointServices {
+        &self.checkpoint_services
     }
 
     /// The computed-trait definitions.

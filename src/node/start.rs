@@ -226,11 +226,14 @@ pub async fn start(
     let trait_defs = Arc::new(config.computed_traits.clone());
     let services = start_services(&dir, &store, &trait_defs);
     // From here snapshots carry the services' state; a snapshot installed while Raft
-    // started (or an import a crash cut short) has its services' state imported now.
+    // started (or an import a crash cut short) has its services' state imported once
+    // their databases are open.
     services_slot
         .attach_services(Arc::clone(&services) as Arc<dyn crate::cluster::derived::DerivedState>)
-        .await
-        .map_err(|e| NodeError::Raft(format!("importing the services' snapshot state: {e}")))?;
+        .map_err(|e| NodeError::Raft(format!("reading the services' snapshot marker: {e}")))?;
+    let checkpoint_services = services_slot
+        .checkpoint_services()
+        .ok_or_else(|| NodeError::Raft("the services are not attached".into()))?;
 
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(super::metrics::Metrics::new(
@@ -313,6 +316,7 @@ pub async fn start(
     .map_err(NodeError::Alerts)?;
     let node = Arc::new(Node {
         services,
+        checkpoint_services,
         trait_defs,
         recommend_cache: recommendations::ModelCache::default(),
         store,

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::{Supervisor, lock, spawn_worker};
-use crate::cluster::derived::{DerivedExport, DerivedState};
+use crate::cluster::derived::{DerivedExport, DerivedSource, DerivedState};
 use crate::services::db::{ExportView, KeyValue, ServiceError};
 use crate::store::replicated::{SectionInfo, SectionWriter};
 
@@ -151,11 +151,13 @@ impl Supervisor {
     }
 }
 
-impl DerivedState for Supervisor {
+impl DerivedSource for Supervisor {
     fn export(&self) -> Result<Box<dyn DerivedExport>, String> {
         Ok(Box::new(self.export_state().map_err(|e| e.to_string())?))
     }
+}
 
+impl DerivedState for Supervisor {
     fn import(
         &self,
         name: &str,
@@ -173,6 +175,17 @@ impl DerivedState for Supervisor {
 
     fn names(&self) -> Vec<&'static str> {
         Supervisor::names(self)
+    }
+
+    fn ready(&self) -> bool {
+        self.services.iter().all(|s| s.db.get().is_some())
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        for shared in &self.services {
+            super::wait_db(shared).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 
