@@ -168,7 +168,13 @@ impl Default for BackupConfig {
 pub struct FaultsConfig {
     /// Enables `POST /v1/admin/faults` (partitions between nodes). Never in production.
     pub enabled: bool,
+    /// Holds each service's database open back this long after the node starts, as a long
+    /// journal replay would (tests of what the node serves meanwhile). Needs `enabled`.
+    pub service_open_delay_ms: u64,
 }
+
+/// Longest `faults.service_open_delay_ms`.
+pub const SERVICE_OPEN_DELAY_MS_MAX: u64 = 600_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -634,6 +640,20 @@ impl Config {
                  bounds the log kept for the archive)"
                     .into(),
             );
+        }
+        if self.faults.service_open_delay_ms > 0 && !self.faults.enabled {
+            problem(
+                "faults.service_open_delay_ms injects a fault: it needs faults.enabled = true \
+                 (never in production)"
+                    .into(),
+            );
+        }
+        if self.faults.service_open_delay_ms > SERVICE_OPEN_DELAY_MS_MAX {
+            problem(format!(
+                "faults.service_open_delay_ms = {} is longer than {SERVICE_OPEN_DELAY_MS_MAX} \
+                 (10 min)",
+                self.faults.service_open_delay_ms
+            ));
         }
         if let Err(error) = crate::services::traits::validate_defs(&self.computed_traits) {
             problem(format!("computed_traits: {error}"));
@@ -1155,6 +1175,23 @@ mod tests {
         replaced
             .validate()
             .expect("the example with real keys is valid");
+    }
+
+    #[test]
+    fn an_injected_open_delay_needs_faults_enabled_and_a_bound() {
+        let mut config = valid();
+        config.faults.service_open_delay_ms = 5_000;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("a fault without faults.enabled must be refused");
+        };
+        assert!(problems[0].contains("faults.enabled"), "{problems:?}");
+        config.faults.enabled = true;
+        config.validate().expect("with faults enabled");
+        config.faults.service_open_delay_ms = SERVICE_OPEN_DELAY_MS_MAX + 1;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("an unbounded delay must be refused");
+        };
+        assert!(problems[0].contains("longer than"), "{problems:?}");
     }
 
     #[test]

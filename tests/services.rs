@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{ADMIN_KEY, NodeProcess, Reply, client, get, post, send, wait_for};
@@ -322,6 +322,70 @@ fn start_load(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
+}
+
+/// A node serves before its services' databases are open (after a crash they replay their
+/// journals): segment and recommendation requests wait for the database, bounded, then
+/// answer 503 with `Retry-After`, and succeed once it is open. The open is held back by an
+/// injected fault (`faults.service_open_delay_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_a_service_database_then_answer_503_until_it_opens() {
+    const HELD_MS: u64 = 8_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let held = HELD_MS.to_string();
+    let node = NodeProcess::start_with(
+        dir.path(),
+        &[
+            ("TANDEM_FAULTS__ENABLED", "true"),
+            ("TANDEM_FAULTS__SERVICE_OPEN_DELAY_MS", &held),
+        ],
+        true,
+        false,
+    );
+    let started = Instant::now();
+    let url = node.url.clone();
+    let opening = wait_for("the services to say they are opening", DEADLINE, || {
+        let url = url.clone();
+        async move {
+            let all = statuses(&url).await;
+            all.values()
+                .all(|s| s["reason"] == "opening its database")
+                .then_some(all)
+        }
+    })
+    .await;
+    assert_eq!(opening.len(), 3, "{opening:?}");
+    assert_eq!(post(&url, "/v1/track", &order("u1", 1)).await.status, 200);
+
+    for path in ["/v1/segments", "/v1/profiles/user_id:u1/recommendations"] {
+        let asked = Instant::now();
+        let reply = get(&url, path).await;
+        let waited = asked.elapsed();
+        assert!(
+            started.elapsed() < Duration::from_millis(HELD_MS),
+            "the databases opened before {path} was answered: the test proves nothing"
+        );
+        assert_eq!(reply.status, 503, "{path}: {}", reply.body);
+        assert!(
+            reply.headers.contains_key("retry-after"),
+            "{path}: no Retry-After"
+        );
+        assert!(!reply.code().is_empty(), "{path}: {}", reply.body);
+        assert!(
+            waited >= Duration::from_millis(1_900),
+            "{path} answered 503 after {waited:?}, without waiting for the database"
+        );
+    }
+
+    // Once the databases are open, the same requests succeed.
+    for path in ["/v1/segments", "/v1/profiles/user_id:u1/recommendations"] {
+        wait_for(&format!("{path} to answer 200"), DEADLINE, || {
+            let url = url.clone();
+            async move { (get(&url, path).await.status == 200).then_some(()) }
+        })
+        .await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(HELD_MS));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

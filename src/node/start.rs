@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
@@ -224,7 +225,11 @@ pub async fn start(
     ));
 
     let trait_defs = Arc::new(config.computed_traits.clone());
-    let services = start_services(&dir, &store, &trait_defs);
+    let open_delay = match config.faults.enabled {
+        true => Duration::from_millis(config.faults.service_open_delay_ms),
+        false => Duration::ZERO,
+    };
+    let services = start_services(&dir, &store, &trait_defs, open_delay);
     // From here snapshots carry the services' state; a snapshot installed while Raft
     // started (or an import a crash cut short) has its services' state imported once
     // their databases are open.
@@ -365,14 +370,26 @@ pub async fn start(
 /// the storage engine's flush and compaction threads, spawned by the open, inherit it (see
 /// `super::priority`); opened from a thread at nice 0 they would run above ingest's own
 /// storage threads, doing work for services that are meant to yield.
+/// Starts the CDP services; each opens its database `open_delay` late (an injected fault,
+/// `faults.service_open_delay_ms`; zero otherwise).
 fn start_services(
     dir: &Path,
     store: &Arc<Store>,
     trait_defs: &Arc<Vec<crate::services::traits::TraitDef>>,
+    open_delay: Duration,
 ) -> Arc<Supervisor> {
     let opener = |name: &str| -> Opener {
         let path = dir.join("services").join(name);
-        Box::new(move || ServiceDb::open(&path))
+        let name = name.to_owned();
+        // Only the first attempt is held back.
+        let held = AtomicBool::new(open_delay.is_zero());
+        Box::new(move || {
+            if !held.swap(true, Ordering::AcqRel) {
+                tracing::warn!(service = %name, delay_ms = open_delay.as_millis() as u64, "injected fault: holding the service's database open back");
+                std::thread::sleep(open_delay);
+            }
+            ServiceDb::open(&path)
+        })
     };
     let defs = Arc::clone(trait_defs);
     let traits: Factory =
