@@ -28,7 +28,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use fjall::{OwnedWriteBatch as WriteBatch, Readable, Snapshot};
+use fjall::{Readable, Snapshot};
+
+use super::batch::SortedBatch;
 
 use super::hot::{Changes, HotCache};
 use super::known::KnownIdentities;
@@ -99,7 +101,7 @@ pub struct Filters<'a> {
 /// Applies entries into one write batch. Call [`Applier::finish`] and commit the batch.
 pub struct Applier<'a> {
     snapshot: Snapshot,
-    batch: &'a mut WriteBatch,
+    batch: &'a mut SortedBatch,
     ks: &'a Keyspaces,
     /// Committed owners and profiles, consulted before the snapshot and taught what the
     /// snapshot answered (it is the latest committed state: appliers run one at a time).
@@ -118,7 +120,7 @@ impl<'a> Applier<'a> {
     /// Starts applying on `snapshot` (the state as last committed) into `batch`.
     pub fn open(
         snapshot: Snapshot,
-        batch: &'a mut WriteBatch,
+        batch: &'a mut SortedBatch,
         ks: &'a Keyspaces,
         hot: &'a HotCache,
         filters: Filters<'a>,

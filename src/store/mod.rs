@@ -30,6 +30,7 @@
 //! hash), [`replicated`] (applying committed entries, snapshot export/import).
 
 pub mod apply;
+pub mod batch;
 mod bloom;
 pub mod body;
 #[cfg(test)]

@@ -32,6 +32,7 @@ use std::io::{Read, Write};
 use fjall::{PersistMode, Readable};
 
 use super::apply::{Applier, Filters, SegmentChange};
+use super::batch::SortedBatch;
 use super::recent::RecentKeys;
 use super::tables::DEDUP;
 use super::{Store, StoreError, dedup};
@@ -80,12 +81,12 @@ impl Store {
             .writer
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
-        let mut batch = self.db.batch();
+        let mut writes = SortedBatch::default();
         let known = self.known()?;
         let recent = self.recent()?;
         let mut applier = Applier::open(
             self.db.snapshot(),
-            &mut batch,
+            &mut writes,
             &self.ks,
             &self.hot,
             Filters {
@@ -127,7 +128,9 @@ impl Store {
             });
         }
         let (clock, changes) = applier.finish();
-        batch.insert(&self.ks.meta, META_RAFT_STATE, last.raft_state.as_slice());
+        writes.insert(&self.ks.meta, META_RAFT_STATE, last.raft_state.as_slice());
+        let mut batch = self.db.batch();
+        writes.write_into(&mut batch);
         if let Err(error) = batch.commit() {
             self.hot.clear();
             return Err(error.into());
