@@ -330,7 +330,7 @@ fn start_load(
 /// injected fault (`faults.service_open_delay_ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_wait_for_a_service_database_then_answer_503_until_it_opens() {
-    const HELD_MS: u64 = 8_000;
+    const HELD_MS: u64 = 15_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let held = HELD_MS.to_string();
     let node = NodeProcess::start_with(
@@ -355,7 +355,13 @@ async fn requests_wait_for_a_service_database_then_answer_503_until_it_opens() {
     })
     .await;
     assert_eq!(opening.len(), 3, "{opening:?}");
-    assert_eq!(post(&url, "/v1/track", &order("u1", 1)).await.status, 200);
+    // The node may still be electing itself (it was not waited on to be ready): 503 until
+    // it leads; the messageId makes the retries one event.
+    wait_for("an event to be acknowledged", DEADLINE, || {
+        let url = url.clone();
+        async move { (post(&url, "/v1/track", &order("u1", 1)).await.status == 200).then_some(()) }
+    })
+    .await;
 
     for path in ["/v1/segments", "/v1/profiles/user_id:u1/recommendations"] {
         let asked = Instant::now();

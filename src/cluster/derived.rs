@@ -6,7 +6,7 @@
 //! (`crate::services::supervisor::Supervisor`); the dependency points down.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::store::replicated::{SectionReader, SectionRecord, SectionWriter};
@@ -71,7 +71,10 @@ impl SnapshotSections {
 impl DerivedExport for SnapshotSections {
     fn write(&self, out: &mut SectionWriter<'_, BufWriter<File>>) -> Result<(), String> {
         let failed = |e: StoreError| format!("{}: {e}", self.path.display());
-        let mut input = BufReader::with_capacity(256 << 10, &self.file);
+        let mut file = &self.file;
+        file.rewind()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut input = BufReader::with_capacity(256 << 10, file);
         Store::skip_snapshot_state(&mut input).map_err(failed)?;
         let mut sections = SectionReader::new(&mut input);
         while let Some((name, cursor)) = sections.next_section().map_err(failed)? {

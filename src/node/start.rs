@@ -370,7 +370,8 @@ pub async fn start(
 /// the storage engine's flush and compaction threads, spawned by the open, inherit it (see
 /// `super::priority`); opened from a thread at nice 0 they would run above ingest's own
 /// storage threads, doing work for services that are meant to yield.
-/// Starts the CDP services; each opens its database `open_delay` late (an injected fault,
+///
+/// `open_delay` holds each service's first open back (an injected fault,
 /// `faults.service_open_delay_ms`; zero otherwise).
 fn start_services(
     dir: &Path,

@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap};
 use fjall::{Readable, Snapshot};
 
 use super::batch::SortedBatch;
-
 use super::hot::{Changes, HotCache};
 use super::known::KnownIdentities;
 use super::recent;
