@@ -18,24 +18,29 @@ use crate::store::apply::ApplySettings;
 
 struct Builder;
 
+/// A store in `dir` with a day of dedup window and retention.
+fn open_store(dir: &std::path::Path) -> Result<Store, crate::store::StoreError> {
+    Store::open_in(
+        dir,
+        8 << 20,
+        ApplySettings {
+            rules: MergeRules::default(),
+            dedup_window_ms: 86_400_000,
+            retention_ms: 86_400_000,
+            audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
+            clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
+        },
+    )
+}
+
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir =
             tempfile::tempdir().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
-        let store = Store::open_in(
-            dir.path(),
-            8 << 20,
-            ApplySettings {
-                rules: MergeRules::default(),
-                dedup_window_ms: 86_400_000,
-                retention_ms: 86_400_000,
-                audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
-                clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
-            },
-        )
-        .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let store = open_store(dir.path())
+            .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let log = LogStore::open(store.log().clone())
             .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let snapshots = Snapshots::open(dir.path())
@@ -139,20 +144,7 @@ impl super::derived::DerivedState for FailingImports {
 fn pending_services_state_that_never_imports_is_given_up_for_the_feed() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(
-        Store::open_in(
-            dir.path(),
-            8 << 20,
-            ApplySettings {
-                rules: MergeRules::default(),
-                dedup_window_ms: 86_400_000,
-                retention_ms: 86_400_000,
-                audit_records_max: crate::model::audit::AUDIT_RECORDS_DEFAULT_MAX,
-                clock_step_ms_max: crate::model::time::CLOCK_STEP_DEFAULT_MS_MAX,
-            },
-        )
-        .expect("store"),
-    );
+    let store = Arc::new(open_store(dir.path()).expect("store"));
     let snapshots = Snapshots::open(dir.path()).expect("snapshots");
     let machine = StateMachine::new(Arc::clone(&store), snapshots.clone());
     let file = snapshots.new_snapshot("built").expect("new snapshot");
