@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::json;
-use support::{NodeProcess, get, post};
+use support::{NodeProcess, get, post, wait_for};
 use tandem::node::priority::{INGEST_NICE, STORAGE_NICE, this_thread_nice};
 use tandem::services::supervisor::SERVICE_NICE;
 
@@ -54,6 +54,23 @@ async fn a_node_runs_reads_at_its_own_priority_and_background_work_lower() {
     let read = get(&node.url, "/v1/profiles/user_id:prio").await;
     assert_eq!(read.status, 200, "{}", read.body);
     assert_eq!(read.body["events_total"], 2, "{}", read.body);
+    // The services open their databases after the node is ready (their storage threads
+    // start with the open): wait until none is still opening.
+    let url = node.url.clone();
+    wait_for(
+        "the services' databases to open",
+        std::time::Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let services = get(&url, "/v1/admin/services").await;
+                let all = services.body["services"].as_array()?.clone();
+                (!all.is_empty() && all.iter().all(|s| s["reason"] != "opening its database"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // The node inherits this test's nice value; the plan is relative to it.
     let base = this_thread_nice().expect("own nice");
