@@ -100,14 +100,25 @@ const MEMTABLE_BYTES_MAX: u64 = 2 << 20;
 /// written per event at equal CPU (3M events, `docs/benchmarks.md`).
 const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 
-/// Target size of a table file. Leveled compaction sizes L1 as `l0_threshold` (4) tables,
-/// so fjall's default (64 MiB) makes L1 256 MiB; every 4 flushed memtables of random keys
-/// (profiles, dedup hashes, index entries) are merged into all of it, rewriting up to
-/// 32× their size as the state grows. 8 MiB tables make L1 32 MiB and let deeper levels
-/// take the growth (0.91× the bytes written per event at 3M events alone, 0.67× with the
-/// profiles memtable). Applies to keyspaces when they are created: fjall keeps a
-/// keyspace's options in its data directory, so an existing store keeps what it had.
+/// Target size of a table file. Leveled compaction sizes L1 as [`L0_TABLES_MAX`] tables,
+/// so fjall's default (64 MiB, with 4 L0 tables) made L1 256 MiB; every 4 flushed
+/// memtables of random keys (profiles, dedup hashes, index entries) were merged into all
+/// of it, rewriting up to 32× their size as the state grows. 8 MiB tables make L1 small
+/// and let deeper levels take the growth (0.91× the bytes written per event at 3M events
+/// alone, 0.67× with the profiles memtable). Applies to keyspaces when they are created:
+/// fjall keeps a keyspace's options in its data directory, so an existing store keeps
+/// what it had.
 const TABLE_BYTES_TARGET: u64 = 8 << 20;
+
+/// Flushed tables a keyspace's level 0 collects before they are compacted into level 1
+/// (fjall's default is 4); L1 is sized as that many tables, 64 MiB. Every L0 → L1
+/// compaction rewrites the part of L1 that the tables' random keys overlap, which is most
+/// of it, so twice as many tables per compaction halve how often L1 is rewritten: at 3M
+/// events 0.85× the bytes written per event and 0.89–0.93× the CPU, in both orders of the
+/// runs (docs/benchmarks.md, "Twelfth session"). Point reads look into every L0 table
+/// (behind its filter), and 12 or 16 showed no further gain. Like the table size, fixed
+/// when a keyspace is created.
+const L0_TABLES_MAX: u8 = 8;
 
 fn poisoned_filter() -> StoreError {
     StoreError::Corrupt("a filter's lock is poisoned".into())
@@ -136,8 +147,9 @@ impl Keyspaces {
                 PROFILES => PROFILES_MEMTABLE_BYTES_MAX,
                 _ => MEMTABLE_BYTES_MAX,
             };
-            let compaction =
-                fjall::compaction::Leveled::default().with_table_target_size(TABLE_BYTES_TARGET);
+            let compaction = fjall::compaction::Leveled::default()
+                .with_table_target_size(TABLE_BYTES_TARGET)
+                .with_l0_threshold(L0_TABLES_MAX);
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable_bytes)
