@@ -111,13 +111,14 @@ const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 const TABLE_BYTES_TARGET: u64 = 8 << 20;
 
 /// Flushed tables a keyspace's level 0 collects before they are compacted into level 1
-/// (fjall's default is 4); L1 is sized as that many tables, 64 MiB. Every L0 → L1
-/// compaction rewrites the part of L1 that the tables' random keys overlap, which is most
-/// of it, so twice as many tables per compaction halve how often L1 is rewritten: at 3M
-/// events 0.85× the bytes written per event and 0.89–0.93× the CPU, in both orders of the
-/// runs (docs/benchmarks.md, "Twelfth session"). Point reads look into every L0 table
-/// (behind its filter), and 12 or 16 showed no further gain. Like the table size, fixed
-/// when a keyspace is created.
+/// (fjall's default is 4). L1 is sized as that many tables, 64 MiB, and each level below
+/// it 10× the one above, so every level doubles. Measured at 3M events, in both orders of
+/// the runs: 0.82–0.86× the bytes written per event and 0.89–0.93× the CPU
+/// (docs/benchmarks.md, "Twelfth session"). Most likely because a state of a few hundred
+/// MiB per keyspace then needs one level fewer, each level a rewrite of the random keys
+/// that pass through it; not verified level by level. Point reads look into every L0
+/// table (behind its filter), and 12 or 16 showed no further gain. Like the table size,
+/// fixed when a keyspace is created.
 const L0_TABLES_MAX: u8 = 8;
 
 fn poisoned_filter() -> StoreError {
