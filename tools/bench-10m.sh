@@ -11,10 +11,11 @@
 # lead again with its whole log applied.
 #
 # Usage: [CATCH_UP=1] [RESTART=1] tools/bench-10m.sh [DATA_PARENT] [CHUNKS]    (defaults: a temporary directory, 20)
-# Needs a release build. Stops only the nodes it started, by pid.
+# Needs a release build (or TANDEM=BINARY, e.g. to compare builds). Stops only the nodes it
+# started, by pid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TANDEM=target/release/tandem
+TANDEM=${TANDEM:-target/release/tandem}
 PARENT=${1:-$(mktemp -d)}
 CHUNKS=${2:-20}
 [ -x "$TANDEM" ] || { echo "build first: cargo build --release"; exit 1; }
