@@ -18,8 +18,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// a minute (memtables flushed, blocks decoded, request buffers); handed back, each page
 /// is faulted in and zeroed again on its next use. On the 2-core VM of
 /// docs/benchmarks.md ("mimalloc keeps freed memory") a fresh page costs ~30× a warm one
-/// (the host reclaims the guest's free pages), and one node at 3M events measured 5–13%
-/// more events/s and 4–10% less CPU per event this way. The peak resident set is the
+/// (the host reclaims the guest's free pages), and one node at 1.5M–3M events measured
+/// 5–13% more events/s and 4–10% less CPU per event this way. The peak resident set is the
 /// bound, as before; it is reached sooner. `MIMALLOC_PURGE_DELAY` in the environment still
 /// decides (e.g. `1000` for mimalloc's default).
 fn keep_freed_memory() {
