@@ -203,21 +203,11 @@ async fn first_bytes_sent_to_a_peer(node: &NodeProcess, scheme: &str) -> Vec<u8>
         "node_id": 2, "url": "http://127.0.0.1:9", "peer_url": format!("{scheme}://{addr}"),
         "region": "r2",
     });
-    // A node that has just started answers 503 (retry) until its initial membership is
-    // committed; a client retries, and so does this test, within a deadline.
-    let reply = support::wait_for(
-        "the node to accept a learner",
-        Duration::from_secs(20),
-        || {
-            let request = support::client()
-                .post(format!("{}/v1/admin/cluster/learners", node.url))
-                .bearer_auth(ADMIN_KEY)
-                .json(&body);
-            async move {
-                let reply = send(request).await;
-                (reply.status != 503).then_some(reply)
-            }
-        },
+    let reply = send(
+        support::client()
+            .post(format!("{}/v1/admin/cluster/learners", node.url))
+            .bearer_auth(ADMIN_KEY)
+            .json(&body),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);

@@ -183,8 +183,28 @@ fn raft_error(error: impl std::fmt::Display) -> MembershipError {
 /// How long `add_learner` waits for a committed learner to show in the metrics.
 const LEARNER_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a membership change waits for the membership in force to be committed.
+const MEMBERSHIP_SETTLED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits, bounded, until the membership in force is committed (applied), as openraft
+/// requires before it starts another change. A leader that has just been elected — a
+/// single node right after it initialized the cluster, say — has not committed it yet and
+/// would refuse the change with "already undergoing a configuration change".
+async fn membership_settled(raft: &Raft) -> Result<(), MembershipError> {
+    raft.wait(Some(MEMBERSHIP_SETTLED_WAIT))
+        .metrics(
+            |m| m.last_applied.as_ref() >= m.membership_config.log_id().as_ref(),
+            "the membership in force to be committed",
+        )
+        .await
+        .map_err(raft_error)?;
+    Ok(())
+}
+
 /// Adds `id` as a learner (it starts catching up at once). Idempotent for the same node.
 pub async fn add_learner(raft: &Raft, id: u64, member: Member) -> Result<(), MembershipError> {
+    require_leader(raft)?;
+    membership_settled(raft).await?;
     let view = require_leader(raft)?;
     if let Some(existing) = view.members.iter().find(|m| m.id == id) {
         if existing.url == member.url
@@ -217,6 +237,8 @@ pub async fn add_learner(raft: &Raft, id: u64, member: Member) -> Result<(), Mem
 
 /// Promotes learners to voters, after checking the resulting layout.
 pub async fn promote(raft: &Raft, ids: &BTreeSet<u64>, force: bool) -> Result<(), MembershipError> {
+    require_leader(raft)?;
+    membership_settled(raft).await?;
     let view = require_leader(raft)?;
     let mut voters = voters_of(raft);
     for id in ids {
@@ -243,6 +265,8 @@ pub async fn promote(raft: &Raft, ids: &BTreeSet<u64>, force: bool) -> Result<()
 
 /// Removes `id` from the cluster (voter or learner).
 pub async fn remove(raft: &Raft, id: u64, force: bool) -> Result<(), MembershipError> {
+    require_leader(raft)?;
+    membership_settled(raft).await?;
     let view = require_leader(raft)?;
     if !view.members.iter().any(|m| m.id == id) {
         return Err(MembershipError::Invalid(format!(
