@@ -14,8 +14,9 @@
 //! - it is cleared whenever the state is replaced wholesale (a snapshot install) or an
 //!   apply fails;
 //! - bounded: two generations per map; when the young one reaches half the bound it
-//!   becomes the old one and the previous old one is dropped (a cheap approximation of
-//!   LRU: anything used within the last two generations stays).
+//!   becomes the old one and the previous old one is emptied (a cheap approximation of
+//!   LRU: anything used within the last two generations stays). The tables keep their
+//!   capacity across turns, so a full cache turns over without allocating.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -61,7 +62,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Generations<K, V> {
 
     fn insert(&mut self, key: K, value: V) {
         if self.young.len() >= self.half && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
+            // The young generation becomes the old one; the previous old one's table is
+            // emptied and kept as the new young one. Dropping it and growing a new table
+            // from nothing rehashed every entry again at each doubling and, past a few
+            // MiB, asked the OS for fresh pages each turn (zeroed on first touch).
+            std::mem::swap(&mut self.old, &mut self.young);
+            self.young.clear();
         }
         self.old.remove(&key);
         self.young.insert(key, value);
@@ -182,6 +188,22 @@ mod tests {
         map.insert(20, 20);
         map.insert(21, 21);
         assert_eq!(map.get(&9), Some(9));
+    }
+
+    #[test]
+    fn a_turn_reuses_the_emptied_table() {
+        let mut map = Generations::new(64);
+        for i in 0..(32 * 3 + 1) as u64 {
+            map.insert(i, i);
+        }
+        // Three turns so far; the last insert started a young generation.
+        assert_eq!(map.young.len(), 1);
+        assert!(
+            map.young.capacity() >= 32,
+            "the young generation's table was allocated anew: capacity {}",
+            map.young.capacity()
+        );
+        assert_eq!(map.len(), 33);
     }
 
     #[test]
