@@ -100,6 +100,17 @@ const MEMTABLE_BYTES_MAX: u64 = 2 << 20;
 /// written per event at equal CPU (3M events, `docs/benchmarks.md`).
 const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 
+/// Memtable size of the two keyspaces apply writes for every event but never searches: the
+/// profiles' event index and the dedup keys (the leader looks a dedup key up only when the
+/// filter of recent keys says "maybe"; event queries seek once per profile). The reason the
+/// others' are small — a skiplist search per lookup on the apply path — does not hold for
+/// them, and a larger memtable flushes (and compacts its random keys) less often: 0.88–0.90×
+/// the bytes written per event and ~0.75× the flush and compaction thread's CPU in four of
+/// four pairs at 3M events, the node's CPU per event unchanged (docs/benchmarks.md,
+/// "Fourteenth session: larger memtables for the two index keyspaces"). Like the other
+/// options, fixed when a keyspace is created.
+const INDEX_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+
 /// Target size of a table file. Leveled compaction sizes L1 as [`L0_TABLES_MAX`] tables,
 /// so fjall's default (64 MiB, with 4 L0 tables) made L1 256 MiB; every 4 flushed
 /// memtables of random keys (profiles, dedup hashes, index entries) were merged into all
@@ -146,6 +157,7 @@ impl Keyspaces {
         let plain = |name: &str| {
             let memtable_bytes = match name {
                 PROFILES => PROFILES_MEMTABLE_BYTES_MAX,
+                PROFILE_EVENTS | DEDUP => INDEX_MEMTABLE_BYTES_MAX,
                 _ => MEMTABLE_BYTES_MAX,
             };
             let compaction = fjall::compaction::Leveled::default()
