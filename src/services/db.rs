@@ -70,7 +70,7 @@ pub struct ServiceDb {
 impl ServiceDb {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<ServiceDb, ServiceError> {
-        let db = crate::store::database_builder(dir, 32 << 20).open()?;
+        let db = crate::store::database_builder(dir, 32 << 20)?.open()?;
         let data = db.keyspace("data", || {
             KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
         })?;

@@ -105,8 +105,9 @@ const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 /// filter of recent keys says "maybe"; event queries seek once per profile). The reason the
 /// others' are small — a skiplist search per lookup on the apply path — does not hold for
 /// them, and a larger memtable flushes (and compacts its random keys) less often: 0.88–0.90×
-/// the bytes written per event and ~0.75× the flush and compaction thread's CPU in four of
-/// four pairs at 3M events, the node's CPU per event unchanged (docs/benchmarks.md,
+/// the bytes written per event and 0.73–0.86× the flush and compaction thread's CPU in four
+/// of four pairs at 3M events, the node's CPU per event unchanged in the three pairs the
+/// machine did not disturb (docs/benchmarks.md,
 /// "Fourteenth session: larger memtables for the two index keyspaces"). Like the other
 /// options, fixed when a keyspace is created.
 const INDEX_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
@@ -237,7 +238,7 @@ impl Store {
         let factory: Arc<dyn fjall::compaction::filter::Factory> = Arc::new(ExpiryFactory {
             horizon: horizon.clone(),
         });
-        let db = database_builder(&config.path, config.cache_bytes as u64)
+        let db = database_builder(&config.path, config.cache_bytes as u64)?
             .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
                 (keyspace == dedup::KEYSPACE).then(|| Arc::clone(&factory))
             }))
@@ -464,15 +465,57 @@ pub const JOURNAL_BYTES_MAX: u64 = 64 << 20;
 
 /// How every fjall database of a node is opened (the state store, each service's
 /// database): one background thread ([`FJALL_WORKER_THREADS`]), journals bounded by
-/// [`JOURNAL_BYTES_MAX`], a block cache of `cache_bytes`.
+/// [`JOURNAL_BYTES_MAX`], a block cache of `cache_bytes`; the leftovers of a creation
+/// that a crash interrupted are cleared first ([`clear_unfinished_creation`]).
 pub(crate) fn database_builder(
     path: &std::path::Path,
     cache_bytes: u64,
-) -> fjall::DatabaseBuilder<Database> {
-    Database::builder(path)
+) -> Result<fjall::DatabaseBuilder<Database>, fjall::Error> {
+    clear_unfinished_creation(path)?;
+    Ok(Database::builder(path)
         .cache_size(cache_bytes)
         .worker_threads(FJALL_WORKER_THREADS)
-        .max_journaling_size(JOURNAL_BYTES_MAX)
+        .max_journaling_size(JOURNAL_BYTES_MAX))
+}
+
+/// What fjall 3.1 creates in a new database's directory before its `version` marker: its
+/// lock file, its first journal and its keyspaces folder (empty until the marker is
+/// written).
+const CREATION_LEFTOVERS: [&str; 3] = ["lock", "0.jnl", "keyspaces"];
+
+/// fjall writes (and fsyncs) a new database's `version` marker last, and recovers only a
+/// directory that has one; a crash between its first file and the marker leaves a
+/// directory it then cannot create again (`0.jnl` exists): the database could never open.
+/// Nothing was ever written to such a database (writes start after creation returned), so
+/// its leftovers are removed and it is created anew. A directory without a marker that
+/// holds anything else is left as it is, for the open to report.
+fn clear_unfinished_creation(path: &std::path::Path) -> std::io::Result<()> {
+    if !path.is_dir() || path.join("version").try_exists()? {
+        return Ok(());
+    }
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let known = CREATION_LEFTOVERS.iter().any(|left| name == *left);
+        let empty_folder = name != "keyspaces" || std::fs::read_dir(entry.path())?.next().is_none();
+        if !known || !empty_folder {
+            return Ok(());
+        }
+        leftovers.push(entry.path());
+    }
+    for leftover in leftovers {
+        tracing::warn!(
+            path = %leftover.display(),
+            "removing what an interrupted creation of this database left"
+        );
+        if leftover.is_dir() {
+            std::fs::remove_dir(&leftover)?;
+        } else {
+            std::fs::remove_file(&leftover)?;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of decoded blocks kept for reads and services.

@@ -639,7 +639,10 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
 #[test]
 fn the_journal_stays_bounded_while_a_small_keyspace_is_written_with_every_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = database_builder(dir.path(), 8 << 20).open().expect("open");
+    let db = database_builder(dir.path(), 8 << 20)
+        .expect("builder")
+        .open()
+        .expect("open");
     let big = db
         .keyspace("big", || {
             fjall::KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
@@ -683,4 +686,52 @@ fn the_journal_stays_bounded_while_a_small_keyspace_is_written_with_every_batch(
         largest <= bound,
         "the journal reached {largest} bytes on disk (bound {bound}) after {written} bytes written"
     );
+}
+
+/// A crash while fjall created a database (its first journal written, its `version` marker
+/// not yet) must not leave a database that can never open.
+#[test]
+fn a_database_whose_creation_was_interrupted_is_created_anew() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    std::fs::create_dir_all(path.join("keyspaces")).expect("keyspaces folder");
+    std::fs::write(path.join("lock"), b"").expect("lock");
+    std::fs::write(path.join("0.jnl"), b"FJL\x03").expect("journal");
+    let db = database_builder(&path, 8 << 20)
+        .expect("builder")
+        .open()
+        .expect("created anew");
+    let keyspace = db
+        .keyspace("data", fjall::KeyspaceCreateOptions::default)
+        .expect("keyspace");
+    keyspace.insert("k", "v").expect("insert");
+    db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    drop(keyspace);
+    drop(db);
+
+    // A database that exists is recovered, not cleared.
+    let db = database_builder(&path, 8 << 20)
+        .expect("builder")
+        .open()
+        .expect("reopen");
+    let keyspace = db
+        .keyspace("data", fjall::KeyspaceCreateOptions::default)
+        .expect("keyspace");
+    assert_eq!(
+        keyspace.get("k").expect("get").as_deref(),
+        Some(b"v".as_slice())
+    );
+
+    // A directory without a marker that holds something else is left for the open to report.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    std::fs::write(other.join("0.jnl"), b"").expect("journal");
+    std::fs::write(other.join("precious"), b"data").expect("file");
+    assert!(
+        database_builder(&other, 8 << 20)
+            .expect("builder")
+            .open()
+            .is_err()
+    );
+    assert!(other.join("precious").exists());
 }
