@@ -697,26 +697,24 @@ fn a_database_whose_creation_was_interrupted_is_created_anew() {
     std::fs::create_dir_all(path.join("keyspaces")).expect("keyspaces folder");
     std::fs::write(path.join("lock"), b"").expect("lock");
     std::fs::write(path.join("0.jnl"), b"FJL\x03").expect("journal");
-    let db = database_builder(&path, 8 << 20)
-        .expect("builder")
-        .open()
-        .expect("created anew");
-    let keyspace = db
-        .keyspace("data", fjall::KeyspaceCreateOptions::default)
-        .expect("keyspace");
+    let open = |path: &std::path::Path| {
+        let db = database_builder(path, 8 << 20)
+            .expect("builder")
+            .open()
+            .expect("open");
+        let keyspace = db
+            .keyspace("data", fjall::KeyspaceCreateOptions::default)
+            .expect("keyspace");
+        (db, keyspace)
+    };
+    let (db, keyspace) = open(&path);
     keyspace.insert("k", "v").expect("insert");
     db.persist(fjall::PersistMode::SyncAll).expect("persist");
     drop(keyspace);
     drop(db);
 
     // A database that exists is recovered, not cleared.
-    let db = database_builder(&path, 8 << 20)
-        .expect("builder")
-        .open()
-        .expect("reopen");
-    let keyspace = db
-        .keyspace("data", fjall::KeyspaceCreateOptions::default)
-        .expect("keyspace");
+    let (_db, keyspace) = open(&path);
     assert_eq!(
         keyspace.get("k").expect("get").as_deref(),
         Some(b"v".as_slice())
