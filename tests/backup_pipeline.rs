@@ -63,8 +63,10 @@ async fn chunk_writes_failing_midway_fail_the_backup_and_leave_no_manifest() {
     ];
     let node = NodeProcess::start_with_args(&root.path().join("node"), &[], &env, true, true);
     let writers = Writers::start(vec![node.url.clone()], 4, "pipeline");
+    // Enough for a checkpoint of more than 2 MiB (~10 chunks, checked below): the state
+    // holds ~80 B per event since the dedup keys left it.
     wait_for("events acknowledged", Duration::from_secs(60), || async {
-        (writers.acked_count() >= 20_000).then_some(())
+        (writers.acked_count() >= 40_000).then_some(())
     })
     .await;
     writers.stop().await;

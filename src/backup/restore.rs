@@ -375,6 +375,10 @@ pub(super) fn import_checkpoint(
             .map_err(|e| BackupError::Invalid(format!("installing the log: {e}")))?;
         let _ = fs::remove_dir_all(&staging);
     }
+    // The dedup index is derived from the state and the log: now that both are in place.
+    store
+        .rebuild_dedup_index()
+        .map_err(|e| BackupError::Invalid(format!("building the dedup index: {e}")))?;
     Ok((log, store, state_hash, services_hash))
 }
 

@@ -740,7 +740,9 @@ fn replace_store(
     store.mark_replacing(true);
     let replaced = store.import(&mut input).map_err(store_io).and_then(|_| {
         crate::crash::point("snapshot-install:store-imported");
-        install_log(store, file, meta)
+        install_log(store, file, meta)?;
+        // Derived from the state and the log: once both are the snapshot's.
+        store.rebuild_dedup_index().map_err(store_io)
     });
     store.mark_replacing(false);
     replaced?;

@@ -1,7 +1,12 @@
 //! The data directory's format version: a data directory written by another format is
 //! refused at start with what to do, never misread.
 //!
-//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 3 records each
+//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 4 no longer writes the
+//! dedup keys into the state (they are derived from the feed and the log, see
+//! `crate::store::dedup_index`): a version-3 directory is read as it is and restamped
+//! (its old keys expire from the state by themselves), but a build of version 3 would
+//! miss every key stored since and take retries for new events, so it refuses version 4.
+//! Version 3 records each
 //! member's peer URL beside its client URL in the membership (log entries and snapshot
 //! metadata, postcard: a field more is a format change). Version 2 keeps the event
 //! bodies in the log (`log/`) and the state without them (`store/`). Version 1 (before it)
@@ -12,7 +17,9 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build reads and writes.
-pub const DATA_FORMAT: u32 = 3;
+pub const DATA_FORMAT: u32 = 4;
+/// The older format this build upgrades in place by restamping it (nothing to convert).
+const UPGRADED_IN_PLACE: u32 = 3;
 /// The version file's name.
 const FILE: &str = "FORMAT";
 
@@ -85,6 +92,15 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), FormatError> {
                 .and_then(|v| v.parse::<u32>().ok());
             match version {
                 Some(DATA_FORMAT) => Ok(()),
+                Some(UPGRADED_IN_PLACE) => {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        from = UPGRADED_IN_PLACE,
+                        to = DATA_FORMAT,
+                        "upgrading the data directory's format in place (nothing to convert)"
+                    );
+                    stamp(dir, &path)
+                }
                 Some(other) => Err(FormatError::Mismatch(format!(
                     "data directory {} is in format {other}; this build of Tandem reads format \
                      {DATA_FORMAT}. Run the Tandem version that wrote it, or start this one with \
@@ -110,15 +126,24 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), FormatError> {
                     dir.display()
                 )));
             }
-            let temp = dir.join("FORMAT.tmp");
-            let mut file = fs::File::create(&temp).map_err(io)?;
-            writeln!(file, "tandem-data {DATA_FORMAT}").map_err(io)?;
-            file.sync_all().map_err(io)?;
-            fs::rename(&temp, &path).map_err(io)?;
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+            stamp(dir, &path)
         }
         Err(error) => Err(io(error)),
     }
+}
+
+/// Writes this build's format into `path` (in `dir`), durably.
+fn stamp(dir: &Path, path: &Path) -> Result<(), FormatError> {
+    let io = |source| FormatError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let temp = dir.join("FORMAT.tmp");
+    let mut file = fs::File::create(&temp).map_err(io)?;
+    writeln!(file, "tandem-data {DATA_FORMAT}").map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temp, path).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 #[cfg(test)]
@@ -150,6 +175,16 @@ mod tests {
         fs::write(newer.path().join(FILE), "tandem-data 9\n").unwrap();
         let error = check_or_stamp(newer.path()).unwrap_err().to_string();
         assert!(error.contains("format 9"), "{error}");
+
+        // An older format this build reads as it is: restamped, never again read by the
+        // build that wrote it.
+        let previous = tempfile::tempdir().unwrap();
+        fs::write(previous.path().join(FILE), "tandem-data 3\n").unwrap();
+        check_or_stamp(previous.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(previous.path().join(FILE)).unwrap(),
+            format!("tandem-data {DATA_FORMAT}\n")
+        );
 
         let garbage = tempfile::tempdir().unwrap();
         fs::write(garbage.path().join(FILE), "hello").unwrap();

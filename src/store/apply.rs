@@ -18,9 +18,10 @@
 //! carries only new events (the leader screened duplicates, see [`super::dedup`]), so
 //! applying one never reads the dedup index; it reads the identity graph and profiles from
 //! one snapshot plus overlays of what this batch already changed, executes in memory, and
-//! writes per event only the two index entries queries need (the profile's event index and
-//! the dedup key), per touched profile one record, and per log entry one feed record. The
-//! event body itself is never copied: it stays in the log.
+//! writes per event only the profile's event index entry, per touched profile one record,
+//! and per log entry one feed record. The dedup keys are handed to
+//! [`super::dedup_index`], which keeps them out of the state (it can find them again from
+//! the feed and the log). The event body itself is never copied: it stays in the log.
 //!
 //! Background work (retention of old events and feed entries) is done a bounded amount per
 //! entry, so one entry never stalls the writer for long; it catches up over the next ones.
@@ -31,6 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use fjall::{Readable, Snapshot};
 
 use super::batch::SortedBatch;
+use super::dedup_index::EntryKeys;
 use super::hot::{Changes, HotCache};
 use super::known::KnownIdentities;
 use super::recent;
@@ -113,6 +115,18 @@ pub struct Applier<'a> {
     identities: HashMap<String, u64>,
     counters: Counters,
     settings: &'a ApplySettings,
+    /// Each applied entry's dedup keys, for the dedup index once [`Applier::finish`]ed.
+    dedup: Vec<EntryKeys>,
+}
+
+/// What a finished [`Applier`] hands back for after its batch is built.
+pub struct Finished {
+    /// The state clock.
+    pub clock_ms: i64,
+    /// What the batch changed, for [`HotCache::remember`] once it is committed.
+    pub changes: Changes,
+    /// The dedup keys of the batch's entries, for the dedup index before it commits.
+    pub dedup: Vec<EntryKeys>,
 }
 
 impl<'a> Applier<'a> {
@@ -146,6 +160,7 @@ impl<'a> Applier<'a> {
             identities: HashMap::new(),
             counters,
             settings,
+            dedup: Vec::new(),
         })
     }
 
@@ -174,10 +189,20 @@ impl<'a> Applier<'a> {
         );
         let mut outcomes = Vec::with_capacity(head.events.len());
         let mut records = Vec::with_capacity(head.events.len());
+        let mut hashes = Vec::with_capacity(head.events.len());
         for (ordinal, event) in head.events.iter().enumerate() {
             let seq = event_seq(log_index, ordinal);
-            self.apply_event(seq, event, &mut records)?;
+            hashes.push(self.apply_event(seq, event, &mut records)?);
             outcomes.push(EventOutcome::Stored { seq });
+        }
+        if !hashes.is_empty() {
+            self.dedup.push(EntryKeys {
+                // The key `feed` gives this entry's feed entry.
+                key: self.counters.next_feed,
+                stored_at_ms: self.counters.clock_ms,
+                first_seq: event_seq(log_index, 0),
+                hashes,
+            });
         }
         self.counters.events_stored += head.events.len() as u64;
         self.feed(log_index, records);
@@ -199,9 +224,9 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Writes touched profiles and the counters into the batch; returns the state clock
-    /// and what the batch changed, for [`HotCache::remember`] once it is committed.
-    pub fn finish(self) -> (i64, Changes) {
+    /// Writes touched profiles and the counters into the batch; returns the state clock,
+    /// what the batch changed and the entries' dedup keys.
+    pub fn finish(self) -> Finished {
         let ks = self.ks;
         let mut changes = Changes {
             identities: self.identities.into_iter().collect(),
@@ -233,15 +258,20 @@ impl<'a> Applier<'a> {
         ] {
             self.batch.insert(&ks.meta, key, u64_bytes(value));
         }
-        (c.clock_ms, changes)
+        Finished {
+            clock_ms: c.clock_ms,
+            changes,
+            dedup: self.dedup,
+        }
     }
 
+    /// Applies one event; returns its dedup key.
     fn apply_event(
         &mut self,
         seq: u64,
         event: &EventMeta,
         records: &mut Vec<FeedRecord>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<[u8; 16], StoreError> {
         let identities = self.event_identities(event)?;
         let owners = self.graph_for(&identities)?;
         let graph = GraphView {
@@ -262,16 +292,11 @@ impl<'a> Applier<'a> {
         if let Some(recent) = &mut self.filters.recent {
             recent.insert(&dedup_key, self.counters.clock_ms)?;
         }
-        self.batch.insert(
-            &ks.dedup,
-            dedup_key,
-            dedup_value(self.counters.clock_ms, seq),
-        );
         records.push(FeedRecord::Event {
             seq,
             profile: profile_id,
         });
-        Ok(())
+        Ok(dedup_key)
     }
 
     /// The profile that owns `identity`, as of this batch.

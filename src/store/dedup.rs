@@ -3,16 +3,23 @@
 //!
 //! - **Where it is checked.** Only the leader looks events up, before it proposes them
 //!   (`crate::node`), so a duplicate never enters the log and followers never consult
-//!   the index: applying just records each stored event's key ([`super::tables::DEDUP`]).
-//!   A filter of the keys within the window ([`super::recent`]) answers most new keys
-//!   without a store lookup.
+//!   the index: applying just hands each stored event's key to the index
+//!   ([`super::dedup_index`]), which keeps it out of the state store (it derives it from
+//!   the feed and the log). A filter of the keys within the window ([`super::recent`])
+//!   answers most new keys without a lookup.
 //!   Every replica keeps the index, so a new leader has it after a failover; it answers
 //!   nothing before it has applied every entry of earlier terms.
-//! - **Keys.** 16 bytes of blake3 over source and messageId ([`dedup_hash`]); the value is
-//!   the state clock when stored and the event's seq.
+//! - **Keys.** 16 bytes of blake3 over source and messageId ([`dedup_hash`]), with the
+//!   event's seq and the state clock when it was stored.
 //! - **Expiry.** An entry older than the dedup window (by the state clock, which every
-//!   replica advances identically) is dead: [`Screen`] ignores it, the state hash and
-//!   snapshots skip it, and compaction drops it ([`ExpiryFilter`]). The filter reads the
+//!   replica advances identically) is dead: [`Screen`] ignores it and the index deletes a
+//!   run once every key in it is dead.
+//! - **The old keyspace.** Before the index, apply wrote every key into [`DEDUP`]. Nothing
+//!   writes it now; a store (or a snapshot) of that time still holds those keys, which
+//!   the index finds again from the feed and the log. They stay in the state until they
+//!   expire: the state hash and snapshots skip dead ones and compaction drops them
+//!   ([`ExpiryFilter`]), so such a state hashes as one applied by this build once the
+//!   window has passed. The filter reads the
 //!   horizon from an atomic the store advances after each apply; the clock never goes
 //!   back, so an entry dead once stays dead, and dropping it whenever compaction runs
 //!   changes nothing anyone can observe.
@@ -21,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use fjall::Readable;
 use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 
 use super::tables::{DEDUP, dedup_hash, read_dedup_value};
@@ -127,9 +133,9 @@ impl<'a> Screen<'a> {
         &self,
         hashes: impl IntoIterator<Item = [u8; 16]>,
     ) -> Result<Vec<Seen>, StoreError> {
-        let snapshot = self.store.db.snapshot();
-        // Taken after the snapshot, so it holds every key the snapshot does (see
-        // `super::recent`); `None` while there is no ready filter.
+        // Taken before the index is read: every key the filter holds, the index holds (apply
+        // adds a batch's keys to both before the batch commits, see `super::recent`).
+        // `None` while there is no ready filter.
         let filter = match self.store.recent()? {
             Some(filter) => filter.view()?,
             None => None,
@@ -151,11 +157,8 @@ impl<'a> Screen<'a> {
                 verdicts.push(Seen::New);
                 continue;
             }
-            let stored = match snapshot.get(&self.store.ks.dedup, hash)? {
-                Some(value) => {
-                    let (stored_at_ms, seq) = read_dedup_value(&value)?;
-                    horizon.alive(stored_at_ms).then_some(seq)
-                }
+            let stored = match self.store.dedup.get(&hash)? {
+                Some((seq, stored_at_ms)) => horizon.alive(stored_at_ms).then_some(seq),
                 None => None,
             };
             verdicts.push(stored.map_or(Seen::New, Seen::Stored));

@@ -4,8 +4,8 @@
 //!
 //! The log ([`crate::log`]) is the event store: every event body lives once, compressed,
 //! in the log entry that carried it. The state here keeps what queries and resolution need
-//! — profiles, the identity graph, per-profile event indexes, merge trails, the dedup index,
-//! the change feed — and finds a body by its seq (log index and position, see
+//! — profiles, the identity graph, per-profile event indexes, merge trails, the change feed
+//! — and finds a body by its seq (log index and position, see
 //! [`tables::event_seq`]).
 //!
 //! Why fjall: measured against redb on this workload (`tools/storage-bench/RESULTS.md`,
@@ -26,8 +26,9 @@
 //! [`Store::persist`] fsyncs the state before a snapshot lets that log be purged.
 //!
 //! Submodules: [`tables`] (layout), [`apply`] (the state machine), [`dedup`] (the
-//! idempotency index), [`events`] (bodies from the log), [`read`] (queries and the state
-//! hash), [`replicated`] (applying committed entries, snapshot export/import).
+//! idempotency check) and [`dedup_index`] (its index, derived from the feed and the log),
+//! [`events`] (bodies from the log), [`read`] (queries and the state hash), [`replicated`]
+//! (applying committed entries, snapshot export/import).
 
 pub mod apply;
 pub mod batch;
@@ -38,6 +39,9 @@ mod body_tests;
 #[cfg(test)]
 mod bounds_tests;
 pub mod dedup;
+pub mod dedup_index;
+#[cfg(test)]
+mod dedup_index_tests;
 pub mod direct;
 pub mod entry;
 pub mod events;
@@ -75,6 +79,17 @@ pub enum StoreError {
     /// The log (where event bodies live) failed.
     #[error("log: {0}")]
     Log(#[from] LogError),
+    /// Not ready yet (being rebuilt): the operation may succeed shortly.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// A file of the store's own (outside the storage engine) could not be read or written.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
 }
 
 /// How to open a store.
@@ -100,14 +115,13 @@ const MEMTABLE_BYTES_MAX: u64 = 2 << 20;
 /// written per event at equal CPU (3M events, `docs/benchmarks.md`).
 const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 
-/// Memtable size of the two keyspaces apply writes for every event but never searches: the
-/// profiles' event index and the dedup keys (the leader looks a dedup key up only when the
-/// filter of recent keys says "maybe"; event queries seek once per profile). The reason the
-/// others' are small — a skiplist search per lookup on the apply path — does not hold for
-/// them, and a larger memtable flushes (and compacts its random keys) less often: 0.88–0.90×
-/// the bytes written per event and 0.73–0.86× the flush and compaction thread's CPU in four
-/// of four pairs at 3M events, the node's CPU per event unchanged in the three pairs the
-/// machine did not disturb (docs/benchmarks.md,
+/// Memtable size of the profiles' event index, which apply writes for every event but never
+/// searches (event queries seek once per profile). The reason the others' are small — a
+/// skiplist search per lookup on the apply path — does not hold for it, and a larger
+/// memtable flushes (and compacts its random keys) less often: with the dedup keys, which
+/// were then a keyspace of their own, 0.88–0.90× the bytes written per event and 0.73–0.86×
+/// the flush and compaction thread's CPU in four of four pairs at 3M events, the node's CPU
+/// per event unchanged in the three pairs the machine did not disturb (docs/benchmarks.md,
 /// "Fourteenth session: larger memtables for the two index keyspaces"). Like the other
 /// options, fixed when a keyspace is created.
 const INDEX_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
@@ -158,7 +172,7 @@ impl Keyspaces {
         let plain = |name: &str| {
             let memtable_bytes = match name {
                 PROFILES => PROFILES_MEMTABLE_BYTES_MAX,
-                PROFILE_EVENTS | DEDUP => INDEX_MEMTABLE_BYTES_MAX,
+                PROFILE_EVENTS => INDEX_MEMTABLE_BYTES_MAX,
                 _ => MEMTABLE_BYTES_MAX,
             };
             let compaction = fjall::compaction::Leveled::default()
@@ -210,6 +224,8 @@ pub struct Store {
     blocks: BlockCache,
     /// The dedup horizon, advanced after each apply.
     horizon: Horizon,
+    /// The dedup keys by hash, derived from the feed and the log (see [`dedup_index`]).
+    dedup: Arc<dedup_index::DedupIndex>,
     /// Committed identity owners and profiles that applying looks up most.
     hot: hot::HotCache,
     /// Every identity key the state may hold, so applying skips store lookups of new
@@ -244,12 +260,14 @@ impl Store {
             }))
             .open()?;
         let ks = Keyspaces::open(&db)?;
+        let dedup = dedup_index::DedupIndex::new(config.path.join(dedup_index::RUNS_DIR))?;
         let store = Store {
             db,
             ks,
             log,
             blocks: BlockCache::new(BLOCK_CACHE_BYTES),
             horizon,
+            dedup: Arc::new(dedup),
             hot: hot::HotCache::default(),
             known: std::sync::Mutex::new(None),
             recent: std::sync::Mutex::new(None),
@@ -260,6 +278,9 @@ impl Store {
         };
         let clock = store.reader().clock_ms()?;
         store.advance_horizon(clock);
+        store
+            .dedup
+            .restore(&store.dedup_source(&store.db.snapshot()), &store.horizon)?;
         store.start_filters()?;
         Ok(store)
     }
@@ -281,13 +302,14 @@ impl Store {
         *self.recent.lock().map_err(|_| poisoned_filter())? = Some(Arc::clone(&recent));
         // Taken after both filters are installed: what commits later is inserted by apply.
         let snapshot = self.db.snapshot();
-        let keyspaces = (self.ks.identities.clone(), self.ks.dedup.clone());
+        let keyspaces = (self.ks.identities.clone(), Arc::clone(&self.dedup));
         let spawned = std::thread::Builder::new()
             .name("tandem-filters".into())
             .spawn(move || {
                 let (identities, dedup) = keyspaces;
                 fill_known(&known, &snapshot, &identities);
-                recent::build(&recent, snapshot, &dedup);
+                drop(snapshot);
+                recent::build(&recent, &dedup);
             });
         match spawned {
             Ok(builder) => {
@@ -411,6 +433,15 @@ impl Store {
         dedup::Screen::new(self).check_hashes(hashes)
     }
 
+    /// What the dedup index is derived from, at `snapshot`.
+    fn dedup_source<'s>(&'s self, snapshot: &'s fjall::Snapshot) -> dedup_index::Source<'s> {
+        dedup_index::Source {
+            snapshot,
+            feed: &self.ks.feed,
+            log: &self.log,
+        }
+    }
+
     fn advance_horizon(&self, clock_ms: i64) {
         self.horizon
             .advance(clock_ms.saturating_sub(self.config.apply.dedup_window_ms));
@@ -441,6 +472,8 @@ impl Drop for Store {
         if let Err(error) = self.stop_filters() {
             tracing::warn!(%error, "stopping the filters' builder");
         }
+        // A run still being written would land in a directory a reopened store reads.
+        self.dedup.join_sealer();
     }
 }
 

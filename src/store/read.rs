@@ -218,16 +218,12 @@ impl<'a> Reader<'a> {
 
     /// Whether an event with this source and messageId is in the dedup window, and its seq.
     pub fn dedup_seq(&self, source: &str, message_id: &str) -> Result<Option<u64>, StoreError> {
-        match self
-            .snapshot
-            .get(&self.ks.dedup, dedup_hash(source, message_id))?
-        {
-            Some(bytes) => {
-                let (stored_at_ms, seq) = read_dedup_value(&bytes)?;
-                Ok(self.store.horizon.alive(stored_at_ms).then_some(seq))
-            }
-            None => Ok(None),
-        }
+        Ok(
+            match self.store.dedup.get(&dedup_hash(source, message_id))? {
+                Some((seq, stored_at_ms)) => self.store.horizon.alive(stored_at_ms).then_some(seq),
+                None => None,
+            },
+        )
     }
 
     /// Approximate sizes of the main keyspaces.
@@ -237,7 +233,7 @@ impl<'a> Reader<'a> {
             events_approx: meta(META_EVENTS_STORED).saturating_sub(meta(META_EVENTS_EXPIRED)),
             profiles_approx: self.ks.profiles.approximate_len() as u64,
             identities_approx: self.ks.identities.approximate_len() as u64,
-            dedup_entries_approx: self.ks.dedup.approximate_len() as u64,
+            dedup_entries_approx: self.store.dedup.len().map_or(0, |(keys, _)| keys),
         }
     }
 

@@ -9,35 +9,35 @@
 //!
 //! Invariant: once the filter is ready ([`RecentKeys::view`] answers), it holds every dedup
 //! key committed to the state that is still alive (stored at or after the horizon), so
-//! "absent" is authoritative and "maybe" sends the screen to the store. How it holds:
-//! - it is installed in the store empty, before the store takes the snapshot a builder
-//!   thread then scans ([`build`]); every apply from then on inserts the keys it writes
-//!   before its batch commits, and the scan inserts everything committed before the
-//!   snapshot. Installing happens before anything applies, or under the store's writer
-//!   lock. Until the scan ends the filter is not ready and the screen uses the store;
-//! - a snapshot install drops it and installs a new one when the state is complete;
+//! "absent" is authoritative and "maybe" sends the screen to the dedup index
+//! ([`super::dedup_index`]). How it holds:
+//! - it is installed in the store empty, before a builder thread reads every key the dedup
+//!   index holds ([`build`]); every apply from then on inserts the keys it stores before
+//!   its batch commits, and the index held every key committed before. Installing happens
+//!   before anything applies, or under the store's writer lock. Until the read ends the
+//!   filter is not ready and the screen looks every key up in the index;
+//! - a snapshot install drops it and installs a new one when the state, the log and the
+//!   index are complete;
 //! - keys are grouped into epochs, one dedup window of state-clock time each, by when they
 //!   were stored. An epoch that ended before the horizon holds only dead keys: dropped;
 //! - each epoch has stages: when the last one holds as many keys as it was sized for, a
 //!   stage four times larger is added. A query asks every stage of every live epoch, one
 //!   cache line each ([`super::bloom`]);
 //! - memory is bounded ([`BYTES_MAX`]): when a stage would not fit, none is added and its
-//!   epoch is saturated: it answers "maybe" for every key, and the screen uses the store,
+//!   epoch is saturated: it answers "maybe" for every key, and the screen uses the index,
 //!   as it did before this filter existed.
 //!
 //! The keys are already 16 bytes of blake3; the filter takes their first 8 bytes as the hash.
 //! A client can grind messageIds whose keys share a block, but that only makes its own
-//! keys answer "maybe" (a store lookup each), never a wrong "absent".
+//! keys answer "maybe" (an index lookup each), never a wrong "absent".
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fjall::{Keyspace, Readable, Snapshot};
-
 use super::StoreError;
 use super::bloom::Bloom;
 use super::dedup::Horizon;
-use super::tables::read_dedup_value;
+use super::dedup_index::DedupIndex;
 
 /// Keys the first stage of an epoch is sized for (2 MiB of bits).
 pub const STAGE_KEYS_MIN: u64 = 1 << 20;
@@ -45,8 +45,6 @@ pub const STAGE_KEYS_MIN: u64 = 1 << 20;
 const STAGE_GROWTH: u64 = 4;
 /// Most bytes of bits held in all; past that, epochs saturate.
 pub const BYTES_MAX: usize = 256 << 20;
-/// Keys the builder scans between checks that the filter is still wanted.
-const BUILD_CHECK_EVERY: u64 = 4096;
 
 /// The filter of recent dedup keys; inserts and queries from any thread.
 pub struct RecentKeys {
@@ -260,12 +258,12 @@ fn hash(key: &[u8; 16]) -> u64 {
     u64::from_le_bytes(key[..8].try_into().expect("8 bytes"))
 }
 
-/// Fills `filter` from `snapshot`'s dedup keyspace, then marks it ready; stops early if it
-/// is abandoned. Run on its own thread: a large state takes seconds to scan, and the
-/// screen uses the store meanwhile.
-pub fn build(filter: &RecentKeys, snapshot: Snapshot, dedup: &Keyspace) {
+/// Fills `filter` from the dedup index's keys within the window, then marks it ready;
+/// stops early if it is abandoned. Run on its own thread: a large window takes seconds to
+/// read, and the screen looks every key up in the index meanwhile.
+pub fn build(filter: &RecentKeys, index: &DedupIndex) {
     let started = std::time::Instant::now();
-    match scan(filter, &snapshot, dedup) {
+    match scan(filter, index) {
         Ok(Some(scanned)) => {
             filter.ready.store(true, Ordering::Release);
             let (_, bytes) = filter.load().unwrap_or_default();
@@ -279,37 +277,17 @@ pub fn build(filter: &RecentKeys, snapshot: Snapshot, dedup: &Keyspace) {
         Ok(None) => {}
         Err(error) => tracing::warn!(
             %error,
-            "could not build the filter of recent dedup keys; duplicates are screened in the store"
+            "could not build the filter of recent dedup keys; duplicates are screened in the index"
         ),
     }
 }
 
 /// The live keys scanned, or `None` if abandoned.
-fn scan(
-    filter: &RecentKeys,
-    snapshot: &Snapshot,
-    dedup: &Keyspace,
-) -> Result<Option<u64>, StoreError> {
+fn scan(filter: &RecentKeys, index: &DedupIndex) -> Result<Option<u64>, StoreError> {
     let mut writer = filter.writer()?;
-    let mut scanned = 0_u64;
-    for (seen, guard) in (0_u64..).zip(snapshot.iter(dedup)) {
-        if seen % BUILD_CHECK_EVERY == 0 && filter.abandoned.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        let (key, value) = guard.into_inner()?;
-        let key: &[u8; 16] = key.as_ref().try_into().map_err(|_| {
-            StoreError::Corrupt(format!(
-                "dedup: expected a 16-byte key, found {}",
-                key.len()
-            ))
-        })?;
-        let (stored_at_ms, _) = read_dedup_value(&value)?;
-        if filter.horizon.alive(stored_at_ms) {
-            writer.insert(key, stored_at_ms)?;
-            scanned += 1;
-        }
-    }
-    Ok(Some(scanned))
+    index.visit(&filter.horizon, &filter.abandoned, |hash, stored_at_ms| {
+        writer.insert(hash, stored_at_ms)
+    })
 }
 
 #[cfg(test)]

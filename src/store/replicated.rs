@@ -33,6 +33,7 @@ use fjall::{PersistMode, Readable};
 
 use super::apply::{Applier, Filters, SegmentChange};
 use super::batch::SortedBatch;
+use super::dedup_index::DedupIndex;
 use super::recent::RecentKeys;
 use super::tables::DEDUP;
 use super::{Store, StoreError, dedup};
@@ -127,16 +128,21 @@ impl Store {
                 }
             });
         }
-        let (clock, changes) = applier.finish();
+        let finished = applier.finish();
         writes.insert(&self.ks.meta, META_RAFT_STATE, last.raft_state.as_slice());
+        // Before the commit, as the filter of recent keys is taught: a screen never finds a
+        // committed key missing from the index.
+        self.dedup.record(&finished.dedup)?;
         let mut batch = self.db.batch();
         writes.write_into(&mut batch);
         if let Err(error) = batch.commit() {
             self.hot.clear();
             return Err(error.into());
         }
-        self.hot.remember(changes);
-        self.advance_horizon(clock);
+        self.hot.remember(finished.changes);
+        self.advance_horizon(finished.clock_ms);
+        self.dedup.expire(&self.horizon)?;
+        DedupIndex::seal_if_full(&self.dedup)?;
         Ok(results)
     }
 
@@ -296,7 +302,8 @@ impl Store {
 
     /// Replaces the whole state with the store's part of the snapshot in `input` (which
     /// must have passed [`Store::verify_snapshot`]), then fsyncs. `input` is left where a
-    /// [`SectionReader`] reads on.
+    /// [`SectionReader`] reads on. Once the log holds the snapshot's entries too, call
+    /// [`Store::rebuild_dedup_index`] before applying or screening.
     pub fn import(&self, input: &mut impl Read) -> Result<u64, StoreError> {
         let _writer = self
             .writer
@@ -304,8 +311,11 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
         self.hot.clear();
         self.blocks.clear();
-        // Until the import is complete no filter can speak for the state.
+        // Until the import is complete no filter can speak for the state, and the dedup
+        // index, derived from the state and the log, waits for both
+        // ([`Store::rebuild_dedup_index`]).
         self.stop_filters()?;
+        self.dedup.forget()?;
         for (_, keyspace) in self.ks.state() {
             keyspace.clear()?;
         }
@@ -332,8 +342,21 @@ impl Store {
         self.persist()?;
         let clock = self.reader().clock_ms()?;
         self.advance_horizon(clock);
-        self.start_filters()?;
         Ok(count)
+    }
+
+    /// Builds the dedup index anew from the state and the log, then the filters: after an
+    /// [`Store::import`], once the log holds the snapshot's entries (the index reads their
+    /// keys from the log). Until then the leader cannot screen on this store (an error,
+    /// never a wrong answer), and lookups go to the store without filters.
+    pub fn rebuild_dedup_index(&self) -> Result<(), StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Corrupt("an earlier apply panicked".into()))?;
+        self.dedup
+            .rebuild(&self.dedup_source(&self.db.snapshot()), &self.horizon)?;
+        self.start_filters()
     }
 }
 

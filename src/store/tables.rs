@@ -36,9 +36,11 @@ pub const REDIRECTS: &str = "redirects";
 /// profile id (see [`crate::model::audit`]).
 pub const MERGES: &str = "merges";
 /// 16-byte [`dedup_hash`] of (source, messageId) → state clock when stored (i64
-/// big-endian) ++ the event's seq (u64 big-endian): the idempotency index. An entry older
-/// than the dedup window is dead: reads ignore it and compaction drops it (see
-/// `super::dedup`), so it needs no second, expiry-ordered keyspace.
+/// big-endian) ++ the event's seq (u64 big-endian): the idempotency index of data format 3
+/// and before. Nothing writes it any more (the index is derived from the feed and the log,
+/// see `super::dedup_index`); a store or snapshot of that time still holds keys here, until
+/// they expire: dead ones are left out of the state hash and snapshots, and compaction
+/// drops them (see `super::dedup`).
 pub const DEDUP: &str = "dedup";
 /// First feed seq of a log entry → postcard [`FeedEntry`]: the ordered change feed
 /// services consume, one record per log entry.

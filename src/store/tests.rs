@@ -41,8 +41,8 @@ use crate::model::validate::test_event as event;
 
 /// A group of events proposed at `time_ms`.
 pub(super) struct Batch {
-    time_ms: i64,
-    events: Vec<Event>,
+    pub(super) time_ms: i64,
+    pub(super) events: Vec<Event>,
 }
 
 pub(super) fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
@@ -55,6 +55,21 @@ pub(super) fn batch(time_ms: i64, events: Vec<Value>) -> Batch {
 /// Commits `batch` as the next log entry, as a leader would.
 pub(super) fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
     direct::commit_events(store, batch.events.clone(), batch.time_ms).expect("commit")
+}
+
+/// Installs `snapshot` (exported from `from`, which has not moved since) into `into`, as a
+/// follower installs one: the state, then the log's segments, then the dedup index built
+/// from both.
+pub(super) fn install_snapshot(into: &Store, from: &Store, snapshot: &[u8]) {
+    into.import(&mut &snapshot[..]).expect("import");
+    let staging = tempfile::tempdir().expect("tempdir");
+    let last = from.log().last_index().expect("a log entry");
+    let files = from
+        .log()
+        .checkpoint_to(staging.path(), last)
+        .expect("checkpoint the log");
+    into.log().install(&files, last).expect("install the log");
+    into.rebuild_dedup_index().expect("rebuild the dedup index");
 }
 
 pub(super) fn profile(store: &Store, key: &str) -> crate::model::profile::Profile {
@@ -527,7 +542,7 @@ fn returning_customers_keep_their_profiles_after_a_reopen_and_a_snapshot_install
             ),
         );
     }
-    other.import(&mut snapshot.as_slice()).expect("import");
+    install_snapshot(&other, &store, &snapshot);
     wait_for_filters(&other);
     commit(&other, &visit(T0 + 3_000, "third"));
     assert_eq!(
@@ -619,7 +634,7 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
     let other = open(dir.path(), "b");
     commit(&other, &visit(T0, "other"));
     wait_for_filters(&other);
-    other.import(&mut snapshot.as_slice()).expect("import");
+    install_snapshot(&other, &store, &snapshot);
     wait_for_filters(&other);
     for batch in [&first, &second] {
         assert!(

@@ -1,0 +1,192 @@
+//! The dedup index's runs ([`super::dedup_index`]) through a real store: lookups across
+//! runs and memory, reopening on the runs it wrote, and rebuilding when they do not check
+//! out. Unit-test builds write a run every [`RUN_KEYS`] (256) keys.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::dedup::Seen;
+use super::dedup_index::{RUN_KEYS, RUNS_DIR};
+use super::tests::{Batch, DAY_MS, T0, batch, commit, open_with, settings};
+use super::*;
+use crate::model::event::EventOutcome;
+
+/// `count` new events, `tag`-named, proposed at `time_ms`.
+fn visits(time_ms: i64, tag: &str, count: usize) -> Batch {
+    batch(
+        time_ms,
+        (0..count)
+            .map(|n| json!({"type": "track", "messageId": format!("{tag}-{n}"), "userId": format!("u{n}"), "event": "Visit"}))
+            .collect(),
+    )
+}
+
+/// Commits `batches` batches of 100 events; returns them with their events' seqs.
+fn ingest(store: &Store, time_ms: i64, tag: &str, batches: usize) -> Vec<(Batch, Vec<u64>)> {
+    (0..batches)
+        .map(|b| {
+            let visits = visits(time_ms, &format!("{tag}{b}"), 100);
+            let seqs = commit(store, &visits)
+                .into_iter()
+                .map(|outcome| match outcome {
+                    EventOutcome::Stored { seq } => seq,
+                    other => panic!("a new event was not stored: {other:?}"),
+                })
+                .collect();
+            (visits, seqs)
+        })
+        .collect()
+}
+
+fn screen(store: &Store, batch: &Batch) -> Vec<Seen> {
+    store
+        .screen(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.source.as_str(), e.message_id.as_str())),
+        )
+        .expect("screen")
+}
+
+/// Every event of `ingested` is a duplicate of the seq it was stored with.
+fn assert_all_found(store: &Store, ingested: &[(Batch, Vec<u64>)], when: &str) {
+    for (batch, seqs) in ingested {
+        let expected: Vec<Seen> = seqs.iter().map(|seq| Seen::Stored(*seq)).collect();
+        assert_eq!(screen(store, batch), expected, "{when}");
+    }
+}
+
+fn runs_dir(dir: &Path, name: &str) -> PathBuf {
+    Store::dir_in(&dir.join(name)).join(RUNS_DIR)
+}
+
+/// The run files, by name, with their inode numbers.
+fn runs(dir: &Path, name: &str) -> Vec<(String, u64)> {
+    let mut runs: Vec<(String, u64)> = std::fs::read_dir(runs_dir(dir, name))
+        .expect("runs dir")
+        .map(|entry| entry.expect("entry"))
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".run"))
+        .map(|entry| {
+            let inode = entry.metadata().expect("metadata").ino();
+            (entry.file_name().to_string_lossy().into_owned(), inode)
+        })
+        .collect();
+    runs.sort();
+    runs
+}
+
+fn open(dir: &Path, name: &str) -> Store {
+    open_with(dir, name, settings())
+}
+
+#[test]
+fn duplicates_are_found_in_runs_and_in_memory_and_after_a_reopen_without_a_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "a");
+    let ingested = ingest(&store, T0, "v", 12);
+    assert_all_found(&store, &ingested, "while runs were being written");
+    store.dedup.join_sealer();
+    let (keys, run_count) = store.dedup.len().expect("len");
+    assert_eq!(keys, 1_200);
+    assert!(
+        run_count >= 1_200 / RUN_KEYS - 1,
+        "only {run_count} runs for 1,200 keys"
+    );
+    assert_all_found(&store, &ingested, "with the runs written");
+    let fresh = screen(&store, &visits(T0, "fresh", 100));
+    assert!(fresh.iter().all(|seen| *seen == Seen::New), "{fresh:?}");
+    drop(store);
+
+    let before = runs(dir.path(), "a");
+    assert!(!before.is_empty());
+    let store = open(dir.path(), "a");
+    assert_eq!(
+        runs(dir.path(), "a"),
+        before,
+        "the runs were rewritten at open although they checked out"
+    );
+    assert_all_found(&store, &ingested, "after a reopen");
+    let more = ingest(&store, T0 + 1_000, "w", 3);
+    assert_all_found(&store, &more, "applied after the reopen");
+    assert_eq!(store.dedup.len().expect("len").0, 1_500);
+}
+
+#[test]
+fn runs_that_do_not_check_out_are_rebuilt_from_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ingested = {
+        let store = open(dir.path(), "a");
+        let ingested = ingest(&store, T0, "v", 12);
+        store.dedup.join_sealer();
+        ingested
+    };
+    let files = runs(dir.path(), "a");
+    assert!(files.len() >= 3, "{files:?}");
+    let path = |name: &str| runs_dir(dir.path(), "a").join(name);
+
+    // A damaged run (one byte of a record flipped).
+    let damaged = path(&files[1].0);
+    let mut bytes = std::fs::read(&damaged).expect("read run");
+    bytes[100] ^= 0x40;
+    std::fs::write(&damaged, bytes).expect("write run");
+    let store = open(dir.path(), "a");
+    assert_all_found(&store, &ingested, "after a damaged run");
+    drop(store);
+    assert_ne!(runs(dir.path(), "a"), files, "the damaged run was kept");
+
+    // The oldest run missing: keys alive in the state that no run holds.
+    let files = runs(dir.path(), "a");
+    std::fs::remove_file(path(&files[0].0)).expect("remove run");
+    let store = open(dir.path(), "a");
+    assert_all_found(&store, &ingested, "after the oldest run went missing");
+    drop(store);
+
+    // A run the state does not cover (as after a power cut, when the state's unsynced tail
+    // is lost but a run written from it survived), claiming a key the state never stored.
+    let files = runs(dir.path(), "a");
+    let newest = &files.last().expect("a run").0;
+    let to: u64 = newest.trim_end_matches(".run").parse().expect("run name");
+    let mut bytes = std::fs::read(path(newest)).expect("read run");
+    let header_to = 16 + 2 * 8;
+    let (from, beyond) = (to, to + (1_000 << 16));
+    bytes[16 + 8..header_to].copy_from_slice(&from.to_le_bytes());
+    bytes[header_to..header_to + 8].copy_from_slice(&beyond.to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(path(&format!("{beyond:020}.run")), bytes).expect("write run");
+    let store = open(dir.path(), "a");
+    assert!(
+        !runs(dir.path(), "a")
+            .iter()
+            .any(|(name, _)| *name == format!("{beyond:020}.run")),
+        "a run past the state was kept"
+    );
+    assert_all_found(&store, &ingested, "after a run past the state");
+    let more = ingest(&store, T0 + 1_000, "w", 1);
+    assert_all_found(&store, &more, "applied after the rebuild");
+}
+
+#[test]
+fn runs_whose_keys_all_expired_are_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "a");
+    let old = ingest(&store, T0, "v", 6);
+    store.dedup.join_sealer();
+    assert!(!runs(dir.path(), "a").is_empty());
+    // Two days later (the window is one): the old keys are dead, their runs go.
+    let young = ingest(&store, T0 + 2 * DAY_MS, "w", 1);
+    store.dedup.join_sealer();
+    assert!(
+        runs(dir.path(), "a").is_empty(),
+        "expired runs kept: {:?}",
+        runs(dir.path(), "a")
+    );
+    for (batch, _) in &old {
+        assert!(screen(&store, batch).iter().all(|seen| *seen == Seen::New));
+    }
+    assert_all_found(&store, &young, "the young keys");
+}
