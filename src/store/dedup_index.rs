@@ -571,7 +571,7 @@ fn first_alive(source: &Source<'_>, horizon: &Horizon) -> Result<u64, StoreError
         return Ok(0);
     };
     if horizon.alive(first_ms) {
-        return Ok(first - 1);
+        return Ok(first.saturating_sub(1));
     }
     // The entry at or after `low` is dead; find the first alive one after it.
     let (mut low, mut high) = (first, u64::MAX);
@@ -585,7 +585,7 @@ fn first_alive(source: &Source<'_>, horizon: &Horizon) -> Result<u64, StoreError
     // Every entry at or after `high` is alive (or there is none): the chain starts before
     // the first of them.
     match at(high)? {
-        Some((key, _)) => Ok(key - 1),
+        Some((key, _)) => Ok(key.saturating_sub(1)),
         None => Ok(source
             .snapshot
             .iter(source.feed)

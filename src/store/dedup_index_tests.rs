@@ -189,4 +189,34 @@ fn runs_whose_keys_all_expired_are_deleted() {
         assert!(screen(&store, batch).iter().all(|seen| *seen == Seen::New));
     }
     assert_all_found(&store, &young, "the young keys");
+
+    // Reopened with no run on disk: built from the feed entries within the window only,
+    // found by a binary search past the dead ones.
+    let more = ingest(&store, T0 + 2 * DAY_MS + 1_000, "x", 3);
+    drop(store);
+    for (name, _) in runs(dir.path(), "a") {
+        std::fs::remove_file(runs_dir(dir.path(), "a").join(name)).expect("remove run");
+    }
+    let store = open(dir.path(), "a");
+    assert_eq!(
+        store.dedup.len().expect("len").0,
+        400,
+        "the rebuilt index holds dead keys"
+    );
+    for (batch, _) in &old {
+        assert!(screen(&store, batch).iter().all(|seen| *seen == Seen::New));
+    }
+    assert_all_found(&store, &young, "the young keys after a reopen");
+    assert_all_found(&store, &more, "the younger keys after a reopen");
+    // The rebuild wrote a run (400 keys > 256) whose range starts past the dead entries:
+    // it did not read the feed from its beginning.
+    let rebuilt = runs(dir.path(), "a");
+    let first = rebuilt.first().expect("a rebuilt run");
+    let bytes = std::fs::read(runs_dir(dir.path(), "a").join(&first.0)).expect("read run");
+    let from = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
+    // Feed keys count records: the six dead entries of 100 events hold keys 1..=600.
+    assert_eq!(
+        from, 600,
+        "the rebuild started after feed key {from}, not the dead entries"
+    );
 }
