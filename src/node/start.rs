@@ -105,6 +105,13 @@ pub async fn start(
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))??
     };
+    let snapshots = Snapshots::open(&dir).map_err(data_dir_error(&dir))?;
+    // A snapshot install a crash interrupted is completed below; until then the state may be
+    // ahead of the log, and what the store derives from both waits.
+    let install_interrupted = snapshots
+        .store_pending()
+        .map_err(data_dir_error(&dir))?
+        .is_some();
     let store_path = Store::dir_in(&dir);
     let store_config = StoreConfig {
         path: store_path.clone(),
@@ -118,7 +125,13 @@ pub async fn start(
         super::priority::spawn_niced(
             "tandem-store-open",
             super::priority::STORAGE_NICE,
-            move || Store::open(store_config, store_log),
+            move || {
+                if install_interrupted {
+                    Store::open_interrupted_install(store_config, store_log)
+                } else {
+                    Store::open(store_config, store_log)
+                }
+            },
         )
     })
     .await
@@ -130,7 +143,6 @@ pub async fn start(
     })?;
     let store = Arc::new(store);
     let log_store = LogStore::open(log).map_err(data_dir_error(&log_dir))?;
-    let snapshots = Snapshots::open(&dir).map_err(data_dir_error(&dir))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "storage open"

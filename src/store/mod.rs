@@ -250,6 +250,22 @@ impl Store {
     /// Opens (or creates) the store at `config.path`, recovering from its journal after a
     /// crash. Event bodies are read from `log`.
     pub fn open(config: StoreConfig, log: Log) -> Result<Store, StoreError> {
+        Store::open_inner(config, log, false)
+    }
+
+    /// [`Store::open`] for a store whose snapshot install a crash interrupted: its state may
+    /// be ahead of its log, so the dedup index (derived from both) and the filters wait
+    /// until the install is completed ([`Store::rebuild_dedup_index`]); the leader cannot
+    /// screen on it meanwhile.
+    pub fn open_interrupted_install(config: StoreConfig, log: Log) -> Result<Store, StoreError> {
+        Store::open_inner(config, log, true)
+    }
+
+    fn open_inner(
+        config: StoreConfig,
+        log: Log,
+        install_interrupted: bool,
+    ) -> Result<Store, StoreError> {
         let horizon = Horizon::default();
         let factory: Arc<dyn fjall::compaction::filter::Factory> = Arc::new(ExpiryFactory {
             horizon: horizon.clone(),
@@ -278,10 +294,14 @@ impl Store {
         };
         let clock = store.reader().clock_ms()?;
         store.advance_horizon(clock);
-        store
-            .dedup
-            .restore(&store.dedup_source(&store.db.snapshot()), &store.horizon)?;
-        store.start_filters()?;
+        if install_interrupted {
+            store.dedup.forget()?;
+        } else {
+            store
+                .dedup
+                .restore(&store.dedup_source(&store.db.snapshot()), &store.horizon)?;
+            store.start_filters()?;
+        }
         Ok(store)
     }
 
