@@ -452,11 +452,11 @@ async fn a_crash_during_a_snapshot_install_is_completed_at_restart() {
     let point = INSTALL_CRASH_POINTS[(seed % INSTALL_CRASH_POINTS.len() as u64) as usize];
     println!("seed {seed}: crash at {point} (replay with TANDEM_TEST_SEED={seed})");
     let dir = tempfile::tempdir().expect("tempdir");
-    // Enough events (each ~2 records: its profile index entry and its dedup key) that the
-    // snapshot's state spans more than one import batch of 10,000 records, so a crash
-    // "partway" lands between two of them.
+    // Enough events (each at least one record, its profile index entry; the dedup keys
+    // are no longer in the state) that the snapshot's state spans more than one import
+    // batch of 10,000 records, so a crash "partway" lands between two of them.
     let (mut cluster, writers, leader_url) =
-        cluster_with_purged_log(dir.path(), "crash-install", 6_000).await;
+        cluster_with_purged_log(dir.path(), "crash-install", 12_000).await;
     let new_url = cluster.spawn_joining_with_env(4, "r3", &[("TANDEM_CRASH_AT", point)]);
     let (code, body) = admin_post(
         &leader_url,
