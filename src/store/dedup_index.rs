@@ -68,7 +68,7 @@ pub const RUN_KEYS: usize = if cfg!(test) { 256 } else { 1 << 19 };
 /// it, applying fails rather than grow without bound.
 const PENDING_KEYS_MAX: usize = 4 * RUN_KEYS;
 
-/// A run file starts with this (the last two bytes are the run format's version).
+/// A run file starts with this (the last byte is the run format's version).
 const MAGIC: &[u8; 16] = b"TANDEM-DEDUPRUN1";
 /// Magic, then record count, from, to, oldest and newest stored-at, each 8 bytes LE.
 const HEADER_BYTES: usize = 16 + 5 * 8;
