@@ -384,7 +384,11 @@ pub fn lag_entries(metrics: &openraft::RaftMetrics<crate::cluster::TypeConfig>) 
     committed.saturating_sub(applied)
 }
 
-/// `GET /health/leader`: 200 only on the leader.
+/// `GET /health/leader`: 200 only on the leader, once a quorum has acknowledged it in its
+/// term. openraft restarts an ex-leader whose vote for itself was committed as the leader
+/// of that old term until it hears of a newer one; load balancers route writes by this
+/// answer, so such a node must not say "leader" before a quorum confirms it (a single-node
+/// cluster's leader is its own quorum).
 async fn leader(State(state): State<AppState>) -> Response {
     use openraft::async_runtime::WatchReceiver;
     let metrics = state.node.raft().metrics().borrow_watched().clone();
@@ -393,7 +397,10 @@ async fn leader(State(state): State<AppState>) -> Response {
         "leader": metrics.current_leader,
         "term": metrics.current_term,
     });
-    if crate::cluster::leads(&metrics) && !state.node.is_shutting_down() {
+    if crate::cluster::leads(&metrics)
+        && metrics.last_quorum_acked.is_some()
+        && !state.node.is_shutting_down()
+    {
         axum::Json(json!({"status": "leader", "raft": body})).into_response()
     } else {
         (
