@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::dedup::Seen;
 use super::dedup_index::{RUN_KEYS, RUNS_DIR};
-use super::tests::{Batch, DAY_MS, T0, batch, commit, open_with, settings};
+use super::tests::{Batch, DAY_MS, T0, batch, commit, open_with, screen, settings};
 use super::*;
 use crate::model::event::EventOutcome;
 
@@ -38,17 +38,6 @@ fn ingest(store: &Store, time_ms: i64, tag: &str, batches: usize) -> Vec<(Batch,
             (visits, seqs)
         })
         .collect()
-}
-
-fn screen(store: &Store, batch: &Batch) -> Vec<Seen> {
-    store
-        .screen(
-            batch
-                .events
-                .iter()
-                .map(|e| (e.source.as_str(), e.message_id.as_str())),
-        )
-        .expect("screen")
 }
 
 /// Every event of `ingested` is a duplicate of the seq it was stored with.

@@ -57,6 +57,18 @@ pub(super) fn commit(store: &Store, batch: &Batch) -> Vec<EventOutcome> {
     direct::commit_events(store, batch.events.clone(), batch.time_ms).expect("commit")
 }
 
+/// The leader's dedup verdict on each event of `batch`.
+pub(super) fn screen(store: &Store, batch: &Batch) -> Vec<dedup::Seen> {
+    store
+        .screen(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.source.as_str(), e.message_id.as_str())),
+        )
+        .expect("screen")
+}
+
 /// Installs `snapshot` (exported from `from`, which has not moved since) into `into`, as a
 /// follower installs one: the state, then the log's segments, then the dedup index built
 /// from both.
@@ -593,16 +605,6 @@ fn retries_stay_duplicates_after_a_reopen_and_a_snapshot_install_with_the_dedup_
                 .map(|n| json!({"type": "track", "messageId": format!("{tag}-{n}"), "userId": format!("u{n}"), "event": "Visit"}))
                 .collect(),
         )
-    };
-    let screen = |store: &Store, batch: &Batch| -> Vec<dedup::Seen> {
-        store
-            .screen(
-                batch
-                    .events
-                    .iter()
-                    .map(|e| (e.source.as_str(), e.message_id.as_str())),
-            )
-            .expect("screen")
     };
     let all_stored = |verdicts: Vec<dedup::Seen>| {
         verdicts
