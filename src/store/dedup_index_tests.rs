@@ -209,3 +209,59 @@ fn runs_whose_keys_all_expired_are_deleted() {
         "the rebuild started after feed key {from}, not the dead entries"
     );
 }
+
+#[test]
+fn a_run_that_cannot_be_written_is_retried_and_memory_stays_bounded_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "a");
+    // The runs' directory turned into a file: every run write fails (as on a full or
+    // broken disk), whoever runs the tests.
+    let runs_path = runs_dir(dir.path(), "a");
+    std::fs::remove_dir_all(&runs_path).expect("remove the runs dir");
+    std::fs::write(&runs_path, b"").expect("a file in its place");
+
+    // 3 batches fill pending (256 keys) and it is frozen; its run fails, and is retried
+    // (and fails) after every apply while pending grows towards its bound, 4 × 256.
+    let held = ingest(&store, T0, "v", 14);
+    store.dedup.join_sealer();
+    let (keys, run_count) = store.dedup.len().expect("len");
+    assert_eq!((keys, run_count), (1_400, 0));
+    assert_all_found(&store, &held, "while no run could be written");
+
+    // Past the bound, applying fails (the node stops applying rather than grow), and the
+    // entry's events are not half-stored.
+    let refused = visits(T0, "refused", 100);
+    let error = direct::commit_events(&store, refused.events.clone(), refused.time_ms)
+        .expect_err("an apply past the bound");
+    assert!(
+        matches!(&error, StoreError::Io { source, .. } if source.to_string().contains("cannot write them as a run")),
+        "{error}"
+    );
+    assert!(
+        screen(&store, &refused)
+            .iter()
+            .all(|seen| *seen == Seen::New),
+        "a refused entry's keys were recorded"
+    );
+    assert_eq!(store.dedup.len().expect("len").0, 1_400);
+
+    // The disk mended: the next seal retries the frozen keys, then writes what piled up.
+    std::fs::remove_file(&runs_path).expect("remove the file");
+    std::fs::create_dir(&runs_path).expect("the runs dir again");
+    for _ in 0..2 {
+        store.dedup.seal_if_full().expect("seal");
+        store.dedup.join_sealer();
+    }
+    let (keys, run_count) = store.dedup.len().expect("len");
+    assert_eq!((keys, run_count), (1_400, 2));
+    assert_eq!(runs(dir.path(), "a").len(), 2);
+    assert_all_found(&store, &held, "once the runs were written");
+    drop(store);
+    let store = open(dir.path(), "a");
+    assert_eq!(
+        store.dedup.len().expect("len"),
+        (1_400, 2),
+        "runs rewritten at open"
+    );
+    assert_all_found(&store, &held, "after a reopen");
+}
