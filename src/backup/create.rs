@@ -349,6 +349,7 @@ fn upload_locked(
         apply: info.apply.clone(),
         files,
         totals,
+        data_format: Some(crate::node::format::DATA_FORMAT),
     };
     manifest.finished_ms = manifest.finished_ms.max(manifest.started_ms);
     progress.phase("writing the manifest");

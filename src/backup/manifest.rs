@@ -115,6 +115,11 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// What it cost.
     pub totals: Totals,
+    /// The data format of the state and log it holds (`crate::node::format::DATA_FORMAT` of
+    /// the build that took it); `None` in backups taken before it was recorded (data format
+    /// 3 or 4, which every build that records it reads).
+    #[serde(default)]
+    pub data_format: Option<u32>,
 }
 
 impl Manifest {
@@ -206,5 +211,45 @@ mod tests {
         assert!(open::<RepoConfig>(&key, CONFIG, truncated).is_err());
         let other = RepoKey::from_bytes([8; 32]);
         assert!(open::<RepoConfig>(&other, CONFIG, &sealed).is_err());
+    }
+
+    /// A manifest as backups taken before the data format was recorded wrote it.
+    fn unrecorded() -> serde_json::Value {
+        serde_json::json!({
+            "format": FORMAT_VERSION, "id": "0001", "cluster_id": null, "node_id": 1,
+            "started_ms": 1, "finished_ms": 2, "log_index": 10, "log_term": 1,
+            "state_hash": "s", "services_hash": "h", "services": [], "apply": {},
+            "files": [], "totals": Totals::default(),
+        })
+    }
+
+    #[test]
+    fn a_restore_refuses_a_newer_data_format_and_reads_older_and_unrecorded_ones() {
+        use crate::backup::restore::check_data_format;
+        use crate::node::format::DATA_FORMAT;
+        let old: Manifest = serde_json::from_value(unrecorded()).expect("an older manifest");
+        assert_eq!(old.data_format, None);
+        assert!(check_data_format(&old).is_ok());
+        for format in [DATA_FORMAT - 1, DATA_FORMAT] {
+            let manifest = Manifest {
+                data_format: Some(format),
+                ..old.clone()
+            };
+            assert!(check_data_format(&manifest).is_ok(), "format {format}");
+        }
+        let newer = Manifest {
+            data_format: Some(DATA_FORMAT + 1),
+            ..old
+        };
+        let error = check_data_format(&newer).expect_err("a newer data format");
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("data format {}", DATA_FORMAT + 1))
+                && message.contains(&format!("reads data format {DATA_FORMAT}")),
+            "{message}"
+        );
+        // Written as recorded.
+        let json = serde_json::to_value(&newer).expect("encode");
+        assert_eq!(json["data_format"], DATA_FORMAT + 1);
     }
 }

@@ -107,6 +107,7 @@ pub async fn restore_at(
             )),
             None => BackupError::Invalid("the repository holds no backup".into()),
         })?;
+    super::restore::check_data_format(&base)?;
     let forced = super::restore::mismatches(&base, &options.config);
     if !forced.is_empty() && !options.force {
         return Err(BackupError::Mismatch(forced.join("; ")));

@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::log::{Log, LogOptions};
 use crate::store::{Store, StoreConfig};
 
-use crate::node::format::{RESTORE_INCOMPLETE as INCOMPLETE, RESTORED};
+use crate::node::format::{DATA_FORMAT, RESTORE_INCOMPLETE as INCOMPLETE, RESTORED};
 
 /// Buffer of a restored file's writes, bytes: a few chunks per write call.
 const WRITE_BUFFER_BYTES: usize = 4 << 20;
@@ -88,6 +88,21 @@ pub struct Restored {
     /// Point-in-time restores: the log time of the last batch replayed, ms since the epoch.
     #[serde(default)]
     pub log_time_ms: Option<i64>,
+}
+
+/// Refuses a backup whose state and log are in a newer data format than this build reads:
+/// they would be misread (a build of data format 3 importing a format-4 state, for one,
+/// would miss every dedup key stored since). Not something `--force` can override.
+pub fn check_data_format(manifest: &Manifest) -> Result<(), BackupError> {
+    match manifest.data_format {
+        Some(format) if format > DATA_FORMAT => Err(BackupError::Invalid(format!(
+            "backup {} holds data format {format}; this build reads data format {DATA_FORMAT} \
+             and older. Restore it with a build of data format {format} or newer (`tandem \
+             --version` names a build's)",
+            manifest.id
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a manifest against this build and `config`; returns the mismatches.
@@ -141,6 +156,7 @@ pub async fn restore(
             .await?
             .ok_or_else(|| BackupError::Invalid("the repository holds no backup".into()))?,
     };
+    check_data_format(&manifest)?;
     let forced = mismatches(&manifest, &options.config);
     if !forced.is_empty() && !options.force {
         return Err(BackupError::Mismatch(forced.join("; ")));

@@ -21,7 +21,7 @@ use crate::config::{CliOverrides, Config};
 
 /// Tandem: a customer data platform that stays up.
 #[derive(Debug, Parser)]
-#[command(name = "tandem", version, about)]
+#[command(name = "tandem", version = crate::node::format::VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -18,6 +18,9 @@ use std::path::Path;
 
 /// The format this build reads and writes.
 pub const DATA_FORMAT: u32 = 4;
+/// What `tandem --version` prints: the release and [`DATA_FORMAT`] (a literal, as the
+/// attribute needs one; a test keeps the two equal).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (data format 4)");
 /// The older format this build upgrades in place by restamping it (nothing to convert).
 const UPGRADED_IN_PLACE: u32 = 3;
 /// The version file's name.
@@ -149,6 +152,14 @@ fn stamp(dir: &Path, path: &Path) -> Result<(), FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_names_this_data_format() {
+        assert!(
+            VERSION.ends_with(&format!("(data format {DATA_FORMAT})")),
+            "{VERSION}"
+        );
+    }
 
     #[test]
     fn a_new_directory_is_stamped_and_then_accepted() {
