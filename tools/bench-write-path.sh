@@ -7,14 +7,15 @@
 # The machine is shared and noisy: compare the ratios printed at the end, not absolutes.
 #
 # Usage: tools/bench-write-path.sh [EVENTS_PER_RUN] [RUNS]      (defaults 300000 3)
-# Needs: a release build (cargo build --release); for the peers, postgresql-15, etcd-server,
-# etcd-client and wrk (apt-get install). Data goes under a temporary directory, removed at
-# the end; only processes this script started are stopped, by pid.
+# Needs: a release build (cargo build --release), or TANDEM=BINARY to measure another
+# build; for the peers, postgresql-15, etcd-server, etcd-client and wrk (apt-get install).
+# Data goes under a temporary directory, removed at the end; only processes this script
+# started are stopped, by pid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
 RUNS=${2:-3}
-TANDEM=target/release/tandem
+TANDEM=${TANDEM:-target/release/tandem}
 PEERS=${PEERS_DIR:-../shared/bench}
 # shellcheck source=tools/bench-common.sh
 source tools/bench-common.sh
