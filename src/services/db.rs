@@ -72,7 +72,9 @@ impl ServiceDb {
     pub fn open(dir: &Path) -> Result<ServiceDb, ServiceError> {
         let db = crate::store::database_builder(dir, 32 << 20)?.open()?;
         let data = db.keyspace("data", || {
-            KeyspaceCreateOptions::default().max_memtable_size(8 << 20)
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(8 << 20)
+                .data_block_compression_policy(crate::store::data_block_compression())
         })?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         Ok(ServiceDb { db, data, meta })

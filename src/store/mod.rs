@@ -136,6 +136,20 @@ const INDEX_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 /// what it had.
 const TABLE_BYTES_TARGET: u64 = 8 << 20;
 
+/// How every keyspace's data blocks are compressed: lz4, at every level. fjall's default
+/// compresses only from level 2 down, but a node writes most of its table bytes into levels
+/// 0 and 1 (every flush, and the merges into a level 1 of [`L0_TABLES_MAX`] tables), so
+/// profile records and index entries went to disk as they are. Measured at 3M events, four
+/// pairs in both orders: 0.80–0.82× the bytes written per event in every pair, fjall's
+/// worker 1.16–1.36× (the compressing), the node's CPU per event 0.97–1.03× in three pairs
+/// (1.22× in one where every thread ran slower, parsing too) (docs/benchmarks.md, "Sixteenth
+/// session: lz4 at every level"). Like the other options, fixed when a keyspace
+/// is created; a table records its own compression, so a store holding tables of both
+/// kinds reads both.
+pub(crate) fn data_block_compression() -> fjall::config::CompressionPolicy {
+    fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4)
+}
+
 /// Flushed tables a keyspace's level 0 collects before they are compacted into level 1
 /// (fjall's default is 4). L1 is sized as that many tables, 64 MiB, and each level below
 /// it 10× the one above, so every level doubles. Measured at 3M events, in both orders of
@@ -182,6 +196,7 @@ impl Keyspaces {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(memtable_bytes)
                     .compaction_strategy(Arc::new(compaction))
+                    .data_block_compression_policy(data_block_compression())
             })
         };
         Ok(Keyspaces {

@@ -750,3 +750,25 @@ fn a_database_whose_creation_was_interrupted_is_created_anew() {
     );
     assert!(other.join("precious").exists());
 }
+
+#[test]
+fn tables_are_compressed_from_the_first_flush() {
+    // Index entries as apply writes them: what fjall's default left uncompressed in levels
+    // 0 and 1 (see `data_block_compression`).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), "a");
+    let keyspace = &store.ks.profile_events;
+    let mut raw = 0;
+    for seq in 0..20_000_u64 {
+        let key = tables::pair_key(seq % 500, event_seq(seq, 0));
+        let value = tables::index_value("Order Completed", T0 + seq as i64);
+        raw += key.len() + value.len();
+        keyspace.insert(key, value).expect("insert");
+    }
+    keyspace.rotate_memtable_and_wait().expect("flush");
+    let on_disk = keyspace.disk_space();
+    assert!(
+        on_disk > 0 && (on_disk as f64) < raw as f64 * 0.6,
+        "{on_disk} bytes on disk for {raw} bytes of keys and values"
+    );
+}
