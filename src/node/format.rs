@@ -1,7 +1,13 @@
 //! The data directory's format version: a data directory written by another format is
 //! refused at start with what to do, never misread.
 //!
-//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 4 no longer writes the
+//! `<data>/FORMAT` holds one line, `tandem-data <version>`. Version 5 keeps each profile's
+//! activity (seen times, counts) in a record of its own (`profile_activity`), so an event
+//! that changes nothing else no longer rewrites the whole profile: a version-4 (or 3)
+//! directory is read as it is and restamped (its profile records carry their activity,
+//! and each is rewritten in the new layout the next time it changes), but a build of
+//! version 4 would read a rewritten profile with zero counts, so it refuses version 5.
+//! Version 4 no longer writes the
 //! dedup keys into the state (they are derived from the feed and the log, see
 //! `crate::store::dedup_index`): a version-3 directory is read as it is and restamped
 //! (its old keys expire from the state by themselves), but a build of version 3 would
@@ -17,12 +23,12 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build reads and writes.
-pub const DATA_FORMAT: u32 = 4;
+pub const DATA_FORMAT: u32 = 5;
 /// What `tandem --version` prints: the release and [`DATA_FORMAT`] (a literal, as the
 /// attribute needs one; a test keeps the two equal).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (data format 4)");
-/// The older format this build upgrades in place by restamping it (nothing to convert).
-const UPGRADED_IN_PLACE: u32 = 3;
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (data format 5)");
+/// The older formats this build upgrades in place by restamping them (nothing to convert).
+const UPGRADED_IN_PLACE: [u32; 2] = [3, 4];
 /// The version file's name.
 const FILE: &str = "FORMAT";
 
@@ -95,10 +101,10 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), FormatError> {
                 .and_then(|v| v.parse::<u32>().ok());
             match version {
                 Some(DATA_FORMAT) => Ok(()),
-                Some(UPGRADED_IN_PLACE) => {
+                Some(from) if UPGRADED_IN_PLACE.contains(&from) => {
                     tracing::info!(
                         dir = %dir.display(),
-                        from = UPGRADED_IN_PLACE,
+                        from,
                         to = DATA_FORMAT,
                         "upgrading the data directory's format in place (nothing to convert)"
                     );
@@ -189,13 +195,15 @@ mod tests {
 
         // An older format this build reads as it is: restamped, never again read by the
         // build that wrote it.
-        let previous = tempfile::tempdir().unwrap();
-        fs::write(previous.path().join(FILE), "tandem-data 3\n").unwrap();
-        check_or_stamp(previous.path()).unwrap();
-        assert_eq!(
-            fs::read_to_string(previous.path().join(FILE)).unwrap(),
-            format!("tandem-data {DATA_FORMAT}\n")
-        );
+        for older in UPGRADED_IN_PLACE {
+            let previous = tempfile::tempdir().unwrap();
+            fs::write(previous.path().join(FILE), format!("tandem-data {older}\n")).unwrap();
+            check_or_stamp(previous.path()).unwrap();
+            assert_eq!(
+                fs::read_to_string(previous.path().join(FILE)).unwrap(),
+                format!("tandem-data {DATA_FORMAT}\n")
+            );
+        }
 
         let garbage = tempfile::tempdir().unwrap();
         fs::write(garbage.path().join(FILE), "hello").unwrap();

@@ -111,6 +111,9 @@ pub struct Applier<'a> {
     filters: Filters<'a>,
     /// Profiles read or changed in this batch; `None` = merged away.
     profiles: BTreeMap<u64, Option<Profile>>,
+    /// The stored [`PROFILES`] record of each profile in `profiles` that was loaded and is
+    /// in the current layout: a profile whose encoding still equals it is not rewritten.
+    stored: HashMap<u64, fjall::Slice>,
     /// Identities (by key) pointed at a profile in this batch.
     identities: HashMap<String, u64>,
     counters: Counters,
@@ -157,6 +160,7 @@ impl<'a> Applier<'a> {
             hot,
             filters,
             profiles: BTreeMap::new(),
+            stored: HashMap::new(),
             identities: HashMap::new(),
             counters,
             settings,
@@ -225,8 +229,10 @@ impl<'a> Applier<'a> {
     }
 
     /// Writes touched profiles and the counters into the batch; returns the state clock,
-    /// what the batch changed and the entries' dedup keys.
-    pub fn finish(self) -> Finished {
+    /// what the batch changed and the entries' dedup keys. A touched profile's activity
+    /// (seen times, counts) is always written; its [`PROFILES`] record only when its
+    /// encoding differs from the stored one — most events change nothing else.
+    pub fn finish(mut self) -> Finished {
         let ks = self.ks;
         let mut changes = Changes {
             identities: self.identities.into_iter().collect(),
@@ -234,13 +240,27 @@ impl<'a> Applier<'a> {
         };
         for (id, profile) in self.profiles {
             match profile {
-                Some(profile) => {
-                    self.batch
-                        .insert(&ks.profiles, u64_bytes(id), encode_profile(&profile));
-                    changes.profiles.push((id, Some(profile)));
+                Some(mut profile) => {
+                    let record = encode_profile(&mut profile);
+                    let record = match self.stored.remove(&id) {
+                        Some(stored) if *stored == *record => stored,
+                        _ => {
+                            let record = fjall::Slice::from(record);
+                            self.batch
+                                .insert(&ks.profiles, u64_bytes(id), record.clone());
+                            record
+                        }
+                    };
+                    self.batch.insert(
+                        &ks.profile_activity,
+                        u64_bytes(id),
+                        encode_activity(&profile),
+                    );
+                    changes.profiles.push((id, Some((profile, record))));
                 }
                 None => {
                     self.batch.remove(&ks.profiles, u64_bytes(id));
+                    self.batch.remove(&ks.profile_activity, u64_bytes(id));
                     changes.profiles.push((id, None));
                 }
             }
@@ -467,7 +487,7 @@ impl<'a> Applier<'a> {
                     "profile {loser} merged twice in one batch"
                 )));
             }
-            None => self.load_profile(loser)?,
+            None => self.load_profile(loser)?.0,
         };
         for identity in &absorbed.identities {
             self.set_owner(identity, target);
@@ -591,22 +611,28 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn load_profile(&self, id: u64) -> Result<Profile, StoreError> {
-        if let Some(profile) = self.hot.take_profile(id) {
-            return Ok(profile);
+    /// The committed profile `id`, and its stored [`PROFILES`] record if that is in the
+    /// current layout.
+    fn load_profile(&self, id: u64) -> Result<(Profile, Option<fjall::Slice>), StoreError> {
+        if let Some((profile, record)) = self.hot.take_profile(id) {
+            return Ok((profile, Some(record)));
         }
-        let bytes = self
-            .snapshot
-            .get(&self.ks.profiles, u64_bytes(id))?
+        let (profile, record) = super::read::stored_profile(&self.snapshot, self.ks, id)?
             .ok_or_else(|| {
                 StoreError::Corrupt(format!("identity points at missing profile {id}"))
             })?;
-        decode_profile(&bytes)
+        // A copy: a value read from a table shares its whole block's buffer, which the hot
+        // cache would otherwise keep alive with the record.
+        let record = is_current_layout(&record).then(|| fjall::Slice::from(&*record));
+        Ok((profile, record))
     }
 
     fn profile_mut(&mut self, id: u64) -> Result<&mut Profile, StoreError> {
         if !self.profiles.contains_key(&id) {
-            let profile = self.load_profile(id)?;
+            let (profile, record) = self.load_profile(id)?;
+            if let Some(record) = record {
+                self.stored.insert(id, record);
+            }
             self.profiles.insert(id, Some(profile));
         }
         self.profiles

@@ -5,7 +5,10 @@
 use serde_json::{Value, json};
 
 use super::apply::ApplySettings;
-use super::tables::{MERGES, MergeAction, MergeRecord, decode_profile, encode_profile};
+use super::tables::{
+    MERGES, MergeAction, MergeRecord, encode_activity, encode_profile, is_current_layout,
+    read_profile,
+};
 use super::tests::{DAY_MS, T0, batch, commit, open_with, profile, settings};
 use crate::model::identity::{IdKind, Identity};
 use crate::model::profile::{Profile, TRAITS_MAX, TraitValue};
@@ -245,7 +248,8 @@ fn profiles_in_the_first_layout_are_read_and_upgraded() {
             merged_ids: vec![7],
         };
         let bytes = postcard::to_stdvec(&old).expect("encode");
-        let read = decode_profile(&bytes).expect("decode layout 1");
+        let read = read_profile(&bytes, None).expect("decode layout 1");
+        assert!(!is_current_layout(&bytes), "rewritten at the next change");
         let mut want = Profile::new(id, old.identities.clone());
         want.traits.insert(
             "plan".into(),
@@ -259,9 +263,18 @@ fn profiles_in_the_first_layout_are_read_and_upgraded() {
         want.counts[0] = 1;
         want.merged_ids = vec![7];
         assert_eq!(read, want, "profile id {id}");
+        let mut written = read.clone();
+        let record = encode_profile(&mut written);
+        assert_eq!(written, read, "encoding leaves the profile as it was");
+        assert!(is_current_layout(&record));
+        let activity = encode_activity(&read);
         assert_eq!(
-            decode_profile(&encode_profile(&read)).expect("round trip"),
+            read_profile(&record, Some(&activity)).expect("round trip"),
             read
+        );
+        assert!(
+            read_profile(&record, None).is_err(),
+            "a current record without its activity is refused, not read with zero counts"
         );
     }
 }

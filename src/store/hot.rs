@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
+use fjall::Slice;
+
 use crate::model::profile::Profile;
 
 /// Identities kept (each about 100 bytes with its key).
@@ -92,7 +94,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Generations<K, V> {
 /// Committed identity owners and profiles, bounded.
 pub struct HotCache {
     identities: Mutex<Generations<String, u64>>,
-    profiles: Mutex<Generations<u64, Profile>>,
+    profiles: Mutex<Generations<u64, (Profile, Slice)>>,
 }
 
 /// What one committed batch changed, for [`HotCache::remember`].
@@ -100,8 +102,9 @@ pub struct HotCache {
 pub struct Changes {
     /// Identity key → its owner now.
     pub identities: Vec<(String, u64)>,
-    /// Profile id → the profile now, or `None` if it was merged away.
-    pub profiles: Vec<(u64, Option<Profile>)>,
+    /// Profile id → the profile now and its stored [`crate::store::tables::PROFILES`]
+    /// record, or `None` if it was merged away.
+    pub profiles: Vec<(u64, Option<(Profile, Slice)>)>,
 }
 
 impl Default for HotCache {
@@ -124,10 +127,11 @@ impl HotCache {
         lock(&self.identities).get(key)
     }
 
-    /// Takes the committed profile `id` out of the cache, if it is there. The applier
-    /// (the only user) gives it back changed, with [`HotCache::remember`], once its batch
-    /// committed — so a profile is never copied on its way through a batch.
-    pub fn take_profile(&self, id: u64) -> Option<Profile> {
+    /// Takes the committed profile `id` and its stored record out of the cache, if it is
+    /// there. The applier (the only user) gives it back changed, with
+    /// [`HotCache::remember`], once its batch committed — so a profile is never copied on
+    /// its way through a batch.
+    pub fn take_profile(&self, id: u64) -> Option<(Profile, Slice)> {
         lock(&self.profiles).remove(&id)
     }
 
@@ -212,15 +216,24 @@ mod tests {
         cache.learn_owner("user_id:a".into(), 1);
         cache.remember(Changes {
             identities: Vec::new(),
-            profiles: vec![(1, Some(Profile::new(1, Vec::new())))],
+            profiles: vec![(
+                1,
+                Some((Profile::new(1, Vec::new()), Slice::from(&b"1"[..]))),
+            )],
         });
         cache.remember(Changes {
             identities: vec![("user_id:a".into(), 2)],
-            profiles: vec![(1, None), (2, Some(Profile::new(2, Vec::new())))],
+            profiles: vec![
+                (1, None),
+                (
+                    2,
+                    Some((Profile::new(2, Vec::new()), Slice::from(&b"2"[..]))),
+                ),
+            ],
         });
         assert_eq!(cache.owner("user_id:a"), Some(2));
         assert!(cache.take_profile(1).is_none());
-        assert_eq!(cache.take_profile(2).map(|p| p.id), Some(2));
+        assert_eq!(cache.take_profile(2).map(|(p, _)| p.id), Some(2));
         assert!(cache.take_profile(2).is_none(), "taken out");
         cache.clear();
         assert_eq!(cache.sizes(), (0, 0));

@@ -115,6 +115,14 @@ const MEMTABLE_BYTES_MAX: u64 = 2 << 20;
 /// written per event at equal CPU (3M events, `docs/benchmarks.md`).
 const PROFILES_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
 
+/// Memtable size of the profiles' activity records (~20 bytes each, rewritten by every
+/// event, read by apply when a profile is not in the hot cache and by every profile read).
+/// Large, like the profiles keyspace's: each flush installs a new version of the keyspace,
+/// during which its point reads wait (docs/benchmarks.md, "Reads while ingesting: where
+/// the tail is"), and a customer rewritten several times within a session reaches disk
+/// once per flush.
+const ACTIVITY_MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+
 /// Memtable size of the profiles' event index, which apply writes for every event but never
 /// searches (event queries seek once per profile). The reason the others' are small — a
 /// skiplist search per lookup on the apply path — does not hold for it, and a larger
@@ -179,6 +187,7 @@ pub struct Keyspaces {
     pub(crate) dedup: Keyspace,
     pub(crate) feed: Keyspace,
     pub(crate) segment_defs: Keyspace,
+    pub(crate) profile_activity: Keyspace,
 }
 
 impl Keyspaces {
@@ -187,6 +196,7 @@ impl Keyspaces {
             let memtable_bytes = match name {
                 PROFILES => PROFILES_MEMTABLE_BYTES_MAX,
                 PROFILE_EVENTS => INDEX_MEMTABLE_BYTES_MAX,
+                PROFILE_ACTIVITY => ACTIVITY_MEMTABLE_BYTES_MAX,
                 _ => MEMTABLE_BYTES_MAX,
             };
             let compaction = fjall::compaction::Leveled::default()
@@ -209,11 +219,12 @@ impl Keyspaces {
             dedup: plain(DEDUP)?,
             feed: plain(FEED)?,
             segment_defs: plain(SEGMENT_DEFS)?,
+            profile_activity: plain(PROFILE_ACTIVITY)?,
         })
     }
 
     /// The state keyspaces with their names, in [`STATE_KEYSPACES`] order.
-    pub(crate) fn state(&self) -> [(&'static str, &Keyspace); 9] {
+    pub(crate) fn state(&self) -> [(&'static str, &Keyspace); 10] {
         [
             (META, &self.meta),
             (PROFILE_EVENTS, &self.profile_events),
@@ -224,6 +235,7 @@ impl Keyspaces {
             (DEDUP, &self.dedup),
             (FEED, &self.feed),
             (SEGMENT_DEFS, &self.segment_defs),
+            (PROFILE_ACTIVITY, &self.profile_activity),
         ]
     }
 }

@@ -84,11 +84,8 @@ impl<'a> Reader<'a> {
 
     /// The profile with internal id `id`.
     pub fn profile(&self, id: u64) -> Result<Profile, StoreError> {
-        let bytes = self
-            .snapshot
-            .get(&self.ks.profiles, u64_bytes(id))?
-            .ok_or_else(|| StoreError::Corrupt(format!("missing profile {id}")))?;
-        decode_profile(&bytes)
+        self.find_profile(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("missing profile {id}")))
     }
 
     /// The `(seq, value)` entries of a per-profile keyspace for `profile` and every
@@ -251,10 +248,14 @@ impl<'a> Reader<'a> {
     /// included.
     pub fn state_hash(&self) -> Result<String, StoreError> {
         let mut hasher = blake3::Hasher::new();
-        for (name, keyspace) in self.ks.state() {
+        for (id, (name, keyspace)) in self.ks.state().into_iter().enumerate() {
+            let mut records = self.snapshot.iter(keyspace).peekable();
+            if !hashed(id, u64::from(records.peek().is_some())) {
+                continue;
+            }
             hasher.update(name.as_bytes());
             let mut count = 0_u64;
-            for guard in self.snapshot.iter(keyspace) {
+            for guard in records {
                 let (key, value) = guard.into_inner()?;
                 if name == DEDUP && !dedup::record_alive(&value, &self.store.horizon)? {
                     continue;
@@ -285,12 +286,7 @@ impl<'a> Reader<'a> {
     }
 
     fn check_graph(&self) -> Result<(), Violation> {
-        let live = |id: u64| -> Result<Option<Profile>, Violation> {
-            match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
-                Some(bytes) => Ok(Some(decode_profile(&bytes)?)),
-                None => Ok(None),
-            }
-        };
+        let live = |id: u64| -> Result<Option<Profile>, Violation> { Ok(self.find_profile(id)?) };
         for guard in self.snapshot.iter(&self.ks.identities) {
             let (key, owner) = guard.into_inner()?;
             let key = String::from_utf8_lossy(&key).into_owned();
@@ -307,7 +303,10 @@ impl<'a> Reader<'a> {
         for guard in self.snapshot.iter(&self.ks.profiles) {
             let (id, bytes) = guard.into_inner()?;
             let id = read_u64(&id, PROFILES)?;
-            let profile: Profile = decode_profile(&bytes)?;
+            let activity = self
+                .snapshot
+                .get(&self.ks.profile_activity, u64_bytes(id))?;
+            let profile = read_profile(&bytes, activity.as_deref())?;
             for identity in &profile.identities {
                 let owner = match self.snapshot.get(&self.ks.identities, identity.key())? {
                     Some(bytes) => Some(read_u64(&bytes, IDENTITIES)?),
@@ -318,6 +317,18 @@ impl<'a> Reader<'a> {
                         "profile {id} lists {identity} but it points at {owner:?}"
                     )));
                 }
+            }
+        }
+        for guard in self.snapshot.iter(&self.ks.profile_activity) {
+            let id = read_u64(&guard.key()?, PROFILE_ACTIVITY)?;
+            if self
+                .snapshot
+                .get(&self.ks.profiles, u64_bytes(id))?
+                .is_none()
+            {
+                return Err(Violation::Found(format!(
+                    "profile {id} has an activity record but no profile record"
+                )));
             }
         }
         for guard in self.snapshot.iter(&self.ks.profile_events) {
@@ -619,10 +630,7 @@ impl Reader<'_> {
 
     /// The profile with this id, or `None` if there is none (merged away or never made).
     pub fn find_profile(&self, id: u64) -> Result<Option<Profile>, StoreError> {
-        match self.snapshot.get(&self.ks.profiles, u64_bytes(id))? {
-            Some(bytes) => Ok(Some(decode_profile(&bytes)?)),
-            None => Ok(None),
-        }
+        Ok(stored_profile(&self.snapshot, self.ks, id)?.map(|(profile, _)| profile))
     }
 
     /// `(name, timestamp_ms)` of the events indexed under profile ids `ids` (a profile and
@@ -687,11 +695,26 @@ impl Reader<'_> {
             .range(&self.ks.profiles, u64_bytes(after.saturating_add(1))..)
             .take(limit)
         {
-            let (_, value) = guard.into_inner()?;
-            out.push(decode_profile(&value)?);
+            let (id, value) = guard.into_inner()?;
+            let activity = self.snapshot.get(&self.ks.profile_activity, &id)?;
+            out.push(read_profile(&value, activity.as_deref())?);
         }
         Ok(out)
     }
+}
+
+/// Profile `id` as of `snapshot` (its [`PROFILES`] and [`PROFILE_ACTIVITY`] records, see
+/// [`read_profile`]), with its [`PROFILES`] record's bytes; `None` if there is none.
+pub(super) fn stored_profile(
+    snapshot: &Snapshot,
+    ks: &Keyspaces,
+    id: u64,
+) -> Result<Option<(Profile, fjall::Slice)>, StoreError> {
+    let Some(record) = snapshot.get(&ks.profiles, u64_bytes(id))? else {
+        return Ok(None);
+    };
+    let activity = snapshot.get(&ks.profile_activity, u64_bytes(id))?;
+    Ok(Some((read_profile(&record, activity.as_deref())?, record)))
 }
 
 /// Adds the name and time of an event index value if its name is one of `names`.

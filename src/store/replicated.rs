@@ -253,9 +253,11 @@ impl Store {
                     }
                     None => 0,
                 };
-                for name in names.iter().take(upto).skip(start) {
-                    hasher.update(name.as_bytes());
-                    hasher.update(&0_u64.to_le_bytes());
+                for (id, name) in names.iter().enumerate().take(upto).skip(start) {
+                    if super::tables::hashed(id, 0) {
+                        hasher.update(name.as_bytes());
+                        hasher.update(&0_u64.to_le_bytes());
+                    }
                 }
                 *current = None;
             };

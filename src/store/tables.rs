@@ -47,9 +47,14 @@ pub const DEDUP: &str = "dedup";
 pub const FEED: &str = "feed";
 /// Segment id → postcard [`crate::model::command::SegmentDef`].
 pub const SEGMENT_DEFS: &str = "segment_defs";
+/// Profile id → a profile's activity, see [`encode_activity`]: what every event changes
+/// (seen times, counts), kept apart from the [`PROFILES`] record so that an event that
+/// changes nothing else rewrites ~20 bytes instead of the whole profile (data format 5).
+pub const PROFILE_ACTIVITY: &str = "profile_activity";
 
-/// The state keyspaces, in the order the state hash covers them.
-pub const STATE_KEYSPACES: [&str; 9] = [
+/// The state keyspaces, in the order the state hash covers them. Keyspaces are named by
+/// their position in snapshots, so new ones are appended.
+pub const STATE_KEYSPACES: [&str; 10] = [
     META,
     PROFILE_EVENTS,
     IDENTITIES,
@@ -59,7 +64,18 @@ pub const STATE_KEYSPACES: [&str; 9] = [
     DEDUP,
     FEED,
     SEGMENT_DEFS,
+    PROFILE_ACTIVITY,
 ];
+
+/// How many of [`STATE_KEYSPACES`] data format 4 had. The state hash covers a keyspace
+/// added since only when it holds records, so the hash of a state that has none in them (a
+/// format-4 state, or a backup of one) is what format 4 computed: backups keep verifying.
+pub const STATE_KEYSPACES_FORMAT_4: usize = 9;
+
+/// Whether the state hash covers keyspace number `id` holding `count` records.
+pub fn hashed(id: usize, count: u64) -> bool {
+    id < STATE_KEYSPACES_FORMAT_4 || count > 0
+}
 
 /// `META` key: index of the last log entry applied to the state, plus one (0 = none).
 pub const META_APPLIED_INDEX: &str = "applied_index";
@@ -288,26 +304,98 @@ impl MergeAction {
 /// bookkeeping), which began with the profile id as a postcard varint: never 0, since
 /// profile ids start at 1 — so the two cannot be confused.
 const PROFILE_TAG: u8 = 0;
-/// The current profile layout: trait values carry their event's seq, and the profile its
-/// audit bookkeeping.
-const PROFILE_LAYOUT: u8 = 2;
+/// The second profile layout: trait values carry their event's seq, and the profile its
+/// audit bookkeeping. Read, no longer written: its seen times and counts are the
+/// profile's, unless a [`PROFILE_ACTIVITY`] record says otherwise.
+const PROFILE_LAYOUT_2: u8 = 2;
+/// The current profile layout (data format 5): as the second, but the seen times and
+/// counts are left neutral (see [`encode_profile`]) — they live in the profile's
+/// [`PROFILE_ACTIVITY`] record, which must exist.
+const PROFILE_LAYOUT: u8 = 3;
 
-/// Encodes a profile record: [`PROFILE_TAG`], [`PROFILE_LAYOUT`], then postcard.
-pub fn encode_profile(profile: &Profile) -> Vec<u8> {
+/// Encodes a profile record without its activity (seen times and counts, written apart
+/// with [`encode_activity`]): [`PROFILE_TAG`], [`PROFILE_LAYOUT`], then postcard of the
+/// profile with those fields neutral. So the record's bytes change only when something
+/// else in the profile does, and apply compares them to skip the rewrite.
+pub fn encode_profile(profile: &mut Profile) -> Vec<u8> {
+    let activity = Activity::take(profile);
     let mut bytes = vec![PROFILE_TAG, PROFILE_LAYOUT];
-    bytes.extend(encode(profile));
+    bytes.extend(encode(&*profile));
+    activity.put(profile);
     bytes
 }
 
-/// Decodes a profile record in either layout (the first one upgraded on the way: trait
-/// seqs 0, empty audit bookkeeping).
-pub fn decode_profile(bytes: &[u8]) -> Result<Profile, super::StoreError> {
+/// Decodes a profile record in any layout (the first one upgraded on the way: trait seqs
+/// 0, empty audit bookkeeping), and whether its activity must come from its
+/// [`PROFILE_ACTIVITY`] record (the current layout) — see [`read_profile`].
+fn decode_profile_record(bytes: &[u8]) -> Result<(Profile, bool), super::StoreError> {
     match bytes {
-        [PROFILE_TAG, PROFILE_LAYOUT, rest @ ..] => decode(rest, PROFILES),
+        [PROFILE_TAG, PROFILE_LAYOUT, rest @ ..] => Ok((decode(rest, PROFILES)?, true)),
+        [PROFILE_TAG, PROFILE_LAYOUT_2, rest @ ..] => Ok((decode(rest, PROFILES)?, false)),
         [PROFILE_TAG, layout, ..] => Err(super::StoreError::Corrupt(format!(
-            "{PROFILES}: unknown profile layout {layout} (this build reads {PROFILE_LAYOUT})"
+            "{PROFILES}: unknown profile layout {layout} (this build reads up to {PROFILE_LAYOUT})"
         ))),
-        _ => decode::<ProfileLayout1>(bytes, PROFILES).map(ProfileLayout1::upgrade),
+        _ => decode::<ProfileLayout1>(bytes, PROFILES).map(|old| (old.upgrade(), false)),
+    }
+}
+
+/// Whether a profile record is in the current layout, as [`encode_profile`] writes it:
+/// apply compares such a record's bytes with a profile's new encoding to skip rewriting an
+/// unchanged one; a record of an older layout is always rewritten.
+pub fn is_current_layout(bytes: &[u8]) -> bool {
+    matches!(bytes, [PROFILE_TAG, PROFILE_LAYOUT, ..])
+}
+
+/// A profile from its [`PROFILES`] record and its [`PROFILE_ACTIVITY`] record (`None` if
+/// it has none). The activity record, when there is one, is the profile's activity; a
+/// record of the current layout without one is corrupt.
+pub fn read_profile(record: &[u8], activity: Option<&[u8]>) -> Result<Profile, super::StoreError> {
+    let (mut profile, needs_activity) = decode_profile_record(record)?;
+    match activity {
+        Some(bytes) => decode::<Activity>(bytes, PROFILE_ACTIVITY)?.put(&mut profile),
+        None if needs_activity => {
+            return Err(super::StoreError::Corrupt(format!(
+                "{PROFILES}: profile {} has no {PROFILE_ACTIVITY} record",
+                profile.id
+            )));
+        }
+        None => {}
+    }
+    Ok(profile)
+}
+
+/// Encodes a [`PROFILE_ACTIVITY`] record: postcard of the profile's [`Activity`].
+pub fn encode_activity(profile: &Profile) -> Vec<u8> {
+    encode(&Activity {
+        first_seen_ms: profile.first_seen_ms,
+        last_seen_ms: profile.last_seen_ms,
+        counts: profile.counts,
+    })
+}
+
+/// A [`PROFILE_ACTIVITY`] record: the fields of a profile that every event changes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Activity {
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    counts: [u64; 6],
+}
+
+impl Activity {
+    /// Moves the activity out of `profile`, leaving the fields neutral (zero).
+    fn take(profile: &mut Profile) -> Activity {
+        Activity {
+            first_seen_ms: std::mem::take(&mut profile.first_seen_ms),
+            last_seen_ms: std::mem::take(&mut profile.last_seen_ms),
+            counts: std::mem::take(&mut profile.counts),
+        }
+    }
+
+    /// Sets `profile`'s activity to this.
+    fn put(self, profile: &mut Profile) {
+        profile.first_seen_ms = self.first_seen_ms;
+        profile.last_seen_ms = self.last_seen_ms;
+        profile.counts = self.counts;
     }
 }
 
