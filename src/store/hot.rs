@@ -10,7 +10,9 @@
 //!   batch committed ([`HotCache::remember`]), never from its own uncommitted overlays; a
 //!   profile the applier takes out ([`HotCache::take_profile`]) comes back with the batch
 //!   that changed it, or not at all if the batch fails;
-//! - a hit is authoritative, a miss says nothing (the caller reads the store);
+//! - a hit is authoritative, a miss says nothing (the caller reads the store); a cached
+//!   profile comes with its record as committed in the profiles keyspace, which apply
+//!   compares with the profile's new encoding to skip rewriting an unchanged one;
 //! - it is cleared whenever the state is replaced wholesale (a snapshot install) or an
 //!   apply fails;
 //! - bounded: two generations per map; when the young one reaches half the bound it
